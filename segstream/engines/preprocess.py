@@ -1,0 +1,62 @@
+"""Metadata-driven preprocessing: a BGR uint8 frame to the model's NCHW float32 tensor.
+
+Resizing is linear in the pixel values, so it commutes with the per-channel affine
+standardisation: we resize first (fewer pixels to normalise when frames are larger than
+the model input) and then apply mean, std and scale in the order the metadata names.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+
+from segstream.engines.metadata import ChannelOrder, ModelMetadata, NormalizeOrder
+
+logger = logging.getLogger(__name__)
+
+_INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
+
+
+class Preprocessor:
+    """Turns frames into model input tensors as the model's metadata prescribes.
+
+    The affine part is folded into one multiply-add per channel: ``x * gain + offset``.
+
+    Example:
+        >>> pre = Preprocessor(ModelMetadata.example())
+        >>> pre(np.zeros((540, 960, 3), np.uint8)).shape
+        (1, 3, 512, 1024)
+    """
+
+    def __init__(self, metadata: ModelMetadata) -> None:
+        self.metadata = metadata
+        mean = np.asarray(metadata.mean, np.float64)
+        std = np.asarray(metadata.std, np.float64)
+        if metadata.normalize_order is NormalizeOrder.STANDARDIZE_THEN_SCALE:
+            gain = metadata.scale / std
+            offset = -mean * metadata.scale / std
+        else:
+            gain = metadata.scale / std
+            offset = -mean / std
+        self._gain = gain.astype(np.float32)
+        self._offset = offset.astype(np.float32)
+        self._size = (metadata.input_width, metadata.input_height)
+        self._interp = _INTERPOLATION[metadata.resize_interpolation]
+        self._swap = metadata.channel_order is ChannelOrder.RGB
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        """Preprocess one BGR uint8 frame (H, W, 3) into a (1, 3, h, w) float32 tensor."""
+        if frame.ndim != 3 or frame.shape[2] != 3:
+            raise ValueError(f"expected a BGR frame of shape (H, W, 3), found shape {frame.shape}")
+        image = frame.astype(np.float32)
+        if (image.shape[1], image.shape[0]) != self._size:
+            image = cv2.resize(image, self._size, interpolation=self._interp)
+        if self._swap:
+            image = image[:, :, ::-1]
+        out = np.empty((1, 3, self._size[1], self._size[0]), np.float32)
+        for c in range(3):
+            np.multiply(image[:, :, c], self._gain[c], out=out[0, c])
+            out[0, c] += self._offset[c]
+        return out

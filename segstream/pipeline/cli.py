@@ -1,0 +1,189 @@
+"""The ``segstream`` command line.
+
+::
+
+    segstream run  [--config FILE] [--source SRC]... [--model NAME|FILE] [--weights FILE]
+                   [--policy live|lossless] [--record DIR] [--publish ENDPOINT] [--max-frames N]
+    segstream consume ENDPOINT [--count N] [--save DIR]
+    segstream export MODEL -o FILE.onnx
+    segstream models
+    segstream demo [--record DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+logger = logging.getLogger(__name__)
+
+DEMO_RECORD = "segstream-demo"
+
+
+def _setup_logging(verbose: bool) -> None:
+    level = "DEBUG" if verbose else os.environ.get("SEGSTREAM_LOG_LEVEL", "INFO").upper()
+    os.environ["SEGSTREAM_LOG_LEVEL"] = level
+    logging.basicConfig(level=level, format="%(asctime)s supervisor %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config (see configs/); flags override it")
+    p.add_argument("--source", action="append", dest="sources", metavar="SRC",
+                   help="video file, image folder, glob or test-pattern[:WxH[@FPS]]; repeat for several")
+    p.add_argument("--model", help="zoo model name (segstream models) or an .onnx file with metadata")
+    p.add_argument("--weights", help="weights file for a zoo model (default: lookup, see README)")
+    p.add_argument("--policy", choices=["live", "lossless"], help="flow policy (default: lossless for files, "
+                                                                     "live for live sources)")
+    p.add_argument("--record", metavar="DIR", help="write masks/, overlay.mp4 and stats.json here")
+    p.add_argument("--publish", metavar="ENDPOINT", help="results PUB endpoint ('' for none; default "
+                                                         "tcp://127.0.0.1:5560)")
+    p.add_argument("--max-frames", type=int, metavar="N", help="stop each source after N frames")
+    p.add_argument("--transport", choices=["ipc", "tcp"], help="ipc (shared memory, default) or tcp (inline)")
+    p.add_argument("--threads", type=int, help="inference threads (0 = one per core)")
+    p.add_argument("--opacity", type=float, help="overlay opacity 0-1 (default 0.5)")
+    p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+
+
+def _run_config(args: argparse.Namespace):
+    from segstream.pipeline.config import load_config
+
+    config = load_config(args.config)
+    return config.with_overrides(
+        sources=tuple(args.sources) if args.sources else None, model=args.model, weights=args.weights,
+        policy=args.policy, record=args.record, publish=args.publish, max_frames=args.max_frames,
+        transport=args.transport, threads=args.threads, opacity=args.opacity,
+    )
+
+
+def _execute(config) -> int:
+    from segstream.engines.resolve import resolve_model
+    from segstream.pipeline.supervisor import Supervisor, format_summary, write_stats
+
+    model_path, metadata = resolve_model(config.model, config.weights)
+    if config.record:
+        Path(config.record).mkdir(parents=True, exist_ok=True)
+    result = Supervisor(config, model_path, metadata).run()
+    if config.record:
+        path = write_stats(result.stats, config.record)
+        result.stats["stats_file"] = str(path)
+    print(format_summary(result.stats))
+    if config.record:
+        print(f"  outputs in {config.record}/ (masks/, overlay.mp4, stats.json)")
+    if result.error:
+        print(f"segstream: pipeline failed: {result.error}", file=sys.stderr)
+    return result.exit_code
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``segstream run``."""
+    return _execute(_run_config(args))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``segstream demo``: the sample dash-cam clip through the pretrained ESPNet."""
+    from segstream.assets import resolve_asset
+    from segstream.pipeline.config import PipelineConfig
+
+    clip = resolve_asset("solidWhiteRight.mp4")
+    config = PipelineConfig(sources=(str(clip),), model="espnet-cityscapes", record=args.record,
+                            publish=args.publish or "", max_frames=args.max_frames or 0)
+    print(f"segstream demo: {clip.name} through espnet-cityscapes; recording to {args.record}/")
+    return _execute(config)
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    """``segstream consume``."""
+    from segstream.pipeline.consume import ConsumeOptions, consume
+
+    return consume(ConsumeOptions(args.endpoint, args.count, args.save, args.timeout))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``segstream export``."""
+    from segstream.engines.export import export_onnx
+
+    path = export_onnx(args.model, args.output, args.weights)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """``segstream models``: the zoo, one line per model."""
+    from segstream.engines.zoo import MODELS
+
+    print(f"{'name':<22} {'input':>9} {'classes':>7} {'params':>9}  weights   description")
+    for spec in MODELS.values():
+        meta = spec.metadata
+        params = sum(p.numel() for p in spec.build().parameters()) if not args.no_params else 0
+        weights = "pretrained" if spec.weights_asset else "none"
+        print(f"{spec.name:<22} {meta.input_width:>4}x{meta.input_height:<4} {meta.num_classes:>7} "
+              f"{params:>9,}  {weights:<9} {spec.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``segstream``."""
+    parser = argparse.ArgumentParser(prog="segstream", description="Streaming video segmentation over ZeroMQ.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the pipeline on sources")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="the sample dash-cam clip through the pretrained Cityscapes model")
+    p.add_argument("--record", default=DEMO_RECORD, metavar="DIR", help=f"output folder (default {DEMO_RECORD})")
+    p.add_argument("--publish", metavar="ENDPOINT", help="also publish masks here")
+    p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    p.add_argument("--verbose", "-v", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("consume", help="print (and save) the masks a pipeline publishes")
+    p.add_argument("endpoint", help="e.g. tcp://127.0.0.1:5560")
+    p.add_argument("--count", type=int, default=0, metavar="N", help="exit after N masks")
+    p.add_argument("--save", metavar="DIR", help="write masks as DIR/<source>/<frame>.png")
+    p.add_argument("--timeout", type=float, default=0.0, metavar="S", help="give up after S s of silence")
+    p.add_argument("--verbose", "-v", action="store_true")
+    p.set_defaults(func=cmd_consume)
+
+    p = sub.add_parser("export", help="export a zoo model to ONNX with its metadata")
+    p.add_argument("model", help="zoo model name")
+    p.add_argument("-o", "--output", required=True, help="FILE.onnx")
+    p.add_argument("--weights", help="weights file (default: lookup)")
+    p.add_argument("--verbose", "-v", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("models", help="list the models segstream knows")
+    p.add_argument("--no-params", action="store_true", help="skip counting parameters (no torch import)")
+    p.add_argument("--verbose", "-v", action="store_true")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``segstream`` command."""
+    from segstream.assets import AssetError
+    from segstream.engines.metadata import ModelError
+    from segstream.pipeline.config import ConfigError
+    from segstream.pipeline.sources import SourceError
+    from segstream.pipeline.transport import EndpointError
+
+    args = build_parser().parse_args(argv)
+    _setup_logging(getattr(args, "verbose", False))
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except (AssetError, ModelError, ConfigError, SourceError, EndpointError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"segstream: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("segstream: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The run configuration: one frozen dataclass, loaded from YAML and overridden by flags.
+
+Example ``configs/*.yaml``::
+
+    sources: [../shared/data/solidWhiteRight.mp4]
+    model: espnet-cityscapes
+    policy: lossless
+    record: out/
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from segstream.pipeline.policies import FlowPolicy
+from segstream.pipeline.stage import StageKind
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PUBLISH = "tcp://127.0.0.1:5560"
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Settings of one ``segstream run``.
+
+    Attributes:
+        sources: source URIs (video, image folder, glob, ``test-pattern``).
+        model: zoo model name or path to an ONNX file with segstream metadata.
+        weights: weights file for a zoo model (overrides the lookup).
+        backend: inference backend.
+        policy: ``live`` or ``lossless``; None picks per source (files lossless,
+            live sources live).
+        record: folder for masks, overlay video and stats.json, or None.
+        publish: endpoint of the PUB socket for downstream consumers ("" = none).
+        max_frames: stop each source after this many frames (0 = no limit).
+        transport: ``ipc`` (one host, shared memory) or ``tcp`` (inline payloads).
+        tcp_host: host the tcp endpoints bind on.
+        tcp_base_port: first port of the stage endpoints when ``transport`` is tcp.
+        threads: inference threads (0 = one per core).
+        opacity: overlay opacity.
+        legend: draw the legend.
+        render: run the render stage even without ``record`` (0/1); auto when None.
+        stage_delay_ms: artificial per-frame delay per stage kind (tests, demos of
+            slow stages).
+        ready_timeout_s: how long the stages may take to start.
+    """
+
+    sources: tuple[str, ...] = ("test-pattern",)
+    model: str = "espnet-cityscapes"
+    weights: str | None = None
+    backend: str = "onnxruntime"
+    policy: FlowPolicy | None = None
+    record: str | None = None
+    publish: str = DEFAULT_PUBLISH
+    max_frames: int = 0
+    transport: str = "ipc"
+    tcp_host: str = "127.0.0.1"
+    tcp_base_port: int = 5600
+    threads: int = 0
+    opacity: float = 0.5
+    legend: bool = True
+    render: bool | None = None
+    stage_delay_ms: dict[str, float] = field(default_factory=dict)
+    ready_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if isinstance(self.sources, str):
+            set_(self, "sources", (self.sources,))
+        set_(self, "sources", tuple(str(s) for s in self.sources))
+        if not self.sources:
+            raise ConfigError("sources is empty; give at least one --source (a video, a folder, a glob or test-pattern)")
+        if self.policy is not None:
+            try:
+                set_(self, "policy", FlowPolicy(self.policy))
+            except ValueError:
+                raise ConfigError(f"policy must be 'live' or 'lossless', found {self.policy!r}") from None
+        if self.transport not in ("ipc", "tcp"):
+            raise ConfigError(f"transport must be 'ipc' or 'tcp', found {self.transport!r}")
+        if self.max_frames < 0:
+            raise ConfigError(f"max_frames must be >= 0, found {self.max_frames}")
+        if not 0.0 <= self.opacity <= 1.0:
+            raise ConfigError(f"opacity must be between 0 and 1, found {self.opacity}")
+        kinds = {k.value for k in StageKind}
+        bad = sorted(set(self.stage_delay_ms) - kinds)
+        if bad:
+            raise ConfigError(f"stage_delay_ms names unknown stages {bad}; stages are {sorted(kinds)}")
+
+    def with_overrides(self, **overrides: Any) -> "PipelineConfig":
+        """A copy with the non-None ``overrides`` applied (command-line flags)."""
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        unknown = sorted(set(changes) - set(self.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"unknown settings {unknown}")
+        return dataclasses.replace(self, **changes)
+
+
+def load_config(path: str | Path | None) -> PipelineConfig:
+    """Read a YAML config (None: the defaults)."""
+    if path is None:
+        return PipelineConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; see configs/ for examples")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings, found {type(data).__name__}")
+    if "source" in data:
+        raise ConfigError(f"{path}: use 'sources: [...]' (a list), not 'source'")
+    unknown = sorted(set(data) - set(PipelineConfig.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"{path}: unknown settings {unknown}; known: {sorted(PipelineConfig.__dataclass_fields__)}")
+    try:
+        return PipelineConfig(**data)
+    except TypeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

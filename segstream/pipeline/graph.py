@@ -1,0 +1,114 @@
+"""The process graph of a run: which stages, their endpoints, rings and readers.
+
+    capture-i --> preprocess --> infer --> publish --(PUB)--> consumers
+        \\                                    |
+         `------- frame (by reference) ----> render --> overlay.mp4
+
+Pure planning: no processes, no sockets. The supervisor turns the plan into processes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from segstream.engines.metadata import ModelMetadata
+from segstream.pipeline.config import PipelineConfig
+from segstream.pipeline.policies import FlowPolicy
+from segstream.pipeline.stage import StageKind, StageSpec
+from segstream.pipeline.transport import ipc_endpoint
+
+logger = logging.getLogger(__name__)
+
+# Ring slots per stage output, (lossless, live). Lossless rings are the flow-control
+# window; live rings must outlast the pipeline's latency so render still finds the frame.
+RING_SLOTS: dict[StageKind, tuple[int, int]] = {
+    StageKind.CAPTURE: (8, 48),
+    StageKind.PREPROCESS: (4, 8),
+    StageKind.INFER: (4, 16),
+    StageKind.PUBLISH: (8, 16),
+}
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Stage specs plus the supervisor's own endpoints."""
+
+    run_id: str
+    policy: FlowPolicy
+    stages: tuple[StageSpec, ...]
+    control: str
+    commands: str
+    per_source_dirs: bool
+
+
+def source_ids(sources: tuple[str, ...]) -> list[str]:
+    """Unique ids for the sources, from their names (``clip``, ``clip-1``...)."""
+    from segstream.pipeline.sources import default_source_id
+
+    ids: list[str] = []
+    for uri in sources:
+        base = default_source_id(uri)
+        candidate, k = base, 1
+        while candidate in ids:
+            candidate = f"{base}-{k}"
+            k += 1
+        ids.append(candidate)
+    return ids
+
+
+def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: Path, model_path: Path,
+             metadata: ModelMetadata) -> RunPlan:
+    """Lay out the stages of one run."""
+    port = iter(range(config.tcp_base_port, config.tcp_base_port + 100))
+
+    def endpoint(name: str) -> str:
+        if config.transport == "tcp":
+            return f"tcp://{config.tcp_host}:{next(port)}"
+        return ipc_endpoint(run_dir, f"{name}.sock")
+
+    live = policy is FlowPolicy.LIVE
+    render = config.render if config.render is not None else config.record is not None
+    per_source = len(config.sources) > 1
+    control, commands = endpoint("control"), endpoint("commands")
+    meta = _metadata_dict(metadata)
+    delay = config.stage_delay_ms
+
+    def spec(name: str, kind: StageKind, **kw: object) -> StageSpec:
+        slots = RING_SLOTS.get(kind, (0, 0))[1 if live else 0]
+        return StageSpec(name=name, kind=kind, run_id=run_id, policy=policy, control=control, commands=commands,
+                         ring_slots=slots, sources=len(config.sources), delay_ms=float(delay.get(kind.value, 0.0)),
+                         **kw)  # type: ignore[arg-type]
+
+    stages: list[StageSpec] = []
+    capture_outputs = []
+    for i, (uri, sid) in enumerate(zip(config.sources, source_ids(config.sources))):
+        out = endpoint(f"capture-{i}")
+        capture_outputs.append(out)
+        stages.append(spec(f"capture-{i}", StageKind.CAPTURE, output=out, ring_readers=2 if render else 1,
+                           settings={"source": uri, "source_id": sid, "max_frames": config.max_frames,
+                                     "pace": live}))
+    pre_out, infer_out = endpoint("preprocess"), endpoint("infer")
+    publish_out = endpoint("publish") if render else None
+    stages.append(spec("preprocess", StageKind.PREPROCESS, inputs=tuple(capture_outputs), output=pre_out,
+                       ring_readers=1, reader_ids={"frame": 0}, settings={"metadata": meta}))
+    stages.append(spec("infer", StageKind.INFER, inputs=(pre_out,), output=infer_out, ring_readers=1,
+                       reader_ids={"tensor": 0},
+                       settings={"model_path": str(model_path), "backend": config.backend, "threads": config.threads}))
+    stages.append(spec("publish", StageKind.PUBLISH, inputs=(infer_out,), output=publish_out,
+                       ring_readers=1 if render else 0, reader_ids={"labels": 0},
+                       settings={"endpoint": config.publish or None, "record": config.record,
+                                 "per_source_dirs": per_source, "ignore_index": metadata.ignore_index,
+                                 "model": metadata.name}))
+    if render:
+        stages.append(spec("render", StageKind.RENDER, inputs=(publish_out,), reader_ids={"frame": 1, "mask": 0},
+                           settings={"metadata": meta, "record": config.record, "per_source_dirs": per_source,
+                                     "opacity": config.opacity, "legend": config.legend}))
+    return RunPlan(run_id, policy, tuple(stages), control, commands, per_source)
+
+
+def _metadata_dict(metadata: ModelMetadata) -> dict[str, object]:
+    import json
+
+    return json.loads(metadata.to_json())

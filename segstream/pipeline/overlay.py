@@ -1,0 +1,106 @@
+"""Drawing masks over frames: palette blend, legend of the classes present, frame index
+and live FPS."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+@dataclass(frozen=True)
+class OverlayStyle:
+    """How the overlay looks.
+
+    Attributes:
+        opacity: weight of the class colour, 0 (frame only) to 1 (mask only).
+        legend: draw the legend of the classes present.
+        legend_rows: at most this many classes in the legend (largest first).
+    """
+
+    opacity: float = 0.5
+    legend: bool = True
+    legend_rows: int = 10
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.opacity <= 1.0:
+            raise ValueError(f"opacity must be between 0 and 1, found {self.opacity}")
+
+
+class OverlayRenderer:
+    """Blends label maps over frames with a class palette.
+
+    Args:
+        class_names: one name per class id.
+        palette: one BGR colour per class id.
+        ignore_index: label drawn transparent.
+        style: look of the overlay.
+
+    Example:
+        >>> r = OverlayRenderer(("road",), ((128, 64, 128),))
+        >>> r.annotate(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint8)).shape
+        (4, 4, 3)
+    """
+
+    def __init__(self, class_names: tuple[str, ...], palette: tuple[tuple[int, int, int], ...],
+                 ignore_index: int = 255, style: OverlayStyle = OverlayStyle()) -> None:
+        self.class_names = class_names
+        self.style = style
+        self.ignore_index = ignore_index
+        self._lut = np.zeros((256, 3), np.uint8)
+        self._lut[: len(palette)] = np.asarray(palette, np.uint8).reshape(-1, 3)
+
+    def blend(self, frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The frame with class colours blended in (ignored pixels untouched)."""
+        colours = self._lut[mask]
+        out = cv2.addWeighted(frame, 1.0 - self.style.opacity, colours, self.style.opacity, 0.0)
+        ignored = mask == self.ignore_index
+        if ignored.any():
+            out[ignored] = frame[ignored]
+        return out
+
+    def annotate(self, frame: np.ndarray, mask: np.ndarray, index: int | None = None, fps: float | None = None) -> np.ndarray:
+        """Blend, then draw the legend, frame index and FPS."""
+        if mask.shape != frame.shape[:2]:
+            raise ValueError(f"mask shape {mask.shape} does not match frame shape {frame.shape[:2]}")
+        out = self.blend(frame, mask)
+        scale = max(frame.shape[0] / 720.0, 0.5)
+        if index is not None or fps is not None:
+            text = " ".join(t for t in (f"frame {index}" if index is not None else "",
+                                        f"{fps:5.1f} fps" if fps else "") if t)
+            self._label(out, text, (int(10 * scale), int(30 * scale)), scale)
+        if self.style.legend:
+            self._legend(out, mask, scale)
+        return out
+
+    @staticmethod
+    def _label(image: np.ndarray, text: str, org: tuple[int, int], scale: float) -> None:
+        thickness = max(int(2 * scale), 1)
+        cv2.putText(image, text, org, _FONT, 0.8 * scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
+        cv2.putText(image, text, org, _FONT, 0.8 * scale, (255, 255, 255), thickness, cv2.LINE_AA)
+
+    def _legend(self, image: np.ndarray, mask: np.ndarray, scale: float) -> None:
+        counts = np.bincount(mask.ravel(), minlength=256)
+        present = [i for i in np.argsort(counts)[::-1] if counts[i] and i != self.ignore_index
+                   and i < len(self.class_names)][: self.style.legend_rows]
+        if not present:
+            return
+        row = int(22 * scale)
+        width = int(200 * scale)
+        x0 = image.shape[1] - width - int(10 * scale)
+        y0 = int(10 * scale)
+        panel = image[y0:y0 + row * len(present) + int(8 * scale), x0:x0 + width]
+        panel[:] = (panel * 0.35).astype(np.uint8)
+        for k, cls in enumerate(present):
+            y = y0 + int(4 * scale) + k * row
+            colour = tuple(int(c) for c in self._lut[cls])
+            cv2.rectangle(image, (x0 + int(6 * scale), y + 2), (x0 + int(6 * scale) + row - 6, y + row - 4), colour, -1)
+            share = 100.0 * counts[cls] / mask.size
+            cv2.putText(image, f"{self.class_names[cls]} {share:.0f}%", (x0 + int(10 * scale) + row, y + row - 6),
+                        _FONT, 0.5 * scale, (255, 255, 255), max(int(scale), 1), cv2.LINE_AA)

@@ -1,0 +1,128 @@
+"""One API for array payloads, whether they travel by shared-memory reference or inline.
+
+On one host a stage writes arrays into its ``RingWriter`` and the message carries only a
+reference; across hosts (tcp:// endpoints) the bytes travel in the message. Stages call
+``PayloadWriter.add`` and ``PayloadReader.get`` and never look at which one is used.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import Enum
+from typing import Callable
+
+import numpy as np
+
+from segstream.pipeline.messages import Message, Part, inline_array
+from segstream.pipeline.shm_ring import RingReader, RingWriter
+
+logger = logging.getLogger(__name__)
+
+
+class PayloadMode(str, Enum):
+    """How a stage ships the arrays it produces."""
+
+    SHM = "shm"
+    INLINE = "inline"
+
+
+def mode_for_endpoint(endpoint: str, requested: str = "auto") -> PayloadMode:
+    """Shared memory for ipc:// (same host), inline otherwise, unless ``requested`` says."""
+    if requested != "auto":
+        return PayloadMode(requested)
+    return PayloadMode.SHM if endpoint.startswith(("ipc://", "inproc://")) else PayloadMode.INLINE
+
+
+class PayloadWriter:
+    """Adds arrays to outgoing messages.
+
+    Args:
+        mode: shared memory or inline.
+        ring_name: segment name prefix for shared memory.
+        readers: readers of this ring that release what they read.
+        slots: ring slots.
+        lossless: wait for the readers before reusing a slot (else overwrite).
+    """
+
+    def __init__(self, mode: PayloadMode, ring_name: str, readers: int = 0, slots: int = 8,
+                 lossless: bool = True) -> None:
+        self.mode = mode
+        self._ring = RingWriter(ring_name, slots, readers, lossless) if mode is PayloadMode.SHM else None
+
+    def add(self, message: Message, name: str, array: np.ndarray, stop: Callable[[], bool] = lambda: False) -> bool:
+        """Attach ``array`` to ``message`` as part ``name``.
+
+        Returns False only if shared-memory flow control was interrupted by ``stop``.
+        """
+        if self._ring is not None:
+            part = self._ring.put(name, array, stop)
+            if part is None:
+                return False
+            message.header.parts.append(part)
+            return True
+        array = np.ascontiguousarray(array)
+        message.header.parts.append(Part(name, tuple(array.shape), array.dtype.name, inline=len(message.payload)))
+        message.payload.append(array)
+        return True
+
+    def close(self, unlink: bool = True, drain_timeout_s: float = 0.0, stop: Callable[[], bool] = lambda: False) -> None:
+        """Close the ring (if any).
+
+        Args:
+            unlink: remove the segments now; False leaves them to the supervisor's sweep,
+                for readers further down the pipeline that are still reading.
+            drain_timeout_s: before unlinking, wait up to this long for the readers to
+                release the last frame.
+            stop: ends the wait early.
+        """
+        if self._ring is not None:
+            if unlink and drain_timeout_s > 0 and not self._ring.drain(drain_timeout_s, stop):
+                logger.debug("ring %s closed before every reader was done", self._ring.name)
+            self._ring.close(unlink)
+
+
+class PayloadReader:
+    """Reads arrays out of incoming messages.
+
+    Args:
+        reader_id: this stage's index among the lossless readers of upstream rings, or
+            None if it takes no part in their flow control.
+    """
+
+    def __init__(self, reader_id: int | None = None) -> None:
+        self._rings = RingReader(reader_id)
+
+    def get(self, message: Message, name: str) -> np.ndarray | None:
+        """The array of part ``name`` (a private copy for shared memory), or None if a
+        shared-memory slot was reused before it could be read.
+
+        Raises:
+            KeyError: the message has no such part.
+        """
+        part = message.header.part(name)
+        if part is None:
+            raise KeyError(f"message has no part {name!r}; it has {[p.name for p in message.header.parts]}")
+        if part.inline is not None:
+            return inline_array(part, message.payload)
+        return self._rings.read(part)
+
+    def release(self, message: Message, name: str) -> None:
+        """Done with part ``name``: lets a lossless writer reuse its slot."""
+        part = message.header.part(name)
+        if part is not None:
+            self._rings.release(part)
+
+    def forward(self, source: Message, target: Message, name: str) -> None:
+        """Carry part ``name`` of ``source`` into ``target`` unchanged (no copy)."""
+        part = source.header.part(name)
+        if part is None:
+            return
+        if part.inline is not None:
+            target.header.parts.append(Part(part.name, part.shape, part.dtype, inline=len(target.payload)))
+            target.payload.append(source.payload[part.inline])
+        else:
+            target.header.parts.append(part)
+
+    def close(self) -> None:
+        self._rings.close()
+

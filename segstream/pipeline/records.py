@@ -1,0 +1,29 @@
+"""Where a run's outputs go under ``--record DIR``, and writing them safely.
+
+One source: ``DIR/masks/<frame>.png`` and ``DIR/overlay.mp4``. Several sources: the same
+under ``DIR/<source_id>/``. Files are written to a temporary name and renamed, so a file
+that exists is complete even if the run is stopped mid-write.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def source_dir(record: str | os.PathLike[str], source_id: str, per_source: bool) -> Path:
+    """The folder holding one source's outputs."""
+    root = Path(record)
+    return root / source_id if per_source else root
+
+
+def write_png(path: Path, image: np.ndarray, compression: int = 1) -> None:
+    """Write ``image`` as PNG atomically (fast compression by default)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    if not cv2.imwrite(str(tmp), image, [cv2.IMWRITE_PNG_COMPRESSION, compression]):
+        raise OSError(f"OpenCV could not write {tmp}")
+    os.replace(tmp, path)

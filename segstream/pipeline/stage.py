@@ -1,0 +1,279 @@
+"""What every stage process shares: its spec, its runtime (signals, control channel,
+stats) and the receive-process-send loop of the middle stages.
+
+A stage module exposes ``run(spec, runtime) -> int``. ``python -m segstream.pipeline.stage_main
+SPEC.json`` starts one, so a stage can also run alone, on another host.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+import zmq
+
+from segstream.pipeline.messages import Kind, Message, Stamp
+from segstream.pipeline.payloads import PayloadWriter
+from segstream.pipeline.policies import POLL_MS, FlowPolicy, Inbox, Outbox
+from segstream.pipeline.stats import StageStats
+from segstream.pipeline.transport import Role, make_socket
+
+logger = logging.getLogger(__name__)
+
+STATS_INTERVAL_S = 1.0
+STANDALONE_DRAIN_S = 5.0  # a stage running alone waits this long for its ring's readers
+
+
+class StageKind(str, Enum):
+    """The stage processes of a pipeline."""
+
+    CAPTURE = "capture"
+    PREPROCESS = "preprocess"
+    INFER = "infer"
+    PUBLISH = "publish"
+    RENDER = "render"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """Everything a stage process needs to run, JSON-serialisable.
+
+    Attributes:
+        name: unique stage name in the run (``capture-0``, ``infer``...).
+        kind: which stage program runs.
+        run_id: the run's id (names shared memory ``segstream-<run_id>-...``).
+        policy: ``live`` or ``lossless``.
+        inputs: endpoints to connect the input PULL socket to.
+        output: endpoint to bind the output PUSH socket on (None for sinks).
+        control: supervisor endpoint for events (None when started alone).
+        commands: supervisor endpoint for start/stop commands (None: start at once).
+        payloads: ``auto`` (shared memory on ipc://, inline on tcp://), ``shm`` or ``inline``.
+        ring_readers: lossless readers of this stage's shared-memory ring.
+        ring_slots: slots of that ring.
+        reader_ids: this stage's reader index on upstream rings, per part name.
+        sources: number of sources (end-of-stream messages to wait for).
+        delay_ms: artificial extra processing time per frame (tests of slow stages).
+        settings: stage-specific settings.
+    """
+
+    name: str
+    kind: StageKind
+    run_id: str
+    policy: FlowPolicy
+    inputs: tuple[str, ...] = ()
+    output: str | None = None
+    control: str | None = None
+    commands: str | None = None
+    payloads: str = "auto"
+    ring_readers: int = 0
+    ring_slots: int = 8
+    reader_ids: dict[str, int] = field(default_factory=dict)
+    sources: int = 1
+    delay_ms: float = 0.0
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", StageKind(self.kind))
+        object.__setattr__(self, "policy", FlowPolicy(self.policy))
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        if self.payloads not in ("auto", "shm", "inline"):
+            raise ValueError(f"payloads must be auto, shm or inline, found {self.payloads!r}")
+
+    @property
+    def ring_name(self) -> str:
+        """Shared-memory name prefix of this stage's ring."""
+        return f"segstream-{self.run_id}-{self.name}"
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["kind"] = self.kind.value
+        data["policy"] = self.policy.value
+        return json.dumps(data, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "StageSpec":
+        return cls(**json.loads(text))
+
+
+class StageRuntime:
+    """Signals, control channel and stats of one stage process.
+
+    SIGINT and SIGTERM set the stop flag; every blocking wait in a stage lasts at most
+    ``POLL_MS`` before it looks at the flag again, so a stage stops within a fraction of
+    a second from any state.
+    """
+
+    def __init__(self, spec: StageSpec) -> None:
+        self.spec = spec
+        self.context = zmq.Context()
+        self.stats = StageStats(spec.name)
+        self._stop = False
+        self._last_report = time.monotonic()
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        self.control = make_socket(self.context, Role.CONTROL_OUT, connect=spec.control) if spec.control else None
+        self.commands = make_socket(self.context, Role.COMMANDS_SUB, connect=spec.commands) if spec.commands else None
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if not self._stop:
+            logger.info("%s: %s received, stopping", self.spec.name, signal.Signals(signum).name)
+        self._stop = True
+
+    def _read_commands(self) -> list[bytes]:
+        out = []
+        while self.commands is not None:
+            try:
+                out.append(self.commands.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+        if b"stop" in out:
+            self._stop = True
+        return out
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was requested (signal or supervisor command)."""
+        if not self._stop and self.commands is not None:
+            self._read_commands()
+        return self._stop
+
+    def request_stop(self) -> None:
+        self._stop = True
+
+    def emit(self, event: str, **data: Any) -> None:
+        """Send an event to the supervisor (no-op when running alone)."""
+        if self.control is None:
+            return
+        payload = json.dumps({"stage": self.spec.name, "event": event, **data}).encode()
+        try:
+            self.control.send(payload, zmq.NOBLOCK)
+        except zmq.Again:
+            logger.debug("control channel full; event %s dropped", event)
+
+    def ready_and_wait_for_start(self) -> bool:
+        """Report ready, then wait for the supervisor's start (at once when alone).
+
+        Returns False if a stop came first.
+        """
+        self.emit("ready")
+        if self.commands is None:
+            return not self.stopping
+        while not self._stop:
+            if self.commands.poll(POLL_MS) and b"start" in self._read_commands():
+                self.emit("started")
+                return True
+        return False
+
+    def tick(self) -> None:
+        """Send periodic stats to the supervisor."""
+        now = time.monotonic()
+        if now - self._last_report >= STATS_INTERVAL_S:
+            self._last_report = now
+            self.emit("stats", stats=self.stats.to_json())
+
+    def finish(self, exit_code: int) -> int:
+        """Send final stats, close sockets; returns ``exit_code``."""
+        self.emit("done", stats=self.stats.to_json(), exit_code=exit_code, stopped=self._stop)
+        if self.control is not None:
+            self.control.close(linger=1000)
+        if self.commands is not None:
+            self.commands.close(linger=0)
+        self.context.term()
+        return exit_code
+
+
+class Processor(Protocol):
+    """The per-frame work of a middle stage."""
+
+    def process(self, message: Message) -> Message | None:
+        """Handle one frame message; returns what to send on, or None if skipped
+        (the processor counts the reason in the stage stats)."""
+        ...
+
+    def discard(self, message: Message) -> None:
+        """A frame superseded in live flow: release what it holds upstream."""
+        ...
+
+    def end_of_stream(self, message: Message) -> None:
+        """The source of ``message`` ended (flush per-source outputs)."""
+        ...
+
+    def close(self) -> None:
+        """Release everything (files, rings)."""
+        ...
+
+
+def close_writer(writer: PayloadWriter, spec: StageSpec, runtime: StageRuntime) -> None:
+    """Close a stage's ring when the stage ends.
+
+    Under a supervisor, a stage that ended normally leaves its segments for the
+    supervisor to sweep once every stage is done (readers further down may still be
+    reading them). Alone, it waits a little for its readers and unlinks. On a stop it
+    unlinks at once.
+    """
+    if runtime.stopping:
+        writer.close(unlink=True)
+    elif spec.control is not None:
+        writer.close(unlink=False)
+    else:
+        writer.close(unlink=True, drain_timeout_s=STANDALONE_DRAIN_S, stop=lambda: runtime.stopping)
+
+
+def stamp(message: Message, stage: str, in_ns: int) -> None:
+    """Append this stage's timing stamp to ``message``."""
+    message.header.stamps.append(Stamp(stage, in_ns, time.monotonic_ns()))
+
+
+def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processor) -> int:
+    """Receive, process and send until every source ended or a stop is requested.
+
+    Returns the process exit code (0 on end of stream and on a requested stop).
+    """
+    ctx = runtime.context
+    in_role = Role.STAGE_IN_LIVE if spec.policy is FlowPolicy.LIVE else Role.STAGE_IN_LOSSLESS
+    out_role = Role.STAGE_OUT_LIVE if spec.policy is FlowPolicy.LIVE else Role.STAGE_OUT_LOSSLESS
+    pull = make_socket(ctx, in_role, connect=list(spec.inputs))
+    push = make_socket(ctx, out_role, bind=spec.output) if spec.output else None
+    stats = runtime.stats
+    inbox = Inbox(pull, spec.policy, stats.skipped)
+    outbox = Outbox(push, spec.policy, stats.skipped, lambda: runtime.stopping) if push else None
+    ended: set[str] = set()
+    try:
+        if not runtime.ready_and_wait_for_start():
+            return 0
+        while not runtime.stopping and len(ended) < spec.sources:
+            messages = inbox.receive()
+            for old in inbox.superseded:
+                processor.discard(old)
+            inbox.superseded.clear()
+            for message in messages:
+                in_ns = time.monotonic_ns()
+                if message.header.kind is Kind.EOS:
+                    ended.add(message.header.source)
+                    processor.end_of_stream(message)
+                    stamp(message, spec.name, in_ns)
+                    if outbox is not None:
+                        outbox.send(message)
+                    continue
+                stats.frames_in += 1
+                result = processor.process(message)
+                if spec.delay_ms:
+                    time.sleep(spec.delay_ms / 1000)
+                if result is None:
+                    continue
+                stamp(result, spec.name, in_ns)
+                stats.process_ms.append((result.header.stamps[-1].out_ns - in_ns) / 1e6)
+                if outbox is None or outbox.send(result):
+                    stats.record_out(message.header.source, time.monotonic_ns())
+            runtime.tick()
+        return 0
+    finally:
+        processor.close()
+        pull.close(linger=0)
+        if push is not None:
+            push.close(linger=0 if runtime.stopping else 2000)

@@ -1,0 +1,56 @@
+"""Entry point of a stage process: ``python -m segstream.pipeline.stage_main SPEC.json``.
+
+The supervisor starts every stage this way; a user can too, to run one stage alone (on
+another host, with tcp:// endpoints in the spec).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from segstream.pipeline.stage import StageKind, StageRuntime, StageSpec
+
+logger = logging.getLogger(__name__)
+
+STAGE_MODULES: dict[StageKind, str] = {
+    StageKind.CAPTURE: "segstream.pipeline.stages.capture",
+    StageKind.PREPROCESS: "segstream.pipeline.stages.preprocess",
+    StageKind.INFER: "segstream.pipeline.stages.infer",
+    StageKind.PUBLISH: "segstream.pipeline.stages.publish",
+    StageKind.RENDER: "segstream.pipeline.stages.render",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the stage described by the spec file named in ``argv[0]``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        sys.stderr.write("usage: python -m segstream.pipeline.stage_main SPEC.json\n")
+        return 2
+    spec = StageSpec.from_json(Path(argv[0]).read_text())
+    logging.basicConfig(
+        level=os.environ.get("SEGSTREAM_LOG_LEVEL", "INFO").upper(),
+        format=f"%(asctime)s {spec.name} %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    runtime = StageRuntime(spec)
+    try:
+        module = importlib.import_module(STAGE_MODULES[spec.kind])
+        code = module.run(spec, runtime)
+    except KeyboardInterrupt:
+        code = 0
+    except Exception as exc:  # noqa: BLE001 - report any failure to the supervisor, then exit non-zero
+        logger.error("stage failed: %s", exc)
+        logger.debug("%s", traceback.format_exc())
+        runtime.emit("error", message=f"{type(exc).__name__}: {exc}")
+        code = 1
+    return runtime.finish(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

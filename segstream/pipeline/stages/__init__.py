@@ -1,0 +1,1 @@
+"""The stage programs. Each module exposes ``run(spec, runtime) -> int``."""

@@ -1,0 +1,104 @@
+"""Capture stage: reads a source and sends frames on, ending with end-of-stream.
+
+Settings: ``source`` (URI), ``source_id``, ``max_frames`` (0 = all), ``pace`` (follow the
+source's frame rate; on for live flow over a file, so a file can stand in for a camera).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from segstream.pipeline.messages import Header, Kind, Message, eos
+from segstream.pipeline.payloads import PayloadWriter, mode_for_endpoint
+from segstream.pipeline.policies import FlowPolicy, Outbox
+from segstream.pipeline.sources import SourceError, open_source, to_bgr
+from segstream.pipeline.stage import StageRuntime, StageSpec, close_writer, stamp
+from segstream.pipeline.transport import Role, make_socket
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    """Capture stage settings."""
+
+    source: str
+    source_id: str
+    max_frames: int = 0
+    pace: bool = False
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CaptureSettings":
+        return cls(**data)
+
+
+def run(spec: StageSpec, runtime: StageRuntime) -> int:
+    """Read frames until the source ends, ``max_frames`` or a stop; always send EOS."""
+    settings = CaptureSettings.from_dict(spec.settings)
+    stats = runtime.stats
+    try:
+        source = open_source(settings.source, settings.source_id)
+    except SourceError as exc:
+        logger.error("%s", exc)
+        runtime.emit("error", message=str(exc))
+        return 2
+    role = Role.STAGE_OUT_LIVE if spec.policy is FlowPolicy.LIVE else Role.STAGE_OUT_LOSSLESS
+    assert spec.output is not None, "capture needs an output endpoint"
+    push = make_socket(runtime.context, role, bind=spec.output)
+    outbox = Outbox(push, spec.policy, stats.skipped, lambda: runtime.stopping)
+    writer = PayloadWriter(mode_for_endpoint(spec.output, spec.payloads), spec.ring_name, spec.ring_readers,
+                           spec.ring_slots, lossless=spec.policy is FlowPolicy.LOSSLESS)
+    stats.extra.update({"source": settings.source, "fps": source.fps, "frame_count": getattr(source, "frame_count", 0)})
+    sent_eos = False
+    try:
+        if not runtime.ready_and_wait_for_start():
+            return 0
+        start = time.monotonic()
+        index = 0
+        for frame in source.frames():
+            if runtime.stopping:
+                break
+            if settings.pace and source.fps > 0 and not source.live:
+                delay = start + index / source.fps - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            in_ns = time.monotonic_ns()
+            stats.frames_in += 1
+            this_index = index
+            index += 1
+            if frame.image is None:
+                stats.skipped["unreadable"] += 1
+                logger.warning("%s: skipped frame %s: %s", settings.source_id, frame.name, frame.error)
+            else:
+                try:
+                    image = to_bgr(frame.image)
+                except ValueError as exc:
+                    stats.skipped["bad_format"] += 1
+                    logger.warning("%s: skipped frame %s: %s", settings.source_id, frame.name, exc)
+                    image = None
+                if image is not None:
+                    header = Header(Kind.FRAME, settings.source_id, this_index, frame.name, in_ns, time.time_ns(),
+                                    meta={"fps": source.fps})
+                    message = Message(header)
+                    if not writer.add(message, "frame", image, lambda: runtime.stopping):
+                        break
+                    stamp(message, spec.name, in_ns)
+                    stats.process_ms.append((message.header.stamps[-1].out_ns - in_ns) / 1e6)
+                    if outbox.send(message):
+                        stats.record_out(settings.source_id, time.monotonic_ns())
+            if settings.max_frames and index >= settings.max_frames:
+                break
+            runtime.tick()
+        if not runtime.stopping:
+            sent_eos = outbox.send(eos(settings.source_id, frames_in=stats.frames_in, frames_out=stats.frames_out,
+                                       skipped=dict(stats.skipped)), timeout_s=30)
+        return 0
+    finally:
+        source.close()
+        if not sent_eos and not runtime.stopping:
+            logger.warning("%s: end-of-stream could not be delivered", spec.name)
+        push.close(linger=0 if runtime.stopping else 2000)
+        close_writer(writer, spec, runtime)

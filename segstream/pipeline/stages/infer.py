@@ -1,0 +1,62 @@
+"""Inference stage: tensor -> label map at model resolution.
+
+Settings: ``model_path`` (ONNX file with metadata), ``backend`` (default ``onnxruntime``),
+``threads`` (0 = one per core).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from segstream.engines.base import labels_from_outputs, load_engine
+from segstream.pipeline.messages import Kind, Message, derive
+from segstream.pipeline.payloads import PayloadReader, PayloadWriter, mode_for_endpoint
+from segstream.pipeline.policies import FlowPolicy
+from segstream.pipeline.stage import StageRuntime, StageSpec, close_writer, run_middle_stage
+
+logger = logging.getLogger(__name__)
+
+
+class InferProcessor:
+    """Runs the engine on each tensor and writes the label map."""
+
+    def __init__(self, spec: StageSpec, runtime: StageRuntime) -> None:
+        self.spec = spec
+        self.runtime = runtime
+        settings = spec.settings
+        self.engine = load_engine(settings["model_path"], settings.get("backend", "onnxruntime"),
+                                  threads=int(settings.get("threads", 0)))
+        self.tensors = PayloadReader(spec.reader_ids.get("tensor"))
+        assert spec.output is not None, "infer needs an output endpoint"
+        self.writer = PayloadWriter(mode_for_endpoint(spec.output, spec.payloads), spec.ring_name, spec.ring_readers,
+                                    spec.ring_slots, lossless=spec.policy is FlowPolicy.LOSSLESS)
+        runtime.stats.extra["model"] = self.engine.metadata.name
+
+    def process(self, message: Message) -> Message | None:
+        tensor = self.tensors.get(message, "tensor")
+        self.tensors.release(message, "tensor")
+        if tensor is None:
+            self.runtime.stats.skipped["overwritten"] += 1
+            return None
+        labels = labels_from_outputs(self.engine.infer(tensor), self.engine.metadata)
+        out = derive(message, Kind.RESULT)
+        self.tensors.forward(message, out, "frame")
+        if not self.writer.add(out, "labels", labels, lambda: self.runtime.stopping):
+            return None
+        return out
+
+    def discard(self, message: Message) -> None:
+        self.tensors.release(message, "tensor")
+
+    def end_of_stream(self, message: Message) -> None:
+        pass
+
+    def close(self) -> None:
+        self.engine.close()
+        self.tensors.close()
+        close_writer(self.writer, self.spec, self.runtime)
+
+
+def run(spec: StageSpec, runtime: StageRuntime) -> int:
+    """Run the inference stage until end of stream or stop."""
+    return run_middle_stage(spec, runtime, InferProcessor(spec, runtime))

@@ -1,0 +1,57 @@
+"""Preprocess stage: frame -> model input tensor, as the model's metadata prescribes.
+
+Settings: ``metadata`` (the model's ``ModelMetadata`` as a dict).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from segstream.engines.metadata import ModelMetadata
+from segstream.engines.preprocess import Preprocessor
+from segstream.pipeline.messages import Kind, Message, derive
+from segstream.pipeline.payloads import PayloadReader, PayloadWriter, mode_for_endpoint
+from segstream.pipeline.policies import FlowPolicy
+from segstream.pipeline.stage import StageRuntime, StageSpec, close_writer, run_middle_stage
+
+logger = logging.getLogger(__name__)
+
+
+class PreprocessProcessor:
+    """Reads the frame, writes the tensor, carries the frame reference on for render."""
+
+    def __init__(self, spec: StageSpec, runtime: StageRuntime) -> None:
+        self.spec = spec
+        self.runtime = runtime
+        self.preprocess = Preprocessor(ModelMetadata.from_dict(spec.settings["metadata"]))
+        self.frames = PayloadReader(spec.reader_ids.get("frame"))
+        assert spec.output is not None, "preprocess needs an output endpoint"
+        self.writer = PayloadWriter(mode_for_endpoint(spec.output, spec.payloads), spec.ring_name, spec.ring_readers,
+                                    spec.ring_slots, lossless=spec.policy is FlowPolicy.LOSSLESS)
+
+    def process(self, message: Message) -> Message | None:
+        frame = self.frames.get(message, "frame")
+        self.frames.release(message, "frame")
+        if frame is None:
+            self.runtime.stats.skipped["overwritten"] += 1
+            return None
+        out = derive(message, Kind.TENSOR)
+        self.frames.forward(message, out, "frame")
+        if not self.writer.add(out, "tensor", self.preprocess(frame), lambda: self.runtime.stopping):
+            return None
+        return out
+
+    def discard(self, message: Message) -> None:
+        self.frames.release(message, "frame")
+
+    def end_of_stream(self, message: Message) -> None:
+        pass
+
+    def close(self) -> None:
+        self.frames.close()
+        close_writer(self.writer, self.spec, self.runtime)
+
+
+def run(spec: StageSpec, runtime: StageRuntime) -> int:
+    """Run the preprocess stage until end of stream or stop."""
+    return run_middle_stage(spec, runtime, PreprocessProcessor(spec, runtime))

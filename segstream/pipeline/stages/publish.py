@@ -1,0 +1,107 @@
+"""Publish stage: label map -> mask at frame resolution, published to downstream
+consumers (ZeroMQ PUB, inline payload), recorded as PNG, and passed on to render.
+
+Settings: ``endpoint`` (PUB bind address, or None), ``record`` (folder or None),
+``per_source_dirs``, ``ignore_index``, ``model``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import cv2
+import numpy as np
+from segstream.pipeline.messages import Kind, Message, Part, derive, encode
+from segstream.pipeline.payloads import PayloadReader, PayloadWriter, mode_for_endpoint
+from segstream.pipeline.policies import FlowPolicy
+from segstream.pipeline.records import source_dir, write_png
+from segstream.pipeline.stage import StageRuntime, StageSpec, close_writer, run_middle_stage
+from segstream.pipeline.transport import Role, make_socket
+
+logger = logging.getLogger(__name__)
+
+
+def class_shares(mask: np.ndarray, ignore_index: int) -> dict[str, float]:
+    """Share of the frame's pixels per class id present (ignore label left out)."""
+    counts = np.bincount(mask.ravel(), minlength=256)
+    total = mask.size
+    return {str(i): round(int(c) / total, 5) for i, c in enumerate(counts) if c and i != ignore_index}
+
+
+class PublishProcessor:
+    """Resizes labels to the frame, publishes, records and forwards to render."""
+
+    def __init__(self, spec: StageSpec, runtime: StageRuntime) -> None:
+        self.spec = spec
+        self.runtime = runtime
+        settings = spec.settings
+        self.record = settings.get("record")
+        self.per_source = bool(settings.get("per_source_dirs", False))
+        self.ignore_index = int(settings.get("ignore_index", 255))
+        self.model = settings.get("model", "")
+        endpoint = settings.get("endpoint")
+        self.pub = make_socket(runtime.context, Role.RESULTS_PUB, bind=endpoint) if endpoint else None
+        self.labels = PayloadReader(spec.reader_ids.get("labels"))
+        self.writer = (
+            PayloadWriter(mode_for_endpoint(spec.output, spec.payloads), spec.ring_name, spec.ring_readers,
+                          spec.ring_slots, lossless=spec.policy is FlowPolicy.LOSSLESS)
+            if spec.output else None
+        )
+
+    def _publish(self, message: Message) -> None:
+        if self.pub is None:
+            return
+        # PUB never blocks: a subscriber that falls behind its HWM loses messages on its
+        # side (it sees the gap in frame indices); the pipeline never waits for it.
+        self.pub.send_multipart(encode(message), copy=False)
+
+    def process(self, message: Message) -> Message | None:
+        labels = self.labels.get(message, "labels")
+        self.labels.release(message, "labels")
+        if labels is None:
+            self.runtime.stats.skipped["overwritten"] += 1
+            return None
+        frame_part = message.header.part("frame")
+        height, width = frame_part.shape[:2] if frame_part else labels.shape
+        mask = labels
+        if labels.shape != (height, width):
+            mask = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
+        header = message.header
+        if self.record:
+            write_png(source_dir(self.record, header.source, self.per_source) / "masks" / f"{header.name}.png", mask)
+        public = derive(message, Kind.RESULT)
+        public.header.meta.update({"model": self.model, "classes": class_shares(mask, self.ignore_index),
+                                   "ignore_index": self.ignore_index})
+        public.header.parts.append(Part("mask", tuple(mask.shape), "uint8", inline=0))
+        public.payload.append(np.ascontiguousarray(mask))
+        self._publish(public)
+        self.runtime.stats.latency_ms.append((time.monotonic_ns() - header.capture_ns) / 1e6)
+        if self.writer is None:
+            return public
+        out = derive(public, Kind.RESULT)
+        self.labels.forward(message, out, "frame")
+        if not self.writer.add(out, "mask", mask, lambda: self.runtime.stopping):
+            return None
+        return out
+
+    def discard(self, message: Message) -> None:
+        self.labels.release(message, "labels")
+
+    def end_of_stream(self, message: Message) -> None:
+        if self.pub is not None:
+            final = derive(message, Kind.EOS)
+            final.header.meta["published"] = self.runtime.stats.per_source.get(message.header.source, 0)
+            self._publish(final)
+
+    def close(self) -> None:
+        if self.pub is not None:
+            self.pub.close(linger=0 if self.runtime.stopping else 1000)
+        self.labels.close()
+        if self.writer is not None:
+            close_writer(self.writer, self.spec, self.runtime)
+
+
+def run(spec: StageSpec, runtime: StageRuntime) -> int:
+    """Run the publish stage until end of stream or stop."""
+    return run_middle_stage(spec, runtime, PublishProcessor(spec, runtime))

@@ -1,0 +1,125 @@
+"""Render stage: frame + mask -> overlay video (``--record``).
+
+Settings: ``record`` (folder), ``per_source_dirs``, ``metadata`` (class names, palette),
+``opacity``, ``legend``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from segstream.engines.metadata import ModelMetadata
+from segstream.pipeline.messages import Message
+from segstream.pipeline.overlay import OverlayRenderer, OverlayStyle
+from segstream.pipeline.payloads import PayloadReader
+from segstream.pipeline.records import source_dir
+from segstream.pipeline.stage import StageRuntime, StageSpec, run_middle_stage
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FPS = 25.0
+VIDEO_NAME = "overlay.mp4"
+
+
+class VideoSink:
+    """An mp4 file written frame by frame; frames of another size are resized to the first."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        self.path = path
+        self.fps = fps
+        self._writer: cv2.VideoWriter | None = None
+        self._size: tuple[int, int] | None = None
+        self.frames = 0
+
+    def write(self, image: np.ndarray) -> None:
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._size = (image.shape[1], image.shape[0])
+            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self._size)
+            if not self._writer.isOpened():
+                raise OSError(f"OpenCV cannot write {self.path} with the mp4v codec")
+        if (image.shape[1], image.shape[0]) != self._size:
+            image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
+        self._writer.write(image)
+        self.frames += 1
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+
+class RenderProcessor:
+    """Draws overlays and writes one video per source."""
+
+    def __init__(self, spec: StageSpec, runtime: StageRuntime) -> None:
+        self.spec = spec
+        self.runtime = runtime
+        settings = spec.settings
+        meta = ModelMetadata.from_dict(settings["metadata"])
+        style = OverlayStyle(opacity=float(settings.get("opacity", 0.5)), legend=bool(settings.get("legend", True)))
+        self.renderer = OverlayRenderer(meta.class_names, meta.palette, meta.ignore_index, style)
+        self.record = settings.get("record")
+        self.per_source = bool(settings.get("per_source_dirs", False))
+        self.frames = PayloadReader(spec.reader_ids.get("frame"))
+        self.masks = PayloadReader(spec.reader_ids.get("mask"))
+        self.sinks: dict[str, VideoSink] = {}
+        self._last_seen: dict[str, float] = {}
+        self._rate: dict[str, float] = {}
+
+    def _live_fps(self, source: str) -> float:
+        """Frames per second rendered for ``source``, smoothed."""
+        now = time.monotonic()
+        last = self._last_seen.get(source)
+        self._last_seen[source] = now
+        if last is None or now <= last:
+            return self._rate.get(source, 0.0)
+        instant = 1.0 / (now - last)
+        prev = self._rate.get(source)
+        self._rate[source] = instant if prev is None else 0.9 * prev + 0.1 * instant
+        return self._rate[source]
+
+    def process(self, message: Message) -> Message | None:
+        frame = self.frames.get(message, "frame")
+        mask = self.masks.get(message, "mask")
+        self.frames.release(message, "frame")
+        self.masks.release(message, "mask")
+        if frame is None or mask is None:
+            self.runtime.stats.skipped["overwritten"] += 1
+            return None
+        header = message.header
+        image = self.renderer.annotate(frame, mask, header.index, self._live_fps(header.source))
+        if self.record:
+            sink = self.sinks.get(header.source)
+            if sink is None:
+                path = source_dir(self.record, header.source, self.per_source) / VIDEO_NAME
+                sink = self.sinks[header.source] = VideoSink(path, float(header.meta.get("fps") or DEFAULT_FPS))
+            sink.write(image)
+        self.runtime.stats.latency_ms.append((time.monotonic_ns() - header.capture_ns) / 1e6)
+        return message
+
+    def discard(self, message: Message) -> None:
+        self.frames.release(message, "frame")
+        self.masks.release(message, "mask")
+
+    def end_of_stream(self, message: Message) -> None:
+        sink = self.sinks.pop(message.header.source, None)
+        if sink is not None:
+            sink.close()
+
+    def close(self) -> None:
+        for sink in self.sinks.values():
+            sink.close()
+        self.sinks.clear()
+        self.frames.close()
+        self.masks.close()
+
+
+def run(spec: StageSpec, runtime: StageRuntime) -> int:
+    """Run the render stage until end of stream or stop."""
+    return run_middle_stage(spec, runtime, RenderProcessor(spec, runtime))

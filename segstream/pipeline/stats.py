@@ -1,0 +1,81 @@
+"""Per-stage counters and timing samples, and their summaries for stats.json."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+MAX_SAMPLES = 50_000  # per series; older samples fall off so long runs keep bounded memory
+
+
+def summarize(samples: Iterable[float]) -> dict[str, float]:
+    """Median, p95, mean and max (ms) of ``samples``; zeros for an empty series."""
+    values = np.fromiter(samples, dtype=np.float64)
+    if values.size == 0:
+        return {"count": 0, "median": 0.0, "p95": 0.0, "mean": 0.0, "max": 0.0}
+    return {
+        "count": int(values.size),
+        "median": round(float(np.median(values)), 3),
+        "p95": round(float(np.percentile(values, 95)), 3),
+        "mean": round(float(values.mean()), 3),
+        "max": round(float(values.max()), 3),
+    }
+
+
+@dataclass
+class StageStats:
+    """What one stage counts while it runs.
+
+    Attributes:
+        stage: stage name.
+        frames_in: frames received (or read from the source, for capture).
+        frames_out: frames sent on.
+        skipped: frames dropped here, by reason.
+        process_ms: processing time per frame.
+        latency_ms: end-to-end latency from capture to the end of this stage, per frame
+            (kept by publish and render).
+        per_source: frames out per source.
+    """
+
+    stage: str
+    frames_in: int = 0
+    frames_out: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    process_ms: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
+    latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
+    per_source: Counter[str] = field(default_factory=Counter)
+    started_ns: int = field(default_factory=time.monotonic_ns)
+    first_out_ns: int = 0
+    last_out_ns: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def record_out(self, source: str, now_ns: int) -> None:
+        """Count one frame sent on."""
+        self.frames_out += 1
+        self.per_source[source] += 1
+        if not self.first_out_ns:
+            self.first_out_ns = now_ns
+        self.last_out_ns = now_ns
+
+    def throughput_fps(self) -> float:
+        """Frames out per second between the first and the last frame out."""
+        span = (self.last_out_ns - self.first_out_ns) / 1e9
+        return round((self.frames_out - 1) / span, 3) if self.frames_out > 1 and span > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready summary."""
+        return {
+            "stage": self.stage,
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "skipped": dict(self.skipped),
+            "process_ms": summarize(self.process_ms),
+            "latency_ms": summarize(self.latency_ms),
+            "throughput_fps": self.throughput_fps(),
+            "per_source": dict(self.per_source),
+            **({"extra": self.extra} if self.extra else {}),
+        }

@@ -1,0 +1,356 @@
+"""The supervisor: starts every stage process, watches them, stops them, collects stats.
+
+Lifecycle: STARTING (stages load, report ready) -> RUNNING (start sent) -> STOPPING ->
+DONE. Any stage that dies stops the run with an error naming it. Whatever happens, at
+the end no stage process, ipc socket file or shared-memory segment of the run is left.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from segstream.engines.metadata import ModelMetadata
+from segstream.pipeline.config import PipelineConfig
+from segstream.pipeline.graph import RunPlan, plan_run
+from segstream.pipeline.policies import FlowPolicy
+from segstream.pipeline.shm_ring import SHM_PREFIX, sweep
+from segstream.pipeline.stage import StageKind, StageSpec
+from segstream.pipeline.transport import Role, make_socket
+
+logger = logging.getLogger(__name__)
+
+STOP_GRACE_S = 1.2  # after a stop request, stages get this long before SIGKILL
+START_RESEND_S = 0.1
+MAX_IPC_DIR = 80  # ipc:// paths must fit in sun_path (108 bytes) with the socket name
+
+
+class RunState(str, Enum):
+    """Lifecycle of a run."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    DONE = "done"
+
+
+class PipelineFailed(RuntimeError):
+    """A stage died or could not start; the message names it and says why."""
+
+
+@dataclass
+class StageProcess:
+    """A started stage: its spec, process, and what it reported."""
+
+    spec: StageSpec
+    process: subprocess.Popen[bytes]
+    ready: bool = False
+    started: bool = False
+    done: bool = False
+    stats: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+
+@dataclass
+class RunResult:
+    """Outcome of a run: exit code, collected stats, and the error if any."""
+
+    exit_code: int
+    stats: dict[str, Any]
+    error: str = ""
+
+
+def default_policy(sources: tuple[str, ...]) -> FlowPolicy:
+    """Lossless for files and folders; live as soon as one source is live."""
+    from segstream.pipeline.sources import open_source
+
+    for uri in sources:
+        source = open_source(uri)
+        try:
+            if source.live:
+                return FlowPolicy.LIVE
+        finally:
+            source.close()
+    return FlowPolicy.LOSSLESS
+
+
+def _run_dir() -> Path:
+    base = tempfile.gettempdir()
+    if len(base) > MAX_IPC_DIR - 30:
+        base = "/tmp"
+    return Path(tempfile.mkdtemp(prefix="segstream-", dir=base))
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class Supervisor:
+    """Runs one pipeline to completion, failure or stop.
+
+    Args:
+        config: the run configuration.
+        model_path: ONNX file the infer stage loads.
+        metadata: that model's metadata.
+    """
+
+    def __init__(self, config: PipelineConfig, model_path: Path, metadata: ModelMetadata) -> None:
+        self.config = config
+        self.model_path = model_path
+        self.metadata = metadata
+        self.policy = config.policy or default_policy(config.sources)
+        self.run_id = secrets.token_hex(4)
+        self.state = RunState.STARTING
+        self._stop_requested = False
+        self._stop_signal = 0
+        self.stages: list[StageProcess] = []
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if not self._stop_requested:
+            logger.warning("%s received: stopping the pipeline", signal.Signals(signum).name)
+        self._stop_requested = True
+        self._stop_signal = signum
+
+    def run(self) -> RunResult:
+        """Start the stages, supervise them and clean up; never leaves anything behind."""
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        run_dir = _run_dir()
+        context = zmq.Context()
+        started_wall = time.time()
+        t0 = time.monotonic()
+        error = ""
+        control = commands = None
+        try:
+            plan = plan_run(self.config, self.policy, self.run_id, run_dir, self.model_path, self.metadata)
+            control = make_socket(context, Role.CONTROL_IN, bind=plan.control)
+            commands = make_socket(context, Role.COMMANDS_PUB, bind=plan.commands)
+            self._start(plan, run_dir)
+            error = self._supervise(control, commands)
+        except PipelineFailed as exc:
+            error = str(exc)
+        finally:
+            self._shutdown(commands)
+            if control is not None:
+                self._drain_events(control, 0.2)
+                control.close(linger=0)
+            if commands is not None:
+                commands.close(linger=0)
+            context.term()
+            removed = sweep(f"{SHM_PREFIX}{self.run_id}-")
+            if removed:
+                logger.debug("swept shared memory: %s", removed)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        stopped = self._stop_requested and not error
+        stats = self._collect_stats(started_wall, time.monotonic() - t0, stopped, error)
+        if error:
+            code = 1
+        elif stopped:
+            code = 128 + (self._stop_signal or signal.SIGINT)
+        else:
+            code = 0
+        stats["exit_code"] = code
+        return RunResult(code, stats, error)
+
+    # -- starting ---------------------------------------------------------------------
+
+    def _start(self, plan: RunPlan, run_dir: Path) -> None:
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        # One inference process gets the cores; the light stages stay single-threaded.
+        for spec in plan.stages:
+            path = run_dir / f"{spec.name}.json"
+            path.write_text(spec.to_json())
+            stage_env = env if spec.kind is StageKind.INFER else {**env, "OMP_NUM_THREADS": "1"}
+            process = subprocess.Popen([sys.executable, "-m", "segstream.pipeline.stage_main", str(path)],
+                                       env=stage_env, stdin=subprocess.DEVNULL)
+            self.stages.append(StageProcess(spec, process))
+        logger.info("run %s: %d stages started (%s flow)", self.run_id, len(self.stages), self.policy.value)
+
+    # -- supervising ------------------------------------------------------------------
+
+    def _by_name(self, name: str) -> StageProcess | None:
+        return next((s for s in self.stages if s.spec.name == name), None)
+
+    def _handle_event(self, raw: bytes) -> None:
+        try:
+            event = json.loads(raw)
+            stage = self._by_name(event["stage"])
+            kind = event["event"]
+        except (ValueError, KeyError, TypeError):
+            logger.warning("ignored a malformed control event: %r", raw[:200])
+            return
+        if stage is None:
+            return
+        if kind == "ready":
+            stage.ready = True
+        elif kind == "started":
+            stage.started = True
+        elif kind in ("stats", "done"):
+            stage.stats = event.get("stats", stage.stats)
+            stage.done = stage.done or kind == "done"
+        elif kind == "error":
+            stage.error = str(event.get("message", ""))
+
+    def _drain_events(self, control: zmq.Socket, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = int(max(deadline - time.monotonic(), 0) * 1000)
+            if not control.poll(min(remaining, 50)):
+                if time.monotonic() >= deadline:
+                    return
+                continue
+            while True:
+                try:
+                    self._handle_event(control.recv(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+
+    def _check_deaths(self) -> str:
+        for stage in self.stages:
+            code = stage.process.poll()
+            if code is not None and code != 0:
+                detail = f": {stage.error}" if stage.error else ""
+                return f"stage '{stage.spec.name}' (pid {stage.process.pid}) {_exit_reason(code)}{detail}"
+        return ""
+
+    def _supervise(self, control: zmq.Socket, commands: zmq.Socket) -> str:
+        deadline = time.monotonic() + self.config.ready_timeout_s
+        last_start = 0.0
+        while True:
+            self._drain_events(control, 0.05)
+            if self._stop_requested:
+                return ""
+            death = self._check_deaths()
+            if death:
+                # Let the other stages' last events arrive, so the error names the cause.
+                self._drain_events(control, 0.1)
+                return self._check_deaths()
+            if self.state is RunState.STARTING:
+                if all(s.ready for s in self.stages):
+                    now = time.monotonic()
+                    if now - last_start >= START_RESEND_S:
+                        commands.send(b"start")
+                        last_start = now
+                    if all(s.started for s in self.stages):
+                        self.state = RunState.RUNNING
+                        logger.info("run %s: running", self.run_id)
+                elif time.monotonic() > deadline:
+                    waiting = [s.spec.name for s in self.stages if not s.ready]
+                    return f"stages {waiting} did not become ready within {self.config.ready_timeout_s:.0f} s"
+            if all(s.process.poll() == 0 for s in self.stages):
+                self._drain_events(control, 0.1)
+                return ""
+
+    # -- stopping ---------------------------------------------------------------------
+
+    def _shutdown(self, commands: zmq.Socket | None) -> None:
+        alive = [s for s in self.stages if s.process.poll() is None]
+        if not alive:
+            return
+        self.state = RunState.STOPPING
+        if commands is not None:
+            try:
+                commands.send(b"stop", zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+        for stage in alive:
+            try:
+                stage.process.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + STOP_GRACE_S
+        for stage in alive:
+            try:
+                stage.process.wait(timeout=max(deadline - time.monotonic(), 0.01))
+            except subprocess.TimeoutExpired:
+                logger.warning("stage %s did not stop in time; killing it", stage.spec.name)
+                stage.process.kill()
+                stage.process.wait()
+        self.state = RunState.DONE
+
+    # -- stats ------------------------------------------------------------------------
+
+    def _collect_stats(self, started_wall: float, duration_s: float, stopped: bool, error: str) -> dict[str, Any]:
+        stages = {s.spec.name: s.stats for s in self.stages if s.stats}
+        captures = [s for s in self.stages if s.spec.kind is StageKind.CAPTURE]
+        publish = self._by_name("publish")
+        render = self._by_name("render")
+        frames_in = sum(int(stages.get(c.spec.name, {}).get("frames_in", 0)) for c in captures)
+        published = int(publish.stats.get("frames_out", 0)) if publish and publish.stats else 0
+        by_stage = {name: st.get("skipped", {}) for name, st in stages.items() if st.get("skipped")}
+        before_publish = sum(sum(v.values()) for name, v in by_stage.items() if name != "render")
+        stats: dict[str, Any] = {
+            "version": 1,
+            "run_id": self.run_id,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started_wall)),
+            "duration_s": round(duration_s, 3),
+            "policy": self.policy.value,
+            "model": self.metadata.name,
+            "model_path": str(self.model_path),
+            "sources": list(self.config.sources),
+            "frames_in": frames_in,
+            "frames_published": published,
+            "frames_rendered": int(render.stats.get("frames_out", 0)) if render and render.stats else None,
+            "frames_skipped": {"total": before_publish, "by_stage": by_stage},
+            "frames_unaccounted": frames_in - published - before_publish,
+            "throughput_fps": publish.stats.get("throughput_fps", 0.0) if publish and publish.stats else 0.0,
+            "latency_ms": {
+                "capture_to_publish": (publish.stats or {}).get("latency_ms", {}) if publish else {},
+                "capture_to_render": (render.stats or {}).get("latency_ms", {}) if render else {},
+            },
+            "stages": stages,
+            "stopped": stopped,
+            "error": error,
+        }
+        return stats
+
+
+def write_stats(stats: dict[str, Any], record: str | os.PathLike[str]) -> Path:
+    """Write ``stats.json`` into ``record`` atomically."""
+    path = Path(record) / "stats.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".stats.json.tmp")
+    tmp.write_text(json.dumps(stats, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def format_summary(stats: dict[str, Any]) -> str:
+    """A short human summary of a run's stats."""
+    lat = stats["latency_ms"]["capture_to_publish"] or {}
+    lines = [
+        f"run {stats['run_id']}: {stats['policy']} flow, model {stats['model']}, {stats['duration_s']:.1f} s",
+        f"  frames in {stats['frames_in']}, published {stats['frames_published']}, "
+        f"skipped {stats['frames_skipped']['total']}"
+        + (f" {stats['frames_skipped']['by_stage']}" if stats["frames_skipped"]["total"] else "")
+        + (f", unaccounted {stats['frames_unaccounted']}" if stats["frames_unaccounted"] else ""),
+        f"  throughput {stats['throughput_fps']:.2f} fps, latency capture->publish "
+        f"p50 {lat.get('median', 0):.0f} ms p95 {lat.get('p95', 0):.0f} ms",
+        "  stage          in    out  skipped   median ms    p95 ms",
+    ]
+    for name, st in stats["stages"].items():
+        pm = st.get("process_ms", {})
+        lines.append(f"  {name:<12} {st.get('frames_in', 0):>5} {st.get('frames_out', 0):>6} "
+                     f"{sum(st.get('skipped', {}).values()):>8} {pm.get('median', 0):>11.1f} {pm.get('p95', 0):>9.1f}")
+    return "\n".join(lines)
