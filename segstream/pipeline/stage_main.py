@@ -13,16 +13,14 @@ import sys
 import traceback
 from pathlib import Path
 
-from segstream.pipeline.stage import StageKind, StageRuntime, StageSpec
-
 logger = logging.getLogger(__name__)
 
-STAGE_MODULES: dict[StageKind, str] = {
-    StageKind.CAPTURE: "segstream.pipeline.stages.capture",
-    StageKind.PREPROCESS: "segstream.pipeline.stages.preprocess",
-    StageKind.INFER: "segstream.pipeline.stages.infer",
-    StageKind.PUBLISH: "segstream.pipeline.stages.publish",
-    StageKind.RENDER: "segstream.pipeline.stages.render",
+STAGE_MODULES: dict[str, str] = {
+    "capture": "segstream.pipeline.stages.capture",
+    "preprocess": "segstream.pipeline.stages.preprocess",
+    "infer": "segstream.pipeline.stages.infer",
+    "publish": "segstream.pipeline.stages.publish",
+    "render": "segstream.pipeline.stages.render",
 }
 
 
@@ -32,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         sys.stderr.write("usage: python -m segstream.pipeline.stage_main SPEC.json\n")
         return 2
+    from segstream.pipeline.stage import StageRuntime, StageSpec
+
     spec = StageSpec.from_json(Path(argv[0]).read_text())
     logging.basicConfig(
         level=os.environ.get("SEGSTREAM_LOG_LEVEL", "INFO").upper(),
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     runtime = StageRuntime(spec)
     try:
-        module = importlib.import_module(STAGE_MODULES[spec.kind])
+        module = importlib.import_module(STAGE_MODULES[spec.kind.value])
         code = module.run(spec, runtime)
     except KeyboardInterrupt:
         code = 0
@@ -53,4 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C before the stage installed its handlers: nothing to clean
+        sys.exit(130)

@@ -1,0 +1,44 @@
+"""Shared fixtures: real data from ../shared/data, an isolated cache, the exported model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("SEGSTREAM_DATA", ROOT.parent / "shared" / "data")).resolve()
+CLIP = DATA / "solidWhiteRight.mp4"
+CITYSCAPES_FRAMES = sorted(DATA.glob("frankfurt_*_leftImg8bit.png"))
+KITTI_FRAMES = sorted(DATA.glob("kitti_*.png"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not (DATA / "espnet_p_2_q_8.pth").is_file():
+        raise pytest.UsageError(f"test data not found in {DATA}; set SEGSTREAM_DATA to the shared data folder")
+    os.environ["SEGSTREAM_DATA"] = str(DATA)
+    # Keep the user's cache out of the tests; the exported model lands here once per session.
+    cache = Path(os.environ.get("SEGSTREAM_TEST_CACHE", ROOT / ".pytest_cache" / "segstream-cache"))
+    cache.mkdir(parents=True, exist_ok=True)
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+
+
+@pytest.fixture(scope="session")
+def espnet_onnx() -> Path:
+    """The ESPNet q=8 model exported to ONNX (cached across the session)."""
+    from segstream.engines.export import cached_onnx
+
+    return cached_onnx("espnet-cityscapes")
+
+
+def segstream_cmd(*args: str) -> list[str]:
+    """Command line that runs the segstream CLI of this checkout."""
+    return [sys.executable, "-m", "segstream.pipeline.cli", *args]
+
+
+def run_segstream(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess[str]:
+    """Run the CLI to completion and return its result (text mode)."""
+    return subprocess.run(segstream_cmd(*args), capture_output=True, text=True, timeout=timeout, cwd=ROOT, **kwargs)

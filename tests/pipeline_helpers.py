@@ -1,0 +1,90 @@
+"""Helpers for integration tests that start real pipelines."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from conftest import ROOT, segstream_cmd
+
+
+def start_pipeline(args: list[str], log: Path, tmpdir: Path) -> subprocess.Popen[bytes]:
+    """Start ``segstream ARGS`` in its own session (like a terminal job), logging to ``log``."""
+    tmpdir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "TMPDIR": str(tmpdir), "PYTHONUNBUFFERED": "1"}
+    with open(log, "wb") as out:
+        return subprocess.Popen(segstream_cmd(*args), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+                                start_new_session=True)
+
+
+def wait_for_log(log: Path, pattern: str, timeout: float = 90.0) -> re.Match[str]:
+    """Wait until ``pattern`` appears in the log file."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = re.search(pattern, log.read_text(errors="replace"))
+        if match:
+            return match
+        time.sleep(0.1)
+    raise AssertionError(f"{pattern!r} not in log after {timeout} s:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def session_processes(sid: int) -> list[int]:
+    """Pids of live processes in session ``sid`` (zombies excluded)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            pids.append(int(entry.name))
+    return pids
+
+
+def children_of(pid: int) -> dict[int, str]:
+    """Child pids of ``pid`` with their command lines."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+            out[int(entry.name)] = cmdline
+    return out
+
+
+def leftovers(run_id: str, tmpdir: Path) -> list[str]:
+    """Shared memory segments and run folders (ipc sockets) a run left behind."""
+    shm = [n for n in os.listdir("/dev/shm") if n.startswith(f"segstream-{run_id}")]
+    return shm + [str(p) for p in tmpdir.glob("segstream-*")]
+
+
+def video_frames(path: Path) -> list[np.ndarray]:
+    """Every frame of a video file, decoded."""
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    return frames
+
+
+def read_stats(record: Path) -> dict:
+    return json.loads((record / "stats.json").read_text())

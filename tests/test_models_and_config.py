@@ -1,0 +1,120 @@
+"""Model metadata in ONNX files, the model zoo, and run configuration."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import onnx
+import pytest
+
+from conftest import run_segstream
+from segstream.engines.metadata import ModelError, ModelMetadata, read_onnx_metadata, sidecar_path
+from segstream.engines.resolve import resolve_model
+from segstream.engines.zoo import MODELS, get_model_spec
+from segstream.pipeline.config import ConfigError, PipelineConfig, load_config
+from segstream.pipeline.policies import FlowPolicy
+
+
+def test_exported_onnx_carries_its_metadata(espnet_onnx):
+    meta = read_onnx_metadata(espnet_onnx)
+    assert meta == MODELS["espnet-cityscapes"].metadata
+    assert (meta.input_width, meta.input_height, meta.channel_order.value) == (1024, 512, "BGR")
+    assert meta.class_names[0] == "road" and len(meta.palette) == 19 and meta.ignore_index == 255
+    graph = onnx.load(str(espnet_onnx)).graph
+    assert [i.name for i in graph.input] == ["image"] and [o.name for o in graph.output] == ["labels"]
+
+
+def test_metadata_json_round_trip_and_validation():
+    meta = ModelMetadata.example()
+    assert ModelMetadata.from_json(meta.to_json()) == meta
+    data = json.loads(meta.to_json())
+    data["palette"] = data["palette"][:1]
+    with pytest.raises(ModelError, match="one colour per class"):
+        ModelMetadata.from_dict(data)
+    with pytest.raises(ModelError, match="unknown model metadata fields"):
+        ModelMetadata.from_dict({**json.loads(meta.to_json()), "colour": 1})
+    with pytest.raises(ModelError, match="newer than this segstream"):
+        ModelMetadata.from_dict({**json.loads(meta.to_json()), "version": 99})
+
+
+def test_onnx_without_metadata_is_refused_with_the_fix(tmp_path, espnet_onnx):
+    model = onnx.load(str(espnet_onnx))
+    del model.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, str(bare))
+    with pytest.raises(ModelError, match="segstream export"):
+        read_onnx_metadata(bare)
+    sidecar_path(bare).write_text(ModelMetadata.example().to_json())
+    assert read_onnx_metadata(bare).name == "example"
+
+
+def test_resolve_model_by_name_and_by_file(tmp_path, espnet_onnx):
+    path, meta = resolve_model("espnet-cityscapes")
+    assert path == espnet_onnx and meta.name == "espnet-cityscapes"
+    copy = tmp_path / "mine.onnx"
+    shutil.copy(espnet_onnx, copy)
+    assert resolve_model(str(copy))[1] == meta
+    with pytest.raises(ModelError, match="unknown model 'espnet'"):
+        resolve_model("espnet")
+
+
+def test_unknown_zoo_name_lists_the_valid_ones():
+    with pytest.raises(KeyError, match="espnet-cityscapes"):
+        get_model_spec("fcn-resnet999")
+
+
+def test_config_from_yaml_and_flag_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("sources: [a.mp4, b.mp4]\npolicy: live\nmax_frames: 5\nstage_delay_ms: {infer: 10}\n")
+    config = load_config(path)
+    assert config.sources == ("a.mp4", "b.mp4") and config.policy is FlowPolicy.LIVE
+    assert config.with_overrides(max_frames=9, policy=None).max_frames == 9
+
+
+@pytest.mark.parametrize("text, message", [
+    ("source: a.mp4\n", "use 'sources"),
+    ("sourcez: [a]\n", "unknown settings"),
+    ("policy: fast\n", "policy must be 'live' or 'lossless'"),
+    ("opacity: 2\n", "opacity must be between 0 and 1"),
+    ("stage_delay_ms: {inferr: 1}\n", "unknown stages"),
+    ("- a\n- b\n", "mapping of settings"),
+])
+def test_bad_config_values_are_named(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_shipped_configs_load():
+    from conftest import ROOT
+
+    configs = sorted((ROOT / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        assert isinstance(load_config(path), PipelineConfig)
+
+
+def test_cli_models_lists_the_zoo():
+    result = run_segstream("models")
+    assert result.returncode == 0, result.stderr
+    assert "espnet-cityscapes " in result.stdout and "1024x512" in result.stdout and "364,569" in result.stdout  # trainable; the state dict adds 3,772 BN statistics
+
+
+def test_cli_export_writes_onnx_with_metadata(tmp_path):
+    out = tmp_path / "espnet.onnx"
+    result = run_segstream("export", "espnet-cityscapes", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert read_onnx_metadata(out).name == "espnet-cityscapes"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--source", "/no/such/video.mp4", "--publish", ""], "not found"),
+    (["run", "--model", "nope", "--publish", ""], "unknown model 'nope'"),
+    (["run", "--source", "test-pattern:huge", "--publish", ""], "expected test-pattern"),
+])
+def test_cli_bad_input_exits_2_with_a_clear_message(args, message):
+    result = run_segstream(*args, timeout=120)
+    assert result.returncode == 2
+    assert message in result.stderr

@@ -1,0 +1,186 @@
+"""The real pipeline: stage processes, ZeroMQ sockets and shared memory, end to end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import CLIP, KITTI_FRAMES, segstream_cmd
+from pipeline_helpers import (
+    children_of,
+    leftovers,
+    read_stats,
+    session_processes,
+    start_pipeline,
+    video_frames,
+    wait_for_log,
+)
+from segstream.engines.base import labels_from_outputs, load_engine
+from segstream.engines.preprocess import Preprocessor
+
+pytestmark = pytest.mark.integration
+
+
+def reference_masks(espnet_onnx: Path, frames: list[np.ndarray]) -> list[np.ndarray]:
+    """Single-process reference: preprocess, infer, nearest resize, in one loop."""
+    engine = load_engine(espnet_onnx, "onnxruntime")
+    pre = Preprocessor(engine.metadata)
+    out = []
+    for frame in frames:
+        labels = labels_from_outputs(engine.infer(pre(frame)), engine.metadata)
+        out.append(cv2.resize(labels, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST))
+    return out
+
+
+def test_lossless_run_on_the_dashcam_clip(tmp_path, espnet_onnx):
+    record = tmp_path / "rec"
+    saved = tmp_path / "consumed"
+    endpoint = f"ipc://{tmp_path}/masks.sock"
+    consumer = subprocess.Popen(segstream_cmd("consume", endpoint, "--count", "30", "--save", str(saved),
+                                              "--timeout", "240"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # the subscriber is up and connecting before the pipeline starts
+    log = tmp_path / "run.log"
+    proc = start_pipeline(["run", "--source", str(CLIP), "--policy", "lossless", "--max-frames", "30",
+                           "--record", str(record), "--publish", endpoint], log, tmp_path / "t")
+    assert proc.wait(timeout=300) == 0, log.read_text()
+    out, err = consumer.communicate(timeout=60)
+    assert consumer.returncode == 0, err
+
+    names = [f"{i:06d}" for i in range(30)]
+    masks = sorted(record.glob("masks/*.png"))
+    assert [p.stem for p in masks] == names
+    lines = [line for line in out.splitlines() if line.startswith("source=solidWhiteRight frame=")]
+    assert [int(line.split()[1].split("=")[1]) for line in lines] == list(range(30))
+    assert all("shape=960x540" in line and "latency=" in line for line in lines)
+
+    overlay = video_frames(record / "overlay.mp4")
+    assert len(overlay) == 30 and overlay[0].shape == (540, 960, 3)
+
+    stats = read_stats(record)
+    assert stats["frames_in"] == stats["frames_published"] == stats["frames_rendered"] == 30
+    assert stats["frames_skipped"]["total"] == 0 and stats["frames_unaccounted"] == 0
+    assert stats["latency_ms"]["capture_to_publish"]["count"] == 30
+    for stage in ("capture-0", "preprocess", "infer", "publish", "render"):
+        assert stats["stages"][stage]["process_ms"]["median"] > 0
+
+    frames = video_frames(CLIP)[:30]
+    expected = reference_masks(espnet_onnx, frames)
+    for name, want in zip(names, expected):
+        recorded = cv2.imread(str(record / "masks" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        consumed = cv2.imread(str(saved / "solidWhiteRight" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        assert recorded.dtype == np.uint8 and recorded.shape == (540, 960)
+        np.testing.assert_array_equal(recorded, want)
+        np.testing.assert_array_equal(consumed, want)
+    assert leftovers(stats["run_id"], tmp_path / "t") == []
+
+
+def test_tcp_transport_inline_payloads_and_changing_frame_size(tmp_path, espnet_onnx):
+    """tcp:// endpoints carry payloads inline; KITTI frames change size mid-stream."""
+    config = tmp_path / "tcp.yaml"
+    port = 20000 + os.getpid() % 20000
+    config.write_text(f"transport: tcp\ntcp_base_port: {port}\npublish: ''\nrender: true\n")
+    record = tmp_path / "rec"
+    log = tmp_path / "run.log"
+    proc = start_pipeline(["run", "--config", str(config), "--source", str(KITTI_FRAMES[0].parent / "kitti_*.png"),
+                           "--record", str(record)], log, tmp_path / "t")
+    assert proc.wait(timeout=300) == 0, log.read_text()
+    frames = [cv2.imread(str(p)) for p in KITTI_FRAMES]
+    assert len({f.shape for f in frames}) > 1
+    for path, want in zip(KITTI_FRAMES, reference_masks(espnet_onnx, frames)):
+        got = cv2.imread(str(record / "masks" / f"{path.stem}.png"), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(got, want)
+    assert len(video_frames(record / "overlay.mp4")) == 3
+    assert read_stats(record)["frames_published"] == 3
+
+
+def test_unreadable_frame_is_skipped_and_counted(tmp_path, espnet_onnx):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    (folder / "a.png").symlink_to(KITTI_FRAMES[0])
+    (folder / "b.png").write_bytes(b"\x89PNG broken")
+    (folder / "c.png").symlink_to(KITTI_FRAMES[1])
+    record = tmp_path / "rec"
+    log = tmp_path / "run.log"
+    proc = start_pipeline(["run", "--source", str(folder), "--record", str(record), "--publish", ""], log,
+                          tmp_path / "t")
+    assert proc.wait(timeout=300) == 0, log.read_text()
+    assert sorted(p.stem for p in record.glob("masks/*.png")) == ["a", "c"]
+    stats = read_stats(record)
+    assert stats["frames_in"] == 3 and stats["frames_published"] == 2
+    assert stats["frames_skipped"]["by_stage"]["capture-0"] == {"unreadable": 1}
+    assert stats["frames_unaccounted"] == 0
+
+
+@pytest.mark.parametrize("when", ["starting", "running"])
+def test_ctrl_c_stops_everything_within_two_seconds(tmp_path, espnet_onnx, when):
+    record = tmp_path / "rec"
+    log = tmp_path / "run.log"
+    tmpdir = tmp_path / "t"
+    proc = start_pipeline(["run", "--source", "test-pattern", "--record", str(record), "--publish", ""], log, tmpdir)
+    if when == "running":
+        wait_for_log(log, r"run \w+: running")
+        time.sleep(2.0)
+    else:
+        wait_for_log(log, r"stages started")
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    start = time.monotonic()
+    code = proc.wait(timeout=10)
+    elapsed = time.monotonic() - start
+    assert elapsed < 2.0, f"took {elapsed:.2f} s to stop"
+    assert code == 130, log.read_text()
+    time.sleep(0.2)
+    assert session_processes(proc.pid) == []
+    run_id = wait_for_log(log, r"run (\w+):").group(1)
+    assert leftovers(run_id, tmpdir) == []
+    stats = read_stats(record)
+    assert stats["stopped"] is True
+    for mask in record.glob("masks/*.png"):
+        assert cv2.imread(str(mask), cv2.IMREAD_UNCHANGED) is not None
+    if when == "running":
+        assert stats["frames_published"] > 0
+        assert len(video_frames(record / "overlay.mp4")) >= 1
+
+
+def test_a_killed_stage_stops_the_run_with_an_error_naming_it(tmp_path, espnet_onnx):
+    log = tmp_path / "run.log"
+    tmpdir = tmp_path / "t"
+    proc = start_pipeline(["run", "--source", "test-pattern", "--publish", ""], log, tmpdir)
+    wait_for_log(log, r"run \w+: running")
+    infer = [pid for pid, cmd in children_of(proc.pid).items() if cmd.rstrip().endswith("infer.json")]
+    assert len(infer) == 1
+    os.kill(infer[0], signal.SIGKILL)
+    code = proc.wait(timeout=15)
+    text = log.read_text()
+    assert code != 0
+    assert "stage 'infer'" in text and "SIGKILL" in text
+    time.sleep(0.2)
+    assert session_processes(proc.pid) == []
+    assert leftovers(wait_for_log(log, r"run (\w+):").group(1), tmpdir) == []
+
+
+def test_live_flow_with_a_slow_stage_skips_instead_of_queueing(tmp_path, espnet_onnx):
+    config = tmp_path / "slow.yaml"
+    config.write_text("sources: ['test-pattern:960x540@25']\npolicy: live\npublish: ''\nmax_frames: 100\n"
+                      "stage_delay_ms: {infer: 400}\n")
+    record = tmp_path / "rec"
+    log = tmp_path / "run.log"
+    proc = start_pipeline(["run", "--config", str(config), "--record", str(record)], log, tmp_path / "t")
+    assert proc.wait(timeout=300) == 0, log.read_text()
+    stats = read_stats(record)
+    published = stats["frames_published"]
+    skipped = stats["frames_skipped"]["total"]
+    assert stats["frames_in"] == 100 and published + skipped == 100 and stats["frames_unaccounted"] == 0
+    assert published >= 3 and skipped >= 50
+    assert sum(by.get("superseded", 0) for by in stats["frames_skipped"]["by_stage"].values()) >= 50
+    # A queue would make the 100th frame wait for ~all earlier ones (~40 s at >=400 ms each).
+    infer_ms = stats["stages"]["infer"]["process_ms"]["p95"]
+    latency = stats["latency_ms"]["capture_to_publish"]
+    assert latency["max"] < 3 * infer_ms + 1000, (latency, infer_ms)

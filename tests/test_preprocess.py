@@ -1,0 +1,62 @@
+"""Metadata-driven preprocessing against plain numpy references."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import CITYSCAPES_FRAMES, CLIP
+from segstream.engines.metadata import ChannelOrder, NormalizeOrder
+from segstream.engines.preprocess import Preprocessor
+from segstream.engines.zoo import MODELS
+
+
+def espnet_reference(image_bgr: np.ndarray) -> np.ndarray:
+    """ESPNet's own preprocessing, step by step as in its training code (data README)."""
+    mean = [72.3923111, 82.90893555, 73.15840149]
+    std = [45.3192215, 46.15289307, 44.91483307]
+    img = image_bgr.astype(np.float32)
+    for c in range(3):
+        img[:, :, c] -= mean[c]
+    for c in range(3):
+        img[:, :, c] /= std[c]
+    img = cv2.resize(img, (1024, 512))
+    img /= 255
+    return img.transpose(2, 0, 1)[None]
+
+
+def _frames() -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(CLIP))
+    ok, video_frame = cap.read()
+    cap.release()
+    assert ok
+    return [cv2.imread(str(CITYSCAPES_FRAMES[0])), video_frame]
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["cityscapes-2048x1024", "dashcam-960x540"])
+def test_espnet_preprocessing_matches_reference(index):
+    frame = _frames()[index]
+    ours = Preprocessor(MODELS["espnet-cityscapes"].metadata)(frame)
+    ref = espnet_reference(frame)
+    assert ours.shape == ref.shape == (1, 3, 512, 1024) and ours.dtype == np.float32
+    assert np.abs(ours - ref).max() < 1e-5
+
+
+def test_rgb_scale_then_standardize_matches_reference():
+    frame = _frames()[1]
+    meta = dataclasses.replace(MODELS["espnet-cityscapes"].metadata, channel_order=ChannelOrder.RGB,
+                               normalize_order=NormalizeOrder.SCALE_THEN_STANDARDIZE,
+                               mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), input_width=512,
+                               input_height=256)
+    ours = Preprocessor(meta)(frame)
+    rgb = cv2.resize(frame.astype(np.float32), (512, 256))[:, :, ::-1]
+    ref = ((rgb / 255.0 - np.array(meta.mean)) / np.array(meta.std)).astype(np.float32).transpose(2, 0, 1)[None]
+    assert np.abs(ours - ref).max() < 1e-5
+
+
+def test_rejects_a_frame_that_is_not_bgr():
+    with pytest.raises(ValueError, match=r"expected a BGR frame of shape \(H, W, 3\)"):
+        Preprocessor(MODELS["espnet-cityscapes"].metadata)(np.zeros((4, 4), np.uint8))

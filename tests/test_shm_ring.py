@@ -1,0 +1,121 @@
+"""Shared-memory rings: references, reuse detection, lossless credits, clean-up."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from segstream.pipeline.messages import Header, Kind, Message
+from segstream.pipeline.payloads import PayloadMode, PayloadReader, PayloadWriter
+from segstream.pipeline.shm_ring import RingReader, RingWriter, sweep
+
+
+@pytest.fixture
+def ring_name():
+    name = f"segstream-test{secrets.token_hex(3)}-stage"
+    yield name
+    sweep(name)
+
+
+def _shm_names(prefix: str) -> list[str]:
+    return sorted(n for n in os.listdir("/dev/shm") if n.startswith(prefix))
+
+
+def test_reader_gets_a_copy_of_what_was_written(ring_name):
+    writer = RingWriter(ring_name, slots=4)
+    reader = RingReader()
+    data = np.random.default_rng(0).integers(0, 255, (540, 960, 3), dtype=np.uint8)
+    part = writer.put("frame", data)
+    out = reader.read(part)
+    np.testing.assert_array_equal(out, data)
+    assert out.base is None or not np.shares_memory(out, data)
+    reader.close()
+    writer.close()
+    assert _shm_names(ring_name) == []
+
+
+def test_overwritten_slot_reads_as_none_in_live_flow(ring_name):
+    writer = RingWriter(ring_name, slots=2, readers=1, wait=False)
+    reader = RingReader(0)
+    first = writer.put("frame", np.zeros(10, np.uint8))
+    writer.put("frame", np.ones(10, np.uint8))
+    writer.put("frame", np.full(10, 2, np.uint8))  # reuses the first slot
+    assert reader.read(first) is None
+    reader.close()
+    writer.close()
+
+
+def test_lossless_writer_waits_for_every_reader(ring_name):
+    writer = RingWriter(ring_name, slots=2, readers=2, wait=True)
+    a, b = RingReader(0), RingReader(1)
+    parts = [writer.put("x", np.full(4, i, np.uint8)) for i in range(2)]
+    done = threading.Event()
+
+    def third() -> None:
+        parts.append(writer.put("x", np.full(4, 2, np.uint8)))
+        done.set()
+
+    thread = threading.Thread(target=third)
+    thread.start()
+    time.sleep(0.1)
+    assert not done.is_set()  # slot of frame 0 not released yet
+    a.release(parts[0])
+    time.sleep(0.1)
+    assert not done.is_set()  # reader b still holds it
+    np.testing.assert_array_equal(b.read(parts[0]), np.zeros(4, np.uint8))
+    b.release(parts[0])
+    assert done.wait(2)
+    thread.join()
+    np.testing.assert_array_equal(a.read(parts[2]), np.full(4, 2, np.uint8))
+    a.close()
+    b.close()
+    writer.close()
+
+
+def test_waiting_writer_gives_up_on_stop(ring_name):
+    writer = RingWriter(ring_name, slots=1, readers=1, wait=True)
+    writer.put("x", np.zeros(4, np.uint8))
+    assert writer.put("x", np.zeros(4, np.uint8), stop=lambda: True) is None
+    writer.close()
+
+
+def test_bigger_frames_get_a_new_segment_and_old_references_stay_readable(ring_name):
+    writer = RingWriter(ring_name, slots=4)
+    reader = RingReader()
+    small = writer.put("frame", np.full((10, 10, 3), 7, np.uint8))
+    big = writer.put("frame", np.full((100, 100, 3), 9, np.uint8))
+    assert small.ref.ring != big.ref.ring
+    assert reader.read(small)[0, 0, 0] == 7 and reader.read(big)[0, 0, 0] == 9
+    reader.close()
+    writer.close()
+    assert _shm_names(ring_name) == []
+
+
+def test_sweep_removes_what_a_dead_writer_left(ring_name):
+    writer = RingWriter(ring_name, slots=2)
+    writer.put("x", np.zeros(16, np.uint8))
+    writer.close(unlink=False)
+    assert _shm_names(ring_name)
+    assert sweep(ring_name) and _shm_names(ring_name) == []
+
+
+@pytest.mark.parametrize("mode", list(PayloadMode))
+def test_payloads_shm_and_inline_share_one_api(ring_name, mode):
+    writer = PayloadWriter(mode, ring_name, readers=1)
+    reader = PayloadReader(0)
+    message = Message(Header(Kind.FRAME, "cam0", 0, "000000", 1, 1))
+    data = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    assert writer.add(message, "tensor", data)
+    np.testing.assert_array_equal(reader.get(message, "tensor"), data)
+    forwarded = Message(Header(Kind.RESULT, "cam0", 0, "000000", 1, 1))
+    reader.forward(message, forwarded, "tensor")
+    np.testing.assert_array_equal(reader.get(forwarded, "tensor"), data)
+    with pytest.raises(KeyError, match="has no part 'frame'"):
+        reader.get(message, "frame")
+    reader.close()
+    writer.close()

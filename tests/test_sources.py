@@ -1,0 +1,79 @@
+"""Sources: video, folders, globs in natural order, test pattern, unreadable frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import CLIP, KITTI_FRAMES
+from segstream.pipeline.sources import (
+    SourceError,
+    TestPatternSource,
+    natural_key,
+    open_source,
+    to_bgr,
+)
+
+
+def test_natural_sort_puts_frame2_before_frame10():
+    assert sorted(["frame10.png", "frame2.png", "frame1.png"], key=natural_key) == \
+        ["frame1.png", "frame2.png", "frame10.png"]
+
+
+def test_video_file_yields_bgr_frames_with_padded_names():
+    source = open_source(str(CLIP))
+    frames = []
+    for frame in source.frames():
+        frames.append(frame)
+        if len(frames) == 3:
+            break
+    source.close()
+    assert [f.name for f in frames] == ["000000", "000001", "000002"]
+    assert frames[0].image.shape == (540, 960, 3) and source.fps == pytest.approx(25, abs=0.1)
+    assert not source.live and source.source_id == "solidWhiteRight"
+
+
+def test_folder_in_natural_order_with_unreadable_files_reported(tmp_path):
+    for i, src in zip((10, 2, 1), KITTI_FRAMES):
+        (tmp_path / f"frame{i}.png").symlink_to(src)
+    (tmp_path / "frame3.png").write_bytes(b"this is not a png")
+    (tmp_path / "notes.txt").write_text("ignored")
+    source = open_source(str(tmp_path))
+    frames = list(source.frames())
+    assert [f.name for f in frames] == ["frame1", "frame2", "frame3", "frame10"]
+    assert frames[2].image is None and "cannot decode" in frames[2].error
+    assert all(f.image is not None and f.image.shape[2] == 3 for f in frames if f.name != "frame3")
+
+
+def test_glob_source(tmp_path):
+    source = open_source(str(KITTI_FRAMES[0].parent / "kitti_*.png"))
+    assert [f.name for f in source.frames()] == ["kitti_000000", "kitti_000001", "kitti_000002"]
+
+
+def test_test_pattern_parses_size_and_rate():
+    source = open_source("test-pattern:320x240@50")
+    assert isinstance(source, TestPatternSource) and source.live
+    frame = next(iter(source.frames()))
+    assert frame.image.shape == (240, 320, 3) and source.fps == 50
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("test-pattern:big", "expected test-pattern"),
+    ("/no/such/file.mp4", "not found"),
+])
+def test_bad_sources_are_clear_errors(uri, message):
+    with pytest.raises(SourceError, match=message):
+        open_source(uri)
+
+
+def test_empty_folder_says_what_it_expected(tmp_path):
+    with pytest.raises(SourceError, match="holds no images; expected files ending in"):
+        open_source(str(tmp_path))
+
+
+def test_grey_and_bgra_images_become_bgr():
+    assert to_bgr(np.zeros((4, 5), np.uint8)).shape == (4, 5, 3)
+    assert to_bgr(np.zeros((4, 5, 4), np.uint8)).shape == (4, 5, 3)
+    assert to_bgr(np.zeros((4, 5, 3), np.uint16)).dtype == np.uint8
+    with pytest.raises(ValueError, match="expected a grey, BGR or BGRA image"):
+        to_bgr(np.zeros((4, 5, 2), np.uint8))
