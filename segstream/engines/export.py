@@ -12,7 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from segstream.assets import cache_dir, resolve_asset, sha256_of
+from segstream.assets import ASSETS, cache_dir, resolve_asset, sha256_of
 from segstream.engines.metadata import OutputKind, write_onnx_metadata
 from segstream.engines.zoo import ModelSpec, get_model_spec
 
@@ -113,15 +113,19 @@ def cached_onnx(name: str, weights: str | os.PathLike[str] | None = None) -> Pat
     The cache key holds the weights' sha256, so other weights get their own file.
     """
     spec: ModelSpec = get_model_spec(name)
+    weights_path: Path | None = None
     if weights is not None:
         weights_path = resolve_asset("", explicit=weights)
+        key = sha256_of(weights_path)[:12]
     elif spec.weights_asset is not None:
-        weights_path = resolve_asset(spec.weights_asset)
+        # The known checksum names the export, so a cached export needs no weights file.
+        key = ASSETS[spec.weights_asset].sha256[:12]
     else:
-        weights_path = None
-    key = sha256_of(weights_path)[:12] if weights_path else "random"
+        key = "random"
     target = cache_dir() / "models" / f"{name}-{key}-e{EXPORT_VERSION}.onnx"
     if not target.is_file():
+        if weights_path is None and spec.weights_asset is not None:
+            weights_path = resolve_asset(spec.weights_asset)
         logger.info("exporting %s to ONNX (first use; cached in %s)", name, target.parent)
         export_onnx(name, target, weights_path)
     return target

@@ -31,6 +31,9 @@ RING_SLOTS: dict[StageKind, tuple[int, int]] = {
 }
 
 
+LIGHT_STAGE_NICE = int(__import__("os").environ.get("SEGSTREAM_LIGHT_NICE", "10"))
+
+
 @dataclass(frozen=True)
 class RunPlan:
     """Stage specs plus the supervisor's own endpoints."""
@@ -78,7 +81,7 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
     def spec(name: str, kind: StageKind, **kw: object) -> StageSpec:
         slots = RING_SLOTS.get(kind, (0, 0))[1 if live else 0]
         return StageSpec(name=name, kind=kind, run_id=run_id, policy=policy, control=control, commands=commands,
-                         ring_slots=slots, sources=len(config.sources), delay_ms=float(delay.get(kind.value, 0.0)),
+                         ring_slots=slots, nice=0 if kind is StageKind.INFER else LIGHT_STAGE_NICE, sources=len(config.sources), delay_ms=float(delay.get(kind.value, 0.0)),
                          **kw)  # type: ignore[arg-type]
 
     stages: list[StageSpec] = []

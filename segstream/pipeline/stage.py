@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -58,6 +59,9 @@ class StageSpec:
         reader_ids: this stage's reader index on upstream rings, per part name.
         sources: number of sources (end-of-stream messages to wait for).
         delay_ms: artificial extra processing time per frame (tests of slow stages).
+        nice: scheduling niceness added to the process (light stages yield the cores to
+            inference, whose parallel sections stall when one of their threads is
+            preempted).
         settings: stage-specific settings.
     """
 
@@ -75,6 +79,7 @@ class StageSpec:
     reader_ids: dict[str, int] = field(default_factory=dict)
     sources: int = 1
     delay_ms: float = 0.0
+    nice: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -178,6 +183,8 @@ class StageRuntime:
 
     def finish(self, exit_code: int) -> int:
         """Send final stats, close sockets; returns ``exit_code``."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        self.stats.extra["cpu_s"] = round(usage.ru_utime + usage.ru_stime, 3)
         self.emit("done", stats=self.stats.to_json(), exit_code=exit_code, stopped=self._stop)
         if self.control is not None:
             self.control.close(linger=1000)

@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s {spec.name} %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
+    if spec.nice:
+        os.nice(spec.nice)
     runtime = StageRuntime(spec)
     try:
         module = importlib.import_module(STAGE_MODULES[spec.kind.value])
