@@ -48,7 +48,7 @@ def test_lossless_run_on_the_dashcam_clip(tmp_path, espnet_onnx):
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)  # the subscriber is up and connecting before the pipeline starts
     log = tmp_path / "run.log"
-    proc = start_pipeline(["run", "--source", str(CLIP), "--policy", "lossless", "--max-frames", "30",
+    proc = start_pipeline(["run", "--source", str(CLIP), "--policy", "lossless", "--max-frames", "30", "--workers", "2",
                            "--record", str(record), "--publish", endpoint], log, tmp_path / "t")
     assert proc.wait(timeout=300) == 0, log.read_text()
     out, err = consumer.communicate(timeout=60)
@@ -68,8 +68,12 @@ def test_lossless_run_on_the_dashcam_clip(tmp_path, espnet_onnx):
     assert stats["frames_in"] == stats["frames_published"] == stats["frames_rendered"] == 30
     assert stats["frames_skipped"]["total"] == 0 and stats["frames_unaccounted"] == 0
     assert stats["latency_ms"]["capture_to_publish"]["count"] == 30
-    for stage in ("capture-0", "preprocess", "infer", "publish", "render"):
-        assert stats["stages"][stage]["process_ms"]["median"] > 0
+    stages = stats["stages"]
+    assert {"capture-0", "preprocess", "publish", "render"} <= set(stages)
+    workers = [name for name in stages if name.startswith("infer")]
+    assert workers == ["infer-0", "infer-1"] and sum(stages[w]["frames_out"] for w in workers) == 30
+    for stage in stages.values():
+        assert stage["process_ms"]["median"] > 0
 
     frames = video_frames(CLIP)[:30]
     expected = reference_masks(espnet_onnx, frames)

@@ -46,8 +46,14 @@ class Preprocessor:
         self._interp = _INTERPOLATION[metadata.resize_interpolation]
         self._swap = metadata.channel_order is ChannelOrder.RGB
 
-    def __call__(self, frame: np.ndarray) -> np.ndarray:
-        """Preprocess one BGR uint8 frame (H, W, 3) into a (1, 3, h, w) float32 tensor."""
+    def __call__(self, frame: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Preprocess one BGR uint8 frame (H, W, 3) into a (1, 3, h, w) float32 tensor.
+
+        Args:
+            frame: the frame.
+            out: a (1, 3, h, w) float32 array to write into (saves a 6 MB allocation
+                and its page faults per frame in a stream); a new one if None.
+        """
         if frame.ndim != 3 or frame.shape[2] != 3:
             raise ValueError(f"expected a BGR frame of shape (H, W, 3), found shape {frame.shape}")
         image = frame.astype(np.float32)
@@ -55,7 +61,8 @@ class Preprocessor:
             image = cv2.resize(image, self._size, interpolation=self._interp)
         if self._swap:
             image = image[:, :, ::-1]
-        out = np.empty((1, 3, self._size[1], self._size[0]), np.float32)
+        if out is None:
+            out = np.empty((1, 3, self._size[1], self._size[0]), np.float32)
         for c in range(3):
             np.multiply(image[:, :, c], self._gain[c], out=out[0, c])
             out[0, c] += self._offset[c]

@@ -43,7 +43,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                                                          "tcp://127.0.0.1:5560)")
     p.add_argument("--max-frames", type=int, metavar="N", help="stop each source after N frames")
     p.add_argument("--transport", choices=["ipc", "tcp"], help="ipc (shared memory, default) or tcp (inline)")
-    p.add_argument("--threads", type=int, help="inference threads (0 = one per core)")
+    p.add_argument("--workers", type=int, help="parallel inference processes (0 = auto)")
+    p.add_argument("--threads", type=int, help="threads per inference process (0 = auto)")
     p.add_argument("--opacity", type=float, help="overlay opacity 0-1 (default 0.5)")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
@@ -55,7 +56,7 @@ def _run_config(args: argparse.Namespace):
     return config.with_overrides(
         sources=tuple(args.sources) if args.sources else None, model=args.model, weights=args.weights,
         policy=args.policy, record=args.record, publish=args.publish, max_frames=args.max_frames,
-        transport=args.transport, threads=args.threads, opacity=args.opacity,
+        transport=args.transport, workers=args.workers, threads=args.threads, opacity=args.opacity,
     )
 
 

@@ -47,7 +47,11 @@ class PipelineConfig:
         transport: ``ipc`` (one host, shared memory) or ``tcp`` (inline payloads).
         tcp_host: host the tcp endpoints bind on.
         tcp_base_port: first port of the stage endpoints when ``transport`` is tcp.
-        threads: inference threads (0 = one per core).
+        workers: parallel inference processes (0 = auto: in lossless flow, where
+            throughput counts, one per core up to 4, since single-threaded sessions side
+            by side outrun one multi-threaded session on the CPU; in live flow, where
+            latency counts, one).
+        threads: threads per inference process (0 = the cores divided among workers).
         opacity: overlay opacity.
         legend: draw the legend.
         render: run the render stage even without ``record`` (0/1); auto when None.
@@ -67,6 +71,7 @@ class PipelineConfig:
     transport: str = "ipc"
     tcp_host: str = "127.0.0.1"
     tcp_base_port: int = 5600
+    workers: int = 0
     threads: int = 0
     opacity: float = 0.5
     legend: bool = True
@@ -88,6 +93,8 @@ class PipelineConfig:
                 raise ConfigError(f"policy must be 'live' or 'lossless', found {self.policy!r}") from None
         if self.transport not in ("ipc", "tcp"):
             raise ConfigError(f"transport must be 'ipc' or 'tcp', found {self.transport!r}")
+        if self.workers < 0 or self.workers > 8:
+            raise ConfigError(f"workers must be between 0 (auto) and 8, found {self.workers}")
         if self.max_frames < 0:
             raise ConfigError(f"max_frames must be >= 0, found {self.max_frames}")
         if not 0.0 <= self.opacity <= 1.0:

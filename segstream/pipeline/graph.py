@@ -10,6 +10,7 @@ Pure planning: no processes, no sockets. The supervisor turns the plan into proc
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,8 @@ RING_SLOTS: dict[StageKind, tuple[int, int]] = {
 }
 
 
-LIGHT_STAGE_NICE = int(__import__("os").environ.get("SEGSTREAM_LIGHT_NICE", "10"))
+LIGHT_STAGE_NICE = 10  # light stages yield the cores to inference (see StageSpec.nice)
+MAX_AUTO_WORKERS = 4
 
 
 @dataclass(frozen=True)
@@ -89,26 +91,41 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
     for i, (uri, sid) in enumerate(zip(config.sources, source_ids(config.sources))):
         out = endpoint(f"capture-{i}")
         capture_outputs.append(out)
-        stages.append(spec(f"capture-{i}", StageKind.CAPTURE, output=out, ring_readers=2 if render else 1,
+        stages.append(spec(f"capture-{i}", StageKind.CAPTURE, outputs=(out,), ring_readers=2 if render else 1,
                            settings={"source": uri, "source_id": sid, "max_frames": config.max_frames,
                                      "pace": live}))
-    pre_out, infer_out = endpoint("preprocess"), endpoint("infer")
-    publish_out = endpoint("publish") if render else None
-    stages.append(spec("preprocess", StageKind.PREPROCESS, inputs=tuple(capture_outputs), output=pre_out,
+    workers, threads = worker_layout(config, policy)
+    pre_outs = tuple(endpoint(f"preprocess-{k}") for k in range(workers))
+    infer_outs = tuple(endpoint(f"infer-{k}") for k in range(workers))
+    publish_out = (endpoint("publish"),) if render else ()
+    stages.append(spec("preprocess", StageKind.PREPROCESS, inputs=tuple(capture_outputs), outputs=pre_outs,
                        ring_readers=1, reader_ids={"frame": 0}, settings={"metadata": meta}))
-    stages.append(spec("infer", StageKind.INFER, inputs=(pre_out,), output=infer_out, ring_readers=1,
-                       reader_ids={"tensor": 0},
-                       settings={"model_path": str(model_path), "backend": config.backend, "threads": config.threads}))
-    stages.append(spec("publish", StageKind.PUBLISH, inputs=(infer_out,), output=publish_out,
+    for k in range(workers):
+        # The workers share reader id 0 of the tensor ring and each write a labels ring
+        # read by publish (reader id 0 of each).
+        stages.append(spec("infer" if workers == 1 else f"infer-{k}", StageKind.INFER, inputs=(pre_outs[k],),
+                           outputs=(infer_outs[k],), ring_readers=1, reader_ids={"tensor": 0},
+                           reader_in_order=workers == 1,
+                           settings={"model_path": str(model_path), "backend": config.backend, "threads": threads}))
+    stages.append(spec("publish", StageKind.PUBLISH, inputs=infer_outs, outputs=publish_out,
+                       eos_per_source=workers, reorder=workers > 1,
                        ring_readers=1 if render else 0, reader_ids={"labels": 0},
                        settings={"endpoint": config.publish or None, "record": config.record,
                                  "per_source_dirs": per_source, "ignore_index": metadata.ignore_index,
                                  "model": metadata.name}))
     if render:
-        stages.append(spec("render", StageKind.RENDER, inputs=(publish_out,), reader_ids={"frame": 1, "mask": 0},
+        stages.append(spec("render", StageKind.RENDER, inputs=publish_out, reader_ids={"frame": 1, "mask": 0},
                            settings={"metadata": meta, "record": config.record, "per_source_dirs": per_source,
                                      "opacity": config.opacity, "legend": config.legend}))
     return RunPlan(run_id, policy, tuple(stages), control, commands, per_source)
+
+
+def worker_layout(config: PipelineConfig, policy: FlowPolicy) -> tuple[int, int]:
+    """How many inference processes, with how many threads each."""
+    cores = os.cpu_count() or 1
+    workers = config.workers or (min(cores, MAX_AUTO_WORKERS) if policy is FlowPolicy.LOSSLESS else 1)
+    threads = config.threads or max(1, cores // workers)
+    return workers, threads
 
 
 def _metadata_dict(metadata: ModelMetadata) -> dict[str, object]:

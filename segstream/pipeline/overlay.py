@@ -53,16 +53,16 @@ class OverlayRenderer:
         self.class_names = class_names
         self.style = style
         self.ignore_index = ignore_index
-        self._lut = np.zeros((256, 3), np.uint8)
-        self._lut[: len(palette)] = np.asarray(palette, np.uint8).reshape(-1, 3)
+        self._lut = np.zeros((256, 1, 3), np.uint8)  # cv2.LUT wants one table per channel
+        self._lut[: len(palette), 0] = np.asarray(palette, np.uint8).reshape(-1, 3)
 
     def blend(self, frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """The frame with class colours blended in (ignored pixels untouched)."""
-        colours = self._lut[mask]
+        colours = cv2.LUT(cv2.cvtColor(mask, cv2.COLOR_GRAY2BGR), self._lut)
         out = cv2.addWeighted(frame, 1.0 - self.style.opacity, colours, self.style.opacity, 0.0)
         ignored = mask == self.ignore_index
         if ignored.any():
-            out[ignored] = frame[ignored]
+            cv2.copyTo(frame, ignored.view(np.uint8), out)
         return out
 
     def annotate(self, frame: np.ndarray, mask: np.ndarray, index: int | None = None, fps: float | None = None) -> np.ndarray:
@@ -86,7 +86,7 @@ class OverlayRenderer:
         cv2.putText(image, text, org, _FONT, 0.8 * scale, (255, 255, 255), thickness, cv2.LINE_AA)
 
     def _legend(self, image: np.ndarray, mask: np.ndarray, scale: float) -> None:
-        counts = np.bincount(mask.ravel(), minlength=256)
+        counts = cv2.calcHist([mask], [0], None, [256], [0, 256]).ravel().astype(np.int64)
         present = [i for i in np.argsort(counts)[::-1] if counts[i] and i != self.ignore_index
                    and i < len(self.class_names)][: self.style.legend_rows]
         if not present:
@@ -99,7 +99,7 @@ class OverlayRenderer:
         panel[:] = (panel * 0.35).astype(np.uint8)
         for k, cls in enumerate(present):
             y = y0 + int(4 * scale) + k * row
-            colour = tuple(int(c) for c in self._lut[cls])
+            colour = tuple(int(c) for c in self._lut[cls, 0])
             cv2.rectangle(image, (x0 + int(6 * scale), y + 2), (x0 + int(6 * scale) + row - 6, y + row - 4), colour, -1)
             share = 100.0 * counts[cls] / mask.size
             cv2.putText(image, f"{self.class_names[cls]} {share:.0f}%", (x0 + int(10 * scale) + row, y + row - 6),

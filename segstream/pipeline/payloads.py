@@ -87,14 +87,17 @@ class PayloadReader:
     Args:
         reader_id: this stage's index among the lossless readers of upstream rings, or
             None if it takes no part in their flow control.
+        in_order: this stage sees every frame of those rings in order (False for one of
+            several parallel workers).
     """
 
-    def __init__(self, reader_id: int | None = None) -> None:
-        self._rings = RingReader(reader_id)
+    def __init__(self, reader_id: int | None = None, in_order: bool = True) -> None:
+        self._rings = RingReader(reader_id, in_order)
 
-    def get(self, message: Message, name: str) -> np.ndarray | None:
-        """The array of part ``name`` (a private copy for shared memory), or None if a
-        shared-memory slot was reused before it could be read.
+    def get(self, message: Message, name: str, out: np.ndarray | None = None) -> np.ndarray | None:
+        """The array of part ``name`` (a private copy for shared memory, written into
+        ``out`` when it fits), or None if a shared-memory slot was reused before it could
+        be read.
 
         Raises:
             KeyError: the message has no such part.
@@ -104,7 +107,7 @@ class PayloadReader:
             raise KeyError(f"message has no part {name!r}; it has {[p.name for p in message.header.parts]}")
         if part.inline is not None:
             return inline_array(part, message.payload)
-        return self._rings.read(part)
+        return self._rings.read(part, out)
 
     def release(self, message: Message, name: str) -> None:
         """Done with part ``name``: lets a lossless writer reuse its slot."""

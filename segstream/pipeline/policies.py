@@ -15,6 +15,7 @@ one part of a multipart message, so "newest wins" is done here explicitly by dra
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from enum import Enum
 from typing import Callable
@@ -100,44 +101,144 @@ class Inbox:
 
 
 class Outbox:
-    """Sends messages to a PUSH (or PUB) socket under a flow policy.
+    """Sends messages to one or more PUSH sockets under a flow policy.
+
+    With several sockets (one per parallel worker downstream) frames go round-robin to
+    the next socket that can take one; end-of-stream goes to every socket.
 
     Args:
-        socket: the sending socket.
+        sockets: the sending sockets.
         policy: live (never block) or lossless (block until sent or stopped).
         skipped: counter shared with the stage's stats.
         stop: returns True when the stage must stop.
     """
 
-    def __init__(self, socket: zmq.Socket, policy: FlowPolicy, skipped: Counter[str], stop: Callable[[], bool]) -> None:
-        self.socket = socket
+    def __init__(self, sockets: list[zmq.Socket], policy: FlowPolicy, skipped: Counter[str],
+                 stop: Callable[[], bool]) -> None:
+        if not sockets:
+            raise ValueError("an Outbox needs at least one socket")
+        self.sockets = sockets
         self.policy = policy
         self.skipped = skipped
         self.stop = stop
+        self._next = 0
+        self._poller = zmq.Poller()
+        for sock in sockets:
+            self._poller.register(sock, zmq.POLLOUT)
+
+    def _try_each(self, frames: list) -> bool:
+        n = len(self.sockets)
+        for k in range(n):
+            sock = self.sockets[(self._next + k) % n]
+            try:
+                sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                continue
+            self._next = (self._next + k + 1) % n
+            return True
+        return False
+
+    def _send_blocking(self, sockets: list[zmq.Socket], frames: list, timeout_s: float | None) -> bool:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        pending = list(sockets)
+        while pending and not self.stop():
+            for sock in list(pending):
+                try:
+                    sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                    pending.remove(sock)
+                except zmq.Again:
+                    pass
+            if pending:
+                if deadline is not None and time.monotonic() > deadline:
+                    return False
+                pending[0].poll(POLL_MS, zmq.POLLOUT)
+        return not pending
 
     def send(self, message: Message, timeout_s: float | None = None) -> bool:
         """Send ``message``; returns False if it was dropped (live) or a stop came first.
 
-        End-of-stream is always sent blocking, whatever the policy.
+        End-of-stream is always sent blocking, to every socket, whatever the policy.
         """
         frames = encode(message)
-        blocking = self.policy is FlowPolicy.LOSSLESS or message.header.kind is Kind.EOS
-        if not blocking:
-            try:
-                self.socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        if message.header.kind is Kind.EOS:
+            return self._send_blocking(self.sockets, frames, timeout_s)
+        if self.policy is FlowPolicy.LIVE:
+            if self._try_each(frames):
                 return True
-            except zmq.Again:
-                self.skipped["downstream_full"] += 1
-                return False
-        waited = 0.0
+            self.skipped["downstream_full"] += 1
+            return False
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while not self.stop():
-            if self.socket.poll(POLL_MS, zmq.POLLOUT):
-                try:
-                    self.socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
-                    return True
-                except zmq.Again:
-                    pass
-            waited += POLL_MS / 1000
-            if timeout_s is not None and waited >= timeout_s:
+            if self._try_each(frames):
+                return True
+            if deadline is not None and time.monotonic() > deadline:
                 return False
+            self._poller.poll(POLL_MS)
         return False
+
+    def close(self, linger_ms: int) -> None:
+        """Close every socket."""
+        for sock in self.sockets:
+            sock.close(linger=linger_ms)
+
+
+class Reorderer:
+    """Puts frames that arrive from parallel workers back in capture order.
+
+    Frames carry ``meta["seq"]``, a per-source count of frames sent by capture. Lossless:
+    frames wait until their predecessors arrived (a gap left by a frame lost upstream is
+    given up at end of stream or when ``max_pending`` frames wait, counted as ``lost``).
+    Live: a frame older than one already passed on is dropped as ``late``.
+    """
+
+    def __init__(self, policy: FlowPolicy, skipped: Counter[str], max_pending: int = 64) -> None:
+        self.policy = policy
+        self.skipped = skipped
+        self.max_pending = max_pending
+        self._next: dict[str, int] = {}
+        self._pending: dict[str, dict[int, Message]] = {}
+
+    def push(self, message: Message) -> list[Message]:
+        """Messages now ready, in order."""
+        source = message.header.source
+        seq = int(message.header.meta.get("seq", -1))
+        if seq < 0:
+            return [message]
+        expected = self._next.get(source, 0)
+        if self.policy is FlowPolicy.LIVE:
+            if seq < expected:
+                self.skipped["late"] += 1
+                return []
+            self._next[source] = seq + 1
+            return [message]
+        if seq < expected:
+            self.skipped["duplicate"] += 1
+            return []
+        pending = self._pending.setdefault(source, {})
+        pending[seq] = message
+        ready = self._pop_ready(source)
+        if len(pending) > self.max_pending:
+            ready += self.flush(source)
+        return ready
+
+    def _pop_ready(self, source: str) -> list[Message]:
+        pending = self._pending.get(source, {})
+        expected = self._next.get(source, 0)
+        ready = []
+        while expected in pending:
+            ready.append(pending.pop(expected))
+            expected += 1
+        self._next[source] = expected
+        return ready
+
+    def flush(self, source: str) -> list[Message]:
+        """Everything waiting for ``source``, in order, giving up on the gaps."""
+        pending = self._pending.pop(source, {})
+        ready = []
+        expected = self._next.get(source, 0)
+        for seq in sorted(pending):
+            self.skipped["lost"] += seq - expected
+            ready.append(pending[seq])
+            expected = seq + 1
+        self._next[source] = expected
+        return ready

@@ -2,7 +2,8 @@
 
 Layout of a ring segment (all int64, little endian, then the slot data):
 
-    [magic, slots, slot_bytes, readers, seq[slots]..., released[MAX_READERS]..., data]
+    [magic, slots, slot_bytes, readers, seq[slots], released[MAX_READERS],
+     slot_released[MAX_READERS][slots], data]
 
 - The writer puts frame number ``n`` (``seq``, counting from 1 over the writer's life)
   in slot ``n % slots``. Before writing it marks the slot busy (``seq = -1``), after it
@@ -10,9 +11,12 @@ Layout of a ring segment (all int64, little endian, then the slot data):
 - A reader copies the slot and checks ``seq`` before and after; if it changed, the slot
   was reused under it and the read returns None (the caller counts an ``overwritten``
   skip). No locks, no waiting on the reader side.
-- Lossless flow: readers process in order and publish in ``released[reader]`` the last
-  sequence number they are done with. The writer waits before it reuses a slot until
-  every reader released the frame that was there. Live flow: the writer never waits.
+- Lossless flow: each reader (or group of readers sharing one id, such as several
+  inference workers that each get some of the frames) marks what it is done with. The
+  writer waits before it reuses a slot until every reader id released the frame that was
+  there: either that very frame (``slot_released[reader][slot]``) or, for a reader that
+  sees every frame in order, a later one (``released[reader]``, a watermark that also
+  covers frames a stage in between dropped). Live flow: the writer never waits.
 
 Segments are named ``segstream-<run>-<stage>-<k>`` so a supervisor can sweep what a
 killed stage left behind (``sweep``).
@@ -38,6 +42,8 @@ MAX_READERS = 8
 _FIXED = 4
 SHM_PREFIX = "segstream-"
 _ALIGN = 64
+WAIT_MIN_S = 0.0002  # a writer waiting for a free slot polls from this interval...
+WAIT_MAX_S = 0.005  # ...backing off to this one
 
 
 def _untrack(shm: shared_memory.SharedMemory) -> None:
@@ -48,6 +54,10 @@ def _untrack(shm: shared_memory.SharedMemory) -> None:
         resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
     except Exception:  # noqa: BLE001 - tracker internals differ between versions
         pass
+
+
+def _control_bytes(slots: int) -> int:
+    return (_FIXED + slots + MAX_READERS + MAX_READERS * slots) * 8
 
 
 class _Segment:
@@ -61,7 +71,9 @@ class _Segment:
         self.slots, self.slot_bytes, self.readers = int(head[1]), int(head[2]), int(head[3])
         self.seq = np.ndarray((self.slots,), np.int64, shm.buf, _FIXED * 8)
         self.released = np.ndarray((MAX_READERS,), np.int64, shm.buf, (_FIXED + self.slots) * 8)
-        control = (_FIXED + self.slots + MAX_READERS) * 8
+        self.slot_released = np.ndarray((MAX_READERS, self.slots), np.int64, shm.buf,
+                                        (_FIXED + self.slots + MAX_READERS) * 8)
+        control = _control_bytes(self.slots)
         self.data_offset = (control + _ALIGN - 1) // _ALIGN * _ALIGN
 
     def slot_view(self, slot: int, part: Part) -> np.ndarray:
@@ -69,7 +81,7 @@ class _Segment:
         return np.ndarray(part.shape, part.dtype, self.shm.buf, offset)
 
     def close(self) -> None:
-        self.seq = self.released = None  # type: ignore[assignment]
+        self.seq = self.released = self.slot_released = None  # type: ignore[assignment]
         try:
             self.shm.close()
         except BufferError:
@@ -100,7 +112,7 @@ class RingWriter:
 
     def _new_segment(self, slot_bytes: int) -> _Segment:
         slot_bytes = (slot_bytes + _ALIGN - 1) // _ALIGN * _ALIGN
-        control = (_FIXED + self.slots + MAX_READERS) * 8
+        control = _control_bytes(self.slots)
         size = (control + _ALIGN - 1) // _ALIGN * _ALIGN + self.slots * slot_bytes
         shm = shared_memory.SharedMemory(f"{self.name}-{len(self._owned)}", create=True, size=size)
         _untrack(shm)
@@ -109,6 +121,7 @@ class RingWriter:
         head[:] = (MAGIC, self.slots, slot_bytes, self.readers)
         segment = _Segment(shm)
         segment.seq[:] = 0
+        segment.slot_released[:] = 0
         # Everything before the first frame of this segment counts as released.
         segment.released[:] = self._seq
         logger.debug("created ring %s: %d slots of %d bytes", shm.name, self.slots, slot_bytes)
@@ -129,16 +142,24 @@ class RingWriter:
         seq = self._seq + 1
         slot = seq % self.slots
         if self.wait:
-            oldest_allowed = seq - self.slots
-            while int(seg.released[: self.readers].min()) < oldest_allowed:
+            pause = WAIT_MIN_S
+            while not self._slot_free(seg, slot):
                 if stop():
                     return None
-                time.sleep(0.0005)
+                time.sleep(pause)
+                pause = min(pause * 2, WAIT_MAX_S)  # back off: waiting must not eat the cores
         seg.seq[slot] = -1
         np.copyto(np.ndarray(array.shape, array.dtype, seg.shm.buf, seg.data_offset + slot * seg.slot_bytes), array)
         seg.seq[slot] = seq
         self._seq = seq
         return Part(name, tuple(array.shape), array.dtype.name, ref=ShmRef(seg.shm.name, slot, seq))
+
+    def _slot_free(self, seg: _Segment, slot: int) -> bool:
+        occupant = int(seg.seq[slot])
+        for reader in range(self.readers):
+            if seg.released[reader] < occupant and seg.slot_released[reader, slot] < occupant:
+                return False
+        return True
 
     def drain(self, timeout_s: float, stop: Callable[[], bool] = lambda: False) -> bool:
         """Wait until every reader released the last frame written (or timeout/stop).
@@ -148,7 +169,8 @@ class RingWriter:
         if self._segment is None or not self.readers:
             return True
         deadline = time.monotonic() + timeout_s
-        while int(self._segment.released[: self.readers].min()) < self._seq:
+        seg = self._segment
+        while not all(self._slot_free(seg, slot) for slot in range(self.slots)):
             if stop() or time.monotonic() > deadline:
                 return False
             time.sleep(0.002)
@@ -177,12 +199,16 @@ class RingReader:
     """The reading side: attaches segments by name as references arrive.
 
     Args:
-        reader_id: this reader's index in the rings' ``released`` table, or None for a
+        reader_id: this reader's index in the rings' release tables, or None for a
             reader that does not take part in lossless flow control.
+        in_order: this reader sees every frame of the ring, in order (so releasing one
+            frame releases every earlier one). False for one of several workers sharing
+            a reader id.
     """
 
-    def __init__(self, reader_id: int | None = None) -> None:
+    def __init__(self, reader_id: int | None = None, in_order: bool = True) -> None:
         self.reader_id = reader_id
+        self.in_order = in_order
         self._segments: dict[str, _Segment] = {}
 
     def _segment(self, ring: str) -> _Segment | None:
@@ -196,15 +222,22 @@ class RingReader:
             seg = self._segments[ring] = _Segment(shm)
         return seg
 
-    def read(self, part: Part) -> np.ndarray | None:
-        """A private copy of the referenced array, or None if the slot was reused."""
+    def read(self, part: Part, out: np.ndarray | None = None) -> np.ndarray | None:
+        """A private copy of the referenced array, or None if the slot was reused.
+
+        ``out``, if given and of the right shape and dtype, receives the copy.
+        """
         assert part.ref is not None
         seg = self._segment(part.ref.ring)
         if seg is None or part.nbytes > seg.slot_bytes or not 0 <= part.ref.slot < seg.slots:
             return None
         if int(seg.seq[part.ref.slot]) != part.ref.seq:
             return None
-        out = seg.slot_view(part.ref.slot, part).copy()
+        view = seg.slot_view(part.ref.slot, part)
+        if out is not None and out.shape == view.shape and out.dtype == view.dtype:
+            np.copyto(out, view)
+        else:
+            out = view.copy()
         if int(seg.seq[part.ref.slot]) != part.ref.seq:
             return None
         return out
@@ -214,8 +247,13 @@ class RingReader:
         if self.reader_id is None or part.ref is None:
             return
         seg = self._segment(part.ref.ring)
-        if seg is not None and part.ref.seq > int(seg.released[self.reader_id]):
-            seg.released[self.reader_id] = part.ref.seq
+        if seg is None or not 0 <= part.ref.slot < seg.slots:
+            return
+        ref = part.ref
+        if ref.seq > int(seg.slot_released[self.reader_id, ref.slot]):
+            seg.slot_released[self.reader_id, ref.slot] = ref.seq
+        if self.in_order and ref.seq > int(seg.released[self.reader_id]):
+            seg.released[self.reader_id] = ref.seq
 
     def close(self) -> None:
         """Unmap every attached segment (never unlinks: the writer owns them)."""

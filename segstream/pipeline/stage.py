@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import resource
+from collections import Counter
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,8 +20,8 @@ from typing import Any, Protocol
 import zmq
 
 from segstream.pipeline.messages import Kind, Message, Stamp
-from segstream.pipeline.payloads import PayloadWriter
-from segstream.pipeline.policies import POLL_MS, FlowPolicy, Inbox, Outbox
+from segstream.pipeline.payloads import PayloadWriter, mode_for_endpoint
+from segstream.pipeline.policies import POLL_MS, FlowPolicy, Inbox, Outbox, Reorderer
 from segstream.pipeline.stats import StageStats
 from segstream.pipeline.transport import Role, make_socket
 
@@ -50,14 +51,20 @@ class StageSpec:
         run_id: the run's id (names shared memory ``segstream-<run_id>-...``).
         policy: ``live`` or ``lossless``.
         inputs: endpoints to connect the input PULL socket to.
-        output: endpoint to bind the output PUSH socket on (None for sinks).
+        outputs: endpoints to bind output PUSH sockets on, one per parallel worker
+            downstream (empty for sinks).
         control: supervisor endpoint for events (None when started alone).
         commands: supervisor endpoint for start/stop commands (None: start at once).
         payloads: ``auto`` (shared memory on ipc://, inline on tcp://), ``shm`` or ``inline``.
         ring_readers: lossless readers of this stage's shared-memory ring.
         ring_slots: slots of that ring.
         reader_ids: this stage's reader index on upstream rings, per part name.
-        sources: number of sources (end-of-stream messages to wait for).
+        reader_in_order: this stage sees every frame of its upstream rings in order
+            (False for one of several parallel workers).
+        sources: number of sources.
+        eos_per_source: end-of-stream messages that end one source here (one per
+            parallel worker upstream).
+        reorder: put frames back in capture order (after parallel workers).
         delay_ms: artificial extra processing time per frame (tests of slow stages).
         nice: scheduling niceness added to the process (light stages yield the cores to
             inference, whose parallel sections stall when one of their threads is
@@ -70,14 +77,17 @@ class StageSpec:
     run_id: str
     policy: FlowPolicy
     inputs: tuple[str, ...] = ()
-    output: str | None = None
+    outputs: tuple[str, ...] = ()
     control: str | None = None
     commands: str | None = None
     payloads: str = "auto"
     ring_readers: int = 0
     ring_slots: int = 8
     reader_ids: dict[str, int] = field(default_factory=dict)
+    reader_in_order: bool = True
     sources: int = 1
+    eos_per_source: int = 1
+    reorder: bool = False
     delay_ms: float = 0.0
     nice: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
@@ -86,6 +96,7 @@ class StageSpec:
         object.__setattr__(self, "kind", StageKind(self.kind))
         object.__setattr__(self, "policy", FlowPolicy(self.policy))
         object.__setattr__(self, "inputs", tuple(self.inputs))
+        object.__setattr__(self, "outputs", tuple(self.outputs))
         if self.payloads not in ("auto", "shm", "inline"):
             raise ValueError(f"payloads must be auto, shm or inline, found {self.payloads!r}")
 
@@ -215,6 +226,30 @@ class Processor(Protocol):
         ...
 
 
+def open_writer(spec: StageSpec) -> PayloadWriter:
+    """The payload writer of a stage's output (shared memory on ipc://, inline on tcp://)."""
+    if not spec.outputs:
+        raise ValueError(f"stage {spec.name} has no output endpoint to write payloads for")
+    return PayloadWriter(mode_for_endpoint(spec.outputs[0], spec.payloads), spec.ring_name, spec.ring_readers,
+                         spec.ring_slots, lossless=spec.policy is FlowPolicy.LOSSLESS)
+
+
+def open_outbox(spec: StageSpec, runtime: StageRuntime) -> Outbox | None:
+    """Bind the stage's output sockets; None for a sink."""
+    if not spec.outputs:
+        return None
+    role = Role.STAGE_OUT_LIVE if spec.policy is FlowPolicy.LIVE else Role.STAGE_OUT_LOSSLESS
+    sockets = []
+    try:
+        for endpoint in spec.outputs:
+            sockets.append(make_socket(runtime.context, role, bind=endpoint))
+    except Exception:
+        for sock in sockets:
+            sock.close(linger=0)
+        raise
+    return Outbox(sockets, spec.policy, runtime.stats.skipped, lambda: runtime.stopping)
+
+
 def close_writer(writer: PayloadWriter, spec: StageSpec, runtime: StageRuntime) -> None:
     """Close a stage's ring when the stage ends.
 
@@ -241,15 +276,26 @@ def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processo
 
     Returns the process exit code (0 on end of stream and on a requested stop).
     """
-    ctx = runtime.context
     in_role = Role.STAGE_IN_LIVE if spec.policy is FlowPolicy.LIVE else Role.STAGE_IN_LOSSLESS
-    out_role = Role.STAGE_OUT_LIVE if spec.policy is FlowPolicy.LIVE else Role.STAGE_OUT_LOSSLESS
-    pull = make_socket(ctx, in_role, connect=list(spec.inputs))
-    push = make_socket(ctx, out_role, bind=spec.output) if spec.output else None
+    pull = make_socket(runtime.context, in_role, connect=list(spec.inputs))
+    outbox = open_outbox(spec, runtime)
     stats = runtime.stats
     inbox = Inbox(pull, spec.policy, stats.skipped)
-    outbox = Outbox(push, spec.policy, stats.skipped, lambda: runtime.stopping) if push else None
+    reorder = Reorderer(spec.policy, stats.skipped) if spec.reorder else None
+    eos_seen: Counter[str] = Counter()
     ended: set[str] = set()
+
+    def handle_frame(message: Message, in_ns: int) -> None:
+        result = processor.process(message)
+        if spec.delay_ms:
+            time.sleep(spec.delay_ms / 1000)
+        if result is None:
+            return
+        stamp(result, spec.name, in_ns)
+        stats.process_ms.append((result.header.stamps[-1].out_ns - in_ns) / 1e6)
+        if outbox is None or outbox.send(result):
+            stats.record_out(message.header.source, time.monotonic_ns())
+
     try:
         if not runtime.ready_and_wait_for_start():
             return 0
@@ -260,27 +306,26 @@ def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processo
             inbox.superseded.clear()
             for message in messages:
                 in_ns = time.monotonic_ns()
+                source = message.header.source
                 if message.header.kind is Kind.EOS:
-                    ended.add(message.header.source)
+                    eos_seen[source] += 1
+                    if eos_seen[source] < spec.eos_per_source:
+                        continue
+                    for held in reorder.flush(source) if reorder else []:
+                        handle_frame(held, time.monotonic_ns())
+                    ended.add(source)
                     processor.end_of_stream(message)
                     stamp(message, spec.name, in_ns)
                     if outbox is not None:
                         outbox.send(message)
                     continue
                 stats.frames_in += 1
-                result = processor.process(message)
-                if spec.delay_ms:
-                    time.sleep(spec.delay_ms / 1000)
-                if result is None:
-                    continue
-                stamp(result, spec.name, in_ns)
-                stats.process_ms.append((result.header.stamps[-1].out_ns - in_ns) / 1e6)
-                if outbox is None or outbox.send(result):
-                    stats.record_out(message.header.source, time.monotonic_ns())
+                for ready in reorder.push(message) if reorder else [message]:
+                    handle_frame(ready, in_ns)
             runtime.tick()
         return 0
     finally:
         processor.close()
         pull.close(linger=0)
-        if push is not None:
-            push.close(linger=0 if runtime.stopping else 2000)
+        if outbox is not None:
+            outbox.close(0 if runtime.stopping else 2000)

@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if spec.nice:
         os.nice(spec.nice)
+    if spec.kind.value != "infer":
+        import cv2
+
+        cv2.setNumThreads(1)  # light stages stay single-threaded; the cores go to inference
     runtime = StageRuntime(spec)
     try:
         module = importlib.import_module(STAGE_MODULES[spec.kind.value])

@@ -41,7 +41,7 @@ SOCKET_OPTIONS: dict[Role, tuple[int, dict[int, Any]]] = {
     Role.STAGE_IN_LOSSLESS: (zmq.PULL, {zmq.RCVHWM: 4, zmq.LINGER: 0}),
     Role.STAGE_IN_LIVE: (zmq.PULL, {zmq.RCVHWM: 64, zmq.LINGER: 0}),
     Role.RESULTS_PUB: (zmq.PUB, {zmq.SNDHWM: 256, zmq.LINGER: 1000}),
-    Role.RESULTS_SUB: (zmq.SUB, {zmq.RCVHWM: 256, zmq.LINGER: 0, zmq.RECONNECT_IVL: 100, zmq.RECONNECT_IVL_MAX: 1000}),
+    Role.RESULTS_SUB: (zmq.SUB, {zmq.RCVHWM: 256, zmq.LINGER: 0, zmq.RECONNECT_IVL: 100, zmq.RECONNECT_IVL_MAX: 0}),
     Role.CONTROL_OUT: (zmq.PUSH, {zmq.SNDHWM: 1000, zmq.LINGER: 1000}),
     Role.CONTROL_IN: (zmq.PULL, {zmq.RCVHWM: 10000, zmq.LINGER: 0}),
     Role.COMMANDS_PUB: (zmq.PUB, {zmq.SNDHWM: 100, zmq.LINGER: 0}),

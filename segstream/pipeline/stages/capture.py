@@ -12,11 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from segstream.pipeline.messages import Header, Kind, Message, eos
-from segstream.pipeline.payloads import PayloadWriter, mode_for_endpoint
-from segstream.pipeline.policies import FlowPolicy, Outbox
 from segstream.pipeline.sources import SourceError, open_source, to_bgr
-from segstream.pipeline.stage import StageRuntime, StageSpec, close_writer, stamp
-from segstream.pipeline.transport import Role, make_socket
+from segstream.pipeline.stage import StageRuntime, StageSpec, close_writer, open_outbox, open_writer, stamp
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +42,10 @@ def run(spec: StageSpec, runtime: StageRuntime) -> int:
         logger.error("%s", exc)
         runtime.emit("error", message=str(exc))
         return 2
-    role = Role.STAGE_OUT_LIVE if spec.policy is FlowPolicy.LIVE else Role.STAGE_OUT_LOSSLESS
-    assert spec.output is not None, "capture needs an output endpoint"
-    push = make_socket(runtime.context, role, bind=spec.output)
-    outbox = Outbox(push, spec.policy, stats.skipped, lambda: runtime.stopping)
-    writer = PayloadWriter(mode_for_endpoint(spec.output, spec.payloads), spec.ring_name, spec.ring_readers,
-                           spec.ring_slots, lossless=spec.policy is FlowPolicy.LOSSLESS)
+    outbox = open_outbox(spec, runtime)
+    if outbox is None:
+        raise ValueError("capture needs an output endpoint")
+    writer = open_writer(spec)
     stats.extra.update({"source": settings.source, "fps": source.fps, "frame_count": getattr(source, "frame_count", 0)})
     sent_eos = False
     try:
@@ -58,6 +53,7 @@ def run(spec: StageSpec, runtime: StageRuntime) -> int:
             return 0
         start = time.monotonic()
         index = 0
+        seq = 0  # frames handed to the pipeline; lets a later stage restore their order
         for frame in source.frames():
             if runtime.stopping:
                 break
@@ -81,7 +77,8 @@ def run(spec: StageSpec, runtime: StageRuntime) -> int:
                     image = None
                 if image is not None:
                     header = Header(Kind.FRAME, settings.source_id, this_index, frame.name, in_ns, time.time_ns(),
-                                    meta={"fps": source.fps})
+                                    meta={"fps": source.fps, "seq": seq})
+                    seq += 1
                     message = Message(header)
                     if not writer.add(message, "frame", image, lambda: runtime.stopping):
                         break
@@ -100,5 +97,5 @@ def run(spec: StageSpec, runtime: StageRuntime) -> int:
         source.close()
         if not sent_eos and not runtime.stopping:
             logger.warning("%s: end-of-stream could not be delivered", spec.name)
-        push.close(linger=0 if runtime.stopping else 2000)
+        outbox.close(0 if runtime.stopping else 2000)
         close_writer(writer, spec, runtime)

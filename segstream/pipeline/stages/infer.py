@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 from segstream.engines.base import labels_from_outputs, load_engine
 from segstream.pipeline.messages import Kind, Message, derive
-from segstream.pipeline.payloads import PayloadReader, PayloadWriter, mode_for_endpoint
-from segstream.pipeline.policies import FlowPolicy
-from segstream.pipeline.stage import StageRuntime, StageSpec, close_writer, run_middle_stage
+from segstream.pipeline.payloads import PayloadReader
+from segstream.pipeline.stage import StageRuntime, StageSpec, close_writer, open_writer, run_middle_stage
 
 logger = logging.getLogger(__name__)
 
@@ -26,14 +27,13 @@ class InferProcessor:
         settings = spec.settings
         self.engine = load_engine(settings["model_path"], settings.get("backend", "onnxruntime"),
                                   threads=int(settings.get("threads", 0)))
-        self.tensors = PayloadReader(spec.reader_ids.get("tensor"))
-        assert spec.output is not None, "infer needs an output endpoint"
-        self.writer = PayloadWriter(mode_for_endpoint(spec.output, spec.payloads), spec.ring_name, spec.ring_readers,
-                                    spec.ring_slots, lossless=spec.policy is FlowPolicy.LOSSLESS)
+        self.tensors = PayloadReader(spec.reader_ids.get("tensor"), spec.reader_in_order)
+        self.writer = open_writer(spec)
         runtime.stats.extra["model"] = self.engine.metadata.name
+        self._tensor: np.ndarray | None = None  # reused input buffer
 
     def process(self, message: Message) -> Message | None:
-        tensor = self.tensors.get(message, "tensor")
+        tensor = self._tensor = self.tensors.get(message, "tensor", self._tensor)
         self.tensors.release(message, "tensor")
         if tensor is None:
             self.runtime.stats.skipped["overwritten"] += 1

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 from segstream.engines.metadata import ModelMetadata
 from segstream.engines.preprocess import Preprocessor
 from segstream.pipeline.messages import Kind, Message, derive
-from segstream.pipeline.payloads import PayloadReader, PayloadWriter, mode_for_endpoint
-from segstream.pipeline.policies import FlowPolicy
-from segstream.pipeline.stage import StageRuntime, StageSpec, close_writer, run_middle_stage
+from segstream.pipeline.payloads import PayloadReader
+from segstream.pipeline.stage import StageRuntime, StageSpec, close_writer, open_writer, run_middle_stage
 
 logger = logging.getLogger(__name__)
 
@@ -23,11 +24,11 @@ class PreprocessProcessor:
     def __init__(self, spec: StageSpec, runtime: StageRuntime) -> None:
         self.spec = spec
         self.runtime = runtime
-        self.preprocess = Preprocessor(ModelMetadata.from_dict(spec.settings["metadata"]))
+        meta = ModelMetadata.from_dict(spec.settings["metadata"])
+        self.preprocess = Preprocessor(meta)
+        self._tensor = np.empty((1, 3, meta.input_height, meta.input_width), np.float32)
         self.frames = PayloadReader(spec.reader_ids.get("frame"))
-        assert spec.output is not None, "preprocess needs an output endpoint"
-        self.writer = PayloadWriter(mode_for_endpoint(spec.output, spec.payloads), spec.ring_name, spec.ring_readers,
-                                    spec.ring_slots, lossless=spec.policy is FlowPolicy.LOSSLESS)
+        self.writer = open_writer(spec)
 
     def process(self, message: Message) -> Message | None:
         frame = self.frames.get(message, "frame")
@@ -37,7 +38,7 @@ class PreprocessProcessor:
             return None
         out = derive(message, Kind.TENSOR)
         self.frames.forward(message, out, "frame")
-        if not self.writer.add(out, "tensor", self.preprocess(frame), lambda: self.runtime.stopping):
+        if not self.writer.add(out, "tensor", self.preprocess(frame, self._tensor), lambda: self.runtime.stopping):
             return None
         return out
 

@@ -13,18 +13,19 @@ import time
 import cv2
 import numpy as np
 from segstream.pipeline.messages import Kind, Message, Part, derive, encode
-from segstream.pipeline.payloads import PayloadReader, PayloadWriter, mode_for_endpoint
-from segstream.pipeline.policies import FlowPolicy
+from segstream.pipeline.payloads import PayloadReader
 from segstream.pipeline.records import source_dir, write_png
-from segstream.pipeline.stage import StageRuntime, StageSpec, close_writer, run_middle_stage
+from segstream.pipeline.stage import StageRuntime, StageSpec, close_writer, open_writer, run_middle_stage
 from segstream.pipeline.transport import Role, make_socket
 
 logger = logging.getLogger(__name__)
 
+SUBSCRIBER_GRACE_S = 0.5
+
 
 def class_shares(mask: np.ndarray, ignore_index: int) -> dict[str, float]:
     """Share of the frame's pixels per class id present (ignore label left out)."""
-    counts = np.bincount(mask.ravel(), minlength=256)
+    counts = cv2.calcHist([mask], [0], None, [256], [0, 256]).ravel().astype(np.int64)
     total = mask.size
     return {str(i): round(int(c) / total, 5) for i, c in enumerate(counts) if c and i != ignore_index}
 
@@ -42,12 +43,13 @@ class PublishProcessor:
         self.model = settings.get("model", "")
         endpoint = settings.get("endpoint")
         self.pub = make_socket(runtime.context, Role.RESULTS_PUB, bind=endpoint) if endpoint else None
+        if self.pub is not None:
+            # Subscribers already waiting for the pipeline reconnect every 100 ms; give
+            # them time to connect and subscribe before this stage reports ready, so they
+            # get the first mask too (PUB drops messages for subscriptions not yet known).
+            time.sleep(SUBSCRIBER_GRACE_S)
         self.labels = PayloadReader(spec.reader_ids.get("labels"))
-        self.writer = (
-            PayloadWriter(mode_for_endpoint(spec.output, spec.payloads), spec.ring_name, spec.ring_readers,
-                          spec.ring_slots, lossless=spec.policy is FlowPolicy.LOSSLESS)
-            if spec.output else None
-        )
+        self.writer = open_writer(spec) if spec.outputs else None
 
     def _publish(self, message: Message) -> None:
         if self.pub is None:
