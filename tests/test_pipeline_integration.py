@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import CLIP, KITTI_FRAMES, segstream_cmd
+from conftest import CITYSCAPES_FRAMES, CLIP, KITTI_FRAMES, segstream_cmd
 from pipeline_helpers import (
     children_of,
     leftovers,
@@ -188,3 +188,47 @@ def test_live_flow_with_a_slow_stage_skips_instead_of_queueing(tmp_path, espnet_
     infer_ms = stats["stages"]["infer"]["process_ms"]["p95"]
     latency = stats["latency_ms"]["capture_to_publish"]
     assert latency["max"] < 3 * infer_ms + 1000, (latency, infer_ms)
+
+
+def test_published_messages_decode_with_only_what_the_wire_format_document_says(tmp_path, espnet_onnx):
+    """A subscriber written from docs/wire-format.md alone: plain zmq, json and numpy."""
+    import json
+
+    import zmq
+
+    endpoint = f"ipc://{tmp_path}/pub.sock"
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.connect(endpoint)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    log = tmp_path / "run.log"
+    glob = str(CITYSCAPES_FRAMES[0].parent / "frankfurt_*_leftImg8bit.png")
+    proc = start_pipeline(["run", "--source", glob, "--publish", endpoint], log, tmp_path / "t")
+    results, eos_seen = [], False
+    deadline = time.monotonic() + 240
+    while not eos_seen and time.monotonic() < deadline:
+        if not sub.poll(500):
+            continue
+        topic, header, *payload = sub.recv_multipart()
+        h = json.loads(header)
+        assert h["version"] == 1 and topic.decode() == h["source"]
+        if h["kind"] == "eos":
+            eos_seen = True
+            assert h["meta"]["published"] == 3
+            continue
+        assert h["kind"] == "result"
+        part = next(p for p in h["parts"] if p["name"] == "mask")
+        mask = np.frombuffer(payload[part["inline"]], dtype=part["dtype"]).reshape(part["shape"])
+        results.append((h["index"], h["name"], mask, h["meta"]))
+    assert proc.wait(timeout=60) == 0, log.read_text()
+    sub.close(0)
+    ctx.term()
+    assert eos_seen
+    assert [(i, n) for i, n, _, _ in results] == [(k, p.stem) for k, p in enumerate(CITYSCAPES_FRAMES)]
+    for _, _, mask, meta in results:
+        assert mask.shape == (1024, 2048)
+        shares = {int(k): v for k, v in meta["classes"].items()}
+        counts = np.bincount(mask.ravel(), minlength=256)
+        for class_id, share in shares.items():
+            assert abs(share - counts[class_id] / mask.size) < 1e-4
+        assert meta["model"] == "espnet-cityscapes" and meta["ignore_index"] == 255

@@ -119,3 +119,20 @@ def test_payloads_shm_and_inline_share_one_api(ring_name, mode):
         reader.get(message, "frame")
     reader.close()
     writer.close()
+
+
+def test_parallel_workers_sharing_a_reader_id_release_their_own_frames(ring_name):
+    """Workers that each get some frames release per slot; none can release another's."""
+    writer = RingWriter(ring_name, slots=2, readers=1, wait=True)
+    worker_a, worker_b = RingReader(0, in_order=False), RingReader(0, in_order=False)
+    first = writer.put("x", np.zeros(4, np.uint8))  # to worker a
+    second = writer.put("x", np.ones(4, np.uint8))  # to worker b
+    worker_b.read(second)
+    worker_b.release(second)  # b is done with frame 2; frame 1 is still a's
+    assert writer.put("x", np.zeros(4, np.uint8), stop=lambda: True) is None  # slot of frame 1 still busy
+    worker_a.read(first)
+    worker_a.release(first)
+    assert writer.put("x", np.zeros(4, np.uint8)) is not None
+    worker_a.close()
+    worker_b.close()
+    writer.close()

@@ -47,6 +47,7 @@ class PayloadWriter:
     def __init__(self, mode: PayloadMode, ring_name: str, readers: int = 0, slots: int = 8,
                  lossless: bool = True) -> None:
         self.mode = mode
+        self.blocked_ns = 0  # total time spent waiting for free slots (flow control)
         self._ring = RingWriter(ring_name, slots, readers, lossless) if mode is PayloadMode.SHM else None
 
     def add(self, message: Message, name: str, array: np.ndarray, stop: Callable[[], bool] = lambda: False) -> bool:
@@ -56,6 +57,7 @@ class PayloadWriter:
         """
         if self._ring is not None:
             part = self._ring.put(name, array, stop)
+            self.blocked_ns += self._ring.last_wait_ns
             if part is None:
                 return False
             message.header.parts.append(part)

@@ -109,6 +109,7 @@ class RingWriter:
         self._segment: _Segment | None = None
         self._owned: list[shared_memory.SharedMemory] = []
         self._seq = 0
+        self.last_wait_ns = 0  # how long the last put waited for a free slot
 
     def _new_segment(self, slot_bytes: int) -> _Segment:
         slot_bytes = (slot_bytes + _ALIGN - 1) // _ALIGN * _ALIGN
@@ -141,13 +142,16 @@ class RingWriter:
         seg = self._segment
         seq = self._seq + 1
         slot = seq % self.slots
-        if self.wait:
+        self.last_wait_ns = 0
+        if self.wait and not self._slot_free(seg, slot):
+            waited_from = time.monotonic_ns()
             pause = WAIT_MIN_S
             while not self._slot_free(seg, slot):
                 if stop():
                     return None
                 time.sleep(pause)
                 pause = min(pause * 2, WAIT_MAX_S)  # back off: waiting must not eat the cores
+            self.last_wait_ns = time.monotonic_ns() - waited_from
         seg.seq[slot] = -1
         np.copyto(np.ndarray(array.shape, array.dtype, seg.shm.buf, seg.data_offset + slot * seg.slot_bytes), array)
         seg.seq[slot] = seq

@@ -213,6 +213,10 @@ class Processor(Protocol):
         (the processor counts the reason in the stage stats)."""
         ...
 
+    def blocked_ns(self) -> int:
+        """Total time spent waiting for downstream so far (0 if never)."""
+        ...
+
     def discard(self, message: Message) -> None:
         """A frame superseded in live flow: release what it holds upstream."""
         ...
@@ -286,13 +290,14 @@ def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processo
     ended: set[str] = set()
 
     def handle_frame(message: Message, in_ns: int) -> None:
+        blocked_before = processor.blocked_ns()
         result = processor.process(message)
         if spec.delay_ms:
             time.sleep(spec.delay_ms / 1000)
         if result is None:
             return
         stamp(result, spec.name, in_ns)
-        stats.process_ms.append((result.header.stamps[-1].out_ns - in_ns) / 1e6)
+        stats.record_timing(in_ns, result.header.stamps[-1].out_ns, processor.blocked_ns() - blocked_before)
         if outbox is None or outbox.send(result):
             stats.record_out(message.header.source, time.monotonic_ns())
 

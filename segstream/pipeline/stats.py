@@ -35,7 +35,8 @@ class StageStats:
         frames_in: frames received (or read from the source, for capture).
         frames_out: frames sent on.
         skipped: frames dropped here, by reason.
-        process_ms: processing time per frame.
+        process_ms: processing time per frame (waits for downstream excluded).
+        blocked_ms: time per frame spent waiting for downstream (lossless flow control).
         latency_ms: end-to-end latency from capture to the end of this stage, per frame
             (kept by publish and render).
         per_source: frames out per source.
@@ -46,6 +47,7 @@ class StageStats:
     frames_out: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     process_ms: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
+    blocked_ms: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
     latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
     per_source: Counter[str] = field(default_factory=Counter)
     started_ns: int = field(default_factory=time.monotonic_ns)
@@ -61,6 +63,11 @@ class StageStats:
             self.first_out_ns = now_ns
         self.last_out_ns = now_ns
 
+    def record_timing(self, in_ns: int, out_ns: int, blocked_ns: int) -> None:
+        """Processing time of one frame, split into own work and waiting for downstream."""
+        self.process_ms.append((out_ns - in_ns - blocked_ns) / 1e6)
+        self.blocked_ms.append(blocked_ns / 1e6)
+
     def throughput_fps(self) -> float:
         """Frames out per second between the first and the last frame out."""
         span = (self.last_out_ns - self.first_out_ns) / 1e9
@@ -74,6 +81,7 @@ class StageStats:
             "frames_out": self.frames_out,
             "skipped": dict(self.skipped),
             "process_ms": summarize(self.process_ms),
+            "blocked_ms": summarize(self.blocked_ms),
             "latency_ms": summarize(self.latency_ms),
             "throughput_fps": self.throughput_fps(),
             "per_source": dict(self.per_source),

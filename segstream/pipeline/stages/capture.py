@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from segstream.pipeline.messages import Header, Kind, Message, eos
-from segstream.pipeline.sources import SourceError, open_source, to_bgr
+from segstream.pipeline.sources import SourceError, SourceFrame, open_source, to_bgr
 from segstream.pipeline.stage import StageRuntime, StageSpec, close_writer, open_outbox, open_writer, stamp
 
 logger = logging.getLogger(__name__)
@@ -30,6 +33,20 @@ class CaptureSettings:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CaptureSettings":
         return cls(**data)
+
+
+def _usable_image(frame: SourceFrame, source_id: str, skipped: Counter[str]) -> np.ndarray | None:
+    """The frame as BGR uint8, or None (counted and logged) if it cannot be used."""
+    if frame.image is None:
+        skipped["unreadable"] += 1
+        logger.warning("%s: skipped frame %s: %s", source_id, frame.name, frame.error)
+        return None
+    try:
+        return to_bgr(frame.image)
+    except ValueError as exc:
+        skipped["bad_format"] += 1
+        logger.warning("%s: skipped frame %s: %s", source_id, frame.name, exc)
+        return None
 
 
 def run(spec: StageSpec, runtime: StageRuntime) -> int:
@@ -54,38 +71,33 @@ def run(spec: StageSpec, runtime: StageRuntime) -> int:
         start = time.monotonic()
         index = 0
         seq = 0  # frames handed to the pipeline; lets a later stage restore their order
-        for frame in source.frames():
-            if runtime.stopping:
-                break
+        frames = source.frames()
+        while not runtime.stopping:
             if settings.pace and source.fps > 0 and not source.live:
                 delay = start + index / source.fps - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
+            read_ns = time.monotonic_ns()
+            frame = next(frames, None)
+            if frame is None:
+                break
             in_ns = time.monotonic_ns()
             stats.frames_in += 1
             this_index = index
             index += 1
-            if frame.image is None:
-                stats.skipped["unreadable"] += 1
-                logger.warning("%s: skipped frame %s: %s", settings.source_id, frame.name, frame.error)
-            else:
-                try:
-                    image = to_bgr(frame.image)
-                except ValueError as exc:
-                    stats.skipped["bad_format"] += 1
-                    logger.warning("%s: skipped frame %s: %s", settings.source_id, frame.name, exc)
-                    image = None
-                if image is not None:
-                    header = Header(Kind.FRAME, settings.source_id, this_index, frame.name, in_ns, time.time_ns(),
-                                    meta={"fps": source.fps, "seq": seq})
-                    seq += 1
-                    message = Message(header)
-                    if not writer.add(message, "frame", image, lambda: runtime.stopping):
-                        break
-                    stamp(message, spec.name, in_ns)
-                    stats.process_ms.append((message.header.stamps[-1].out_ns - in_ns) / 1e6)
-                    if outbox.send(message):
-                        stats.record_out(settings.source_id, time.monotonic_ns())
+            image = _usable_image(frame, settings.source_id, stats.skipped)
+            if image is not None:
+                header = Header(Kind.FRAME, settings.source_id, this_index, frame.name, in_ns, time.time_ns(),
+                                meta={"fps": source.fps, "seq": seq})
+                seq += 1
+                message = Message(header)
+                blocked_before = writer.blocked_ns
+                if not writer.add(message, "frame", image, lambda: runtime.stopping):
+                    break
+                stamp(message, spec.name, in_ns)
+                stats.record_timing(read_ns, message.header.stamps[-1].out_ns, writer.blocked_ns - blocked_before)
+                if outbox.send(message):
+                    stats.record_out(settings.source_id, time.monotonic_ns())
             if settings.max_frames and index >= settings.max_frames:
                 break
             runtime.tick()

@@ -45,6 +45,9 @@ class InferProcessor:
             return None
         return out
 
+    def blocked_ns(self) -> int:
+        return self.writer.blocked_ns
+
     def discard(self, message: Message) -> None:
         self.tensors.release(message, "tensor")
 

@@ -42,6 +42,9 @@ class PreprocessProcessor:
             return None
         return out
 
+    def blocked_ns(self) -> int:
+        return self.writer.blocked_ns
+
     def discard(self, message: Message) -> None:
         self.frames.release(message, "frame")
 

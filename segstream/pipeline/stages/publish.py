@@ -87,6 +87,9 @@ class PublishProcessor:
             return None
         return out
 
+    def blocked_ns(self) -> int:
+        return self.writer.blocked_ns if self.writer else 0
+
     def discard(self, message: Message) -> None:
         self.labels.release(message, "labels")
 

@@ -103,6 +103,9 @@ class RenderProcessor:
         self.runtime.stats.latency_ms.append((time.monotonic_ns() - header.capture_ns) / 1e6)
         return message
 
+    def blocked_ns(self) -> int:
+        return 0
+
     def discard(self, message: Message) -> None:
         self.frames.release(message, "frame")
         self.masks.release(message, "mask")

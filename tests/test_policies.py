@@ -1,0 +1,63 @@
+"""Flow-policy helpers: in-order reassembly after parallel workers, fan-out sends."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import zmq
+
+from segstream.pipeline.messages import Header, Kind, Message, decode, eos
+from segstream.pipeline.policies import FlowPolicy, Outbox, Reorderer
+
+
+def _frame(seq: int, source: str = "cam0") -> Message:
+    return Message(Header(Kind.RESULT, source, seq, f"{seq:06d}", 0, 0, meta={"seq": seq}))
+
+
+def test_lossless_reorder_restores_capture_order_per_source():
+    skipped: Counter[str] = Counter()
+    reorder = Reorderer(FlowPolicy.LOSSLESS, skipped)
+    out = []
+    for seq, source in [(1, "a"), (0, "b"), (0, "a"), (3, "a"), (1, "b"), (2, "a")]:
+        out += [(m.header.source, m.header.meta["seq"]) for m in reorder.push(_frame(seq, source))]
+    assert [s for src, s in out if src == "a"] == [0, 1, 2, 3]
+    assert [s for src, s in out if src == "b"] == [0, 1]
+    assert not skipped
+
+
+def test_lossless_reorder_gives_up_on_a_gap_at_end_of_stream():
+    skipped: Counter[str] = Counter()
+    reorder = Reorderer(FlowPolicy.LOSSLESS, skipped)
+    assert reorder.push(_frame(0)) and not reorder.push(_frame(2)) and not reorder.push(_frame(3))
+    assert [m.header.meta["seq"] for m in reorder.flush("cam0")] == [2, 3]
+    assert skipped["lost"] == 1
+
+
+def test_live_reorder_drops_what_comes_too_late():
+    skipped: Counter[str] = Counter()
+    reorder = Reorderer(FlowPolicy.LIVE, skipped)
+    assert reorder.push(_frame(0)) and reorder.push(_frame(2))
+    assert reorder.push(_frame(1)) == []
+    assert skipped["late"] == 1
+
+
+def test_outbox_spreads_frames_over_workers_and_sends_eos_to_each():
+    ctx = zmq.Context()
+    pushes, pulls = [], []
+    for k in range(2):
+        push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+        push.bind(f"inproc://fanout-{k}")
+        pull.connect(f"inproc://fanout-{k}")
+        pushes.append(push)
+        pulls.append(pull)
+    outbox = Outbox(pushes, FlowPolicy.LOSSLESS, Counter(), lambda: False)
+    for seq in range(4):
+        assert outbox.send(_frame(seq))
+    assert outbox.send(eos("cam0"))
+    got = [[decode(p.recv_multipart()).header for _ in range(3)] for p in pulls]
+    assert sorted(h.index for hs in got for h in hs if h.kind is Kind.RESULT) == [0, 1, 2, 3]
+    assert all(hs[-1].kind is Kind.EOS for hs in got)
+    outbox.close(0)
+    for p in pulls:
+        p.close(0)
+    ctx.term()
