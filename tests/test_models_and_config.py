@@ -60,7 +60,7 @@ def test_resolve_model_by_name_and_by_file(tmp_path, espnet_onnx):
 
 
 def test_unknown_zoo_name_lists_the_valid_ones():
-    with pytest.raises(KeyError, match="espnet-cityscapes"):
+    with pytest.raises(ModelError, match="known models: espnet-cityscapes"):
         get_model_spec("fcn-resnet999")
 
 
@@ -113,6 +113,7 @@ def test_cli_export_writes_onnx_with_metadata(tmp_path):
     (["run", "--source", "/no/such/video.mp4", "--publish", ""], "not found"),
     (["run", "--model", "nope", "--publish", ""], "unknown model 'nope'"),
     (["run", "--source", "test-pattern:huge", "--publish", ""], "expected test-pattern"),
+    (["export", "fcn-resnet999", "-o", "x.onnx"], "known models: espnet-cityscapes"),
 ])
 def test_cli_bad_input_exits_2_with_a_clear_message(args, message):
     result = run_segstream(*args, timeout=120)

@@ -232,3 +232,19 @@ def test_published_messages_decode_with_only_what_the_wire_format_document_says(
         for class_id, share in shares.items():
             assert abs(share - counts[class_id] / mask.size) < 1e-4
         assert meta["model"] == "espnet-cityscapes" and meta["ignore_index"] == 255
+
+
+def test_end_of_stream_reaches_every_stage_behind_a_long_queue(tmp_path, espnet_onnx):
+    """A slow stage leaves seconds of frames queued before the end-of-stream message;
+    every stage must still get it and exit on its own (no message dropped at close)."""
+    config = tmp_path / "slow.yaml"
+    config.write_text(f"sources: ['{CLIP}']\npolicy: lossless\npublish: ''\nmax_frames: 16\nworkers: 1\n"
+                      "stage_delay_ms: {infer: 500}\n")
+    record = tmp_path / "rec"
+    log = tmp_path / "run.log"
+    proc = start_pipeline(["run", "--config", str(config), "--record", str(record)], log, tmp_path / "t")
+    assert proc.wait(timeout=120) == 0, log.read_text()
+    stats = read_stats(record)
+    assert stats["frames_published"] == stats["frames_rendered"] == 16
+    # the source really was held back: frames queued for seconds before infer took them
+    assert stats["latency_ms"]["capture_to_publish"]["max"] > 2500

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable
 from segstream.engines import cityscapes
 from segstream.engines.metadata import (
     ChannelOrder,
+    ModelError,
     ModelMetadata,
     NormalizeOrder,
     OutputKind,
@@ -100,7 +101,7 @@ def get_model_spec(name: str) -> ModelSpec:
     try:
         return MODELS[name]
     except KeyError:
-        raise KeyError(
+        raise ModelError(
             f"unknown model {name!r}; known models: {', '.join(MODELS)}. "
             f"Pass a path to an .onnx file that carries segstream metadata to use your own"
         ) from None

@@ -177,9 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (AssetError, ModelError, ConfigError, SourceError, EndpointError, KeyError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"segstream: error: {message}", file=sys.stderr)
+    except (AssetError, ModelError, ConfigError, SourceError, EndpointError) as exc:
+        print(f"segstream: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("segstream: interrupted", file=sys.stderr)

@@ -91,6 +91,9 @@ class PipelineConfig:
                 set_(self, "policy", FlowPolicy(self.policy))
             except ValueError:
                 raise ConfigError(f"policy must be 'live' or 'lossless', found {self.policy!r}") from None
+        if self.backend != "onnxruntime":
+            raise ConfigError(f"backend must be 'onnxruntime' (the CPU backend; TensorRT and PyTorch pipeline "
+                              f"backends are not available yet), found {self.backend!r}")
         if self.transport not in ("ipc", "tcp"):
             raise ConfigError(f"transport must be 'ipc' or 'tcp', found {self.transport!r}")
         if self.workers < 0 or self.workers > 8:

@@ -9,6 +9,7 @@ Pure planning: no processes, no sockets. The supervisor turns the plan into proc
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 # Ring slots per stage output, (lossless, live). Lossless rings are the flow-control
 # window; live rings must outlast the pipeline's latency so render still finds the frame.
 RING_SLOTS: dict[StageKind, tuple[int, int]] = {
-    StageKind.CAPTURE: (8, 48),
+    StageKind.CAPTURE: (8, 32),
     StageKind.PREPROCESS: (4, 8),
     StageKind.INFER: (4, 16),
     StageKind.PUBLISH: (8, 16),
@@ -129,6 +130,4 @@ def worker_layout(config: PipelineConfig, policy: FlowPolicy) -> tuple[int, int]
 
 
 def _metadata_dict(metadata: ModelMetadata) -> dict[str, object]:
-    import json
-
     return json.loads(metadata.to_json())

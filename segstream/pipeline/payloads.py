@@ -62,24 +62,16 @@ class PayloadWriter:
                 return False
             message.header.parts.append(part)
             return True
-        array = np.ascontiguousarray(array)
+        # A private copy: the message is sent without copying, after this returns, and the
+        # caller may reuse its buffer for the next frame.
+        array = np.array(array, order="C", copy=True)
         message.header.parts.append(Part(name, tuple(array.shape), array.dtype.name, inline=len(message.payload)))
         message.payload.append(array)
         return True
 
-    def close(self, unlink: bool = True, drain_timeout_s: float = 0.0, stop: Callable[[], bool] = lambda: False) -> None:
-        """Close the ring (if any).
-
-        Args:
-            unlink: remove the segments now; False leaves them to the supervisor's sweep,
-                for readers further down the pipeline that are still reading.
-            drain_timeout_s: before unlinking, wait up to this long for the readers to
-                release the last frame.
-            stop: ends the wait early.
-        """
+    def close(self, unlink: bool = True) -> None:
+        """Close the ring (if any); ``unlink=False`` leaves its segments in place."""
         if self._ring is not None:
-            if unlink and drain_timeout_s > 0 and not self._ring.drain(drain_timeout_s, stop):
-                logger.debug("ring %s closed before every reader was done", self._ring.name)
             self._ring.close(unlink)
 
 

@@ -28,6 +28,7 @@ import logging
 import os
 import time
 from multiprocessing import resource_tracker, shared_memory
+from multiprocessing.shared_memory import _posixshmem  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Callable
 
@@ -54,6 +55,34 @@ def _untrack(shm: shared_memory.SharedMemory) -> None:
         resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
     except Exception:  # noqa: BLE001 - tracker internals differ between versions
         pass
+
+
+def _unlink(name: str) -> bool:
+    """Remove a segment by name; False if it was already gone.
+
+    Not ``SharedMemory.unlink``: that also unregisters from the resource tracker, which
+    we already did (``_untrack``), and the tracker would complain.
+    """
+    try:
+        _posixshmem.shm_unlink("/" + name)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _check_room(size: int) -> None:
+    """Refuse a segment /dev/shm cannot hold: writing past its end would kill the process
+    with SIGBUS instead of raising (Docker's default /dev/shm is 64 MB)."""
+    try:
+        stat = os.statvfs("/dev/shm")
+    except OSError:
+        return
+    free = stat.f_bavail * stat.f_frsize
+    if size > free:
+        raise MemoryError(
+            f"shared memory needs {size / 2**20:.0f} MB for a frame ring but /dev/shm has {free / 2**20:.0f} MB "
+            f"free; give the container more (docker run --shm-size=1g) or use --transport tcp (no shared memory)"
+        )
 
 
 def _control_bytes(slots: int) -> int:
@@ -115,6 +144,7 @@ class RingWriter:
         slot_bytes = (slot_bytes + _ALIGN - 1) // _ALIGN * _ALIGN
         control = _control_bytes(self.slots)
         size = (control + _ALIGN - 1) // _ALIGN * _ALIGN + self.slots * slot_bytes
+        _check_room(size)
         shm = shared_memory.SharedMemory(f"{self.name}-{len(self._owned)}", create=True, size=size)
         _untrack(shm)
         self._owned.append(shm)
@@ -165,21 +195,6 @@ class RingWriter:
                 return False
         return True
 
-    def drain(self, timeout_s: float, stop: Callable[[], bool] = lambda: False) -> bool:
-        """Wait until every reader released the last frame written (or timeout/stop).
-
-        Called before ``close`` so readers that lag behind can still read the last frames.
-        """
-        if self._segment is None or not self.readers:
-            return True
-        deadline = time.monotonic() + timeout_s
-        seg = self._segment
-        while not all(self._slot_free(seg, slot) for slot in range(self.slots)):
-            if stop() or time.monotonic() > deadline:
-                return False
-            time.sleep(0.002)
-        return True
-
     def close(self, unlink: bool = True) -> None:
         """Unmap every segment this writer created and unlink them (unless a supervisor
         will sweep them once the readers are done: ``unlink=False``)."""
@@ -192,10 +207,7 @@ class RingWriter:
             except BufferError:
                 pass
             if unlink:
-                try:
-                    shm.unlink()
-                except FileNotFoundError:
-                    pass
+                _unlink(shm.name)
         self._owned.clear()
 
 
@@ -278,10 +290,6 @@ def sweep(prefix: str) -> list[str]:
     if not shm_dir.is_dir():
         return removed
     for entry in shm_dir.iterdir():
-        if entry.name.startswith(prefix):
-            try:
-                os.unlink(entry)
-                removed.append(entry.name)
-            except FileNotFoundError:
-                pass
+        if entry.name.startswith(prefix) and _unlink(entry.name):
+            removed.append(entry.name)
     return removed

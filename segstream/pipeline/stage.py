@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
 from collections import Counter
 import signal
@@ -28,7 +29,9 @@ from segstream.pipeline.transport import Role, make_socket
 logger = logging.getLogger(__name__)
 
 STATS_INTERVAL_S = 1.0
-STANDALONE_DRAIN_S = 5.0  # a stage running alone waits this long for its ring's readers
+PARENT_CHECK_S = 0.5
+EOS_LINGER_MS = 2000  # what is still queued at a normal close (after wait_until_downstream_done)
+STANDALONE_DRAIN_S = 5.0  # after end of stream, a stage running alone waits this long for its readers
 
 
 class StageKind(str, Enum):
@@ -129,7 +132,10 @@ class StageRuntime:
         self.context = zmq.Context()
         self.stats = StageStats(spec.name)
         self._stop = False
+        self._finish = False
         self._last_report = time.monotonic()
+        self._parent = os.getppid()
+        self._last_parent_check = time.monotonic()
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
         self.control = make_socket(self.context, Role.CONTROL_OUT, connect=spec.control) if spec.control else None
@@ -149,13 +155,22 @@ class StageRuntime:
                 break
         if b"stop" in out:
             self._stop = True
+        if b"finish" in out:
+            self._finish = True
         return out
 
     @property
     def stopping(self) -> bool:
-        """True once a stop was requested (signal or supervisor command)."""
+        """True once a stop was requested (signal, supervisor command, or the supervisor
+        died: a stage never outlives the process that started it)."""
         if not self._stop and self.commands is not None:
             self._read_commands()
+            now = time.monotonic()
+            if now - self._last_parent_check > PARENT_CHECK_S:
+                self._last_parent_check = now
+                if os.getppid() != self._parent:
+                    logger.error("%s: the supervisor is gone; stopping", self.spec.name)
+                    self._stop = True
         return self._stop
 
     def request_stop(self) -> None:
@@ -185,6 +200,26 @@ class StageRuntime:
                 return True
         return False
 
+    def wait_until_downstream_done(self) -> None:
+        """After this stage sent its end of stream: keep its sockets open until the
+        supervisor says every stage behind it is done (``finish``), or a stop.
+
+        Closing earlier can lose the last messages: ZeroMQ's linger only covers what is
+        still in the sender's queue, not what sits in a socket buffer the receiver has not
+        read yet. Running alone, the stage waits ``STANDALONE_DRAIN_S``.
+        """
+        if self.commands is None:
+            deadline = time.monotonic() + STANDALONE_DRAIN_S
+            while not self._stop and time.monotonic() < deadline:
+                time.sleep(POLL_MS / 1000)
+            return
+        self.emit("ended")
+        while not self._stop and not self._finish:
+            if self.commands.poll(POLL_MS):
+                self._read_commands()
+            elif self.stopping:  # also notices a supervisor that is gone
+                break
+
     def tick(self) -> None:
         """Send periodic stats to the supervisor."""
         now = time.monotonic()
@@ -201,7 +236,8 @@ class StageRuntime:
             self.control.close(linger=1000)
         if self.commands is not None:
             self.commands.close(linger=0)
-        self.context.term()
+        # Closes whatever a failed stage left open (term() alone would wait for it forever).
+        self.context.destroy(linger=0)
         return exit_code
 
 
@@ -254,20 +290,11 @@ def open_outbox(spec: StageSpec, runtime: StageRuntime) -> Outbox | None:
     return Outbox(sockets, spec.policy, runtime.stats.skipped, lambda: runtime.stopping)
 
 
-def close_writer(writer: PayloadWriter, spec: StageSpec, runtime: StageRuntime) -> None:
-    """Close a stage's ring when the stage ends.
-
-    Under a supervisor, a stage that ended normally leaves its segments for the
-    supervisor to sweep once every stage is done (readers further down may still be
-    reading them). Alone, it waits a little for its readers and unlinks. On a stop it
-    unlinks at once.
-    """
-    if runtime.stopping:
-        writer.close(unlink=True)
-    elif spec.control is not None:
-        writer.close(unlink=False)
-    else:
-        writer.close(unlink=True, drain_timeout_s=STANDALONE_DRAIN_S, stop=lambda: runtime.stopping)
+def close_writer(writer: PayloadWriter, runtime: StageRuntime) -> None:
+    """Close and unlink a stage's ring when the stage ends: by then every reader is done
+    (``wait_until_downstream_done``) or the run is stopping. The supervisor sweeps what a
+    killed stage leaves."""
+    writer.close(unlink=True)
 
 
 def stamp(message: Message, stage: str, in_ns: int) -> None:
@@ -319,6 +346,8 @@ def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processo
                     for held in reorder.flush(source) if reorder else []:
                         handle_frame(held, time.monotonic_ns())
                     ended.add(source)
+                    logger.info("%s: end of stream for %s after %d frames", spec.name, source,
+                                stats.per_source[source])
                     processor.end_of_stream(message)
                     stamp(message, spec.name, in_ns)
                     if outbox is not None:
@@ -328,9 +357,10 @@ def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processo
                 for ready in reorder.push(message) if reorder else [message]:
                     handle_frame(ready, in_ns)
             runtime.tick()
+        runtime.wait_until_downstream_done()
         return 0
     finally:
         processor.close()
         pull.close(linger=0)
         if outbox is not None:
-            outbox.close(0 if runtime.stopping else 2000)
+            outbox.close(0 if runtime.stopping else EOS_LINGER_MS)

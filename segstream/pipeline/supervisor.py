@@ -60,6 +60,7 @@ class StageProcess:
     process: subprocess.Popen[bytes]
     ready: bool = False
     started: bool = False
+    ended: bool = False  # sent its end of stream, waiting for the stages behind it
     done: bool = False
     stats: dict[str, Any] = field(default_factory=dict)
     error: str = ""
@@ -206,6 +207,8 @@ class Supervisor:
             stage.ready = True
         elif kind == "started":
             stage.started = True
+        elif kind == "ended":
+            stage.ended = True
         elif kind in ("stats", "done"):
             stage.stats = event.get("stats", stage.stats)
             stage.done = stage.done or kind == "done"
@@ -258,6 +261,10 @@ class Supervisor:
                 elif time.monotonic() > deadline:
                     waiting = [s.spec.name for s in self.stages if not s.ready]
                     return f"stages {waiting} did not become ready within {self.config.ready_timeout_s:.0f} s"
+            if self.state is RunState.RUNNING and all(s.ended or s.process.poll() == 0 for s in self.stages):
+                # Every stage forwarded its end of stream and the sinks are done: release
+                # the stages that keep their sockets open for the ones behind them.
+                commands.send(b"finish")
             if all(s.process.poll() == 0 for s in self.stages):
                 self._drain_events(control, 0.1)
                 return ""

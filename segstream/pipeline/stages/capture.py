@@ -16,7 +16,7 @@ import numpy as np
 
 from segstream.pipeline.messages import Header, Kind, Message, eos
 from segstream.pipeline.sources import SourceError, SourceFrame, open_source, to_bgr
-from segstream.pipeline.stage import StageRuntime, StageSpec, close_writer, open_outbox, open_writer, stamp
+from segstream.pipeline.stage import EOS_LINGER_MS, StageRuntime, StageSpec, close_writer, open_outbox, open_writer, stamp
 
 logger = logging.getLogger(__name__)
 
@@ -102,12 +102,14 @@ def run(spec: StageSpec, runtime: StageRuntime) -> int:
                 break
             runtime.tick()
         if not runtime.stopping:
+            logger.info("%s: end of stream after %d frames", settings.source_id, stats.frames_in)
             sent_eos = outbox.send(eos(settings.source_id, frames_in=stats.frames_in, frames_out=stats.frames_out,
-                                       skipped=dict(stats.skipped)), timeout_s=30)
+                                       skipped=dict(stats.skipped)))
+            runtime.wait_until_downstream_done()
         return 0
     finally:
         source.close()
         if not sent_eos and not runtime.stopping:
             logger.warning("%s: end-of-stream could not be delivered", spec.name)
-        outbox.close(0 if runtime.stopping else 2000)
-        close_writer(writer, spec, runtime)
+        outbox.close(0 if runtime.stopping else EOS_LINGER_MS)
+        close_writer(writer, runtime)

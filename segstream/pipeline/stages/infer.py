@@ -57,7 +57,7 @@ class InferProcessor:
     def close(self) -> None:
         self.engine.close()
         self.tensors.close()
-        close_writer(self.writer, self.spec, self.runtime)
+        close_writer(self.writer, self.runtime)
 
 
 def run(spec: StageSpec, runtime: StageRuntime) -> int:

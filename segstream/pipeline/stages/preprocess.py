@@ -53,7 +53,7 @@ class PreprocessProcessor:
 
     def close(self) -> None:
         self.frames.close()
-        close_writer(self.writer, self.spec, self.runtime)
+        close_writer(self.writer, self.runtime)
 
 
 def run(spec: StageSpec, runtime: StageRuntime) -> int:

@@ -104,7 +104,7 @@ class PublishProcessor:
             self.pub.close(linger=0 if self.runtime.stopping else 1000)
         self.labels.close()
         if self.writer is not None:
-            close_writer(self.writer, self.spec, self.runtime)
+            close_writer(self.writer, self.runtime)
 
 
 def run(spec: StageSpec, runtime: StageRuntime) -> int:
