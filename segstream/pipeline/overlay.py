@@ -102,5 +102,6 @@ class OverlayRenderer:
             colour = tuple(int(c) for c in self._lut[cls, 0])
             cv2.rectangle(image, (x0 + int(6 * scale), y + 2), (x0 + int(6 * scale) + row - 6, y + row - 4), colour, -1)
             share = 100.0 * counts[cls] / mask.size
-            cv2.putText(image, f"{self.class_names[cls]} {share:.0f}%", (x0 + int(10 * scale) + row, y + row - 6),
+            share_text = f"{share:.0f}%" if share >= 1 else "<1%"
+            cv2.putText(image, f"{self.class_names[cls]} {share_text}", (x0 + int(10 * scale) + row, y + row - 6),
                         _FONT, 0.5 * scale, (255, 255, 255), max(int(scale), 1), cv2.LINE_AA)
