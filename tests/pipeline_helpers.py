@@ -9,10 +9,10 @@ import subprocess
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from conftest import ROOT, segstream_cmd
+from segstream.pipeline.sources import VideoFileSource
 
 
 def start_pipeline(args: list[str], log: Path, tmpdir: Path) -> subprocess.Popen[bytes]:
@@ -74,16 +74,12 @@ def leftovers(run_id: str, tmpdir: Path) -> list[str]:
 
 
 def video_frames(path: Path) -> list[np.ndarray]:
-    """Every frame of a video file, decoded."""
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
-    return frames
+    """Every frame of a video file, decoded (by the project's own video source)."""
+    source = VideoFileSource(path, "test")
+    try:
+        return [frame.image for frame in source.frames()]
+    finally:
+        source.close()
 
 
 def read_stats(record: Path) -> dict:

@@ -248,3 +248,18 @@ def test_end_of_stream_reaches_every_stage_behind_a_long_queue(tmp_path, espnet_
     assert stats["frames_published"] == stats["frames_rendered"] == 16
     # the source really was held back: frames queued for seconds before infer took them
     assert stats["latency_ms"]["capture_to_publish"]["max"] > 2500
+
+
+def test_stages_do_not_outlive_a_killed_supervisor(tmp_path, espnet_onnx):
+    log = tmp_path / "run.log"
+    proc = start_pipeline(["run", "--source", "test-pattern", "--publish", ""], log, tmp_path / "t")
+    run_id = wait_for_log(log, r"run (\w+): running").group(1)
+    stages = list(children_of(proc.pid))
+    assert len(stages) == 4  # capture, preprocess, infer, publish (no render without --record)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=5)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and session_processes(proc.pid):
+        time.sleep(0.1)
+    assert session_processes(proc.pid) == []
+    assert [n for n in os.listdir("/dev/shm") if n.startswith(f"segstream-{run_id}")] == []

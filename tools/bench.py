@@ -29,19 +29,16 @@ from segstream.pipeline.config import PipelineConfig
 from segstream.pipeline.overlay import OverlayRenderer
 from segstream.pipeline.policies import FlowPolicy
 from segstream.pipeline.records import write_png
+from segstream.pipeline.sources import VideoFileSource
 from segstream.pipeline.supervisor import Supervisor
 
 
 def read_frames(path: Path, count: int) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while len(frames) < count:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
-    return frames
+    source = VideoFileSource(path, "bench")
+    try:
+        return [frame.image for frame, _ in zip(source.frames(), range(count))]
+    finally:
+        source.close()
 
 
 def bare_inference(model_path: Path, frames: list[np.ndarray], threads: int) -> float:

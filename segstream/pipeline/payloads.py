@@ -103,6 +103,13 @@ class PayloadReader:
             return inline_array(part, message.payload)
         return self._rings.read(part, out)
 
+    def take(self, message: Message, name: str, out: np.ndarray | None = None) -> np.ndarray | None:
+        """``get`` then ``release``: for a stage that is done with the slot once it has
+        its copy. None if the slot was reused first."""
+        array = self.get(message, name, out)
+        self.release(message, name)
+        return array
+
     def release(self, message: Message, name: str) -> None:
         """Done with part ``name``: lets a lossless writer reuse its slot."""
         part = message.header.part(name)

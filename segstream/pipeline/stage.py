@@ -173,9 +173,6 @@ class StageRuntime:
                     self._stop = True
         return self._stop
 
-    def request_stop(self) -> None:
-        self._stop = True
-
     def emit(self, event: str, **data: Any) -> None:
         """Send an event to the supervisor (no-op when running alone)."""
         if self.control is None:
@@ -194,7 +191,7 @@ class StageRuntime:
         self.emit("ready")
         if self.commands is None:
             return not self.stopping
-        while not self._stop:
+        while not self.stopping:
             if self.commands.poll(POLL_MS) and b"start" in self._read_commands():
                 self.emit("started")
                 return True

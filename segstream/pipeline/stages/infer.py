@@ -33,8 +33,7 @@ class InferProcessor:
         self._tensor: np.ndarray | None = None  # reused input buffer
 
     def process(self, message: Message) -> Message | None:
-        tensor = self._tensor = self.tensors.get(message, "tensor", self._tensor)
-        self.tensors.release(message, "tensor")
+        tensor = self._tensor = self.tensors.take(message, "tensor", self._tensor)
         if tensor is None:
             self.runtime.stats.skipped["overwritten"] += 1
             return None

@@ -31,8 +31,7 @@ class PreprocessProcessor:
         self.writer = open_writer(spec)
 
     def process(self, message: Message) -> Message | None:
-        frame = self.frames.get(message, "frame")
-        self.frames.release(message, "frame")
+        frame = self.frames.take(message, "frame")
         if frame is None:
             self.runtime.stats.skipped["overwritten"] += 1
             return None

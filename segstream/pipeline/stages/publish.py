@@ -59,8 +59,7 @@ class PublishProcessor:
         self.pub.send_multipart(encode(message), copy=False)
 
     def process(self, message: Message) -> Message | None:
-        labels = self.labels.get(message, "labels")
-        self.labels.release(message, "labels")
+        labels = self.labels.take(message, "labels")
         if labels is None:
             self.runtime.stats.skipped["overwritten"] += 1
             return None

@@ -85,10 +85,8 @@ class RenderProcessor:
         return self._rate[source]
 
     def process(self, message: Message) -> Message | None:
-        frame = self.frames.get(message, "frame")
-        mask = self.masks.get(message, "mask")
-        self.frames.release(message, "frame")
-        self.masks.release(message, "mask")
+        frame = self.frames.take(message, "frame")
+        mask = self.masks.take(message, "mask")
         if frame is None or mask is None:
             self.runtime.stats.skipped["overwritten"] += 1
             return None
