@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 from segstream.assets import ASSETS, cache_dir, resolve_asset, sha256_of
@@ -87,7 +88,11 @@ def export_onnx(name: str, output: str | os.PathLike[str], weights: str | os.Pat
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=output.parent)
     os.close(fd)
     try:
-        with torch.no_grad():
+        # The TorchScript exporter (dynamo=False): the torch.export-based one needs the
+        # onnxscript package and gains nothing for these convolutional graphs. It warns
+        # that it is deprecated; the pinned torch still ships it.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(
                 wrapped,
                 (dummy,),

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 RING_SLOTS: dict[StageKind, tuple[int, int]] = {
     StageKind.CAPTURE: (8, 32),
     StageKind.PREPROCESS: (4, 8),
-    StageKind.INFER: (4, 16),
+    StageKind.INFER: (4, 32),  # live: label maps and the frames they were made from
     StageKind.PUBLISH: (8, 16),
 }
 

@@ -13,6 +13,7 @@ import numpy as np
 from segstream.engines.base import labels_from_outputs, load_engine
 from segstream.pipeline.messages import Kind, Message, derive
 from segstream.pipeline.payloads import PayloadReader
+from segstream.pipeline.policies import FlowPolicy
 from segstream.pipeline.stage import StageRuntime, StageSpec, close_writer, open_writer, run_middle_stage
 
 logger = logging.getLogger(__name__)
@@ -31,18 +32,33 @@ class InferProcessor:
         self.writer = open_writer(spec)
         runtime.stats.extra["model"] = self.engine.metadata.name
         self._tensor: np.ndarray | None = None  # reused input buffer
+        # Live flow: capture overwrites its ring at the camera's rate, and render needs the
+        # frame a good while later (after inference). Copy the frames that do get
+        # inferred, at inference rate, into this stage's own ring.
+        self._frames = PayloadReader() if spec.policy is FlowPolicy.LIVE else None
 
     def process(self, message: Message) -> Message | None:
         tensor = self._tensor = self.tensors.take(message, "tensor", self._tensor)
         if tensor is None:
             self.runtime.stats.skipped["overwritten"] += 1
             return None
+        frame = self._pinned_frame(message)
         labels = labels_from_outputs(self.engine.infer(tensor), self.engine.metadata)
         out = derive(message, Kind.RESULT)
-        self.tensors.forward(message, out, "frame")
+        if frame is None:
+            self.tensors.forward(message, out, "frame")
+        elif not self.writer.add(out, "frame", frame, lambda: self.runtime.stopping):
+            return None
         if not self.writer.add(out, "labels", labels, lambda: self.runtime.stopping):
             return None
         return out
+
+    def _pinned_frame(self, message: Message) -> np.ndarray | None:
+        """In live flow, a copy of a frame held by reference (None: forward as it is)."""
+        part = message.header.part("frame")
+        if self._frames is None or part is None or part.ref is None:
+            return None
+        return self._frames.get(message, "frame")
 
     def blocked_ns(self) -> int:
         return self.writer.blocked_ns
@@ -56,6 +72,8 @@ class InferProcessor:
     def close(self) -> None:
         self.engine.close()
         self.tensors.close()
+        if self._frames is not None:
+            self._frames.close()
         close_writer(self.writer, self.runtime)
 
 
