@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -15,13 +16,35 @@ from conftest import ROOT, segstream_cmd
 from segstream.pipeline.sources import VideoFileSource
 
 
+STARTED: list[subprocess.Popen[bytes]] = []
+
+
 def start_pipeline(args: list[str], log: Path, tmpdir: Path) -> subprocess.Popen[bytes]:
-    """Start ``segstream ARGS`` in its own session (like a terminal job), logging to ``log``."""
+    """Start ``segstream ARGS`` in its own session (like a terminal job), logging to ``log``.
+
+    ``stop_started_pipelines`` (called after every test) kills whatever is left of it.
+    """
     tmpdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TMPDIR": str(tmpdir), "PYTHONUNBUFFERED": "1"}
     with open(log, "wb") as out:
-        return subprocess.Popen(segstream_cmd(*args), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+        proc = subprocess.Popen(segstream_cmd(*args), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
                                 start_new_session=True)
+    STARTED.append(proc)
+    return proc
+
+
+def stop_started_pipelines() -> None:
+    """Kill every process of the sessions tests started (a failed test leaves none)."""
+    while STARTED:
+        proc = STARTED.pop()
+        for pid in session_processes(proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
 
 
 def wait_for_log(log: Path, pattern: str, timeout: float = 90.0) -> re.Match[str]:

@@ -19,6 +19,7 @@ from pipeline_helpers import (
     read_stats,
     session_processes,
     start_pipeline,
+    stop_started_pipelines,
     video_frames,
     wait_for_log,
 )
@@ -26,6 +27,12 @@ from segstream.engines.base import labels_from_outputs, load_engine
 from segstream.engines.preprocess import Preprocessor
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _stop_what_the_test_started():
+    yield
+    stop_started_pipelines()
 
 
 def reference_masks(espnet_onnx: Path, frames: list[np.ndarray]) -> list[np.ndarray]:
@@ -46,12 +53,15 @@ def test_lossless_run_on_the_dashcam_clip(tmp_path, espnet_onnx):
     consumer = subprocess.Popen(segstream_cmd("consume", endpoint, "--count", "30", "--save", str(saved),
                                               "--timeout", "240"),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)  # the subscriber is up and connecting before the pipeline starts
-    log = tmp_path / "run.log"
-    proc = start_pipeline(["run", "--source", str(CLIP), "--policy", "lossless", "--max-frames", "30", "--workers", "2",
-                           "--record", str(record), "--publish", endpoint], log, tmp_path / "t")
-    assert proc.wait(timeout=300) == 0, log.read_text()
-    out, err = consumer.communicate(timeout=60)
+    try:
+        time.sleep(1.0)  # the subscriber is up and connecting before the pipeline starts
+        log = tmp_path / "run.log"
+        proc = start_pipeline(["run", "--source", str(CLIP), "--policy", "lossless", "--max-frames", "30",
+                               "--workers", "2", "--record", str(record), "--publish", endpoint], log, tmp_path / "t")
+        assert proc.wait(timeout=300) == 0, log.read_text()
+        out, err = consumer.communicate(timeout=60)
+    finally:
+        consumer.kill()
     assert consumer.returncode == 0, err
 
     names = [f"{i:06d}" for i in range(30)]
