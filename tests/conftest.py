@@ -42,3 +42,11 @@ def segstream_cmd(*args: str) -> list[str]:
 def run_segstream(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess[str]:
     """Run the CLI to completion and return its result (text mode)."""
     return subprocess.run(segstream_cmd(*args), capture_output=True, text=True, timeout=timeout, cwd=ROOT, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def fast_onnx(tmp_path_factory) -> Path:
+    """ESPNet q=3 exported at 256x128: a fast model for tests about timing and plumbing."""
+    from segstream.engines.export import export_onnx
+
+    return export_onnx("espnet-cityscapes-q3", tmp_path_factory.mktemp("models") / "fast.onnx", height=128, width=256)

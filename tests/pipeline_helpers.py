@@ -107,3 +107,40 @@ def video_frames(path: Path) -> list[np.ndarray]:
 
 def read_stats(record: Path) -> dict:
     return json.loads((record / "stats.json").read_text())
+
+
+class ResultCollector:
+    """A plain ZeroMQ subscriber (wire format only) that collects results until every
+    source it saw has ended."""
+
+    def __init__(self, endpoint: str) -> None:
+        import zmq
+
+        self._zmq = zmq
+        self.context = zmq.Context()
+        self.sub = self.context.socket(zmq.SUB)
+        self.sub.connect(endpoint)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+
+    def collect(self, timeout_s: float = 240) -> list[tuple[dict, dict[str, np.ndarray]]]:
+        """(header, arrays by part name) per result, in arrival order."""
+        results: list[tuple[dict, dict[str, np.ndarray]]] = []
+        seen, ended = set(), set()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not (seen and seen <= ended):
+            if not self.sub.poll(200):
+                continue
+            _topic, raw, *payload = self.sub.recv_multipart()
+            header = json.loads(raw)
+            if header["kind"] == "eos":
+                ended.add(header["source"])
+                continue
+            seen.add(header["source"])
+            arrays = {p["name"]: np.frombuffer(payload[p["inline"]], p["dtype"]).reshape(p["shape"])
+                      for p in header["parts"]}
+            results.append((header, arrays))
+        return results
+
+    def close(self) -> None:
+        self.sub.close(0)
+        self.context.term()

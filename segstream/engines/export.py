@@ -7,6 +7,7 @@ leave the runtime for a 1024x512 Cityscapes frame, only 0.5 MB of labels.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -14,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from segstream.assets import ASSETS, cache_dir, resolve_asset, sha256_of
-from segstream.engines.metadata import OutputKind, write_onnx_metadata
+from segstream.engines.metadata import ModelError, OutputKind, write_onnx_metadata
 from segstream.engines.zoo import ModelSpec, get_model_spec
 
 logger = logging.getLogger(__name__)
@@ -64,13 +65,16 @@ def _labels_head(module, ignore_channel: int | None, ignore_index: int):
     return LabelsHead().eval()
 
 
-def export_onnx(name: str, output: str | os.PathLike[str], weights: str | os.PathLike[str] | None = None) -> Path:
+def export_onnx(name: str, output: str | os.PathLike[str], weights: str | os.PathLike[str] | None = None,
+                height: int | None = None, width: int | None = None) -> Path:
     """Export zoo model ``name`` to ``output`` with its metadata embedded.
 
     Args:
         name: a key of ``segstream.engines.zoo.MODELS``.
         output: the .onnx path to write (written atomically).
         weights: weights file overriding the asset lookup.
+        height: model input height (default: the model's own).
+        width: model input width (default: the model's own).
 
     Returns:
         The written path.
@@ -79,6 +83,13 @@ def export_onnx(name: str, output: str | os.PathLike[str], weights: str | os.Pat
 
     module, spec = load_torch_model(name, weights)
     meta = spec.metadata
+    if height or width:
+        height, width = height or meta.input_height, width or meta.input_width
+        if height % spec.size_multiple or width % spec.size_multiple:
+            raise ModelError(f"{name} needs an input size divisible by {spec.size_multiple}, found {width}x{height}; "
+                             f"round it, e.g. {width // spec.size_multiple * spec.size_multiple}x"
+                             f"{height // spec.size_multiple * spec.size_multiple}")
+        meta = dataclasses.replace(meta, input_height=height, input_width=width)
     if meta.output(OutputKind.CLASS_IDS) is None:
         raise ValueError(f"model {name} has no class-id output to export")
     wrapped = _labels_head(module, meta.ignore_channel, meta.ignore_index)

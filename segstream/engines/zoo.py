@@ -40,6 +40,7 @@ class ModelSpec:
         build: returns the untrained ``nn.Module`` (imports torch lazily).
         weights_asset: key in ``segstream.assets.ASSETS`` of the pretrained weights, or None.
         metadata: metadata of the exported model.
+        size_multiple: input sides must be multiples of this.
     """
 
     name: str
@@ -47,6 +48,7 @@ class ModelSpec:
     build: Callable[[], "nn.Module"]
     weights_asset: str | None
     metadata: ModelMetadata
+    size_multiple: int = 8
 
 
 def _espnet(q: int) -> Callable[[], "nn.Module"]:

@@ -42,6 +42,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--publish", metavar="ENDPOINT", help="results PUB endpoint ('' for none; default "
                                                          "tcp://127.0.0.1:5560)")
     p.add_argument("--max-frames", type=int, metavar="N", help="stop each source after N frames")
+    p.add_argument("--rate", metavar="native|N|max", help="replay pacing: the dataset's own timing, N frames per "
+                                                          "second, or as fast as possible (default: max in lossless "
+                                                          "flow, native in live flow)")
+    p.add_argument("--loop", action="store_true", default=None, help="start video files over at their end")
     p.add_argument("--transport", choices=["ipc", "tcp"], help="ipc (shared memory, default) or tcp (inline)")
     p.add_argument("--workers", type=int, help="parallel inference processes (0 = auto)")
     p.add_argument("--threads", type=int, help="threads per inference process (0 = auto)")
@@ -56,6 +60,7 @@ def _run_config(args: argparse.Namespace):
     return config.with_overrides(
         sources=tuple(args.sources) if args.sources else None, model=args.model, weights=args.weights,
         policy=args.policy, record=args.record, publish=args.publish, max_frames=args.max_frames,
+        rate=args.rate, loop=args.loop,
         transport=args.transport, workers=args.workers, threads=args.threads, opacity=args.opacity,
     )
 
@@ -107,7 +112,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """``segstream export``."""
     from segstream.engines.export import export_onnx
 
-    path = export_onnx(args.model, args.output, args.weights)
+    path = export_onnx(args.model, args.output, args.weights, args.height, args.width)
     print(f"wrote {path}")
     return 0
 
@@ -154,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="zoo model name")
     p.add_argument("-o", "--output", required=True, help="FILE.onnx")
     p.add_argument("--weights", help="weights file (default: lookup)")
+    p.add_argument("--height", type=int, help="input height (default: the model's own)")
+    p.add_argument("--width", type=int, help="input width (default: the model's own)")
     p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(func=cmd_export)
 

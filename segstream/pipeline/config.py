@@ -44,6 +44,10 @@ class PipelineConfig:
         record: folder for masks, overlay video and stats.json, or None.
         publish: endpoint of the PUB socket for downstream consumers ("" = none).
         max_frames: stop each source after this many frames (0 = no limit).
+        rate: pacing of replays: ``native`` (the dataset's timestamps or nominal rate, a
+            video's frame rate), ``max`` (as fast as the pipeline goes) or frames per
+            second; None: ``native`` in live flow, ``max`` in lossless flow.
+        loop: start video files over at their end.
         transport: ``ipc`` (one host, shared memory) or ``tcp`` (inline payloads).
         tcp_host: host the tcp endpoints bind on.
         tcp_base_port: first port of the stage endpoints when ``transport`` is tcp.
@@ -68,6 +72,8 @@ class PipelineConfig:
     record: str | None = None
     publish: str = DEFAULT_PUBLISH
     max_frames: int = 0
+    rate: str | None = None
+    loop: bool = False
     transport: str = "ipc"
     tcp_host: str = "127.0.0.1"
     tcp_base_port: int = 5600
@@ -96,6 +102,14 @@ class PipelineConfig:
                               f"backends are not available yet), found {self.backend!r}")
         if self.transport not in ("ipc", "tcp"):
             raise ConfigError(f"transport must be 'ipc' or 'tcp', found {self.transport!r}")
+        if self.rate is not None:
+            set_(self, "rate", str(self.rate))
+            try:
+                valid = self.rate in ("native", "max") or float(self.rate) > 0
+            except ValueError:
+                valid = False
+            if not valid:
+                raise ConfigError(f"rate must be 'native', 'max' or frames per second (e.g. 10), found {self.rate!r}")
         if self.workers < 0 or self.workers > 8:
             raise ConfigError(f"workers must be between 0 (auto) and 8, found {self.workers}")
         if self.max_frames < 0:

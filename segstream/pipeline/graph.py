@@ -80,11 +80,14 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
     control, commands = endpoint("control"), endpoint("commands")
     meta = _metadata_dict(metadata)
     delay = config.stage_delay_ms
+    rate = config.rate or ("native" if live else "max")
 
     def spec(name: str, kind: StageKind, **kw: object) -> StageSpec:
         slots = RING_SLOTS.get(kind, (0, 0))[1 if live else 0]
+        # Inference keeps its priority; so does a paced capture, whose timing counts.
+        full_priority = kind is StageKind.INFER or (kind is StageKind.CAPTURE and rate != "max")
         return StageSpec(name=name, kind=kind, run_id=run_id, policy=policy, control=control, commands=commands,
-                         ring_slots=slots, nice=0 if kind is StageKind.INFER else LIGHT_STAGE_NICE, sources=len(config.sources), delay_ms=float(delay.get(kind.value, 0.0)),
+                         ring_slots=slots, nice=0 if full_priority else LIGHT_STAGE_NICE, sources=len(config.sources), delay_ms=float(delay.get(kind.value, 0.0)),
                          **kw)  # type: ignore[arg-type]
 
     stages: list[StageSpec] = []
@@ -94,7 +97,7 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
         capture_outputs.append(out)
         stages.append(spec(f"capture-{i}", StageKind.CAPTURE, outputs=(out,), ring_readers=2 if render else 1,
                            settings={"source": uri, "source_id": sid, "max_frames": config.max_frames,
-                                     "pace": live}))
+                                     "rate": rate, "loop": config.loop}))
     workers, threads = worker_layout(config, policy)
     pre_outs = tuple(endpoint(f"preprocess-{k}") for k in range(workers))
     infer_outs = tuple(endpoint(f"infer-{k}") for k in range(workers))

@@ -50,12 +50,21 @@ class PayloadWriter:
         self.blocked_ns = 0  # total time spent waiting for free slots (flow control)
         self._ring = RingWriter(ring_name, slots, readers, lossless) if mode is PayloadMode.SHM else None
 
-    def add(self, message: Message, name: str, array: np.ndarray, stop: Callable[[], bool] = lambda: False) -> bool:
+    def add(self, message: Message, name: str, array: np.ndarray, stop: Callable[[], bool] = lambda: False,
+            inline: bool = False) -> bool:
         """Attach ``array`` to ``message`` as part ``name``.
+
+        Args:
+            message: the outgoing message.
+            name: the part's name.
+            array: the data (copied).
+            stop: ends a wait for a free shared-memory slot.
+            inline: put the bytes in the message even on one host (for occasional parts,
+                such as ground truth, that must not hold ring slots).
 
         Returns False only if shared-memory flow control was interrupted by ``stop``.
         """
-        if self._ring is not None:
+        if self._ring is not None and not inline:
             part = self._ring.put(name, array, stop)
             self.blocked_ns += self._ring.last_wait_ns
             if part is None:
@@ -116,16 +125,18 @@ class PayloadReader:
         if part is not None:
             self._rings.release(part)
 
-    def forward(self, source: Message, target: Message, name: str) -> None:
-        """Carry part ``name`` of ``source`` into ``target`` unchanged (no copy)."""
-        part = source.header.part(name)
-        if part is None:
-            return
-        if part.inline is not None:
-            target.header.parts.append(Part(part.name, part.shape, part.dtype, inline=len(target.payload)))
-            target.payload.append(source.payload[part.inline])
-        else:
-            target.header.parts.append(part)
+    def forward(self, source: Message, target: Message, *names: str) -> None:
+        """Carry the parts ``names`` of ``source`` (those it has) into ``target``
+        unchanged, without copying."""
+        for name in names:
+            part = source.header.part(name)
+            if part is None:
+                continue
+            if part.inline is not None:
+                target.header.parts.append(Part(part.name, part.shape, part.dtype, inline=len(target.payload)))
+                target.payload.append(source.payload[part.inline])
+            else:
+                target.header.parts.append(part)
 
     def close(self) -> None:
         self._rings.close()

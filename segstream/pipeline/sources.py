@@ -37,11 +37,16 @@ class SourceFrame:
             capture stage skips and counts it).
         name: the file stem for image sources, the zero-padded index otherwise.
         error: why ``image`` is None.
+        gt: ground-truth label map (uint8, H x W) for datasets that have one, else None.
+        time_s: the frame's own timestamp, seconds from the first frame (KITTI
+            timestamps), or None; pacing at ``native`` rate follows it.
     """
 
     image: np.ndarray | None
     name: str
     error: str = ""
+    gt: np.ndarray | None = None
+    time_s: float | None = None
 
 
 class FrameSource(Protocol):
@@ -50,6 +55,7 @@ class FrameSource(Protocol):
     source_id: str
     fps: float  # nominal frame rate (0 when unknown)
     live: bool  # a live source (camera, stream, synthetic): default policy live
+    gt_kind: str  # what ground truth frames carry ("" for none), e.g. cityscapes-label-ids
 
     def frames(self) -> Iterator[SourceFrame]:
         """Frames in order; the iterator ends at end of stream."""
@@ -83,13 +89,16 @@ def to_bgr(image: np.ndarray) -> np.ndarray:
 
 
 class VideoFileSource:
-    """A video file read through OpenCV's FFmpeg backend."""
+    """A video file read through OpenCV's FFmpeg backend; ``loop`` starts it over at the end
+    (frame indices keep counting)."""
 
     live = False
+    gt_kind = ""
 
-    def __init__(self, path: Path, source_id: str) -> None:
+    def __init__(self, path: Path, source_id: str, loop: bool = False) -> None:
         self.path = path
         self.source_id = source_id
+        self.loop = loop
         self._cap = cv2.VideoCapture(str(path))
         if not self._cap.isOpened():
             raise SourceError(f"cannot open video {path}: OpenCV/FFmpeg could not read it; check that it is a "
@@ -103,7 +112,12 @@ class VideoFileSource:
         while True:
             ok, image = self._cap.read()
             if not ok:
-                return
+                if not self.loop or index == 0:
+                    return
+                self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                ok, image = self._cap.read()
+                if not ok:
+                    return
             yield SourceFrame(image, f"{index:06d}")
             index += 1
 
@@ -111,30 +125,56 @@ class VideoFileSource:
         self._cap.release()
 
 
+@dataclass(frozen=True)
+class ImageEntry:
+    """One image of an image source, with its ground truth and timestamp if known."""
+
+    path: Path
+    gt_path: Path | None = None
+    time_s: float | None = None
+
+
 class ImageListSource:
-    """Images from a folder or a glob, in natural order; unreadable files are skipped."""
+    """Images in a given order (folders, globs, dataset layouts); unreadable files are
+    reported as such, never raised.
+
+    Args:
+        entries: the images, in order (paths are wrapped into ``ImageEntry``).
+        source_id: the source id.
+        description: what the list came from, for error messages.
+        fps: nominal frame rate (0 = unknown).
+        gt_kind: what the ground truth holds, if entries have any.
+    """
 
     live = False
-    fps = 0.0
 
-    def __init__(self, paths: list[Path], source_id: str, description: str) -> None:
-        if not paths:
+    def __init__(self, entries: list[ImageEntry] | list[Path], source_id: str, description: str, fps: float = 0.0,
+                 gt_kind: str = "") -> None:
+        if not entries:
             raise SourceError(f"{description} holds no images; expected files ending in "
                               f"{', '.join(sorted(IMAGE_SUFFIXES))}")
-        self.paths = paths
+        self.entries = [e if isinstance(e, ImageEntry) else ImageEntry(Path(e)) for e in entries]
         self.source_id = source_id
-        self.frame_count = len(paths)
+        self.frame_count = len(self.entries)
+        self.fps = fps
+        self.gt_kind = gt_kind
 
     def frames(self) -> Iterator[SourceFrame]:
-        for path in self.paths:
+        for entry in self.entries:
+            path = entry.path
             image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
             if image is None:
-                yield SourceFrame(None, path.stem, f"cannot decode {path.name}")
+                yield SourceFrame(None, path.stem, f"cannot decode {path.name}", time_s=entry.time_s)
                 continue
+            gt = None
+            if entry.gt_path is not None:
+                gt = cv2.imread(str(entry.gt_path), cv2.IMREAD_GRAYSCALE)
+                if gt is None:
+                    logger.warning("cannot decode ground truth %s; frame %s goes without", entry.gt_path, path.stem)
             try:
-                yield SourceFrame(to_bgr(image), path.stem)
+                yield SourceFrame(to_bgr(image), path.stem, gt=gt, time_s=entry.time_s)
             except ValueError as exc:
-                yield SourceFrame(None, path.stem, f"{path.name}: {exc}")
+                yield SourceFrame(None, path.stem, f"{path.name}: {exc}", time_s=entry.time_s)
 
     def close(self) -> None:
         pass
@@ -147,6 +187,7 @@ class TestPatternSource:
     """
 
     live = True
+    gt_kind = ""
     __test__ = False  # not a pytest class
 
     def __init__(self, source_id: str, width: int = 960, height: int = 540, fps: float = 25.0) -> None:
@@ -184,20 +225,39 @@ def default_source_id(uri: str) -> str:
     """A readable id from a URI: the file or folder name, or ``test-pattern``."""
     if uri.startswith("test-pattern"):
         return "test-pattern"
+    from segstream.pipeline.datasets import DATASETS
+
+    scheme, _, rest = uri.partition(":")
+    if rest and scheme in DATASETS:
+        parts = rest.split(":")
+        name = "-".join([Path(parts[0].rstrip("/")).name, *parts[1:]])
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{scheme}-{name}")
     stem = Path(uri.split("*")[0].rstrip("/") or "glob").stem or "source"
     return re.sub(r"[^A-Za-z0-9_.-]", "_", stem)
 
 
-def open_source(uri: str, source_id: str | None = None) -> FrameSource:
+def open_source(uri: str, source_id: str | None = None, loop: bool = False) -> FrameSource:
     """Open the source named by ``uri``.
 
-    Accepted: ``test-pattern[:WxH[@FPS]]``, a video file, a folder of images, or a glob
-    (``'frames/*.png'``).
+    Accepted: ``test-pattern[:WxH[@FPS]]``, a video file, a folder of images, a glob
+    (``'frames/*.png'``), or a dataset (``cityscapes:ROOT[:SPLIT[:CITY]]``,
+    ``kitti-raw:DRIVE_DIR[:CAMERA]``, ``kitti-semantics:ROOT[:SPLIT]``,
+    ``kitti360:ROOT:SEQUENCE``, see ``segstream.pipeline.datasets``).
+
+    Args:
+        uri: what to open.
+        source_id: the id (default: from the name).
+        loop: start a video file over at its end.
 
     Raises:
         SourceError: nothing usable at ``uri``; says what was expected.
     """
+    from segstream.pipeline.datasets import DATASETS, open_dataset
+
     source_id = source_id or default_source_id(uri)
+    scheme = uri.split(":", 1)[0]
+    if scheme in DATASETS:
+        return open_dataset(uri, source_id)
     match = _PATTERN.match(uri)
     if match:
         w, h, fps = match.groups()
@@ -216,6 +276,6 @@ def open_source(uri: str, source_id: str | None = None) -> FrameSource:
     if path.is_file():
         if path.suffix.lower() in IMAGE_SUFFIXES:
             return ImageListSource([path], source_id, f"file {path}")
-        return VideoFileSource(path, source_id)
+        return VideoFileSource(path, source_id, loop)
     raise SourceError(f"source {uri!r} not found: expected a video file, an image folder, a glob such as "
-                      f"'frames/*.png', or test-pattern")
+                      f"'frames/*.png', test-pattern, or a dataset ({', '.join(s + ':...' for s in DATASETS)})")

@@ -29,6 +29,7 @@ from segstream.pipeline.transport import Role, make_socket
 logger = logging.getLogger(__name__)
 
 STATS_INTERVAL_S = 1.0
+CARRIED = ("frame", "gt")  # parts every stage passes on for the ones behind it
 PARENT_CHECK_S = 0.5
 EOS_LINGER_MS = 2000  # what is still queued at a normal close (after wait_until_downstream_done)
 STANDALONE_DRAIN_S = 5.0  # after end of stream, a stage running alone waits this long for its readers

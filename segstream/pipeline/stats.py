@@ -39,6 +39,8 @@ class StageStats:
         blocked_ms: time per frame spent waiting for downstream (lossless flow control).
         latency_ms: end-to-end latency from capture to the end of this stage, per frame
             (kept by publish and render).
+        pacing_error_ms: how late a paced replay emitted each frame against its schedule
+            (kept by capture; absolute values).
         per_source: frames out per source.
     """
 
@@ -49,6 +51,7 @@ class StageStats:
     process_ms: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
     blocked_ms: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
     latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
+    pacing_error_ms: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
     per_source: Counter[str] = field(default_factory=Counter)
     started_ns: int = field(default_factory=time.monotonic_ns)
     first_out_ns: int = 0
@@ -85,5 +88,6 @@ class StageStats:
             "latency_ms": summarize(self.latency_ms),
             "throughput_fps": self.throughput_fps(),
             "per_source": dict(self.per_source),
+            **({"pacing_error_ms": summarize(self.pacing_error_ms)} if self.pacing_error_ms else {}),
             **({"extra": self.extra} if self.extra else {}),
         }

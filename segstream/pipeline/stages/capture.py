@@ -1,7 +1,11 @@
 """Capture stage: reads a source and sends frames on, ending with end-of-stream.
 
-Settings: ``source`` (URI), ``source_id``, ``max_frames`` (0 = all), ``pace`` (follow the
-source's frame rate; on for live flow over a file, so a file can stand in for a camera).
+Settings: ``source`` (URI), ``source_id``, ``max_frames`` (0 = all), ``rate`` (pacing of
+replays: ``native``, ``max`` or frames per second), ``loop`` (start a video over).
+
+Paced replays read (decode) each frame first and then wait for its scheduled time, so a
+frame leaves on schedule; its capture timestamp is the scheduled time, so latency figures
+stay honest when the pipeline falls behind.
 """
 
 from __future__ import annotations
@@ -10,15 +14,25 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from segstream.pipeline.messages import Header, Kind, Message, eos
-from segstream.pipeline.sources import SourceError, SourceFrame, open_source, to_bgr
-from segstream.pipeline.stage import EOS_LINGER_MS, StageRuntime, StageSpec, close_writer, open_outbox, open_writer, stamp
+from segstream.pipeline.sources import FrameSource, SourceError, SourceFrame, open_source, to_bgr
+from segstream.pipeline.stage import (
+    EOS_LINGER_MS,
+    StageRuntime,
+    StageSpec,
+    close_writer,
+    open_outbox,
+    open_writer,
+    stamp,
+)
 
 logger = logging.getLogger(__name__)
+
+Schedule = Callable[[int, SourceFrame], "float | None"]
 
 
 @dataclass(frozen=True)
@@ -28,11 +42,42 @@ class CaptureSettings:
     source: str
     source_id: str
     max_frames: int = 0
-    pace: bool = False
+    rate: str = "max"
+    loop: bool = False
+
+    def __post_init__(self) -> None:
+        if self.rate not in ("native", "max"):
+            try:
+                if float(self.rate) <= 0:
+                    raise ValueError
+            except ValueError:
+                raise ValueError(f"rate must be 'native', 'max' or a positive number of frames per second, "
+                                 f"found {self.rate!r}") from None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CaptureSettings":
         return cls(**data)
+
+
+def make_schedule(rate: str, source: FrameSource) -> Schedule | None:
+    """When each frame is due, in seconds from the first; None for no pacing.
+
+    Live sources pace themselves. ``native`` follows the frames' own timestamps, else the
+    source's nominal rate (a folder without one is not paced); ``N`` is a fixed rate.
+    """
+    if source.live or rate == "max":
+        return None
+    if rate == "native":
+        fps = source.fps
+
+        def native(index: int, frame: SourceFrame) -> float | None:
+            if frame.time_s is not None:
+                return frame.time_s
+            return index / fps if fps > 0 else None
+
+        return native
+    period = 1.0 / float(rate)
+    return lambda index, frame: index * period
 
 
 def _usable_image(frame: SourceFrame, source_id: str, skipped: Counter[str]) -> np.ndarray | None:
@@ -49,12 +94,25 @@ def _usable_image(frame: SourceFrame, source_id: str, skipped: Counter[str]) -> 
         return None
 
 
+def _wait_until(deadline_ns: int, stopping: Callable[[], bool]) -> None:
+    """Sleep until ``deadline_ns`` (monotonic), in slices short enough to notice a stop,
+    finishing with a short spin for millisecond accuracy."""
+    while True:
+        remaining = deadline_ns - time.monotonic_ns()
+        if remaining <= 0 or stopping():
+            return
+        if remaining > 2_000_000:
+            time.sleep(min(remaining - 1_000_000, 50_000_000) / 1e9)
+        else:
+            time.sleep(0)
+
+
 def run(spec: StageSpec, runtime: StageRuntime) -> int:
     """Read frames until the source ends, ``max_frames`` or a stop; always send EOS."""
     settings = CaptureSettings.from_dict(spec.settings)
     stats = runtime.stats
     try:
-        source = open_source(settings.source, settings.source_id)
+        source = open_source(settings.source, settings.source_id, loop=settings.loop)
     except SourceError as exc:
         logger.error("%s", exc)
         runtime.emit("error", message=str(exc))
@@ -63,39 +121,50 @@ def run(spec: StageSpec, runtime: StageRuntime) -> int:
     if outbox is None:
         raise ValueError("capture needs an output endpoint")
     writer = open_writer(spec)
-    stats.extra.update({"source": settings.source, "fps": source.fps, "frame_count": getattr(source, "frame_count", 0)})
-    sent_eos = False
+    schedule = make_schedule(settings.rate, source)
+    stats.extra.update({"source": settings.source, "fps": source.fps, "rate": settings.rate,
+                        "frame_count": getattr(source, "frame_count", 0)})
     try:
         if not runtime.ready_and_wait_for_start():
             return 0
-        start = time.monotonic()
+        start_ns, start_wall_ns = time.monotonic_ns(), time.time_ns()
         index = 0
         seq = 0  # frames handed to the pipeline; lets a later stage restore their order
         frames = source.frames()
         while not runtime.stopping:
-            if settings.pace and source.fps > 0 and not source.live:
-                delay = start + index / source.fps - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
             read_ns = time.monotonic_ns()
             frame = next(frames, None)
+            decoded_ns = time.monotonic_ns()
             if frame is None:
                 break
+            due = schedule(index, frame) if schedule else None
+            if due is not None:
+                _wait_until(start_ns + int(due * 1e9), lambda: runtime.stopping)
             in_ns = time.monotonic_ns()
+            capture_ns, wall_ns = in_ns, time.time_ns()
+            if due is not None:
+                capture_ns, wall_ns = start_ns + int(due * 1e9), start_wall_ns + int(due * 1e9)
+                stats.pacing_error_ms.append(abs(in_ns - capture_ns) / 1e6)
             stats.frames_in += 1
             this_index = index
             index += 1
             image = _usable_image(frame, settings.source_id, stats.skipped)
             if image is not None:
-                header = Header(Kind.FRAME, settings.source_id, this_index, frame.name, in_ns, time.time_ns(),
-                                meta={"fps": source.fps, "seq": seq})
+                meta: dict[str, Any] = {"fps": source.fps, "seq": seq}
+                if frame.gt is not None:
+                    meta["gt_kind"] = source.gt_kind
+                message = Message(Header(Kind.FRAME, settings.source_id, this_index, frame.name, capture_ns, wall_ns,
+                                         meta=meta))
                 seq += 1
-                message = Message(header)
                 blocked_before = writer.blocked_ns
                 if not writer.add(message, "frame", image, lambda: runtime.stopping):
                     break
+                if frame.gt is not None:
+                    writer.add(message, "gt", frame.gt, inline=True)
                 stamp(message, spec.name, in_ns)
-                stats.record_timing(read_ns, message.header.stamps[-1].out_ns, writer.blocked_ns - blocked_before)
+                # own work: decoding plus handing over, not the wait for the time slot
+                stats.record_timing(in_ns - (decoded_ns - read_ns), message.header.stamps[-1].out_ns,
+                                    writer.blocked_ns - blocked_before)
                 if outbox.send(message):
                     stats.record_out(settings.source_id, time.monotonic_ns())
             if settings.max_frames and index >= settings.max_frames:
@@ -103,13 +172,11 @@ def run(spec: StageSpec, runtime: StageRuntime) -> int:
             runtime.tick()
         if not runtime.stopping:
             logger.info("%s: end of stream after %d frames", settings.source_id, stats.frames_in)
-            sent_eos = outbox.send(eos(settings.source_id, frames_in=stats.frames_in, frames_out=stats.frames_out,
-                                       skipped=dict(stats.skipped)))
+            outbox.send(eos(settings.source_id, frames_in=stats.frames_in, frames_out=stats.frames_out,
+                            skipped=dict(stats.skipped)))
             runtime.wait_until_downstream_done()
         return 0
     finally:
         source.close()
-        if not sent_eos and not runtime.stopping:
-            logger.warning("%s: end-of-stream could not be delivered", spec.name)
         outbox.close(0 if runtime.stopping else EOS_LINGER_MS)
         close_writer(writer, runtime)

@@ -14,7 +14,7 @@ from segstream.engines.base import labels_from_outputs, load_engine
 from segstream.pipeline.messages import Kind, Message, derive
 from segstream.pipeline.payloads import PayloadReader
 from segstream.pipeline.policies import FlowPolicy
-from segstream.pipeline.stage import StageRuntime, StageSpec, close_writer, open_writer, run_middle_stage
+from segstream.pipeline.stage import CARRIED, StageRuntime, StageSpec, close_writer, open_writer, run_middle_stage
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +46,11 @@ class InferProcessor:
         labels = labels_from_outputs(self.engine.infer(tensor), self.engine.metadata)
         out = derive(message, Kind.RESULT)
         if frame is None:
-            self.tensors.forward(message, out, "frame")
-        elif not self.writer.add(out, "frame", frame, lambda: self.runtime.stopping):
-            return None
+            self.tensors.forward(message, out, *CARRIED)
+        else:
+            self.tensors.forward(message, out, *(name for name in CARRIED if name != "frame"))
+            if not self.writer.add(out, "frame", frame, lambda: self.runtime.stopping):
+                return None
         if not self.writer.add(out, "labels", labels, lambda: self.runtime.stopping):
             return None
         return out

@@ -13,7 +13,7 @@ from segstream.engines.metadata import ModelMetadata
 from segstream.engines.preprocess import Preprocessor
 from segstream.pipeline.messages import Kind, Message, derive
 from segstream.pipeline.payloads import PayloadReader
-from segstream.pipeline.stage import StageRuntime, StageSpec, close_writer, open_writer, run_middle_stage
+from segstream.pipeline.stage import CARRIED, StageRuntime, StageSpec, close_writer, open_writer, run_middle_stage
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class PreprocessProcessor:
             self.runtime.stats.skipped["overwritten"] += 1
             return None
         out = derive(message, Kind.TENSOR)
-        self.frames.forward(message, out, "frame")
+        self.frames.forward(message, out, *CARRIED)
         if not self.writer.add(out, "tensor", self.preprocess(frame, self._tensor), lambda: self.runtime.stopping):
             return None
         return out

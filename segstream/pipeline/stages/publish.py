@@ -15,7 +15,7 @@ import numpy as np
 from segstream.pipeline.messages import Kind, Message, Part, derive, encode
 from segstream.pipeline.payloads import PayloadReader
 from segstream.pipeline.records import source_dir, write_png
-from segstream.pipeline.stage import StageRuntime, StageSpec, close_writer, open_writer, run_middle_stage
+from segstream.pipeline.stage import CARRIED, StageRuntime, StageSpec, close_writer, open_writer, run_middle_stage
 from segstream.pipeline.transport import Role, make_socket
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class PublishProcessor:
             # get the first mask too (PUB drops messages for subscriptions not yet known).
             time.sleep(SUBSCRIBER_GRACE_S)
         self.labels = PayloadReader(spec.reader_ids.get("labels"))
+        self.gt = PayloadReader()  # ground truth travels inline
         self.writer = open_writer(spec) if spec.outputs else None
 
     def _publish(self, message: Message) -> None:
@@ -76,12 +77,16 @@ class PublishProcessor:
                                    "ignore_index": self.ignore_index})
         public.header.parts.append(Part("mask", tuple(mask.shape), "uint8", inline=0))
         public.payload.append(np.ascontiguousarray(mask))
+        gt = self.gt.get(message, "gt") if message.header.part("gt") else None
+        if gt is not None:  # ground truth of a dataset replay, for downstream evaluation
+            public.header.parts.append(Part("gt", tuple(gt.shape), "uint8", inline=1))
+            public.payload.append(gt)
         self._publish(public)
         self.runtime.stats.latency_ms.append((time.monotonic_ns() - header.capture_ns) / 1e6)
         if self.writer is None:
             return public
         out = derive(public, Kind.RESULT)
-        self.labels.forward(message, out, "frame")
+        self.labels.forward(message, out, *CARRIED)
         if not self.writer.add(out, "mask", mask, lambda: self.runtime.stopping):
             return None
         return out
