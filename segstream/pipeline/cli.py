@@ -33,7 +33,8 @@ def _setup_logging(verbose: bool) -> None:
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config (see configs/); flags override it")
     p.add_argument("--source", action="append", dest="sources", metavar="SRC",
-                   help="video file, image folder, glob or test-pattern[:WxH[@FPS]]; repeat for several")
+                   help="video file, image folder, glob, test-pattern[:WxH[@FPS]], rtsp://..., camera:N, "
+                        "/dev/videoN or a dataset (cityscapes:ROOT, kitti-raw:DIR, ...); repeat for several")
     p.add_argument("--model", help="zoo model name (segstream models) or an .onnx file with metadata")
     p.add_argument("--weights", help="weights file for a zoo model (default: lookup, see README)")
     p.add_argument("--policy", choices=["live", "lossless"], help="flow policy (default: lossless for files, "
@@ -46,6 +47,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                                                           "second, or as fast as possible (default: max in lossless "
                                                           "flow, native in live flow)")
     p.add_argument("--loop", action="store_true", default=None, help="start video files over at their end")
+    p.add_argument("--rtsp-transport", choices=["tcp", "udp"], help="RTSP transport (default tcp)")
+    p.add_argument("--connect-attempts", type=int, metavar="N", help="give up a stream that never opens after N "
+                                                                     "attempts (default 5)")
     p.add_argument("--transport", choices=["ipc", "tcp"], help="ipc (shared memory, default) or tcp (inline)")
     p.add_argument("--workers", type=int, help="parallel inference processes (0 = auto)")
     p.add_argument("--threads", type=int, help="threads per inference process (0 = auto)")
@@ -57,7 +61,13 @@ def _run_config(args: argparse.Namespace):
     from segstream.pipeline.config import load_config
 
     config = load_config(args.config)
+    live = dict(config.live)
+    if args.rtsp_transport:
+        live["rtsp_transport"] = args.rtsp_transport
+    if args.connect_attempts:
+        live["connect_attempts"] = args.connect_attempts
     return config.with_overrides(
+        live=live,
         sources=tuple(args.sources) if args.sources else None, model=args.model, weights=args.weights,
         policy=args.policy, record=args.record, publish=args.publish, max_frames=args.max_frames,
         rate=args.rate, loop=args.loop,

@@ -48,6 +48,9 @@ class PipelineConfig:
             video's frame rate), ``max`` (as fast as the pipeline goes) or frames per
             second; None: ``native`` in live flow, ``max`` in lossless flow.
         loop: start video files over at their end.
+        live: how streams and cameras connect (``LiveOptions`` fields: rtsp_transport,
+            open_timeout_s, stall_timeout_s, connect_attempts, backoff_initial_s,
+            backoff_max_s, width, height, fps).
         transport: ``ipc`` (one host, shared memory) or ``tcp`` (inline payloads).
         tcp_host: host the tcp endpoints bind on.
         tcp_base_port: first port of the stage endpoints when ``transport`` is tcp.
@@ -74,6 +77,7 @@ class PipelineConfig:
     max_frames: int = 0
     rate: str | None = None
     loop: bool = False
+    live: dict[str, Any] = field(default_factory=dict)
     transport: str = "ipc"
     tcp_host: str = "127.0.0.1"
     tcp_base_port: int = 5600
@@ -110,6 +114,14 @@ class PipelineConfig:
                 valid = False
             if not valid:
                 raise ConfigError(f"rate must be 'native', 'max' or frames per second (e.g. 10), found {self.rate!r}")
+        from segstream.pipeline.streams import LiveOptions
+
+        try:
+            LiveOptions(**self.live)
+        except TypeError as exc:
+            raise ConfigError(f"live: {exc}; known: {sorted(LiveOptions.__dataclass_fields__)}") from None
+        except ValueError as exc:
+            raise ConfigError(f"live: {exc}") from None
         if self.workers < 0 or self.workers > 8:
             raise ConfigError(f"workers must be between 0 (auto) and 8, found {self.workers}")
         if self.max_frames < 0:

@@ -97,7 +97,7 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
         capture_outputs.append(out)
         stages.append(spec(f"capture-{i}", StageKind.CAPTURE, outputs=(out,), ring_readers=2 if render else 1,
                            settings={"source": uri, "source_id": sid, "max_frames": config.max_frames,
-                                     "rate": rate, "loop": config.loop}))
+                                     "rate": rate, "loop": config.loop, "live": dict(config.live)}))
     workers, threads = worker_layout(config, policy)
     pre_outs = tuple(endpoint(f"preprocess-{k}") for k in range(workers))
     infer_outs = tuple(endpoint(f"infer-{k}") for k in range(workers))

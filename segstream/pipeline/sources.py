@@ -13,10 +13,13 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import TYPE_CHECKING, Iterator, Protocol
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    from segstream.pipeline.streams import LiveOptions
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +228,10 @@ def default_source_id(uri: str) -> str:
     """A readable id from a URI: the file or folder name, or ``test-pattern``."""
     if uri.startswith("test-pattern"):
         return "test-pattern"
+    if uri.startswith("camera:"):
+        return "camera" + uri.split(":", 1)[1]
+    if "://" in uri:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", uri.split("://", 1)[1]).strip("_") or "stream"
     from segstream.pipeline.datasets import DATASETS
 
     scheme, _, rest = uri.partition(":")
@@ -236,7 +243,8 @@ def default_source_id(uri: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", stem)
 
 
-def open_source(uri: str, source_id: str | None = None, loop: bool = False) -> FrameSource:
+def open_source(uri: str, source_id: str | None = None, loop: bool = False,
+                live_options: "LiveOptions | None" = None) -> FrameSource:
     """Open the source named by ``uri``.
 
     Accepted: ``test-pattern[:WxH[@FPS]]``, a video file, a folder of images, a glob
@@ -248,13 +256,18 @@ def open_source(uri: str, source_id: str | None = None, loop: bool = False) -> F
         uri: what to open.
         source_id: the id (default: from the name).
         loop: start a video file over at its end.
+        live_options: how streams and cameras connect (``rtsp://...``, ``camera:N``,
+            ``/dev/videoN``; see ``segstream.pipeline.streams``).
 
     Raises:
         SourceError: nothing usable at ``uri``; says what was expected.
     """
     from segstream.pipeline.datasets import DATASETS, open_dataset
+    from segstream.pipeline.streams import LiveOptions, is_live_uri, open_stream
 
     source_id = source_id or default_source_id(uri)
+    if is_live_uri(uri):
+        return open_stream(uri, source_id, live_options or LiveOptions())
     scheme = uri.split(":", 1)[0]
     if scheme in DATASETS:
         return open_dataset(uri, source_id)

@@ -76,17 +76,21 @@ class RunResult:
 
 
 def default_policy(sources: tuple[str, ...]) -> FlowPolicy:
-    """Lossless for files and folders; live as soon as one source is live."""
-    from segstream.pipeline.sources import open_source
+    """Lossless for files, folders and datasets; live as soon as one source is live.
 
+    Files are opened once here, so a missing one is a clear error before any process
+    starts; streams and cameras are not (connecting is the capture stage's job).
+    """
+    from segstream.pipeline.sources import open_source
+    from segstream.pipeline.streams import is_live_uri
+
+    live = False
     for uri in sources:
-        source = open_source(uri)
-        try:
-            if source.live:
-                return FlowPolicy.LIVE
-        finally:
-            source.close()
-    return FlowPolicy.LOSSLESS
+        if is_live_uri(uri) or uri.startswith("test-pattern"):
+            live = True
+            continue
+        open_source(uri).close()
+    return FlowPolicy.LIVE if live else FlowPolicy.LOSSLESS
 
 
 def _run_dir() -> Path:

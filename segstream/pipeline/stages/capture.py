@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
 from segstream.pipeline.messages import Header, Kind, Message, eos
 from segstream.pipeline.sources import FrameSource, SourceError, SourceFrame, open_source, to_bgr
+from segstream.pipeline.streams import LiveOptions
 from segstream.pipeline.stage import (
     EOS_LINGER_MS,
     StageRuntime,
@@ -44,6 +45,7 @@ class CaptureSettings:
     max_frames: int = 0
     rate: str = "max"
     loop: bool = False
+    live: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.rate not in ("native", "max"):
@@ -80,6 +82,16 @@ def make_schedule(rate: str, source: FrameSource) -> Schedule | None:
     return lambda index, frame: index * period
 
 
+_END = object()
+
+
+def _note_connection(source: FrameSource, extra: dict[str, Any]) -> None:
+    """Copy a live source's connection counters into the stage stats."""
+    if hasattr(source, "reconnects"):
+        extra["reconnects"] = source.reconnects
+        extra["connect_attempts"] = source.attempts
+
+
 def _usable_image(frame: SourceFrame, source_id: str, skipped: Counter[str]) -> np.ndarray | None:
     """The frame as BGR uint8, or None (counted and logged) if it cannot be used."""
     if frame.image is None:
@@ -112,7 +124,8 @@ def run(spec: StageSpec, runtime: StageRuntime) -> int:
     settings = CaptureSettings.from_dict(spec.settings)
     stats = runtime.stats
     try:
-        source = open_source(settings.source, settings.source_id, loop=settings.loop)
+        source = open_source(settings.source, settings.source_id, loop=settings.loop,
+                             live_options=LiveOptions(**settings.live))
     except SourceError as exc:
         logger.error("%s", exc)
         runtime.emit("error", message=str(exc))
@@ -133,10 +146,14 @@ def run(spec: StageSpec, runtime: StageRuntime) -> int:
         frames = source.frames()
         while not runtime.stopping:
             read_ns = time.monotonic_ns()
-            frame = next(frames, None)
+            frame = next(frames, _END)
             decoded_ns = time.monotonic_ns()
-            if frame is None:
+            if frame is _END:
                 break
+            if frame is None:  # a live source with nothing new yet
+                _note_connection(source, stats.extra)
+                runtime.tick()
+                continue
             due = schedule(index, frame) if schedule else None
             if due is not None:
                 _wait_until(start_ns + int(due * 1e9), lambda: runtime.stopping)
@@ -170,12 +187,17 @@ def run(spec: StageSpec, runtime: StageRuntime) -> int:
             if settings.max_frames and index >= settings.max_frames:
                 break
             runtime.tick()
+        _note_connection(source, stats.extra)
         if not runtime.stopping:
             logger.info("%s: end of stream after %d frames", settings.source_id, stats.frames_in)
             outbox.send(eos(settings.source_id, frames_in=stats.frames_in, frames_out=stats.frames_out,
                             skipped=dict(stats.skipped)))
             runtime.wait_until_downstream_done()
         return 0
+    except SourceError as exc:  # a stream that never opened
+        logger.error("%s", exc)
+        runtime.emit("error", message=str(exc))
+        return 2
     finally:
         source.close()
         outbox.close(0 if runtime.stopping else EOS_LINGER_MS)
