@@ -86,10 +86,12 @@ def default_policy(sources: tuple[str, ...]) -> FlowPolicy:
 
     live = False
     for uri in sources:
-        if is_live_uri(uri) or uri.startswith("test-pattern"):
+        if is_live_uri(uri):
             live = True
             continue
-        open_source(uri).close()
+        source = open_source(uri)
+        live = live or source.live
+        source.close()
     return FlowPolicy.LIVE if live else FlowPolicy.LOSSLESS
 
 
