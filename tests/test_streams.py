@@ -133,7 +133,7 @@ def test_pipeline_on_an_unserved_url_ends_with_a_clear_error(tmp_path, fast_onnx
                            "--publish", "", "--connect-attempts", "2"], log, tmp_path / "t")
     assert proc.wait(timeout=60) != 0
     text = log.read_text()
-    assert "stage 'capture-0'" in text and "after 2 attempts" in text
+    assert "pipeline failed: source 127.0.0.1_" in text and "after 2 attempts" in text
 
 
 @needs_rtsp
@@ -168,3 +168,22 @@ def test_rtsp_outage_reconnects_and_masks_resume(tmp_path, fast_onnx, rtsp_serve
     after = [h for h, _ in results if h["wall_ns"] > back]
     assert len(before) >= 10 and len(after) >= 10
     assert stats["frames_in"] == 120 and stats["frames_unaccounted"] == 0
+
+
+@needs_rtsp
+def test_one_failing_source_does_not_stop_the_others(tmp_path, fast_onnx, rtsp_server):
+    """Two streams, one nobody serves: the other runs to its end; the run reports the
+    failed one, by name, and exits non-zero."""
+    record = tmp_path / "rec"
+    log = tmp_path / "run.log"
+    dead = f"rtsp://127.0.0.1:{free_port()}/nothing"
+    proc = start_pipeline(["run", "--source", rtsp_server.url, "--source", dead, "--model", str(fast_onnx),
+                           "--publish", "", "--record", str(record), "--max-frames", "40",
+                           "--connect-attempts", "2"], log, tmp_path / "t")
+    assert proc.wait(timeout=90) == 1, log.read_text()
+    stats = read_stats(record)
+    good, bad = stats["per_source"].values()
+    assert good["frames_published"] == 40 and good["error"] == ""
+    assert bad["frames_published"] == 0 and "after 2 attempts" in bad["error"]
+    assert len(list(record.glob("*/masks/*.png"))) == 40
+    assert "failed" in log.read_text()

@@ -130,6 +130,7 @@ class Supervisor:
         self._stop_requested = False
         self._stop_signal = 0
         self.stages: list[StageProcess] = []
+        self.failed_sources: dict[str, str] = {}  # source id -> why (the other sources carry on)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if not self._stop_requested:
@@ -168,6 +169,8 @@ class Supervisor:
             shutil.rmtree(run_dir, ignore_errors=True)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+        if not error and self.failed_sources:
+            error = "; ".join(f"source {sid} failed: {why}" for sid, why in self.failed_sources.items())
         stopped = self._stop_requested and not error
         stats = self._collect_stats(started_wall, time.monotonic() - t0, stopped, error)
         if error:
@@ -220,6 +223,8 @@ class Supervisor:
             stage.done = stage.done or kind == "done"
         elif kind == "error":
             stage.error = str(event.get("message", ""))
+        elif kind == "source_failed":
+            self.failed_sources[str(event.get("source", stage.spec.name))] = str(event.get("message", ""))
 
     def _drain_events(self, control: zmq.Socket, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -327,6 +332,7 @@ class Supervisor:
             "frames_rendered": int(render.stats.get("frames_out", 0)) if render and render.stats else None,
             "frames_skipped": {"total": before_publish, "by_stage": by_stage},
             "frames_unaccounted": frames_in - published - before_publish,
+            "per_source": self._per_source(stages, publish),
             "throughput_fps": publish.stats.get("throughput_fps", 0.0) if publish and publish.stats else 0.0,
             "latency_ms": {
                 "capture_to_publish": (publish.stats or {}).get("latency_ms", {}) if publish else {},
@@ -337,6 +343,25 @@ class Supervisor:
             "error": error,
         }
         return stats
+
+
+    def _per_source(self, stages: dict[str, Any], publish: StageProcess | None) -> dict[str, Any]:
+        published = (publish.stats or {}).get("per_source", {}) if publish else {}
+        out = {}
+        for stage in self.stages:
+            if stage.spec.kind is not StageKind.CAPTURE:
+                continue
+            sid = stage.spec.settings["source_id"]
+            capture = stages.get(stage.spec.name, {})
+            out[sid] = {
+                "uri": stage.spec.settings["source"],
+                "frames_in": capture.get("frames_in", 0),
+                "frames_published": published.get(sid, 0),
+                "skipped_at_capture": capture.get("skipped", {}),
+                "reconnects": capture.get("extra", {}).get("reconnects", 0),
+                "error": self.failed_sources.get(sid, ""),
+            }
+        return out
 
 
 def write_stats(stats: dict[str, Any], record: str | os.PathLike[str]) -> Path:

@@ -19,6 +19,8 @@ from typing import Any, Callable
 import numpy as np
 
 from segstream.pipeline.messages import Header, Kind, Message, eos
+from segstream.pipeline.payloads import PayloadWriter
+from segstream.pipeline.policies import Outbox
 from segstream.pipeline.sources import FrameSource, SourceError, SourceFrame, open_source, to_bgr
 from segstream.pipeline.streams import LiveOptions
 from segstream.pipeline.stage import (
@@ -119,86 +121,107 @@ def _wait_until(deadline_ns: int, stopping: Callable[[], bool]) -> None:
             time.sleep(0)
 
 
+def _stream(source: FrameSource, settings: CaptureSettings, spec: StageSpec, runtime: StageRuntime,
+            outbox: Outbox, writer: PayloadWriter) -> None:
+    """Read, pace and send frames until the source ends, ``max_frames`` or a stop.
+
+    Raises:
+        SourceError: a live source that never opened.
+    """
+    stats = runtime.stats
+    schedule = make_schedule(settings.rate, source)
+    start_ns, start_wall_ns = time.monotonic_ns(), time.time_ns()
+    index = 0
+    seq = 0  # frames handed to the pipeline; lets a later stage restore their order
+    frames = source.frames()
+    while not runtime.stopping:
+        read_ns = time.monotonic_ns()
+        frame = next(frames, _END)
+        decoded_ns = time.monotonic_ns()
+        if frame is _END:
+            break
+        if frame is None:  # a live source with nothing new yet
+            _note_connection(source, stats.extra)
+            runtime.tick()
+            continue
+        due = schedule(index, frame) if schedule else None
+        if due is not None:
+            _wait_until(start_ns + int(due * 1e9), lambda: runtime.stopping)
+        in_ns = time.monotonic_ns()
+        capture_ns, wall_ns = in_ns, time.time_ns()
+        if due is not None:
+            capture_ns, wall_ns = start_ns + int(due * 1e9), start_wall_ns + int(due * 1e9)
+            stats.pacing_error_ms.append(abs(in_ns - capture_ns) / 1e6)
+        stats.frames_in += 1
+        this_index = index
+        index += 1
+        image = _usable_image(frame, settings.source_id, stats.skipped)
+        if image is not None:
+            meta: dict[str, Any] = {"fps": source.fps, "seq": seq}
+            if frame.gt is not None:
+                meta["gt_kind"] = source.gt_kind
+            message = Message(Header(Kind.FRAME, settings.source_id, this_index, frame.name, capture_ns, wall_ns,
+                                     meta=meta))
+            seq += 1
+            blocked_before = writer.blocked_ns
+            if not writer.add(message, "frame", image, lambda: runtime.stopping):
+                break
+            if frame.gt is not None:
+                writer.add(message, "gt", frame.gt, inline=True)
+            stamp(message, spec.name, in_ns)
+            # own work: decoding plus handing over, not the wait for the time slot
+            stats.record_timing(in_ns - (decoded_ns - read_ns), message.header.stamps[-1].out_ns,
+                                writer.blocked_ns - blocked_before)
+            if outbox.send(message):
+                stats.record_out(settings.source_id, time.monotonic_ns())
+        if settings.max_frames and index >= settings.max_frames:
+            break
+        runtime.tick()
+
+
 def run(spec: StageSpec, runtime: StageRuntime) -> int:
-    """Read frames until the source ends, ``max_frames`` or a stop; always send EOS."""
+    """Capture one source until it ends, ``max_frames`` or a stop; always send EOS.
+
+    A source that cannot be opened (or a stream that never opens) ends with an
+    end-of-stream message that carries the error, and a ``source_failed`` event, so the
+    other sources of the run carry on.
+    """
     settings = CaptureSettings.from_dict(spec.settings)
     stats = runtime.stats
-    try:
-        source = open_source(settings.source, settings.source_id, loop=settings.loop,
-                             live_options=LiveOptions(**settings.live))
-    except SourceError as exc:
-        logger.error("%s", exc)
-        runtime.emit("error", message=str(exc))
-        return 2
     outbox = open_outbox(spec, runtime)
     if outbox is None:
         raise ValueError("capture needs an output endpoint")
     writer = open_writer(spec)
-    schedule = make_schedule(settings.rate, source)
-    stats.extra.update({"source": settings.source, "fps": source.fps, "rate": settings.rate,
-                        "frame_count": getattr(source, "frame_count", 0)})
+    source: FrameSource | None = None
+    failure = ""
+    try:
+        source = open_source(settings.source, settings.source_id, loop=settings.loop,
+                             live_options=LiveOptions(**settings.live))
+        stats.extra.update({"source": settings.source, "fps": source.fps, "rate": settings.rate,
+                            "frame_count": getattr(source, "frame_count", 0)})
+    except SourceError as exc:
+        failure = str(exc)
     try:
         if not runtime.ready_and_wait_for_start():
             return 0
-        start_ns, start_wall_ns = time.monotonic_ns(), time.time_ns()
-        index = 0
-        seq = 0  # frames handed to the pipeline; lets a later stage restore their order
-        frames = source.frames()
-        while not runtime.stopping:
-            read_ns = time.monotonic_ns()
-            frame = next(frames, _END)
-            decoded_ns = time.monotonic_ns()
-            if frame is _END:
-                break
-            if frame is None:  # a live source with nothing new yet
-                _note_connection(source, stats.extra)
-                runtime.tick()
-                continue
-            due = schedule(index, frame) if schedule else None
-            if due is not None:
-                _wait_until(start_ns + int(due * 1e9), lambda: runtime.stopping)
-            in_ns = time.monotonic_ns()
-            capture_ns, wall_ns = in_ns, time.time_ns()
-            if due is not None:
-                capture_ns, wall_ns = start_ns + int(due * 1e9), start_wall_ns + int(due * 1e9)
-                stats.pacing_error_ms.append(abs(in_ns - capture_ns) / 1e6)
-            stats.frames_in += 1
-            this_index = index
-            index += 1
-            image = _usable_image(frame, settings.source_id, stats.skipped)
-            if image is not None:
-                meta: dict[str, Any] = {"fps": source.fps, "seq": seq}
-                if frame.gt is not None:
-                    meta["gt_kind"] = source.gt_kind
-                message = Message(Header(Kind.FRAME, settings.source_id, this_index, frame.name, capture_ns, wall_ns,
-                                         meta=meta))
-                seq += 1
-                blocked_before = writer.blocked_ns
-                if not writer.add(message, "frame", image, lambda: runtime.stopping):
-                    break
-                if frame.gt is not None:
-                    writer.add(message, "gt", frame.gt, inline=True)
-                stamp(message, spec.name, in_ns)
-                # own work: decoding plus handing over, not the wait for the time slot
-                stats.record_timing(in_ns - (decoded_ns - read_ns), message.header.stamps[-1].out_ns,
-                                    writer.blocked_ns - blocked_before)
-                if outbox.send(message):
-                    stats.record_out(settings.source_id, time.monotonic_ns())
-            if settings.max_frames and index >= settings.max_frames:
-                break
-            runtime.tick()
-        _note_connection(source, stats.extra)
+        if source is not None:
+            try:
+                _stream(source, settings, spec, runtime, outbox, writer)
+            except SourceError as exc:
+                failure = str(exc)
+            _note_connection(source, stats.extra)
+        if failure:
+            logger.error("%s", failure)
+            stats.extra["error"] = failure
+            runtime.emit("source_failed", source=settings.source_id, message=failure)
         if not runtime.stopping:
             logger.info("%s: end of stream after %d frames", settings.source_id, stats.frames_in)
             outbox.send(eos(settings.source_id, frames_in=stats.frames_in, frames_out=stats.frames_out,
-                            skipped=dict(stats.skipped)))
+                            skipped=dict(stats.skipped), **({"error": failure} if failure else {})))
             runtime.wait_until_downstream_done()
         return 0
-    except SourceError as exc:  # a stream that never opened
-        logger.error("%s", exc)
-        runtime.emit("error", message=str(exc))
-        return 2
     finally:
-        source.close()
+        if source is not None:
+            source.close()
         outbox.close(0 if runtime.stopping else EOS_LINGER_MS)
         close_writer(writer, runtime)
