@@ -187,3 +187,63 @@ def test_one_failing_source_does_not_stop_the_others(tmp_path, fast_onnx, rtsp_s
     assert bad["frames_published"] == 0 and "after 2 attempts" in bad["error"]
     assert len(list(record.glob("*/masks/*.png"))) == 40
     assert "failed" in log.read_text()
+
+
+def test_ctrl_c_while_connecting_stops_within_two_seconds(tmp_path, fast_onnx):
+    import os
+    import signal
+
+    from pipeline_helpers import session_processes, wait_for_log
+
+    log = tmp_path / "run.log"
+    proc = start_pipeline(["run", "--source", f"rtsp://127.0.0.1:{free_port()}/nothing", "--model", str(fast_onnx),
+                           "--publish", "", "--connect-attempts", "100"], log, tmp_path / "t")
+    wait_for_log(log, r"open attempt 2 failed")
+    os.killpg(proc.pid, signal.SIGINT)
+    start = time.monotonic()
+    assert proc.wait(timeout=10) == 130
+    assert time.monotonic() - start < 2.0
+    time.sleep(0.2)
+    assert session_processes(proc.pid) == []
+
+
+@needs_rtsp
+def test_rtsp_over_udp(rtsp_server):
+    source = open_source(rtsp_server.url, live_options=LiveOptions(rtsp_transport="udp"))
+    got = 0
+    for frame in source.frames():
+        if frame is not None:
+            got += 1
+            if got == 10:
+                break
+    source.close()
+    assert got == 10
+
+
+@needs_rtsp
+def test_a_stalled_stream_is_reopened(rtsp_server):
+    """The server freezes (SIGSTOP: the connection stays open, nothing arrives): after the
+    stall timeout the source reconnects, and frames resume once the server thaws."""
+    import os
+    import signal
+
+    options = LiveOptions(stall_timeout_s=1.5, open_timeout_s=2.0, backoff_initial_s=0.2, backoff_max_s=1.0)
+    source = open_source(rtsp_server.url, live_options=options)
+    frames = source.frames()
+    got = 0
+    while got < 10:
+        got += next(frames) is not None
+    os.kill(rtsp_server.proc.pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            next(frames)
+    finally:
+        os.kill(rtsp_server.proc.pid, signal.SIGCONT)
+    resumed = 0
+    deadline = time.monotonic() + 30
+    while resumed < 10 and time.monotonic() < deadline:
+        resumed += next(frames) is not None
+    source.close()
+    assert resumed == 10
+    assert source.reconnects >= 1
