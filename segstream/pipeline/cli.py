@@ -50,6 +50,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rtsp-transport", choices=["tcp", "udp"], help="RTSP transport (default tcp)")
     p.add_argument("--connect-attempts", type=int, metavar="N", help="give up a stream that never opens after N "
                                                                      "attempts (default 5)")
+    p.add_argument("--camera-size", metavar="WxH", help="frame size to ask cameras for, e.g. 1280x720")
+    p.add_argument("--camera-fps", type=float, metavar="N", help="frame rate to ask cameras for")
     p.add_argument("--transport", choices=["ipc", "tcp"], help="ipc (shared memory, default) or tcp (inline)")
     p.add_argument("--workers", type=int, help="parallel inference processes (0 = auto)")
     p.add_argument("--threads", type=int, help="threads per inference process (0 = auto)")
@@ -58,7 +60,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _run_config(args: argparse.Namespace):
-    from segstream.pipeline.config import load_config
+    from segstream.pipeline.config import ConfigError, load_config
 
     config = load_config(args.config)
     live = dict(config.live)
@@ -66,6 +68,13 @@ def _run_config(args: argparse.Namespace):
         live["rtsp_transport"] = args.rtsp_transport
     if args.connect_attempts:
         live["connect_attempts"] = args.connect_attempts
+    if args.camera_size:
+        try:
+            live["width"], live["height"] = (int(v) for v in args.camera_size.lower().split("x"))
+        except ValueError:
+            raise ConfigError(f"--camera-size must be WIDTHxHEIGHT, e.g. 1280x720, found {args.camera_size!r}") from None
+    if args.camera_fps:
+        live["fps"] = args.camera_fps
     return config.with_overrides(
         live=live,
         sources=tuple(args.sources) if args.sources else None, model=args.model, weights=args.weights,

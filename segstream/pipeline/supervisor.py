@@ -357,6 +357,9 @@ class Supervisor:
                 "uri": stage.spec.settings["source"],
                 "frames_in": capture.get("frames_in", 0),
                 "frames_published": published.get(sid, 0),
+                # every frame that entered is published or skipped: for a run that ended on
+                # its own this is the source's skipped count (reasons: frames_skipped.by_stage)
+                "frames_not_published": capture.get("frames_in", 0) - published.get(sid, 0),
                 "skipped_at_capture": capture.get("skipped", {}),
                 "reconnects": capture.get("extra", {}).get("reconnects", 0),
                 "error": self.failed_sources.get(sid, ""),
