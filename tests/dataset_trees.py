@@ -7,7 +7,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
 from conftest import CITYSCAPES_FRAMES, KITTI_FRAMES
 
 SEQUENCE = "2013_05_28_drive_0000_sync"

@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from conftest import ROOT, segstream_cmd
-from segstream.pipeline.sources import VideoFileSource
 
+from segstream.pipeline.sources import VideoFileSource
 
 STARTED: list[subprocess.Popen[bytes]] = []
 

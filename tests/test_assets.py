@@ -6,11 +6,10 @@ import functools
 import http.server
 import shutil
 import threading
-from pathlib import Path
 
 import pytest
-
 from conftest import DATA
+
 from segstream import assets
 
 

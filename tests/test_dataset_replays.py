@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-
 from dataset_trees import SEQUENCE, cityscapes_tree, kitti360_tree, kitti_raw_tree, kitti_semantics_tree, synthetic_gt
 from pipeline_helpers import ResultCollector, read_stats, start_pipeline, stop_started_pipelines
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import CLIP
 from dataset_trees import (
     DRIVE,
@@ -15,6 +14,7 @@ from dataset_trees import (
     kitti_semantics_tree,
     synthetic_gt,
 )
+
 from segstream.pipeline.datasets import parse_kitti_timestamps
 from segstream.pipeline.sources import SourceError, SourceFrame, default_source_id, open_source
 from segstream.pipeline.stages.capture import make_schedule

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from conftest import CITYSCAPES_FRAMES, DATA
+
 from segstream.engines import cityscapes
 from segstream.engines.base import labels_from_outputs, load_engine
 from segstream.engines.espnet import ESPNet

@@ -7,8 +7,8 @@ import shutil
 
 import onnx
 import pytest
-
 from conftest import run_segstream
+
 from segstream.engines.metadata import ModelError, ModelMetadata, read_onnx_metadata, sidecar_path
 from segstream.engines.resolve import resolve_model
 from segstream.engines.zoo import MODELS, get_model_spec
@@ -99,7 +99,8 @@ def test_shipped_configs_load():
 def test_cli_models_lists_the_zoo():
     result = run_segstream("models")
     assert result.returncode == 0, result.stderr
-    assert "espnet-cityscapes " in result.stdout and "1024x512" in result.stdout and "364,569" in result.stdout  # trainable; the state dict adds 3,772 BN statistics
+    # 364,569 trainable parameters; the state dict adds 3,772 batch-norm statistics
+    assert "espnet-cityscapes " in result.stdout and "1024x512" in result.stdout and "364,569" in result.stdout
 
 
 def test_cli_export_writes_onnx_with_metadata(tmp_path):

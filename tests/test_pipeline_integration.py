@@ -11,7 +11,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from conftest import CITYSCAPES_FRAMES, CLIP, KITTI_FRAMES, segstream_cmd
 from pipeline_helpers import (
     children_of,
@@ -23,6 +22,7 @@ from pipeline_helpers import (
     video_frames,
     wait_for_log,
 )
+
 from segstream.engines.base import labels_from_outputs, load_engine
 from segstream.engines.preprocess import Preprocessor
 

@@ -7,8 +7,8 @@ import dataclasses
 import cv2
 import numpy as np
 import pytest
-
 from conftest import CITYSCAPES_FRAMES, CLIP
+
 from segstream.engines.metadata import ChannelOrder, NormalizeOrder
 from segstream.engines.preprocess import Preprocessor
 from segstream.engines.zoo import MODELS

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import CLIP, KITTI_FRAMES
+
 from segstream.pipeline.sources import (
     SourceError,
     TestPatternSource,

@@ -3,7 +3,6 @@ camera code path (the newest-frame reader) driven by OpenCV on a video file."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import threading
@@ -13,9 +12,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from conftest import CLIP, ROOT
 from pipeline_helpers import ResultCollector, read_stats, start_pipeline, stop_started_pipelines
+
 from segstream.pipeline.sources import SourceError, default_source_id, open_source
 from segstream.pipeline.streams import LatestFrameSource, LiveOptions, is_live_uri
 

@@ -87,8 +87,8 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
         # Inference keeps its priority; so does a paced capture, whose timing counts.
         full_priority = kind is StageKind.INFER or (kind is StageKind.CAPTURE and rate != "max")
         return StageSpec(name=name, kind=kind, run_id=run_id, policy=policy, control=control, commands=commands,
-                         ring_slots=slots, nice=0 if full_priority else LIGHT_STAGE_NICE, sources=len(config.sources), delay_ms=float(delay.get(kind.value, 0.0)),
-                         **kw)  # type: ignore[arg-type]
+                         ring_slots=slots, nice=0 if full_priority else LIGHT_STAGE_NICE, sources=len(config.sources),
+                         delay_ms=float(delay.get(kind.value, 0.0)), **kw)  # type: ignore[arg-type]
 
     stages: list[StageSpec] = []
     capture_outputs = []

@@ -11,9 +11,9 @@ import json
 import logging
 import os
 import resource
-from collections import Counter
 import signal
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any, Protocol

@@ -22,7 +22,6 @@ from segstream.pipeline.messages import Header, Kind, Message, eos
 from segstream.pipeline.payloads import PayloadWriter
 from segstream.pipeline.policies import Outbox
 from segstream.pipeline.sources import FrameSource, SourceError, SourceFrame, open_source, to_bgr
-from segstream.pipeline.streams import LiveOptions
 from segstream.pipeline.stage import (
     EOS_LINGER_MS,
     StageRuntime,
@@ -32,6 +31,7 @@ from segstream.pipeline.stage import (
     open_writer,
     stamp,
 )
+from segstream.pipeline.streams import LiveOptions
 
 logger = logging.getLogger(__name__)
 

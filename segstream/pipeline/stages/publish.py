@@ -12,6 +12,7 @@ import time
 
 import cv2
 import numpy as np
+
 from segstream.pipeline.messages import Kind, Message, Part, derive, encode
 from segstream.pipeline.payloads import PayloadReader
 from segstream.pipeline.records import source_dir, write_png
