@@ -1,24 +1,19 @@
 """``segstream consume``: what a downstream program sees on the results socket.
 
 Prints one line per mask (source, frame index, shape, latency) and can save the masks
-as PNG. It uses only the public wire format (see README, "Wire format").
+as PNG. Built on ``segstream.pipeline.client.MaskSubscriber``.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-import zmq
-
-from segstream.pipeline.messages import Kind, MessageError, decode, inline_array
+from segstream.pipeline.client import MaskSubscriber
 from segstream.pipeline.records import write_png
-from segstream.pipeline.transport import Role, make_socket
 
 logger = logging.getLogger(__name__)
 
@@ -41,65 +36,26 @@ class ConsumeOptions:
 
 
 def consume(options: ConsumeOptions, out: TextIO = sys.stdout) -> int:
-    """Receive and print masks; returns the exit code (0 ok, 1 timeout)."""
-    stop = False
-
-    def on_signal(_signum: int, _frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    previous = signal.signal(signal.SIGINT, on_signal)
-    context = zmq.Context()
-    sub = make_socket(context, Role.RESULTS_SUB, connect=options.endpoint)
+    """Receive and print masks; returns the exit code (0 ok, 1 timeout). Ctrl-C raises
+    KeyboardInterrupt (the CLI exits 130) after closing the socket."""
     received = 0
-    seen: set[str] = set()
-    ended: set[str] = set()
-    last_index: dict[str, int] = {}
-    last_message = time.monotonic()
-    code = 0
+    subscriber = MaskSubscriber(options.endpoint, timeout_s=options.timeout_s or None)
     try:
-        while not stop:
-            if not sub.poll(100):
-                if options.timeout_s and time.monotonic() - last_message > options.timeout_s:
-                    out.write(f"no message for {options.timeout_s:.0f} s on {options.endpoint}\n")
-                    code = 1
-                    break
-                continue
-            last_message = time.monotonic()
-            try:
-                message = decode(sub.recv_multipart())
-            except MessageError as exc:
-                logger.warning("skipped a malformed message: %s", exc)
-                continue
-            header = message.header
-            if header.kind is Kind.EOS:
-                ended.add(header.source)
-                out.write(f"source={header.source} end-of-stream\n")
-                if seen and seen <= ended:
-                    break
-                continue
-            if header.kind is not Kind.RESULT:
-                continue
-            part = header.part("mask")
-            if part is None or part.inline is None:
-                logger.warning("result for frame %d carries no inline mask", header.index)
-                continue
-            mask = inline_array(part, message.payload)
-            seen.add(header.source)
-            gap = header.index - last_index.get(header.source, header.index - 1) - 1
-            last_index[header.source] = header.index
-            latency_ms = (time.time_ns() - header.wall_ns) / 1e6
-            out.write(f"source={header.source} frame={header.index} name={header.name} "
-                      f"shape={mask.shape[1]}x{mask.shape[0]} latency={latency_ms:.1f}ms"
-                      + (f" gap={gap}" if gap > 0 else "") + "\n")
+        for result in subscriber:
+            out.write(f"source={result.source} frame={result.index} name={result.name} "
+                      f"shape={result.mask.shape[1]}x{result.mask.shape[0]} latency={result.latency_ms:.1f}ms"
+                      + (f" gap={result.gap}" if result.gap else "") + "\n")
             out.flush()
             if options.save:
-                write_png(Path(options.save) / header.source / f"{header.name}.png", mask)
+                write_png(Path(options.save) / result.source / f"{result.name}.png", result.mask)
             received += 1
             if options.count and received >= options.count:
                 break
+        for source in sorted(subscriber.ended):
+            out.write(f"source={source} end-of-stream\n")
+        if subscriber.timed_out:
+            out.write(f"no message for {options.timeout_s:.0f} s on {options.endpoint}\n")
+            return 1
+        return 0
     finally:
-        sub.close(linger=0)
-        context.term()
-        signal.signal(signal.SIGINT, previous)
-    return code
+        subscriber.close()

@@ -239,8 +239,8 @@ def default_source_id(uri: str) -> str:
         parts = rest.split(":")
         name = "-".join([Path(parts[0].rstrip("/")).name, *parts[1:]])
         return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{scheme}-{name}")
-    stem = Path(uri.split("*")[0].rstrip("/") or "glob").stem or "source"
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem)
+    stem = Path(uri.split("*")[0].rstrip("/") or "glob").stem
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem).strip("_.-") or "source"
 
 
 def open_source(uri: str, source_id: str | None = None, loop: bool = False,

@@ -1,0 +1,143 @@
+"""A Python client for the masks a pipeline publishes (see docs/wire-format.md).
+
+Example:
+    >>> with MaskSubscriber("tcp://127.0.0.1:5560", timeout_s=10) as masks:  # doctest: +SKIP
+    ...     for result in masks:
+    ...         print(result.source, result.index, result.mask.shape, result.gap)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import zmq
+
+from segstream.pipeline.messages import Kind, MessageError, decode, inline_array
+from segstream.pipeline.transport import Role, make_socket
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MaskResult:
+    """One published mask.
+
+    Attributes:
+        source: source id.
+        index: frame index within the source.
+        name: frame name (file stem or zero-padded index).
+        mask: (H, W) uint8 class indices.
+        classes: class id -> share of the frame's pixels, for the classes present.
+        latency_ms: capture (wall clock) to reception here.
+        gap: frames of this source not received just before this one (skipped by a
+            live pipeline, or lost by a subscriber that fell behind).
+        gt: ground truth label map for dataset replays, else None.
+        header: the whole decoded header, for anything else.
+    """
+
+    source: str
+    index: int
+    name: str
+    mask: np.ndarray
+    classes: dict[int, float]
+    latency_ms: float
+    gap: int
+    gt: np.ndarray | None = None
+    header: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+class MaskSubscriber:
+    """Iterates over the masks a pipeline publishes.
+
+    Args:
+        endpoint: the pipeline's publish endpoint (``--publish``).
+        sources: only these source ids (None: all).
+        timeout_s: end the iteration after this long without a message (``timed_out``
+            tells); None waits forever.
+        until_end: end the iteration once every source seen has sent end of stream.
+
+    The socket reconnects on its own when the pipeline restarts; a subscriber that joins
+    late gets the next mask, not a backlog. Malformed messages are skipped and counted in
+    ``malformed``.
+    """
+
+    def __init__(self, endpoint: str, sources: list[str] | None = None, timeout_s: float | None = None,
+                 until_end: bool = True) -> None:
+        self.endpoint = endpoint
+        self.sources = set(sources) if sources else None
+        self.timeout_s = timeout_s
+        self.until_end = until_end
+        self.timed_out = False
+        self.malformed = 0
+        self.gaps: dict[str, int] = {}
+        self.ended: set[str] = set()
+        self._last: dict[str, int] = {}
+        self._context = zmq.Context()
+        self._socket = make_socket(self._context, Role.RESULTS_SUB, connect=endpoint)
+        if self.sources:
+            self._socket.setsockopt(zmq.UNSUBSCRIBE, b"")
+            for source in self.sources:  # prefix filter in ZeroMQ, exact match below
+                self._socket.setsockopt(zmq.SUBSCRIBE, source.encode())
+
+    def __enter__(self) -> "MaskSubscriber":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[MaskResult]:
+        last_message = time.monotonic()
+        seen: set[str] = set()
+        while True:
+            if self.until_end and seen and seen <= self.ended:
+                return
+            if not self._socket.poll(100):
+                if self.timeout_s is not None and time.monotonic() - last_message > self.timeout_s:
+                    self.timed_out = True
+                    return
+                continue
+            last_message = time.monotonic()
+            try:
+                message = decode(self._socket.recv_multipart())
+            except MessageError as exc:
+                self.malformed += 1
+                logger.warning("skipped a malformed message: %s", exc)
+                continue
+            header = message.header
+            if self.sources is not None and header.source not in self.sources:
+                continue
+            if header.kind is Kind.EOS:
+                self.ended.add(header.source)
+                continue
+            if header.kind is not Kind.RESULT:
+                continue
+            part = header.part("mask")
+            if part is None or part.inline is None:
+                self.malformed += 1
+                continue
+            seen.add(header.source)
+            gap = max(header.index - self._last.get(header.source, header.index - 1) - 1, 0)
+            self._last[header.source] = header.index
+            self.gaps[header.source] = self.gaps.get(header.source, 0) + gap
+            gt_part = header.part("gt")
+            yield MaskResult(
+                source=header.source,
+                index=header.index,
+                name=header.name,
+                mask=inline_array(part, message.payload),
+                classes={int(k): float(v) for k, v in header.meta.get("classes", {}).items()},
+                latency_ms=(time.time_ns() - header.wall_ns) / 1e6,
+                gap=gap,
+                gt=inline_array(gt_part, message.payload) if gt_part is not None and gt_part.inline is not None
+                else None,
+                header=header.to_json(),
+            )
+
+    def close(self) -> None:
+        """Close the socket."""
+        self._socket.close(linger=0)
+        self._context.term()

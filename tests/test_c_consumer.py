@@ -1,0 +1,53 @@
+"""The C consumer in tools/ (libzmq only) is compiled here and reads a real pipeline."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import KITTI_FRAMES, ROOT
+from pipeline_helpers import start_pipeline, stop_started_pipelines
+
+pytestmark = pytest.mark.integration
+
+SOURCE = ROOT / "tools" / "c_consumer" / "consumer.c"
+
+
+@pytest.fixture(autouse=True)
+def _stop_what_the_test_started():
+    yield
+    stop_started_pipelines()
+
+
+@pytest.fixture(scope="module")
+def c_consumer(tmp_path_factory) -> Path:
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None or not Path("/usr/include/zmq.h").exists():
+        pytest.skip("needs a C compiler and libzmq headers (Debian: libzmq3-dev)")
+    binary = tmp_path_factory.mktemp("c") / "segstream-consumer"
+    subprocess.run([compiler, "-Wall", "-Werror", "-O2", str(SOURCE), "-lzmq", "-o", str(binary)], check=True)
+    return binary
+
+
+def test_c_consumer_receives_every_mask_in_order(tmp_path, fast_onnx, c_consumer):
+    endpoint = f"ipc://{tmp_path}/pub.sock"
+    consumer = subprocess.Popen([str(c_consumer), endpoint], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    try:
+        time.sleep(0.5)
+        glob = str(KITTI_FRAMES[0].parent / "kitti_*.png")
+        proc = start_pipeline(["run", "--source", glob, "--model", str(fast_onnx), "--publish", endpoint],
+                              tmp_path / "run.log", tmp_path / "t")
+        assert proc.wait(timeout=120) == 0
+        out, err = consumer.communicate(timeout=60)
+    finally:
+        consumer.kill()
+    assert consumer.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[-1] == "received 3 masks from 1 source(s), 0 error(s)"
+    assert [line.split()[:2] for line in lines[:-1]] == [["kitti", str(k)] for k in range(3)]
+    assert lines[0].split()[2] == "1224x370" and lines[0].split()[3] == str(1224 * 370)

@@ -1,0 +1,61 @@
+"""The Python client against a real pipeline: filtering, gaps, end of stream, timeout."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import cv2
+import pytest
+
+from conftest import KITTI_FRAMES
+from pipeline_helpers import start_pipeline, stop_started_pipelines
+from segstream.pipeline.client import MaskSubscriber
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _stop_what_the_test_started():
+    yield
+    stop_started_pipelines()
+
+
+def test_subscriber_filters_sources_and_ends_with_the_stream(tmp_path, fast_onnx):
+    endpoint = f"ipc://{tmp_path}/pub.sock"
+    glob = str(KITTI_FRAMES[0].parent / "kitti_*.png")
+    results = []
+    with MaskSubscriber(endpoint, sources=["kitti"], timeout_s=120) as masks:
+        proc = start_pipeline(["run", "--source", glob, "--source", glob, "--model", str(fast_onnx),
+                               "--publish", endpoint], tmp_path / "run.log", tmp_path / "t")
+        results = list(masks)
+        assert not masks.timed_out and masks.ended == {"kitti"} and masks.gaps == {"kitti": 0}
+    assert proc.wait(timeout=60) == 0
+    # two sources ("kitti" and "kitti-1"): only the one asked for, in order, complete
+    assert [(r.source, r.index, r.name) for r in results] == [("kitti", k, p.stem) for k, p in enumerate(KITTI_FRAMES)]
+    for result, path in zip(results, KITTI_FRAMES):
+        assert result.mask.shape == cv2.imread(str(path)).shape[:2]
+        assert list(result.mask.shape) == result.header["parts"][0]["shape"]
+    for result in results:
+        share_ignored = (result.mask == 255).mean()
+        assert sum(result.classes.values()) == pytest.approx(1 - share_ignored, abs=1e-3)
+        assert result.latency_ms > 0
+
+
+def test_subscriber_reports_gaps_of_a_live_pipeline_and_times_out(tmp_path, fast_onnx):
+    endpoint = f"ipc://{tmp_path}/pub.sock"
+    config = tmp_path / "slow.yaml"
+    config.write_text("sources: ['test-pattern:320x240@50']\npolicy: live\nmax_frames: 100\n"
+                      "stage_delay_ms: {infer: 200}\n")
+    got = []
+    with MaskSubscriber(endpoint, timeout_s=3, until_end=False) as masks:
+        proc = start_pipeline(["run", "--config", str(config), "--model", str(fast_onnx), "--publish", endpoint],
+                              tmp_path / "run.log", tmp_path / "t")
+        thread = threading.Thread(target=lambda: got.extend(masks))
+        start = time.monotonic()
+        thread.start()
+        assert proc.wait(timeout=60) == 0
+        thread.join(timeout=30)
+        assert masks.timed_out and time.monotonic() - start < 60
+        assert masks.gaps["test-pattern"] > 0 and sum(r.gap for r in got) == masks.gaps["test-pattern"]
+    assert [r.index for r in got] == sorted(r.index for r in got)
