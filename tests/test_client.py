@@ -6,6 +6,7 @@ import threading
 import time
 
 import cv2
+import numpy as np
 import pytest
 
 from conftest import KITTI_FRAMES
@@ -59,3 +60,21 @@ def test_subscriber_reports_gaps_of_a_live_pipeline_and_times_out(tmp_path, fast
         assert masks.timed_out and time.monotonic() - start < 60
         assert masks.gaps["test-pattern"] > 0 and sum(r.gap for r in got) == masks.gaps["test-pattern"]
     assert [r.index for r in got] == sorted(r.index for r in got)
+
+
+@pytest.mark.parametrize("encoding", ["png", "rle"])
+def test_encoded_masks_decode_to_the_recorded_ones(tmp_path, fast_onnx, encoding):
+    endpoint = f"ipc://{tmp_path}/pub.sock"
+    glob = str(KITTI_FRAMES[0].parent / "kitti_*.png")
+    record = tmp_path / "rec"
+    with MaskSubscriber(endpoint, timeout_s=120) as masks:
+        proc = start_pipeline(["run", "--source", glob, "--model", str(fast_onnx), "--publish", endpoint,
+                               "--mask-encoding", encoding, "--record", str(record)], tmp_path / "run.log",
+                              tmp_path / "t")
+        results = list(masks)
+    assert proc.wait(timeout=60) == 0
+    assert len(results) == 3
+    for result in results:
+        assert result.header["parts"][0]["encoding"] == encoding
+        recorded = cv2.imread(str(record / "masks" / f"{result.name}.png"), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(result.mask, recorded)

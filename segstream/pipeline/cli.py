@@ -43,6 +43,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--publish", metavar="ENDPOINT", help="results PUB endpoint ('' for none; default "
                                                          "tcp://127.0.0.1:5560)")
     p.add_argument("--max-frames", type=int, metavar="N", help="stop each source after N frames")
+    p.add_argument("--mask-encoding", choices=["raw", "png", "rle"], help="published mask encoding (default raw)")
     p.add_argument("--rate", metavar="native|N|max", help="replay pacing: the dataset's own timing, N frames per "
                                                           "second, or as fast as possible (default: max in lossless "
                                                           "flow, native in live flow)")
@@ -79,7 +80,7 @@ def _run_config(args: argparse.Namespace):
         live=live,
         sources=tuple(args.sources) if args.sources else None, model=args.model, weights=args.weights,
         policy=args.policy, record=args.record, publish=args.publish, max_frames=args.max_frames,
-        rate=args.rate, loop=args.loop,
+        rate=args.rate, loop=args.loop, mask_encoding=args.mask_encoding,
         transport=args.transport, workers=args.workers, threads=args.threads, opacity=args.opacity,
     )
 

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 import zmq
 
+from segstream.pipeline.mask_codec import MaskCodecError, decode_mask
 from segstream.pipeline.messages import Kind, MessageError, decode, inline_array
 from segstream.pipeline.transport import Role, make_socket
 
@@ -119,6 +120,12 @@ class MaskSubscriber:
             if part is None or part.inline is None:
                 self.malformed += 1
                 continue
+            try:
+                mask = decode_mask(message.payload[part.inline], part.encoding, part.shape)
+            except MaskCodecError as exc:
+                self.malformed += 1
+                logger.warning("skipped frame %d of %s: %s", header.index, header.source, exc)
+                continue
             seen.add(header.source)
             gap = max(header.index - self._last.get(header.source, header.index - 1) - 1, 0)
             self._last[header.source] = header.index
@@ -128,7 +135,7 @@ class MaskSubscriber:
                 source=header.source,
                 index=header.index,
                 name=header.name,
-                mask=inline_array(part, message.payload),
+                mask=mask,
                 classes={int(k): float(v) for k, v in header.meta.get("classes", {}).items()},
                 latency_ms=(time.time_ns() - header.wall_ns) / 1e6,
                 gap=gap,

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from segstream.pipeline.messages import ENCODINGS
 from segstream.pipeline.policies import FlowPolicy
 from segstream.pipeline.stage import StageKind
 
@@ -48,6 +49,7 @@ class PipelineConfig:
             video's frame rate), ``max`` (as fast as the pipeline goes) or frames per
             second; None: ``native`` in live flow, ``max`` in lossless flow.
         loop: start video files over at their end.
+        mask_encoding: how published masks are encoded: ``raw``, ``png`` or ``rle``.
         live: how streams and cameras connect (``LiveOptions`` fields: rtsp_transport,
             open_timeout_s, stall_timeout_s, connect_attempts, backoff_initial_s,
             backoff_max_s, width, height, fps).
@@ -78,6 +80,7 @@ class PipelineConfig:
     rate: str | None = None
     loop: bool = False
     live: dict[str, Any] = field(default_factory=dict)
+    mask_encoding: str = "raw"
     transport: str = "ipc"
     tcp_host: str = "127.0.0.1"
     tcp_base_port: int = 5600
@@ -104,6 +107,8 @@ class PipelineConfig:
         if self.backend != "onnxruntime":
             raise ConfigError(f"backend must be 'onnxruntime' (the CPU backend; TensorRT and PyTorch pipeline "
                               f"backends are not available yet), found {self.backend!r}")
+        if self.mask_encoding not in ENCODINGS:
+            raise ConfigError(f"mask_encoding must be one of {', '.join(ENCODINGS)}, found {self.mask_encoding!r}")
         if self.transport not in ("ipc", "tcp"):
             raise ConfigError(f"transport must be 'ipc' or 'tcp', found {self.transport!r}")
         if self.rate is not None:

@@ -27,6 +27,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 WIRE_VERSION = 1
+ENCODINGS = ("raw", "png", "rle")  # how a part's bytes are laid out (see mask_codec)
 _DTYPES = {"uint8", "int8", "uint16", "int16", "int32", "int64", "float16", "float32", "float64"}
 MAX_HEADER_BYTES = 1 << 20
 
@@ -67,6 +68,7 @@ class Part:
         dtype: numpy dtype name.
         inline: index of the payload frame holding the bytes (0 = first after header).
         ref: shared-memory reference when the bytes are not on the socket.
+        encoding: ``raw`` (the array's bytes), or ``png`` / ``rle`` for masks.
     """
 
     name: str
@@ -74,12 +76,16 @@ class Part:
     dtype: str
     inline: int | None = None
     ref: ShmRef | None = None
+    encoding: str = "raw"
 
     def __post_init__(self) -> None:
         if (self.inline is None) == (self.ref is None):
             raise MessageError("bad_part", f"part {self.name!r} needs exactly one of inline or ref")
         if self.dtype not in _DTYPES:
             raise MessageError("bad_part", f"part {self.name!r} has dtype {self.dtype!r}; expected one of {sorted(_DTYPES)}")
+        if self.encoding not in ENCODINGS:
+            raise MessageError("bad_part", f"part {self.name!r} has encoding {self.encoding!r}; expected one of "
+                                           f"{list(ENCODINGS)}")
         if any((not isinstance(d, int)) or d < 0 for d in self.shape):
             raise MessageError("bad_part", f"part {self.name!r} has shape {self.shape}; expected non-negative ints")
 
@@ -89,7 +95,8 @@ class Part:
         return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        out: dict[str, Any] = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
+                               "encoding": self.encoding}
         if self.inline is not None:
             out["inline"] = self.inline
         else:
@@ -199,7 +206,8 @@ def _part_from_json(raw: Any) -> Part:
     inline = raw.get("inline")
     if inline is not None and not isinstance(inline, int):
         raise MessageError("bad_part", f"part inline index is {inline!r}, expected an int")
-    return Part(str(_require(raw, "name", str)), shape, str(_require(raw, "dtype", str)), inline, ref)
+    return Part(str(_require(raw, "name", str)), shape, str(_require(raw, "dtype", str)), inline, ref,
+                str(raw.get("encoding", "raw")))
 
 
 def decode(frames: Sequence[Any]) -> Message:
@@ -235,7 +243,7 @@ def decode(frames: Sequence[Any]) -> Message:
     parts = [_part_from_json(p) for p in _require(data, "parts", list)]
     payload = list(frames[2:])
     for part in parts:
-        if part.inline is None:
+        if part.inline is None or part.encoding != "raw":
             continue
         if not 0 <= part.inline < len(payload):
             raise MessageError("payload_mismatch", f"part {part.name!r} points at payload {part.inline}, "

@@ -6,7 +6,7 @@
  *   ./segstream-consumer tcp://127.0.0.1:5560 [COUNT]
  *
  * Prints one line per mask ("source index WxH bytes") and a summary; exits 0 when every
- * mask's payload matches its declared shape and frame indices of each source increase,
+ * raw mask's payload matches its declared shape and frame indices of each source increase,
  * after end of stream (or COUNT masks), and 1 otherwise.
  */
 #include <stdio.h>
@@ -40,12 +40,15 @@ static int read_string(const char *json, const char *key, char *out, size_t size
     return 1;
 }
 
-/* The mask part: {"name":"mask","shape":[H,W],"dtype":"uint8","inline":K}. */
-static int mask_part(const char *json, long *height, long *width, long *inline_index) {
+/* The mask part: {"name":"mask","shape":[H,W],"dtype":"uint8","encoding":"raw","inline":K}. */
+static int mask_part(const char *json, long *height, long *width, long *inline_index, int *raw) {
     const char *part = strstr(json, "{\"name\":\"mask\"");
     if (!part) return 0;
     const char *shape = find_key(part, "shape");
     if (!shape || sscanf(shape, "[%ld,%ld]", height, width) != 2) return 0;
+    char encoding[16] = "raw";
+    read_string(part, "encoding", encoding, sizeof encoding);
+    *raw = strcmp(encoding, "raw") == 0;
     *inline_index = read_long(part, "inline", -1);
     return *inline_index >= 0;
 }
@@ -100,8 +103,10 @@ int main(int argc, char **argv) {
             ended++;
         } else if (strcmp(kind, "result") == 0) {
             long index = read_long(header, "index", -1), height = 0, width = 0, k = -1;
-            if (!mask_part(header, &height, &width, &k) || 2 + k >= n ||
-                zmq_msg_size(&parts[2 + k]) != (size_t)(height * width)) {
+            int raw = 1;
+            /* raw masks must be exactly H*W bytes; png and rle ones are only counted here */
+            if (!mask_part(header, &height, &width, &k, &raw) || 2 + k >= n ||
+                (raw && zmq_msg_size(&parts[2 + k]) != (size_t)(height * width))) {
                 fprintf(stderr, "frame %ld: mask payload does not match its shape\n", index);
                 errors++;
             }

@@ -2,7 +2,7 @@
 consumers (ZeroMQ PUB, inline payload), recorded as PNG, and passed on to render.
 
 Settings: ``endpoint`` (PUB bind address, or None), ``record`` (folder or None),
-``per_source_dirs``, ``ignore_index``, ``model``.
+``per_source_dirs``, ``ignore_index``, ``model``, ``mask_encoding`` (raw, png, rle).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import time
 import cv2
 import numpy as np
 
+from segstream.pipeline.mask_codec import encode_mask
 from segstream.pipeline.messages import Kind, Message, Part, derive, encode
 from segstream.pipeline.payloads import PayloadReader
 from segstream.pipeline.records import source_dir, write_png
@@ -42,6 +43,7 @@ class PublishProcessor:
         self.per_source = bool(settings.get("per_source_dirs", False))
         self.ignore_index = int(settings.get("ignore_index", 255))
         self.model = settings.get("model", "")
+        self.encoding = settings.get("mask_encoding", "raw")
         endpoint = settings.get("endpoint")
         self.pub = make_socket(runtime.context, Role.RESULTS_PUB, bind=endpoint) if endpoint else None
         if self.pub is not None:
@@ -76,8 +78,8 @@ class PublishProcessor:
         public = derive(message, Kind.RESULT)
         public.header.meta.update({"model": self.model, "classes": class_shares(mask, self.ignore_index),
                                    "ignore_index": self.ignore_index})
-        public.header.parts.append(Part("mask", tuple(mask.shape), "uint8", inline=0))
-        public.payload.append(np.ascontiguousarray(mask))
+        public.header.parts.append(Part("mask", tuple(mask.shape), "uint8", inline=0, encoding=self.encoding))
+        public.payload.append(encode_mask(mask, self.encoding))
         gt = self.gt.get(message, "gt") if message.header.part("gt") else None
         if gt is not None:  # ground truth of a dataset replay, for downstream evaluation
             public.header.parts.append(Part("gt", tuple(gt.shape), "uint8", inline=1))

@@ -1,0 +1,41 @@
+"""Mask encodings: round trips and rejection of payloads that do not fit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from segstream.pipeline.mask_codec import MaskCodecError, decode_mask, encode_mask
+
+
+@pytest.mark.parametrize("encoding", ["raw", "png", "rle"])
+@pytest.mark.parametrize("kind", ["random", "blocks", "constant", "huge-run"])
+def test_round_trip(encoding, kind):
+    rng = np.random.default_rng(1)
+    if kind == "random":
+        mask = rng.integers(0, 256, (37, 53), dtype=np.uint8)
+    elif kind == "blocks":
+        mask = np.kron(rng.integers(0, 19, (8, 8)), np.ones((16, 32))).astype(np.uint8)
+    elif kind == "constant":
+        mask = np.full((4, 5), 255, np.uint8)
+    else:  # a run longer than the 24-bit run length of rle
+        mask = np.zeros((4200, 4200), np.uint8)
+    encoded = encode_mask(mask, encoding)
+    np.testing.assert_array_equal(decode_mask(encoded.tobytes(), encoding, mask.shape), mask)
+
+
+def test_rle_is_compact_for_segmentation_masks():
+    mask = np.kron(np.arange(4, dtype=np.uint8).reshape(2, 2), np.ones((270, 480), np.uint8))
+    assert encode_mask(mask, "rle").nbytes < mask.nbytes / 100
+
+
+@pytest.mark.parametrize("encoding, payload, message", [
+    ("raw", bytes(5), "raw mask has 5 bytes"),
+    ("rle", bytes(6), "not a multiple of 4"),
+    ("rle", np.array([(3 << 8) | 1], "<u4").tobytes(), "cover 3 pixels"),
+    ("png", b"not a png", "does not decode"),
+    ("jpeg", b"", "unknown mask encoding"),
+])
+def test_bad_payloads_are_refused(encoding, payload, message):
+    with pytest.raises(MaskCodecError, match=message):
+        decode_mask(payload, encoding, (2, 3))
