@@ -78,3 +78,43 @@ def test_encoded_masks_decode_to_the_recorded_ones(tmp_path, fast_onnx, encoding
         assert result.header["parts"][0]["encoding"] == encoding
         recorded = cv2.imread(str(record / "masks" / f"{result.name}.png"), cv2.IMREAD_UNCHANGED)
         np.testing.assert_array_equal(result.mask, recorded)
+
+
+def test_stalled_subscriber_costs_nothing_and_a_lossless_consumer_gets_every_mask(tmp_path, fast_onnx):
+    """A PUB subscriber that never reads does not slow a lossless replay of the dash-cam
+    clip; a consumer on the lossless channel receives every mask, in order (here at the
+    model's resolution)."""
+    import zmq
+
+    from conftest import CLIP
+    from pipeline_helpers import read_stats
+
+    def run(name: str, *extra: str) -> dict:
+        record = tmp_path / name
+        proc = start_pipeline(["run", "--source", str(CLIP), "--model", str(fast_onnx), "--max-frames", "80",
+                               "--record", str(record), *extra], tmp_path / f"{name}.log", tmp_path / "t")
+        assert proc.wait(timeout=180) == 0, (tmp_path / f"{name}.log").read_text()
+        return read_stats(record)
+
+    alone = run("alone", "--publish", "")
+    pub, lossless = f"ipc://{tmp_path}/pub.sock", f"ipc://{tmp_path}/lossless.sock"
+    context = zmq.Context()
+    stalled = context.socket(zmq.SUB)
+    stalled.connect(pub)
+    stalled.setsockopt(zmq.SUBSCRIBE, b"")
+    got = []
+    try:
+        with MaskSubscriber(lossless, lossless=True, timeout_s=120) as masks:
+            thread = threading.Thread(target=lambda: got.extend(masks))
+            thread.start()
+            watched = run("watched", "--publish", pub, "--publish-lossless", lossless, "--mask-resolution", "model")
+            thread.join(timeout=60)
+    finally:
+        stalled.close(0)
+        context.term()
+    assert [r.index for r in got] == list(range(80))
+    assert all(r.mask.shape == (128, 256) for r in got)
+    assert watched["frames_published"] == 80
+    ratio = watched["throughput_fps"] / alone["throughput_fps"]
+    print(f"throughput with a stalled subscriber and a lossless consumer: {ratio:.2f}x of alone")
+    assert ratio > 0.75

@@ -44,6 +44,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                                                          "tcp://127.0.0.1:5560)")
     p.add_argument("--max-frames", type=int, metavar="N", help="stop each source after N frames")
     p.add_argument("--mask-encoding", choices=["raw", "png", "rle"], help="published mask encoding (default raw)")
+    p.add_argument("--mask-resolution", choices=["frame", "model"], help="publish masks at frame (default) or model "
+                                                                         "resolution")
+    p.add_argument("--publish-lossless", metavar="ENDPOINT", help="also a PUSH channel for one consumer that must "
+                                                                  "get every mask (backpressure)")
     p.add_argument("--rate", metavar="native|N|max", help="replay pacing: the dataset's own timing, N frames per "
                                                           "second, or as fast as possible (default: max in lossless "
                                                           "flow, native in live flow)")
@@ -80,7 +84,8 @@ def _run_config(args: argparse.Namespace):
         live=live,
         sources=tuple(args.sources) if args.sources else None, model=args.model, weights=args.weights,
         policy=args.policy, record=args.record, publish=args.publish, max_frames=args.max_frames,
-        rate=args.rate, loop=args.loop, mask_encoding=args.mask_encoding,
+        rate=args.rate, loop=args.loop, mask_encoding=args.mask_encoding, mask_resolution=args.mask_resolution,
+        publish_lossless=args.publish_lossless,
         transport=args.transport, workers=args.workers, threads=args.threads, opacity=args.opacity,
     )
 
@@ -125,7 +130,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     """``segstream consume``."""
     from segstream.pipeline.consume import ConsumeOptions, consume
 
-    return consume(ConsumeOptions(args.endpoint, args.count, args.save, args.timeout))
+    return consume(ConsumeOptions(args.endpoint, args.count, args.save, args.timeout, args.lossless))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -172,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=0, metavar="N", help="exit after N masks")
     p.add_argument("--save", metavar="DIR", help="write masks as DIR/<source>/<frame>.png")
     p.add_argument("--timeout", type=float, default=0.0, metavar="S", help="give up after S s of silence")
+    p.add_argument("--lossless", action="store_true", help="ENDPOINT is a pipeline's --publish-lossless channel")
     p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(func=cmd_consume)
 

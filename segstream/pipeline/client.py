@@ -60,6 +60,8 @@ class MaskSubscriber:
         timeout_s: end the iteration after this long without a message (``timed_out``
             tells); None waits forever.
         until_end: end the iteration once every source seen has sent end of stream.
+        lossless: connect to a pipeline's ``--publish-lossless`` channel (PULL): every mask
+            arrives, and a consumer that falls behind slows the pipeline.
 
     The socket reconnects on its own when the pipeline restarts; a subscriber that joins
     late gets the next mask, not a backlog. Malformed messages are skipped and counted in
@@ -67,7 +69,7 @@ class MaskSubscriber:
     """
 
     def __init__(self, endpoint: str, sources: list[str] | None = None, timeout_s: float | None = None,
-                 until_end: bool = True) -> None:
+                 until_end: bool = True, lossless: bool = False) -> None:
         self.endpoint = endpoint
         self.sources = set(sources) if sources else None
         self.timeout_s = timeout_s
@@ -78,8 +80,9 @@ class MaskSubscriber:
         self.ended: set[str] = set()
         self._last: dict[str, int] = {}
         self._context = zmq.Context()
-        self._socket = make_socket(self._context, Role.RESULTS_SUB, connect=endpoint)
-        if self.sources:
+        self._socket = make_socket(self._context, Role.RESULTS_PULL if lossless else Role.RESULTS_SUB,
+                                   connect=endpoint)
+        if self.sources and not lossless:
             self._socket.setsockopt(zmq.UNSUBSCRIBE, b"")
             for source in self.sources:  # prefix filter in ZeroMQ, exact match below
                 self._socket.setsockopt(zmq.SUBSCRIBE, source.encode())

@@ -50,6 +50,9 @@ class PipelineConfig:
             second; None: ``native`` in live flow, ``max`` in lossless flow.
         loop: start video files over at their end.
         mask_encoding: how published masks are encoded: ``raw``, ``png`` or ``rle``.
+        mask_resolution: publish masks at the ``frame``'s resolution or the ``model``'s.
+        publish_lossless: endpoint of a PUSH channel for one consumer that must get every
+            mask (it slows the pipeline if it falls behind); "" for none.
         live: how streams and cameras connect (``LiveOptions`` fields: rtsp_transport,
             open_timeout_s, stall_timeout_s, connect_attempts, backoff_initial_s,
             backoff_max_s, width, height, fps).
@@ -81,6 +84,8 @@ class PipelineConfig:
     loop: bool = False
     live: dict[str, Any] = field(default_factory=dict)
     mask_encoding: str = "raw"
+    mask_resolution: str = "frame"
+    publish_lossless: str = ""
     transport: str = "ipc"
     tcp_host: str = "127.0.0.1"
     tcp_base_port: int = 5600
@@ -109,6 +114,8 @@ class PipelineConfig:
                               f"backends are not available yet), found {self.backend!r}")
         if self.mask_encoding not in ENCODINGS:
             raise ConfigError(f"mask_encoding must be one of {', '.join(ENCODINGS)}, found {self.mask_encoding!r}")
+        if self.mask_resolution not in ("frame", "model"):
+            raise ConfigError(f"mask_resolution must be 'frame' or 'model', found {self.mask_resolution!r}")
         if self.transport not in ("ipc", "tcp"):
             raise ConfigError(f"transport must be 'ipc' or 'tcp', found {self.transport!r}")
         if self.rate is not None:

@@ -27,19 +27,21 @@ class ConsumeOptions:
         count: exit after this many masks (0 = until end of stream).
         save: folder to write ``<source>/<frame>.png`` into, or None.
         timeout_s: exit with an error after this long without a message (0 = wait forever).
+        lossless: read a ``--publish-lossless`` channel instead of the PUB socket.
     """
 
     endpoint: str
     count: int = 0
     save: str | None = None
     timeout_s: float = 0.0
+    lossless: bool = False
 
 
 def consume(options: ConsumeOptions, out: TextIO = sys.stdout) -> int:
     """Receive and print masks; returns the exit code (0 ok, 1 timeout). Ctrl-C raises
     KeyboardInterrupt (the CLI exits 130) after closing the socket."""
     received = 0
-    subscriber = MaskSubscriber(options.endpoint, timeout_s=options.timeout_s or None)
+    subscriber = MaskSubscriber(options.endpoint, timeout_s=options.timeout_s or None, lossless=options.lossless)
     try:
         for result in subscriber:
             out.write(f"source={result.source} frame={result.index} name={result.name} "

@@ -116,7 +116,9 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
                        ring_readers=1 if render else 0, reader_ids={"labels": 0},
                        settings={"endpoint": config.publish or None, "record": config.record,
                                  "per_source_dirs": per_source, "ignore_index": metadata.ignore_index,
-                                 "model": metadata.name, "mask_encoding": config.mask_encoding}))
+                                 "model": metadata.name, "mask_encoding": config.mask_encoding,
+                                 "mask_resolution": config.mask_resolution,
+                                 "lossless_endpoint": config.publish_lossless or None}))
     if render:
         stages.append(spec("render", StageKind.RENDER, inputs=publish_out, reader_ids={"frame": 1, "mask": 0},
                            settings={"metadata": meta, "record": config.record, "per_source_dirs": per_source,

@@ -26,6 +26,8 @@ class Role(str, Enum):
     STAGE_IN_LIVE = "stage_in_live"  # PULL, drained to the newest message
     RESULTS_PUB = "results_pub"  # PUB to downstream consumers
     RESULTS_SUB = "results_sub"  # SUB of a downstream consumer
+    RESULTS_PUSH = "results_push"  # lossless channel to one consumer: backpressure by design
+    RESULTS_PULL = "results_pull"  # the consumer's side of it
     CONTROL_OUT = "control_out"  # stage -> supervisor events
     CONTROL_IN = "control_in"  # supervisor collects events
     COMMANDS_PUB = "commands_pub"  # supervisor -> stages
@@ -42,6 +44,8 @@ SOCKET_OPTIONS: dict[Role, tuple[int, dict[int, Any]]] = {
     Role.STAGE_IN_LIVE: (zmq.PULL, {zmq.RCVHWM: 64, zmq.LINGER: 0}),
     Role.RESULTS_PUB: (zmq.PUB, {zmq.SNDHWM: 256, zmq.LINGER: 1000}),
     Role.RESULTS_SUB: (zmq.SUB, {zmq.RCVHWM: 256, zmq.LINGER: 0, zmq.RECONNECT_IVL: 100, zmq.RECONNECT_IVL_MAX: 0}),
+    Role.RESULTS_PUSH: (zmq.PUSH, {zmq.SNDHWM: 16, zmq.LINGER: 1000}),
+    Role.RESULTS_PULL: (zmq.PULL, {zmq.RCVHWM: 16, zmq.LINGER: 0, zmq.RECONNECT_IVL: 100, zmq.RECONNECT_IVL_MAX: 0}),
     Role.CONTROL_OUT: (zmq.PUSH, {zmq.SNDHWM: 1000, zmq.LINGER: 1000}),
     Role.CONTROL_IN: (zmq.PULL, {zmq.RCVHWM: 10000, zmq.LINGER: 0}),
     Role.COMMANDS_PUB: (zmq.PUB, {zmq.SNDHWM: 100, zmq.LINGER: 0}),

@@ -2,7 +2,8 @@
 consumers (ZeroMQ PUB, inline payload), recorded as PNG, and passed on to render.
 
 Settings: ``endpoint`` (PUB bind address, or None), ``record`` (folder or None),
-``per_source_dirs``, ``ignore_index``, ``model``, ``mask_encoding`` (raw, png, rle).
+``per_source_dirs``, ``ignore_index``, ``model``, ``mask_encoding`` (raw, png, rle),
+``mask_resolution`` (frame or model), ``lossless_endpoint`` (PUSH channel, or None).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 from segstream.pipeline.mask_codec import encode_mask
 from segstream.pipeline.messages import Kind, Message, Part, derive, encode
 from segstream.pipeline.payloads import PayloadReader
+from segstream.pipeline.policies import FlowPolicy, Outbox
 from segstream.pipeline.records import source_dir, write_png
 from segstream.pipeline.stage import CARRIED, StageRuntime, StageSpec, close_writer, open_writer, run_middle_stage
 from segstream.pipeline.transport import Role, make_socket
@@ -51,16 +53,23 @@ class PublishProcessor:
             # them time to connect and subscribe before this stage reports ready, so they
             # get the first mask too (PUB drops messages for subscriptions not yet known).
             time.sleep(SUBSCRIBER_GRACE_S)
+        self.mask_resolution = settings.get("mask_resolution", "frame")
+        lossless = settings.get("lossless_endpoint")
+        # A consumer that must get every mask: PUSH blocks when it falls behind, and so
+        # slows the pipeline (that consumer chose backpressure; PUB subscribers never do).
+        self.lossless = Outbox([make_socket(runtime.context, Role.RESULTS_PUSH, bind=lossless)], FlowPolicy.LOSSLESS,
+                               runtime.stats.skipped, lambda: runtime.stopping) if lossless else None
         self.labels = PayloadReader(spec.reader_ids.get("labels"))
         self.gt = PayloadReader()  # ground truth travels inline
         self.writer = open_writer(spec) if spec.outputs else None
 
     def _publish(self, message: Message) -> None:
-        if self.pub is None:
-            return
-        # PUB never blocks: a subscriber that falls behind its HWM loses messages on its
-        # side (it sees the gap in frame indices); the pipeline never waits for it.
-        self.pub.send_multipart(encode(message), copy=False)
+        if self.pub is not None:
+            # PUB never blocks: a subscriber that falls behind its HWM loses messages on
+            # its side (it sees the gap in frame indices); the pipeline never waits for it.
+            self.pub.send_multipart(encode(message), copy=False)
+        if self.lossless is not None:
+            self.lossless.send(message)
 
     def process(self, message: Message) -> Message | None:
         labels = self.labels.take(message, "labels")
@@ -76,10 +85,11 @@ class PublishProcessor:
         if self.record:
             write_png(source_dir(self.record, header.source, self.per_source) / "masks" / f"{header.name}.png", mask)
         public = derive(message, Kind.RESULT)
-        public.header.meta.update({"model": self.model, "classes": class_shares(mask, self.ignore_index),
+        published = labels if self.mask_resolution == "model" else mask
+        public.header.meta.update({"model": self.model, "classes": class_shares(published, self.ignore_index),
                                    "ignore_index": self.ignore_index})
-        public.header.parts.append(Part("mask", tuple(mask.shape), "uint8", inline=0, encoding=self.encoding))
-        public.payload.append(encode_mask(mask, self.encoding))
+        public.header.parts.append(Part("mask", tuple(published.shape), "uint8", inline=0, encoding=self.encoding))
+        public.payload.append(encode_mask(published, self.encoding))
         gt = self.gt.get(message, "gt") if message.header.part("gt") else None
         if gt is not None:  # ground truth of a dataset replay, for downstream evaluation
             public.header.parts.append(Part("gt", tuple(gt.shape), "uint8", inline=1))
@@ -101,14 +111,16 @@ class PublishProcessor:
         self.labels.release(message, "labels")
 
     def end_of_stream(self, message: Message) -> None:
-        if self.pub is not None:
-            final = derive(message, Kind.EOS)
-            final.header.meta["published"] = self.runtime.stats.per_source.get(message.header.source, 0)
-            self._publish(final)
+        final = derive(message, Kind.EOS)
+        final.header.meta["published"] = self.runtime.stats.per_source.get(message.header.source, 0)
+        self._publish(final)
 
     def close(self) -> None:
+        linger = 0 if self.runtime.stopping else 1000
         if self.pub is not None:
-            self.pub.close(linger=0 if self.runtime.stopping else 1000)
+            self.pub.close(linger=linger)
+        if self.lossless is not None:
+            self.lossless.close(linger)
         self.labels.close()
         if self.writer is not None:
             close_writer(self.writer, self.runtime)
