@@ -281,3 +281,21 @@ def test_stages_do_not_outlive_a_killed_supervisor(tmp_path, espnet_onnx):
         time.sleep(0.1)
     assert session_processes(proc.pid) == []
     assert [n for n in os.listdir("/dev/shm") if n.startswith(f"segstream-{run_id}")] == []
+
+
+def test_render_options_reach_the_overlay_video(tmp_path, fast_onnx):
+    record = tmp_path / "rec"
+    proc = start_pipeline(["run", "--source", str(CLIP), "--model", str(fast_onnx), "--max-frames", "5",
+                           "--record", str(record), "--publish", "", "--render-mode", "side-by-side",
+                           "--classes", "road,car", "--no-legend"], tmp_path / "run.log", tmp_path / "t")
+    assert proc.wait(timeout=120) == 0, (tmp_path / "run.log").read_text()
+    frames = video_frames(record / "overlay.mp4")
+    assert len(frames) == 5 and frames[0].shape == (540, 1920, 3)
+
+
+def test_unknown_class_name_is_a_clear_error(tmp_path, fast_onnx):
+    from conftest import run_segstream
+
+    result = run_segstream("run", "--source", str(CLIP), "--model", str(fast_onnx), "--record", str(tmp_path),
+                           "--publish", "", "--classes", "unicorn")
+    assert result.returncode == 2 and "unknown class 'unicorn'" in result.stderr and "road" in result.stderr

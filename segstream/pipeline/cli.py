@@ -61,6 +61,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="parallel inference processes (0 = auto)")
     p.add_argument("--threads", type=int, help="threads per inference process (0 = auto)")
     p.add_argument("--opacity", type=float, help="overlay opacity 0-1 (default 0.5)")
+    p.add_argument("--render-mode", choices=["blend", "mask", "side-by-side"], help="what the overlay shows")
+    p.add_argument("--classes", help="colour only these classes, e.g. road,car (names or ids)")
+    p.add_argument("--no-legend", dest="legend", action="store_false", default=None, help="no legend")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
 
@@ -85,7 +88,8 @@ def _run_config(args: argparse.Namespace):
         sources=tuple(args.sources) if args.sources else None, model=args.model, weights=args.weights,
         policy=args.policy, record=args.record, publish=args.publish, max_frames=args.max_frames,
         rate=args.rate, loop=args.loop, mask_encoding=args.mask_encoding, mask_resolution=args.mask_resolution,
-        publish_lossless=args.publish_lossless,
+        publish_lossless=args.publish_lossless, render_mode=args.render_mode, legend=args.legend,
+        render_classes=tuple(c.strip() for c in args.classes.split(",")) if args.classes else None,
         transport=args.transport, workers=args.workers, threads=args.threads, opacity=args.opacity,
     )
 

@@ -66,6 +66,9 @@ class PipelineConfig:
         threads: threads per inference process (0 = the cores divided among workers).
         opacity: overlay opacity.
         legend: draw the legend.
+        render_mode: ``blend`` (colours over the frame), ``mask`` (colours only) or
+            ``side-by-side`` (frame and blend).
+        render_classes: colour only these classes (names or ids); empty: all.
         render: run the render stage even without ``record`` (0/1); auto when None.
         stage_delay_ms: artificial per-frame delay per stage kind (tests, demos of
             slow stages).
@@ -93,6 +96,8 @@ class PipelineConfig:
     threads: int = 0
     opacity: float = 0.5
     legend: bool = True
+    render_mode: str = "blend"
+    render_classes: tuple[str, ...] = ()
     render: bool | None = None
     stage_delay_ms: dict[str, float] = field(default_factory=dict)
     ready_timeout_s: float = 120.0
@@ -114,6 +119,9 @@ class PipelineConfig:
                               f"backends are not available yet), found {self.backend!r}")
         if self.mask_encoding not in ENCODINGS:
             raise ConfigError(f"mask_encoding must be one of {', '.join(ENCODINGS)}, found {self.mask_encoding!r}")
+        if self.render_mode not in ("blend", "mask", "side-by-side"):
+            raise ConfigError(f"render_mode must be blend, mask or side-by-side, found {self.render_mode!r}")
+        set_(self, "render_classes", tuple(str(c) for c in self.render_classes))
         if self.mask_resolution not in ("frame", "model"):
             raise ConfigError(f"mask_resolution must be 'frame' or 'model', found {self.mask_resolution!r}")
         if self.transport not in ("ipc", "tcp"):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from segstream.engines.metadata import ModelMetadata
-from segstream.pipeline.config import PipelineConfig
+from segstream.pipeline.config import ConfigError, PipelineConfig
 from segstream.pipeline.policies import FlowPolicy
 from segstream.pipeline.stage import StageKind, StageSpec
 from segstream.pipeline.transport import ipc_endpoint
@@ -122,8 +122,26 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
     if render:
         stages.append(spec("render", StageKind.RENDER, inputs=publish_out, reader_ids={"frame": 1, "mask": 0},
                            settings={"metadata": meta, "record": config.record, "per_source_dirs": per_source,
-                                     "opacity": config.opacity, "legend": config.legend}))
+                                     "opacity": config.opacity, "legend": config.legend,
+                                     "mode": config.render_mode,
+                                     "classes": class_ids(config.render_classes, metadata)}))
     return RunPlan(run_id, policy, tuple(stages), control, commands, per_source)
+
+
+def class_ids(names: tuple[str, ...], metadata: ModelMetadata) -> list[int] | None:
+    """Class ids for names or ids given by the user; None for "all classes"."""
+    if not names:
+        return None
+    ids = []
+    for name in names:
+        if name.isdigit() and int(name) < metadata.num_classes:
+            ids.append(int(name))
+        elif name in metadata.class_names:
+            ids.append(metadata.class_names.index(name))
+        else:
+            raise ConfigError(f"unknown class {name!r} for render_classes; the model's classes are "
+                              f"{', '.join(metadata.class_names)}")
+    return ids
 
 
 def worker_layout(config: PipelineConfig, policy: FlowPolicy) -> tuple[int, int]:

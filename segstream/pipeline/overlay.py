@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from enum import Enum
 
 import cv2
 import numpy as np
@@ -12,6 +13,14 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+class RenderMode(str, Enum):
+    """What the rendered image shows."""
+
+    BLEND = "blend"  # class colours over the frame
+    MASK = "mask"  # class colours only
+    SIDE_BY_SIDE = "side-by-side"  # the frame, and the blend beside it (twice as wide)
 
 
 @dataclass(frozen=True)
@@ -22,15 +31,20 @@ class OverlayStyle:
         opacity: weight of the class colour, 0 (frame only) to 1 (mask only).
         legend: draw the legend of the classes present.
         legend_rows: at most this many classes in the legend (largest first).
+        mode: blend, mask only, or side by side.
+        classes: colour only these class ids (None: all).
     """
 
     opacity: float = 0.5
     legend: bool = True
     legend_rows: int = 10
+    mode: RenderMode = RenderMode.BLEND
+    classes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.opacity <= 1.0:
             raise ValueError(f"opacity must be between 0 and 1, found {self.opacity}")
+        object.__setattr__(self, "mode", RenderMode(self.mode))
 
 
 class OverlayRenderer:
@@ -55,14 +69,23 @@ class OverlayRenderer:
         self.ignore_index = ignore_index
         self._lut = np.zeros((256, 1, 3), np.uint8)  # cv2.LUT wants one table per channel
         self._lut[: len(palette), 0] = np.asarray(palette, np.uint8).reshape(-1, 3)
+        # Pixels of classes left out by the filter are drawn like the ignore label.
+        self._hidden = np.zeros(256, np.uint8)
+        self._hidden[ignore_index] = 1
+        if style.classes is not None:
+            self._hidden[[c for c in range(256) if c not in set(style.classes)]] = 1
 
     def blend(self, frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """The frame with class colours blended in (ignored pixels untouched)."""
+        """The frame with class colours blended in (ignored and filtered-out pixels
+        untouched); in ``mask`` mode the colours alone (those pixels black)."""
         colours = cv2.LUT(cv2.cvtColor(mask, cv2.COLOR_GRAY2BGR), self._lut)
+        hidden = self._hidden[mask]
+        if self.style.mode is RenderMode.MASK:
+            colours[hidden.astype(bool)] = 0
+            return colours
         out = cv2.addWeighted(frame, 1.0 - self.style.opacity, colours, self.style.opacity, 0.0)
-        ignored = mask == self.ignore_index
-        if ignored.any():
-            cv2.copyTo(frame, ignored.view(np.uint8), out)
+        if hidden.any():
+            cv2.copyTo(frame, hidden, out)
         return out
 
     def annotate(self, frame: np.ndarray, mask: np.ndarray, index: int | None = None, fps: float | None = None) -> np.ndarray:
@@ -70,6 +93,8 @@ class OverlayRenderer:
         if mask.shape != frame.shape[:2]:
             raise ValueError(f"mask shape {mask.shape} does not match frame shape {frame.shape[:2]}")
         out = self.blend(frame, mask)
+        if self.style.mode is RenderMode.SIDE_BY_SIDE:
+            out = np.hstack([frame, out])
         scale = max(frame.shape[0] / 720.0, 0.5)
         if index is not None or fps is not None:
             text = " ".join(t for t in (f"frame {index}" if index is not None else "",
@@ -87,7 +112,7 @@ class OverlayRenderer:
 
     def _legend(self, image: np.ndarray, mask: np.ndarray, scale: float) -> None:
         counts = cv2.calcHist([mask], [0], None, [256], [0, 256]).ravel().astype(np.int64)
-        present = [i for i in np.argsort(counts)[::-1] if counts[i] and i != self.ignore_index
+        present = [i for i in np.argsort(counts)[::-1] if counts[i] and not self._hidden[i]
                    and i < len(self.class_names)][: self.style.legend_rows]
         if not present:
             return

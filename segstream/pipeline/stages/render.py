@@ -1,7 +1,7 @@
 """Render stage: frame + mask -> overlay video (``--record``).
 
 Settings: ``record`` (folder), ``per_source_dirs``, ``metadata`` (class names, palette),
-``opacity``, ``legend``.
+``opacity``, ``legend``, ``mode`` (blend, mask, side-by-side), ``classes`` (ids to colour).
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ class RenderProcessor:
         self.runtime = runtime
         settings = spec.settings
         meta = ModelMetadata.from_dict(settings["metadata"])
-        style = OverlayStyle(opacity=float(settings.get("opacity", 0.5)), legend=bool(settings.get("legend", True)))
+        classes = settings.get("classes")
+        style = OverlayStyle(opacity=float(settings.get("opacity", 0.5)), legend=bool(settings.get("legend", True)),
+                             mode=settings.get("mode", "blend"), classes=tuple(classes) if classes else None)
         self.renderer = OverlayRenderer(meta.class_names, meta.palette, meta.ignore_index, style)
         self.record = settings.get("record")
         self.per_source = bool(settings.get("per_source_dirs", False))

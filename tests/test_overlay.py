@@ -1,0 +1,61 @@
+"""Overlay rendering: blend, mask only, side by side, class filter, legend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from segstream.engines import cityscapes
+from segstream.pipeline.overlay import OverlayRenderer, OverlayStyle, RenderMode
+
+
+def _renderer(**style) -> OverlayRenderer:
+    return OverlayRenderer(cityscapes.CLASS_NAMES, cityscapes.PALETTE_BGR, 255, OverlayStyle(**style))
+
+
+@pytest.fixture
+def scene():
+    frame = np.full((100, 200, 3), 100, np.uint8)
+    mask = np.zeros((100, 200), np.uint8)  # road
+    mask[:, 100:] = cityscapes.CLASS_NAMES.index("car")
+    mask[:10] = 255  # ignored
+    return frame, mask
+
+
+def test_blend_colours_classes_and_leaves_ignored_pixels(scene):
+    frame, mask = scene
+    out = _renderer(opacity=0.5, legend=False).blend(frame, mask)
+    road = np.array(cityscapes.PALETTE_BGR[0])
+    np.testing.assert_allclose(out[50, 50], (frame[50, 50] + road) / 2, atol=1)
+    np.testing.assert_array_equal(out[5, 5], frame[5, 5])
+
+
+def test_mask_mode_draws_colours_only(scene):
+    frame, mask = scene
+    out = _renderer(mode=RenderMode.MASK, legend=False).blend(frame, mask)
+    np.testing.assert_array_equal(out[50, 150], cityscapes.PALETTE_BGR[13])
+    np.testing.assert_array_equal(out[5, 5], (0, 0, 0))
+
+
+def test_side_by_side_puts_the_frame_beside_the_blend(scene):
+    frame, mask = scene
+    out = _renderer(mode="side-by-side", legend=False).annotate(frame, mask)
+    assert out.shape == (100, 400, 3)
+    np.testing.assert_array_equal(out[50:, :200][:, :], np.broadcast_to(frame[50:], (50, 200, 3)))
+
+
+def test_class_filter_colours_only_the_chosen_classes(scene):
+    frame, mask = scene
+    out = _renderer(classes=(13,), legend=False).blend(frame, mask)
+    np.testing.assert_array_equal(out[50, 50], frame[50, 50])  # road left alone
+    assert not np.array_equal(out[50, 150], frame[50, 150])  # car coloured
+
+
+def test_legend_draws_into_the_top_right_only_when_asked(scene):
+    frame, mask = scene
+    frame = np.full((720, 1280, 3), 100, np.uint8)
+    mask = np.zeros((720, 1280), np.uint8)
+    with_legend = _renderer(opacity=0.0).annotate(frame, mask)
+    without = _renderer(opacity=0.0, legend=False).annotate(frame, mask)
+    assert not np.array_equal(with_legend[:80, -220:], without[:80, -220:])
+    np.testing.assert_array_equal(without[:80, -220:], frame[:80, -220:])
