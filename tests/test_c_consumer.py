@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import KITTI_FRAMES, ROOT
 from pipeline_helpers import start_pipeline, stop_started_pipelines
 

@@ -8,9 +8,9 @@ import time
 import cv2
 import numpy as np
 import pytest
-
 from conftest import KITTI_FRAMES
 from pipeline_helpers import start_pipeline, stop_started_pipelines
+
 from segstream.pipeline.client import MaskSubscriber
 
 pytestmark = pytest.mark.integration
@@ -85,7 +85,6 @@ def test_stalled_subscriber_costs_nothing_and_a_lossless_consumer_gets_every_mas
     clip; a consumer on the lossless channel receives every mask, in order (here at the
     model's resolution)."""
     import zmq
-
     from conftest import CLIP
     from pipeline_helpers import read_stats
 

@@ -1,7 +1,7 @@
-"""Frame sources: video files, image folders and globs, and a synthetic test pattern.
-
-``open_source(uri)`` picks the source from the URI by a literal table of schemes and
-checks; every source yields ``SourceFrame`` objects holding BGR uint8 images.
+"""Frame sources: video files, image folders and globs, a synthetic test pattern, and the
+entry point ``open_source(uri)`` that also opens dataset replays (``datasets.py``) and
+streams and cameras (``streams.py``). Every source yields ``SourceFrame`` objects holding
+BGR uint8 images.
 """
 
 from __future__ import annotations
