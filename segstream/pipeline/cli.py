@@ -64,6 +64,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--render-mode", choices=["blend", "mask", "side-by-side"], help="what the overlay shows")
     p.add_argument("--classes", help="colour only these classes, e.g. road,car (names or ids)")
     p.add_argument("--no-legend", dest="legend", action="store_false", default=None, help="no legend")
+    p.add_argument("--view", nargs="?", const="127.0.0.1:8080", metavar="HOST:PORT",
+                   help="live view in a browser (default 127.0.0.1:8080)")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
 
@@ -88,7 +90,7 @@ def _run_config(args: argparse.Namespace):
         sources=tuple(args.sources) if args.sources else None, model=args.model, weights=args.weights,
         policy=args.policy, record=args.record, publish=args.publish, max_frames=args.max_frames,
         rate=args.rate, loop=args.loop, mask_encoding=args.mask_encoding, mask_resolution=args.mask_resolution,
-        publish_lossless=args.publish_lossless, render_mode=args.render_mode, legend=args.legend,
+        publish_lossless=args.publish_lossless, render_mode=args.render_mode, legend=args.legend, view=args.view,
         render_classes=tuple(c.strip() for c in args.classes.split(",")) if args.classes else None,
         transport=args.transport, workers=args.workers, threads=args.threads, opacity=args.opacity,
     )
@@ -101,6 +103,8 @@ def _execute(config) -> int:
     model_path, metadata = resolve_model(config.model, config.weights)
     if config.record:
         Path(config.record).mkdir(parents=True, exist_ok=True)
+    if config.view:
+        print(f"live view: http://{config.view}/")
     result = Supervisor(config, model_path, metadata).run()
     if config.record:
         path = write_stats(result.stats, config.record)

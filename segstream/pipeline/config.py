@@ -69,6 +69,7 @@ class PipelineConfig:
         render_mode: ``blend`` (colours over the frame), ``mask`` (colours only) or
             ``side-by-side`` (frame and blend).
         render_classes: colour only these classes (names or ids); empty: all.
+        view: ``HOST:PORT`` of the live view in a browser ("" for none).
         render: run the render stage even without ``record`` (0/1); auto when None.
         stage_delay_ms: artificial per-frame delay per stage kind (tests, demos of
             slow stages).
@@ -98,6 +99,7 @@ class PipelineConfig:
     legend: bool = True
     render_mode: str = "blend"
     render_classes: tuple[str, ...] = ()
+    view: str = ""
     render: bool | None = None
     stage_delay_ms: dict[str, float] = field(default_factory=dict)
     ready_timeout_s: float = 120.0

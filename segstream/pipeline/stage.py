@@ -134,6 +134,7 @@ class StageRuntime:
         self.stats = StageStats(spec.name)
         self._stop = False
         self._finish = False
+        self.pipeline_stats: dict[str, Any] = {}  # latest figures the supervisor sent
         self._last_report = time.monotonic()
         self._parent = os.getppid()
         self._last_parent_check = time.monotonic()
@@ -154,6 +155,12 @@ class StageRuntime:
                 out.append(self.commands.recv(zmq.NOBLOCK))
             except zmq.Again:
                 break
+        for command in out:
+            if command.startswith(b"stats "):  # the supervisor's pipeline-wide figures
+                try:
+                    self.pipeline_stats = json.loads(command[6:])
+                except ValueError:
+                    logger.debug("ignored malformed stats command")
         if b"stop" in out:
             self._stop = True
         if b"finish" in out:

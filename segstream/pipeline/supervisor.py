@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 STOP_GRACE_S = 1.2  # after a stop request, stages get this long before SIGKILL
 START_RESEND_S = 0.1
+BROADCAST_S = 1.0  # how often the supervisor sends pipeline-wide figures to the stages
 MAX_IPC_DIR = 80  # ipc:// paths must fit in sun_path (108 bytes) with the socket name
 
 
@@ -250,9 +251,12 @@ class Supervisor:
 
     def _supervise(self, control: zmq.Socket, commands: zmq.Socket) -> str:
         deadline = time.monotonic() + self.config.ready_timeout_s
-        last_start = 0.0
+        last_start = last_broadcast = 0.0
         while True:
             self._drain_events(control, 0.05)
+            if self.state is RunState.RUNNING and time.monotonic() - last_broadcast > BROADCAST_S:
+                last_broadcast = time.monotonic()
+                commands.send(b"stats " + json.dumps(self._live_figures()).encode())
             if self._stop_requested:
                 return ""
             death = self._check_deaths()
@@ -279,6 +283,16 @@ class Supervisor:
             if all(s.process.poll() == 0 for s in self.stages):
                 self._drain_events(control, 0.1)
                 return ""
+
+    def _live_figures(self) -> dict[str, Any]:
+        """Pipeline-wide figures for stages that show them (the live view)."""
+        stats = {s.spec.name: s.stats for s in self.stages if s.stats}
+        return {
+            "stages": {name: st.get("process_ms", {}).get("median", 0.0) for name, st in stats.items()},
+            "skipped": sum(sum(st.get("skipped", {}).values()) for name, st in stats.items() if name != "render"),
+            "frames_in": sum(st.get("frames_in", 0) for s in self.stages if s.spec.kind is StageKind.CAPTURE
+                             for st in [stats.get(s.spec.name, {})]),
+        }
 
     # -- stopping ---------------------------------------------------------------------
 

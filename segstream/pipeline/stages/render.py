@@ -1,7 +1,8 @@
 """Render stage: frame + mask -> overlay video (``--record``).
 
 Settings: ``record`` (folder), ``per_source_dirs``, ``metadata`` (class names, palette),
-``opacity``, ``legend``, ``mode`` (blend, mask, side-by-side), ``classes`` (ids to colour).
+``opacity``, ``legend``, ``mode`` (blend, mask, side-by-side), ``classes`` (ids to colour),
+``view`` (``HOST:PORT`` of the live view in a browser, or None).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -19,6 +21,8 @@ from segstream.pipeline.overlay import OverlayRenderer, OverlayStyle
 from segstream.pipeline.payloads import PayloadReader
 from segstream.pipeline.records import source_dir
 from segstream.pipeline.stage import StageRuntime, StageSpec, run_middle_stage
+from segstream.pipeline.stats import summarize
+from segstream.pipeline.view import ViewServer
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +75,9 @@ class RenderProcessor:
         self.frames = PayloadReader(spec.reader_ids.get("frame"))
         self.masks = PayloadReader(spec.reader_ids.get("mask"))
         self.sinks: dict[str, VideoSink] = {}
+        self.view = ViewServer(settings["view"]) if settings.get("view") else None
+        self._meta = meta
+        self._colours = ["#%02x%02x%02x" % (r, g, b) for b, g, r in meta.palette]
         self._last_seen: dict[str, float] = {}
         self._rate: dict[str, float] = {}
 
@@ -101,7 +108,28 @@ class RenderProcessor:
                 sink = self.sinks[header.source] = VideoSink(path, float(header.meta.get("fps") or DEFAULT_FPS))
             sink.write(image)
         self.runtime.stats.latency_ms.append((time.monotonic_ns() - header.capture_ns) / 1e6)
+        if self.view is not None:
+            self.view.state.publish(image, self._view_figures(message, mask))
         return message
+
+    def _view_figures(self, message: Message, mask: np.ndarray) -> dict[str, Any]:
+        stats = self.runtime.stats
+        pipeline = self.runtime.pipeline_stats
+        recent = list(stats.latency_ms)[-100:]
+        counts = cv2.calcHist([mask], [0], None, [256], [0, 256]).ravel()
+        names = self._meta.class_names
+        classes = [{"name": names[i], "colour": self._colours[i], "share": round(float(counts[i]) / mask.size, 4)}
+                   for i in np.argsort(counts)[::-1] if counts[i] and i < len(names)][:12]
+        return {
+            "fps": round(self._rate.get(message.header.source, 0.0), 2),
+            "frame": message.header.index,
+            "source": message.header.source,
+            "model": self._meta.name,
+            "latency_ms": summarize(recent),
+            "skipped": pipeline.get("skipped", sum(stats.skipped.values())),
+            "stages": pipeline.get("stages", {}),
+            "classes": classes,
+        }
 
     def blocked_ns(self) -> int:
         return 0
@@ -116,6 +144,8 @@ class RenderProcessor:
             sink.close()
 
     def close(self) -> None:
+        if self.view is not None:
+            self.view.close()
         for sink in self.sinks.values():
             sink.close()
         self.sinks.clear()

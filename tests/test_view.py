@@ -1,0 +1,74 @@
+"""The live view in real headless Chromium: the page loads, the overlay updates, the
+numbers change, and closing the page frees its stream."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from pipeline_helpers import start_pipeline, stop_started_pipelines, wait_for_log
+from test_streams import free_port
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+
+
+@pytest.fixture(autouse=True)
+def _stop_what_the_test_started():
+    yield
+    stop_started_pipelines()
+
+
+def chromium(tmp_path, url: str, *args: str) -> str:
+    profile = tmp_path / f"profile-{time.monotonic_ns()}"
+    result = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                             f"--user-data-dir={profile}", "--window-size=1280,720", *args, url],
+                            capture_output=True, text=True, timeout=60)
+    return result.stdout
+
+
+def stats(address: str) -> dict:
+    with urllib.request.urlopen(f"http://{address}/stats.json", timeout=5) as response:
+        return json.loads(response.read())
+
+
+@needs_chromium
+def test_live_view_in_headless_chromium(tmp_path, fast_onnx):
+    address = f"127.0.0.1:{free_port()}"
+    log = tmp_path / "run.log"
+    proc = start_pipeline(["run", "--source", "test-pattern:640x360@25", "--model", str(fast_onnx), "--publish", "",
+                           "--view", address], log, tmp_path / "t")
+    wait_for_log(log, r"running")
+    deadline = time.monotonic() + 30
+    while stats(address)["frame"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+    first_dom = chromium(tmp_path, f"http://{address}/", "--virtual-time-budget=2000", "--dump-dom")
+    shots = []
+    for k in range(2):
+        shot = tmp_path / f"view{k}.png"
+        chromium(tmp_path, f"http://{address}/", "--virtual-time-budget=2000", f"--screenshot={shot}")
+        shots.append(shot.read_bytes())
+        time.sleep(1.0)
+    second_dom = chromium(tmp_path, f"http://{address}/", "--virtual-time-budget=2000", "--dump-dom")
+
+    frame_numbers = [int(re.search(r'<b id="frame">(\d+)</b>', dom).group(1)) for dom in (first_dom, second_dom)]
+    assert frame_numbers[1] > frame_numbers[0] > 0  # the numbers on the page change
+    assert '<span class="swatch"' in second_dom  # the classes present are listed
+    assert shots[0] != shots[1] and all(len(s) > 10_000 for s in shots)  # the overlay image updates
+    time.sleep(1.0)
+    assert stats(address)["viewers"] == 0  # every closed page freed its stream
+
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=10) == 130
