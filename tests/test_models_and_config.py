@@ -115,6 +115,8 @@ def test_cli_export_writes_onnx_with_metadata(tmp_path):
     (["run", "--model", "nope", "--publish", ""], "unknown model 'nope'"),
     (["run", "--source", "test-pattern:huge", "--publish", ""], "expected test-pattern"),
     (["export", "fcn-resnet999", "-o", "x.onnx"], "known models: espnet-cityscapes"),
+    (["run", "--display", "--publish", ""], "--display needs"),
+    (["run", "--rtsp-out", "http://x/y", "--publish", ""], "rtsp_out takes rtsp://"),
 ])
 def test_cli_bad_input_exits_2_with_a_clear_message(args, message):
     result = run_segstream(*args, timeout=120)

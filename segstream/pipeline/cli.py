@@ -66,6 +66,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-legend", dest="legend", action="store_false", default=None, help="no legend")
     p.add_argument("--view", nargs="?", const="127.0.0.1:8080", metavar="HOST:PORT",
                    help="live view in a browser (default 127.0.0.1:8080)")
+    p.add_argument("--rtsp-out", metavar="rtsp://HOST:PORT/PATH", help="push the overlay as H.264 to an RTSP server")
+    p.add_argument("--display", action="store_true", default=None, help="show the overlay in a window")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
 
@@ -91,6 +93,7 @@ def _run_config(args: argparse.Namespace):
         policy=args.policy, record=args.record, publish=args.publish, max_frames=args.max_frames,
         rate=args.rate, loop=args.loop, mask_encoding=args.mask_encoding, mask_resolution=args.mask_resolution,
         publish_lossless=args.publish_lossless, render_mode=args.render_mode, legend=args.legend, view=args.view,
+        rtsp_out=args.rtsp_out, display=args.display,
         render_classes=tuple(c.strip() for c in args.classes.split(",")) if args.classes else None,
         transport=args.transport, workers=args.workers, threads=args.threads, opacity=args.opacity,
     )

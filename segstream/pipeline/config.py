@@ -70,6 +70,9 @@ class PipelineConfig:
             ``side-by-side`` (frame and blend).
         render_classes: colour only these classes (names or ids); empty: all.
         view: ``HOST:PORT`` of the live view in a browser ("" for none).
+        rtsp_out: ``rtsp://HOST:PORT/PATH`` to push the overlay to as H.264 ("" for none).
+        display: show the overlay in an OpenCV window (needs a screen and an OpenCV
+            build with a GUI).
         render: run the render stage even without ``record`` (0/1); auto when None.
         stage_delay_ms: artificial per-frame delay per stage kind (tests, demos of
             slow stages).
@@ -100,6 +103,8 @@ class PipelineConfig:
     render_mode: str = "blend"
     render_classes: tuple[str, ...] = ()
     view: str = ""
+    rtsp_out: str = ""
+    display: bool = False
     render: bool | None = None
     stage_delay_ms: dict[str, float] = field(default_factory=dict)
     ready_timeout_s: float = 120.0
@@ -124,6 +129,10 @@ class PipelineConfig:
         if self.render_mode not in ("blend", "mask", "side-by-side"):
             raise ConfigError(f"render_mode must be blend, mask or side-by-side, found {self.render_mode!r}")
         set_(self, "render_classes", tuple(str(c) for c in self.render_classes))
+        if self.rtsp_out and not self.rtsp_out.startswith("rtsp://"):
+            raise ConfigError(f"rtsp_out takes rtsp://HOST:PORT/PATH, found {self.rtsp_out!r}")
+        if self.display:
+            check_display()
         if self.mask_resolution not in ("frame", "model"):
             raise ConfigError(f"mask_resolution must be 'frame' or 'model', found {self.mask_resolution!r}")
         if self.transport not in ("ipc", "tcp"):
@@ -162,6 +171,22 @@ class PipelineConfig:
         if unknown:
             raise ConfigError(f"unknown settings {unknown}")
         return dataclasses.replace(self, **changes)
+
+
+def check_display() -> None:
+    """Raise ConfigError with the fix if no OpenCV window can be shown here."""
+    import os
+
+    import cv2
+
+    gui = next((line.split(":", 1)[1].strip() for line in cv2.getBuildInformation().splitlines()
+                if line.strip().startswith("GUI:")), "NONE")
+    if gui.upper() == "NONE":
+        raise ConfigError("--display needs an OpenCV build with a GUI, and this one has none (opencv-python-headless); "
+                          "install opencv-python instead, or watch in a browser with --view")
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise ConfigError("--display needs a screen, and no DISPLAY is set; run it on a desktop, or watch in a "
+                          "browser with --view")
 
 
 def load_config(path: str | Path | None) -> PipelineConfig:

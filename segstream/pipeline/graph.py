@@ -75,7 +75,8 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
         return ipc_endpoint(run_dir, f"{name}.sock")
 
     live = policy is FlowPolicy.LIVE
-    render = config.render if config.render is not None else (config.record is not None or bool(config.view))
+    render = config.render if config.render is not None else (
+        config.record is not None or bool(config.view) or bool(config.rtsp_out) or config.display)
     per_source = len(config.sources) > 1
     control, commands = endpoint("control"), endpoint("commands")
     meta = _metadata_dict(metadata)
@@ -124,6 +125,7 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
                            settings={"metadata": meta, "record": config.record, "per_source_dirs": per_source,
                                      "opacity": config.opacity, "legend": config.legend,
                                      "mode": config.render_mode, "view": config.view or None,
+                                     "rtsp_out": config.rtsp_out or None, "display": config.display,
                                      "classes": class_ids(config.render_classes, metadata)}))
     return RunPlan(run_id, policy, tuple(stages), control, commands, per_source)
 

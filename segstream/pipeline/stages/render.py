@@ -2,7 +2,8 @@
 
 Settings: ``record`` (folder), ``per_source_dirs``, ``metadata`` (class names, palette),
 ``opacity``, ``legend``, ``mode`` (blend, mask, side-by-side), ``classes`` (ids to colour),
-``view`` (``HOST:PORT`` of the live view in a browser, or None).
+``view`` (``HOST:PORT`` of the live view in a browser, or None), ``rtsp_out`` (an
+``rtsp://`` URL to push the overlay to as H.264), ``display`` (an OpenCV window).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from segstream.pipeline.messages import Message
 from segstream.pipeline.overlay import OverlayRenderer, OverlayStyle
 from segstream.pipeline.payloads import PayloadReader
 from segstream.pipeline.records import source_dir
+from segstream.pipeline.rtsp_out import RtspOutError, RtspPublisher
 from segstream.pipeline.stage import StageRuntime, StageSpec, run_middle_stage
 from segstream.pipeline.stats import summarize
 from segstream.pipeline.view import ViewServer
@@ -76,6 +78,9 @@ class RenderProcessor:
         self.masks = PayloadReader(spec.reader_ids.get("mask"))
         self.sinks: dict[str, VideoSink] = {}
         self.view = ViewServer(settings["view"]) if settings.get("view") else None
+        self.rtsp_out: str | None = settings.get("rtsp_out")
+        self.display = bool(settings.get("display", False))
+        self.publishers: dict[str, RtspPublisher] = {}
         self._meta = meta
         self._colours = ["#%02x%02x%02x" % (r, g, b) for b, g, r in meta.palette]
         self._last_seen: dict[str, float] = {}
@@ -110,7 +115,27 @@ class RenderProcessor:
         self.runtime.stats.latency_ms.append((time.monotonic_ns() - header.capture_ns) / 1e6)
         if self.view is not None:
             self.view.state.publish(image, self._view_figures(message, mask))
+        if self.rtsp_out:
+            self._push(header.source, image, float(header.meta.get("fps") or DEFAULT_FPS))
+        if self.display:
+            cv2.imshow(f"segstream {header.source}", image)
+            cv2.waitKey(1)
         return message
+
+    def _push(self, source: str, image: np.ndarray, fps: float) -> None:
+        """Send the overlay to the RTSP server (one path per source when there are several)."""
+        publisher = self.publishers.get(source)
+        try:
+            if publisher is None:
+                url = f"{self.rtsp_out.rstrip('/')}/{source}" if self.spec.sources > 1 else self.rtsp_out
+                publisher = self.publishers[source] = RtspPublisher(url, image.shape[1], image.shape[0], fps)
+            if (image.shape[1], image.shape[0]) != publisher.size:
+                image = cv2.resize(image, publisher.size, interpolation=cv2.INTER_AREA)
+            publisher.write(image)
+        except RtspOutError as exc:
+            logger.error("%s; RTSP output of %s stops here", exc, source)
+            self.runtime.stats.extra["rtsp_out_error"] = str(exc)
+            self.rtsp_out = None
 
     def _view_figures(self, message: Message, mask: np.ndarray) -> dict[str, Any]:
         stats = self.runtime.stats
@@ -142,10 +167,17 @@ class RenderProcessor:
         sink = self.sinks.pop(message.header.source, None)
         if sink is not None:
             sink.close()
+        publisher = self.publishers.pop(message.header.source, None)
+        if publisher is not None:
+            publisher.close()
 
     def close(self) -> None:
         if self.view is not None:
             self.view.close()
+        for publisher in self.publishers.values():
+            publisher.close(timeout_s=0.5)
+        if self.display:
+            cv2.destroyAllWindows()
         for sink in self.sinks.values():
             sink.close()
         self.sinks.clear()
