@@ -117,3 +117,36 @@ def test_stalled_subscriber_costs_nothing_and_a_lossless_consumer_gets_every_mas
     ratio = watched["throughput_fps"] / alone["throughput_fps"]
     print(f"throughput with a stalled subscriber and a lossless consumer: {ratio:.2f}x of alone")
     assert ratio > 0.75
+
+
+def test_confidence_maps_travel_with_the_masks(tmp_path):
+    """A model exported with a confidence output: the winning class's probability x 255,
+    at the mask's resolution, agreeing with PyTorch's softmax."""
+    import torch
+
+    from segstream.engines.base import load_engine
+    from segstream.engines.export import export_onnx, load_torch_model
+    from segstream.engines.preprocess import Preprocessor
+
+    model = export_onnx("espnet-cityscapes-q3", tmp_path / "conf.onnx", height=128, width=256, confidence=True)
+    engine = load_engine(model)
+    frame = cv2.imread(str(KITTI_FRAMES[0]))
+    tensor = Preprocessor(engine.metadata)(frame)
+    confidence = engine.infer(tensor)["confidence"][0]
+    module, _ = load_torch_model("espnet-cityscapes-q3")
+    with torch.no_grad():
+        expected = (torch.softmax(module(torch.from_numpy(tensor)), 1).amax(1)[0] * 255).numpy()
+    assert confidence.dtype == np.uint8 and confidence.shape == (128, 256)
+    assert np.abs(confidence.astype(float) - expected).max() <= 1.0
+
+    endpoint = f"ipc://{tmp_path}/pub.sock"
+    glob = str(KITTI_FRAMES[0].parent / "kitti_*.png")
+    with MaskSubscriber(endpoint, timeout_s=120) as masks:
+        proc = start_pipeline(["run", "--source", glob, "--model", str(model), "--publish", endpoint, "--confidence"],
+                              tmp_path / "run.log", tmp_path / "t")
+        results = list(masks)
+    assert proc.wait(timeout=60) == 0
+    assert len(results) == 3
+    for result in results:
+        assert result.confidence is not None and result.confidence.shape == result.mask.shape
+        assert 255 // 19 <= result.confidence.min() and result.confidence.mean() > 100

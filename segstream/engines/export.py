@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from segstream.assets import ASSETS, cache_dir, resolve_asset, sha256_of
-from segstream.engines.metadata import ModelError, OutputKind, write_onnx_metadata
+from segstream.engines.metadata import ModelError, OutputKind, OutputSpec, write_onnx_metadata
 from segstream.engines.zoo import ModelSpec, get_model_spec
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def load_torch_model(name: str, weights: str | os.PathLike[str] | None = None):
     return module.eval(), spec
 
 
-def _labels_head(module, ignore_channel: int | None, ignore_index: int):
+def _labels_head(module, ignore_channel: int | None, ignore_index: int, confidence: bool):
     import torch
 
     class LabelsHead(torch.nn.Module):
@@ -56,17 +56,22 @@ def _labels_head(module, ignore_channel: int | None, ignore_index: int):
             super().__init__()
             self.net = module
 
-        def forward(self, image: torch.Tensor) -> torch.Tensor:
-            labels = self.net(image).argmax(1)
+        def forward(self, image: torch.Tensor):
+            logits = self.net(image)
+            labels = logits.argmax(1)
             if ignore_channel is not None:
                 labels = torch.where(labels == ignore_channel, torch.full_like(labels, ignore_index), labels)
-            return labels.to(torch.uint8)
+            labels = labels.to(torch.uint8)
+            if not confidence:
+                return labels
+            score = torch.softmax(logits, 1).amax(1)
+            return labels, torch.round(score * 255.0).to(torch.uint8)
 
     return LabelsHead().eval()
 
 
 def export_onnx(name: str, output: str | os.PathLike[str], weights: str | os.PathLike[str] | None = None,
-                height: int | None = None, width: int | None = None) -> Path:
+                height: int | None = None, width: int | None = None, confidence: bool = False) -> Path:
     """Export zoo model ``name`` to ``output`` with its metadata embedded.
 
     Args:
@@ -75,6 +80,8 @@ def export_onnx(name: str, output: str | os.PathLike[str], weights: str | os.Pat
         weights: weights file overriding the asset lookup.
         height: model input height (default: the model's own).
         width: model input width (default: the model's own).
+        confidence: add a ``confidence`` output (the winning class's softmax probability
+            x 255, uint8); it costs a softmax over every pixel.
 
     Returns:
         The written path.
@@ -92,7 +99,9 @@ def export_onnx(name: str, output: str | os.PathLike[str], weights: str | os.Pat
         meta = dataclasses.replace(meta, input_height=height, input_width=width)
     if meta.output(OutputKind.CLASS_IDS) is None:
         raise ValueError(f"model {name} has no class-id output to export")
-    wrapped = _labels_head(module, meta.ignore_channel, meta.ignore_index)
+    if confidence:
+        meta = dataclasses.replace(meta, outputs=(*meta.outputs, OutputSpec("confidence", OutputKind.CONFIDENCE)))
+    wrapped = _labels_head(module, meta.ignore_channel, meta.ignore_index, confidence)
     dummy = torch.zeros(1, 3, meta.input_height, meta.input_width)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +132,7 @@ def export_onnx(name: str, output: str | os.PathLike[str], weights: str | os.Pat
     return output
 
 
-def cached_onnx(name: str, weights: str | os.PathLike[str] | None = None) -> Path:
+def cached_onnx(name: str, weights: str | os.PathLike[str] | None = None, confidence: bool = False) -> Path:
     """Path of the exported ONNX for a zoo model, exporting it into the cache on first use.
 
     The cache key holds the weights' sha256, so other weights get their own file.
@@ -138,10 +147,11 @@ def cached_onnx(name: str, weights: str | os.PathLike[str] | None = None) -> Pat
         key = ASSETS[spec.weights_asset].sha256[:12]
     else:
         key = "random"
-    target = cache_dir() / "models" / f"{name}-{key}-e{EXPORT_VERSION}.onnx"
+    variant = "-conf" if confidence else ""
+    target = cache_dir() / "models" / f"{name}-{key}{variant}-e{EXPORT_VERSION}.onnx"
     if not target.is_file():
         if weights_path is None and spec.weights_asset is not None:
             weights_path = resolve_asset(spec.weights_asset)
         logger.info("exporting %s to ONNX (first use; cached in %s)", name, target.parent)
-        export_onnx(name, target, weights_path)
+        export_onnx(name, target, weights_path, confidence=confidence)
     return target

@@ -54,6 +54,7 @@ class OutputKind(str, Enum):
     CLASS_IDS = "class_ids"  # (N, H, W) integer label map, already argmaxed
     SEGMENTATION_LOGITS = "segmentation_logits"  # (N, C, H, W)
     CLASSIFICATION_LOGITS = "classification_logits"  # (N, C)
+    CONFIDENCE = "confidence"  # (N, H, W) uint8: the winning class's probability x 255
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask-encoding", choices=["raw", "png", "rle"], help="published mask encoding (default raw)")
     p.add_argument("--mask-resolution", choices=["frame", "model"], help="publish masks at frame (default) or model "
                                                                          "resolution")
+    p.add_argument("--confidence", action="store_true", default=None, help="publish a per-pixel confidence map "
+                                                                          "(uint8) with each mask")
     p.add_argument("--publish-lossless", metavar="ENDPOINT", help="also a PUSH channel for one consumer that must "
                                                                   "get every mask (backpressure)")
     p.add_argument("--rate", metavar="native|N|max", help="replay pacing: the dataset's own timing, N frames per "
@@ -93,7 +95,7 @@ def _run_config(args: argparse.Namespace):
         policy=args.policy, record=args.record, publish=args.publish, max_frames=args.max_frames,
         rate=args.rate, loop=args.loop, mask_encoding=args.mask_encoding, mask_resolution=args.mask_resolution,
         publish_lossless=args.publish_lossless, render_mode=args.render_mode, legend=args.legend, view=args.view,
-        rtsp_out=args.rtsp_out, display=args.display,
+        rtsp_out=args.rtsp_out, display=args.display, confidence=args.confidence,
         render_classes=tuple(c.strip() for c in args.classes.split(",")) if args.classes else None,
         transport=args.transport, workers=args.workers, threads=args.threads, opacity=args.opacity,
     )
@@ -103,7 +105,7 @@ def _execute(config) -> int:
     from segstream.engines.resolve import resolve_model
     from segstream.pipeline.supervisor import Supervisor, format_summary, write_stats
 
-    model_path, metadata = resolve_model(config.model, config.weights)
+    model_path, metadata = resolve_model(config.model, config.weights, config.confidence)
     if config.record:
         Path(config.record).mkdir(parents=True, exist_ok=True)
     if config.view:
@@ -148,7 +150,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """``segstream export``."""
     from segstream.engines.export import export_onnx
 
-    path = export_onnx(args.model, args.output, args.weights, args.height, args.width)
+    path = export_onnx(args.model, args.output, args.weights, args.height, args.width, args.confidence)
     print(f"wrote {path}")
     return 0
 
@@ -198,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="weights file (default: lookup)")
     p.add_argument("--height", type=int, help="input height (default: the model's own)")
     p.add_argument("--width", type=int, help="input width (default: the model's own)")
+    p.add_argument("--confidence", action="store_true", help="add a per-pixel confidence output")
     p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(func=cmd_export)
 

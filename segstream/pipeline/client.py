@@ -37,6 +37,8 @@ class MaskResult:
         gap: frames of this source not received just before this one (skipped by a
             live pipeline, or lost by a subscriber that fell behind).
         gt: ground truth label map for dataset replays, else None.
+        confidence: (H, W) uint8, the winning class's probability x 255, when the
+            pipeline publishes it (``--confidence``), else None.
         header: the whole decoded header, for anything else.
     """
 
@@ -48,6 +50,7 @@ class MaskResult:
     latency_ms: float
     gap: int
     gt: np.ndarray | None = None
+    confidence: np.ndarray | None = None
     header: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -134,6 +137,7 @@ class MaskSubscriber:
             self._last[header.source] = header.index
             self.gaps[header.source] = self.gaps.get(header.source, 0) + gap
             gt_part = header.part("gt")
+            confidence_part = header.part("confidence")
             yield MaskResult(
                 source=header.source,
                 index=header.index,
@@ -144,6 +148,8 @@ class MaskSubscriber:
                 gap=gap,
                 gt=inline_array(gt_part, message.payload) if gt_part is not None and gt_part.inline is not None
                 else None,
+                confidence=inline_array(confidence_part, message.payload)
+                if confidence_part is not None and confidence_part.inline is not None else None,
                 header=header.to_json(),
             )
 

@@ -51,6 +51,7 @@ class PipelineConfig:
         loop: start video files over at their end.
         mask_encoding: how published masks are encoded: ``raw``, ``png`` or ``rle``.
         mask_resolution: publish masks at the ``frame``'s resolution or the ``model``'s.
+        confidence: publish a per-pixel confidence map (uint8) beside each mask.
         publish_lossless: endpoint of a PUSH channel for one consumer that must get every
             mask (it slows the pipeline if it falls behind); "" for none.
         live: how streams and cameras connect (``LiveOptions`` fields: rtsp_transport,
@@ -92,6 +93,7 @@ class PipelineConfig:
     live: dict[str, Any] = field(default_factory=dict)
     mask_encoding: str = "raw"
     mask_resolution: str = "frame"
+    confidence: bool = False
     publish_lossless: str = ""
     transport: str = "ipc"
     tcp_host: str = "127.0.0.1"

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 RING_SLOTS: dict[StageKind, tuple[int, int]] = {
     StageKind.CAPTURE: (8, 32),
     StageKind.PREPROCESS: (4, 8),
-    StageKind.INFER: (4, 32),  # live: label maps and the frames they were made from
+    StageKind.INFER: (8, 32),  # label maps (and confidence); live: also the frames they were made from
     StageKind.PUBLISH: (8, 16),
 }
 
@@ -111,7 +111,8 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
         stages.append(spec("infer" if workers == 1 else f"infer-{k}", StageKind.INFER, inputs=(pre_outs[k],),
                            outputs=(infer_outs[k],), ring_readers=1, reader_ids={"tensor": 0},
                            reader_in_order=workers == 1,
-                           settings={"model_path": str(model_path), "backend": config.backend, "threads": threads}))
+                           settings={"model_path": str(model_path), "backend": config.backend, "threads": threads,
+                                     "confidence": config.confidence}))
     stages.append(spec("publish", StageKind.PUBLISH, inputs=infer_outs, outputs=publish_out,
                        eos_per_source=workers, reorder=workers > 1,
                        ring_readers=1 if render else 0, reader_ids={"labels": 0},

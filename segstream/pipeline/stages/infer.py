@@ -1,7 +1,7 @@
 """Inference stage: tensor -> label map at model resolution.
 
 Settings: ``model_path`` (ONNX file with metadata), ``backend`` (default ``onnxruntime``),
-``threads`` (0 = one per core).
+``threads`` (0 = one per core), ``confidence`` (pass the model's confidence output on).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import logging
 import numpy as np
 
 from segstream.engines.base import labels_from_outputs, load_engine
+from segstream.engines.metadata import OutputKind
 from segstream.pipeline.messages import Kind, Message, derive
 from segstream.pipeline.payloads import PayloadReader
 from segstream.pipeline.policies import FlowPolicy
@@ -32,6 +33,7 @@ class InferProcessor:
         self.writer = open_writer(spec)
         runtime.stats.extra["model"] = self.engine.metadata.name
         self._tensor: np.ndarray | None = None  # reused input buffer
+        self._confidence = self.engine.metadata.output(OutputKind.CONFIDENCE) if settings.get("confidence") else None
         # Live flow: capture overwrites its ring at the camera's rate, and render needs the
         # frame a good while later (after inference). Copy the frames that do get
         # inferred, at inference rate, into this stage's own ring.
@@ -43,7 +45,8 @@ class InferProcessor:
             self.runtime.stats.skipped["overwritten"] += 1
             return None
         frame = self._pinned_frame(message)
-        labels = labels_from_outputs(self.engine.infer(tensor), self.engine.metadata)
+        outputs = self.engine.infer(tensor)
+        labels = labels_from_outputs(outputs, self.engine.metadata)
         out = derive(message, Kind.RESULT)
         if frame is None:
             self.tensors.forward(message, out, *CARRIED)
@@ -53,6 +56,10 @@ class InferProcessor:
                 return None
         if not self.writer.add(out, "labels", labels, lambda: self.runtime.stopping):
             return None
+        if self._confidence is not None:
+            confidence = outputs[self._confidence.name][0]
+            if not self.writer.add(out, "confidence", confidence, lambda: self.runtime.stopping):
+                return None
         return out
 
     def _pinned_frame(self, message: Message) -> np.ndarray | None:

@@ -90,9 +90,17 @@ class PublishProcessor:
                                    "ignore_index": self.ignore_index})
         public.header.parts.append(Part("mask", tuple(published.shape), "uint8", inline=0, encoding=self.encoding))
         public.payload.append(encode_mask(published, self.encoding))
+        confidence = self.labels.take(message, "confidence") if message.header.part("confidence") else None
+        if confidence is not None:  # the winning class's probability x 255, like the mask
+            if confidence.shape != published.shape:
+                confidence = cv2.resize(confidence, (published.shape[1], published.shape[0]),
+                                        interpolation=cv2.INTER_NEAREST)
+            public.header.parts.append(Part("confidence", tuple(confidence.shape), "uint8",
+                                            inline=len(public.payload)))
+            public.payload.append(np.ascontiguousarray(confidence))
         gt = self.gt.get(message, "gt") if message.header.part("gt") else None
         if gt is not None:  # ground truth of a dataset replay, for downstream evaluation
-            public.header.parts.append(Part("gt", tuple(gt.shape), "uint8", inline=1))
+            public.header.parts.append(Part("gt", tuple(gt.shape), "uint8", inline=len(public.payload)))
             public.payload.append(gt)
         self._publish(public)
         self.runtime.stats.latency_ms.append((time.monotonic_ns() - header.capture_ns) / 1e6)
@@ -109,6 +117,7 @@ class PublishProcessor:
 
     def discard(self, message: Message) -> None:
         self.labels.release(message, "labels")
+        self.labels.release(message, "confidence")
 
     def end_of_stream(self, message: Message) -> None:
         final = derive(message, Kind.EOS)
