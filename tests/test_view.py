@@ -70,5 +70,18 @@ def test_live_view_in_headless_chromium(tmp_path, fast_onnx):
     time.sleep(1.0)
     assert stats(address)["viewers"] == 0  # every closed page freed its stream
 
+    # several viewers at once, each getting JPEG frames; each freed when it goes
+    streams = [urllib.request.urlopen(f"http://{address}/stream.mjpg", timeout=10) for _ in range(2)]
+    for stream in streams:
+        assert stream.headers["Content-Type"].startswith("multipart/x-mixed-replace")
+        assert b"Content-Type: image/jpeg" in stream.read(4096)
+    assert stats(address)["viewers"] == 2
+    for stream in streams:
+        stream.close()
+    deadline = time.monotonic() + 5
+    while stats(address)["viewers"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert stats(address)["viewers"] == 0
+
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=10) == 130
