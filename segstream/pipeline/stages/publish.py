@@ -59,8 +59,7 @@ class PublishProcessor:
         # slows the pipeline (that consumer chose backpressure; PUB subscribers never do).
         self.lossless = Outbox([make_socket(runtime.context, Role.RESULTS_PUSH, bind=lossless)], FlowPolicy.LOSSLESS,
                                runtime.stats.skipped, lambda: runtime.stopping) if lossless else None
-        self.labels = PayloadReader(spec.reader_ids.get("labels"))
-        self.gt = PayloadReader()  # ground truth travels inline
+        self.labels = PayloadReader(spec.reader_ids.get("labels"))  # also reads the inline parts
         self.writer = open_writer(spec) if spec.outputs else None
 
     def _publish(self, message: Message) -> None:
@@ -84,6 +83,20 @@ class PublishProcessor:
         header = message.header
         if self.record:
             write_png(source_dir(self.record, header.source, self.per_source) / "masks" / f"{header.name}.png", mask)
+        public = self._public_message(message, labels, mask)
+        self._publish(public)
+        self.runtime.stats.latency_ms.append((time.monotonic_ns() - header.capture_ns) / 1e6)
+        if self.writer is None:
+            return public
+        out = derive(public, Kind.RESULT)
+        self.labels.forward(message, out, *CARRIED)
+        if not self.writer.add(out, "mask", mask, lambda: self.runtime.stopping):
+            return None
+        return out
+
+    def _public_message(self, message: Message, labels: np.ndarray, mask: np.ndarray) -> Message:
+        """The result consumers get: the mask (frame or model resolution, encoded), its
+        class shares, and the confidence and ground truth when there are any."""
         public = derive(message, Kind.RESULT)
         published = labels if self.mask_resolution == "model" else mask
         public.header.meta.update({"model": self.model, "classes": class_shares(published, self.ignore_index),
@@ -98,19 +111,11 @@ class PublishProcessor:
             public.header.parts.append(Part("confidence", tuple(confidence.shape), "uint8",
                                             inline=len(public.payload)))
             public.payload.append(np.ascontiguousarray(confidence))
-        gt = self.gt.get(message, "gt") if message.header.part("gt") else None
+        gt = self.labels.get(message, "gt") if message.header.part("gt") else None
         if gt is not None:  # ground truth of a dataset replay, for downstream evaluation
             public.header.parts.append(Part("gt", tuple(gt.shape), "uint8", inline=len(public.payload)))
             public.payload.append(gt)
-        self._publish(public)
-        self.runtime.stats.latency_ms.append((time.monotonic_ns() - header.capture_ns) / 1e6)
-        if self.writer is None:
-            return public
-        out = derive(public, Kind.RESULT)
-        self.labels.forward(message, out, *CARRIED)
-        if not self.writer.add(out, "mask", mask, lambda: self.runtime.stopping):
-            return None
-        return out
+        return public
 
     def blocked_ns(self) -> int:
         return self.writer.blocked_ns if self.writer else 0
