@@ -97,10 +97,10 @@ def test_schedules():
     plain = SourceFrame(None, "y")
 
     class Replay:
-        live, fps = False, 17.0
+        self_paced, fps = False, 17.0
 
     class Camera:
-        live, fps = True, 30.0
+        self_paced, fps = True, 30.0
 
     native = make_schedule("native", Replay())
     assert native(3, drive_frame) == 0.25 and native(17, plain) == pytest.approx(1.0)

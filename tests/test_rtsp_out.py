@@ -7,7 +7,6 @@ import subprocess
 
 import cv2
 import pytest
-
 from conftest import CLIP
 from pipeline_helpers import start_pipeline, stop_started_pipelines
 from test_streams import free_port

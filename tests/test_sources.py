@@ -53,8 +53,10 @@ def test_glob_source(tmp_path):
 def test_test_pattern_parses_size_and_rate():
     source = open_source("test-pattern:320x240@50")
     assert isinstance(source, TestPatternSource) and source.live
-    frame = next(iter(source.frames()))
-    assert frame.image.shape == (240, 320, 3) and source.fps == 50
+    frames = source.frames()
+    first, second = next(frames), next(frames)
+    assert first.image.shape == (240, 320, 3) and source.fps == 50
+    assert (first.time_s, second.time_s) == (0.0, 0.02)  # the capture stage paces it
 
 
 @pytest.mark.parametrize("uri, message", [

@@ -13,7 +13,6 @@ import time
 import urllib.request
 
 import pytest
-
 from pipeline_helpers import start_pipeline, stop_started_pipelines, wait_for_log
 from test_streams import free_port
 

@@ -10,7 +10,6 @@ import glob
 import logging
 import math
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Protocol
@@ -58,6 +57,7 @@ class FrameSource(Protocol):
     source_id: str
     fps: float  # nominal frame rate (0 when unknown)
     live: bool  # a live source (camera, stream, synthetic): default policy live
+    self_paced: bool  # frames arrive at their own pace (streams, cameras): never scheduled
     gt_kind: str  # what ground truth frames carry ("" for none), e.g. cityscapes-label-ids
 
     def frames(self) -> Iterator[SourceFrame]:
@@ -97,6 +97,7 @@ class VideoFileSource:
 
     live = False
     gt_kind = ""
+    self_paced = False
 
     def __init__(self, path: Path, source_id: str, loop: bool = False) -> None:
         self.path = path
@@ -150,6 +151,7 @@ class ImageListSource:
     """
 
     live = False
+    self_paced = False
 
     def __init__(self, entries: list[ImageEntry] | list[Path], source_id: str, description: str, fps: float = 0.0,
                  gt_kind: str = "") -> None:
@@ -184,12 +186,14 @@ class ImageListSource:
 
 
 class TestPatternSource:
-    """Synthetic moving pattern: needs no files; paced at ``fps`` like a camera.
+    """Synthetic moving pattern: needs no files; live (paced at ``fps`` like a camera by
+    the capture stage, or as fast as possible with ``--rate max``).
 
     URI: ``test-pattern[:WIDTHxHEIGHT[@FPS]]``, e.g. ``test-pattern:1280x720@30``.
     """
 
     live = True
+    self_paced = False
     gt_kind = ""
     __test__ = False  # not a pytest class
 
@@ -202,19 +206,15 @@ class TestPatternSource:
                                 np.full_like(xx, 96)]).astype(np.uint8)
 
     def frames(self) -> Iterator[SourceFrame]:
+        """Frames stamped ``index / fps``; the capture stage paces them (``--rate``)."""
         index = 0
-        start = time.monotonic()
         while True:
-            due = start + index / self.fps if self.fps > 0 else 0
-            delay = due - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
             image = self._base.copy()
             x = int((index * 7) % max(self.width - 120, 1))
             cv2.rectangle(image, (x, self.height // 3), (x + 120, self.height // 3 + 120), (0, 0, 230), -1)
             cv2.circle(image, (self.width - x - 60, 2 * self.height // 3), 50, (230, 230, 230), -1)
             cv2.putText(image, f"{index:06d}", (20, 50), cv2.FONT_HERSHEY_SIMPLEX, 1.4, (255, 255, 255), 3)
-            yield SourceFrame(image, f"{index:06d}")
+            yield SourceFrame(image, f"{index:06d}", time_s=index / self.fps if self.fps > 0 else None)
             index += 1
 
     def close(self) -> None:

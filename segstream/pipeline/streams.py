@@ -75,6 +75,7 @@ class LatestFrameSource:
     """
 
     live = True
+    self_paced = True
     gt_kind = ""
     frame_count = 0
 

@@ -66,10 +66,11 @@ class CaptureSettings:
 def make_schedule(rate: str, source: FrameSource) -> Schedule | None:
     """When each frame is due, in seconds from the first; None for no pacing.
 
-    Live sources pace themselves. ``native`` follows the frames' own timestamps, else the
-    source's nominal rate (a folder without one is not paced); ``N`` is a fixed rate.
+    Streams and cameras pace themselves. ``native`` follows the frames' own timestamps,
+    else the source's nominal rate (a folder without one is not paced); ``N`` is a fixed
+    rate.
     """
-    if source.live or rate == "max":
+    if source.self_paced or rate == "max":
         return None
     if rate == "native":
         fps = source.fps
