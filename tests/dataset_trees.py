@@ -63,6 +63,15 @@ def kitti_raw_tree(root: Path, frames: int = 3, period_s: float = 0.1037) -> tup
     return drive, times
 
 
+def _link_frame(source: Path, image: Path, gt: Path | None, seed: int) -> None:
+    """``image`` links to the shared frame ``source``; ``gt``, if given, gets synthetic
+    ground truth of the frame's size."""
+    image.symlink_to(source)
+    if gt is not None:
+        h, w = cv2.imread(str(source)).shape[:2]
+        cv2.imwrite(str(gt), synthetic_gt((h, w), seed))
+
+
 def kitti_semantics_tree(root: Path) -> list[str]:
     """``training/image_2/*_10.png`` with ``training/semantic`` for each frame."""
     images, semantic = root / "training" / "image_2", root / "training" / "semantic"
@@ -71,10 +80,8 @@ def kitti_semantics_tree(root: Path) -> list[str]:
     stems = []
     for k, source in enumerate(KITTI_FRAMES):
         name = f"{k:06d}_10.png"
-        (images / name).symlink_to(source)
+        _link_frame(source, images / name, semantic / name, k)
         (images / f"{k:06d}_11.png").symlink_to(source)  # the other frame of the pair: not replayed
-        h, w = cv2.imread(str(source)).shape[:2]
-        cv2.imwrite(str(semantic / name), synthetic_gt((h, w), k))
         stems.append(f"{k:06d}_10")
     return stems
 
@@ -88,9 +95,6 @@ def kitti360_tree(root: Path) -> list[str]:
     stems = []
     for k, source in enumerate(KITTI_FRAMES):
         name = f"{k:010d}.png"
-        (data / name).symlink_to(source)
-        if k > 0:
-            h, w = cv2.imread(str(source)).shape[:2]
-            cv2.imwrite(str(semantic / name), synthetic_gt((h, w), k))
+        _link_frame(source, data / name, semantic / name if k > 0 else None, k)
         stems.append(f"{k:010d}")
     return stems

@@ -168,10 +168,6 @@ class Message:
     header: Header
     payload: list[Any] = field(default_factory=list)
 
-    @property
-    def topic(self) -> str:
-        return self.header.source
-
 
 def eos(source: str, **meta: Any) -> Message:
     """An end-of-stream message for ``source``."""

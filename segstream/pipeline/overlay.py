@@ -15,6 +15,11 @@ logger = logging.getLogger(__name__)
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
+def class_counts(mask: np.ndarray) -> np.ndarray:
+    """Pixels per label value 0-255 of a uint8 mask (int64, 256 entries)."""
+    return cv2.calcHist([mask], [0], None, [256], [0, 256]).ravel().astype(np.int64)
+
+
 class RenderMode(str, Enum):
     """What the rendered image shows."""
 
@@ -88,8 +93,10 @@ class OverlayRenderer:
             cv2.copyTo(frame, hidden, out)
         return out
 
-    def annotate(self, frame: np.ndarray, mask: np.ndarray, index: int | None = None, fps: float | None = None) -> np.ndarray:
-        """Blend, then draw the legend, frame index and FPS."""
+    def annotate(self, frame: np.ndarray, mask: np.ndarray, index: int | None = None, fps: float | None = None,
+                 counts: np.ndarray | None = None) -> np.ndarray:
+        """Blend, then draw the legend, frame index and FPS (``counts``: the mask's
+        ``class_counts`` if the caller has them already)."""
         if mask.shape != frame.shape[:2]:
             raise ValueError(f"mask shape {mask.shape} does not match frame shape {frame.shape[:2]}")
         out = self.blend(frame, mask)
@@ -101,7 +108,7 @@ class OverlayRenderer:
                                         f"{fps:5.1f} fps" if fps else "") if t)
             self._label(out, text, (int(10 * scale), int(30 * scale)), scale)
         if self.style.legend:
-            self._legend(out, mask, scale)
+            self._legend(out, class_counts(mask) if counts is None else counts, mask.size, scale)
         return out
 
     @staticmethod
@@ -110,8 +117,7 @@ class OverlayRenderer:
         cv2.putText(image, text, org, _FONT, 0.8 * scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
         cv2.putText(image, text, org, _FONT, 0.8 * scale, (255, 255, 255), thickness, cv2.LINE_AA)
 
-    def _legend(self, image: np.ndarray, mask: np.ndarray, scale: float) -> None:
-        counts = cv2.calcHist([mask], [0], None, [256], [0, 256]).ravel().astype(np.int64)
+    def _legend(self, image: np.ndarray, counts: np.ndarray, pixels: int, scale: float) -> None:
         present = [i for i in np.argsort(counts)[::-1] if counts[i] and not self._hidden[i]
                    and i < len(self.class_names)][: self.style.legend_rows]
         if not present:
@@ -126,7 +132,7 @@ class OverlayRenderer:
             y = y0 + int(4 * scale) + k * row
             colour = tuple(int(c) for c in self._lut[cls, 0])
             cv2.rectangle(image, (x0 + int(6 * scale), y + 2), (x0 + int(6 * scale) + row - 6, y + row - 4), colour, -1)
-            share = 100.0 * counts[cls] / mask.size
+            share = 100.0 * counts[cls] / pixels
             share_text = f"{share:.0f}%" if share >= 1 else "<1%"
             cv2.putText(image, f"{self.class_names[cls]} {share_text}", (x0 + int(10 * scale) + row, y + row - 6),
                         _FONT, 0.5 * scale, (255, 255, 255), max(int(scale), 1), cv2.LINE_AA)

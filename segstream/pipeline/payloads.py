@@ -46,7 +46,6 @@ class PayloadWriter:
 
     def __init__(self, mode: PayloadMode, ring_name: str, readers: int = 0, slots: int = 8,
                  lossless: bool = True) -> None:
-        self.mode = mode
         self.blocked_ns = 0  # total time spent waiting for free slots (flow control)
         self._ring = RingWriter(ring_name, slots, readers, lossless) if mode is PayloadMode.SHM else None
 

@@ -49,7 +49,6 @@ class Inbox:
         self.socket = socket
         self.policy = policy
         self.skipped = skipped
-        self.malformed = Counter[str]()
         self.superseded: list[Message] = []
 
     def _recv_one(self) -> Message | None:
@@ -57,7 +56,6 @@ class Inbox:
         try:
             return decode([f.buffer for f in frames])
         except MessageError as exc:
-            self.malformed[exc.reason] += 1
             self.skipped[f"malformed_{exc.reason}"] += 1
             logger.warning("dropped a malformed message: %s", exc)
             return None

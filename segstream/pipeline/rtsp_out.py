@@ -44,7 +44,6 @@ class RtspPublisher:
                    "-preset", "ultrafast", "-tune", "zerolatency", "-pix_fmt", "yuv420p", "-g", str(max(int(fps), 1)),
                    "-f", "rtsp", "-rtsp_transport", "tcp", url]
         self._proc = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.frames = 0
         logger.info("pushing the overlay to %s", url)
 
     def write(self, image: np.ndarray) -> None:
@@ -57,7 +56,6 @@ class RtspPublisher:
             self._proc.stdin.write(np.ascontiguousarray(image).tobytes())
         except BrokenPipeError:
             raise RtspOutError(f"ffmpeg pushing to {self.url} stopped reading; the server went away") from None
-        self.frames += 1
 
     def close(self, timeout_s: float = 2.0) -> None:
         """Finish the stream (ffmpeg flushes and sends TEARDOWN), killing it after ``timeout_s``."""

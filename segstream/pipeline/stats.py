@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -53,7 +52,6 @@ class StageStats:
     latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
     pacing_error_ms: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
     per_source: Counter[str] = field(default_factory=Counter)
-    started_ns: int = field(default_factory=time.monotonic_ns)
     first_out_ns: int = 0
     last_out_ns: int = 0
     extra: dict[str, Any] = field(default_factory=dict)

@@ -27,6 +27,7 @@ from segstream.pipeline.sources import SourceError, SourceFrame
 logger = logging.getLogger(__name__)
 
 WAIT_S = 0.05  # how long frames() waits for a new frame before yielding None
+FAILED_READ_S = 0.5  # reads failing for this long (no timeout involved) mean the stream ended
 
 
 @dataclass(frozen=True)
@@ -149,10 +150,9 @@ class LatestFrameSource:
             ok, image = cap.read()
             now = time.monotonic()
             if not ok or image is None:
-                if now - last_frame > self.options.stall_timeout_s or not self._reconnect:
-                    return
-                # read() failing at once (end of stream) rather than timing out
-                if now - last_frame > 0.5:
+                # A stall ends at OpenCV's read timeout (= stall_timeout_s); a read that
+                # fails at once (end of stream) ends after FAILED_READ_S of failures.
+                if not self._reconnect or now - last_frame > min(self.options.stall_timeout_s, FAILED_READ_S):
                     return
                 continue
             last_frame = now

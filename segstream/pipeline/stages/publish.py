@@ -16,6 +16,7 @@ import numpy as np
 
 from segstream.pipeline.mask_codec import encode_mask
 from segstream.pipeline.messages import Kind, Message, Part, derive, encode
+from segstream.pipeline.overlay import class_counts
 from segstream.pipeline.payloads import PayloadReader
 from segstream.pipeline.policies import FlowPolicy, Outbox
 from segstream.pipeline.records import source_dir, write_png
@@ -29,7 +30,7 @@ SUBSCRIBER_GRACE_S = 0.5
 
 def class_shares(mask: np.ndarray, ignore_index: int) -> dict[str, float]:
     """Share of the frame's pixels per class id present (ignore label left out)."""
-    counts = cv2.calcHist([mask], [0], None, [256], [0, 256]).ravel().astype(np.int64)
+    counts = class_counts(mask)
     total = mask.size
     return {str(i): round(int(c) / total, 5) for i, c in enumerate(counts) if c and i != ignore_index}
 

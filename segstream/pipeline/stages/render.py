@@ -18,7 +18,7 @@ import numpy as np
 
 from segstream.engines.metadata import ModelMetadata
 from segstream.pipeline.messages import Message
-from segstream.pipeline.overlay import OverlayRenderer, OverlayStyle
+from segstream.pipeline.overlay import OverlayRenderer, OverlayStyle, class_counts
 from segstream.pipeline.payloads import PayloadReader
 from segstream.pipeline.records import source_dir
 from segstream.pipeline.rtsp_out import RtspOutError, RtspPublisher
@@ -40,7 +40,6 @@ class VideoSink:
         self.fps = fps
         self._writer: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None
-        self.frames = 0
 
     def write(self, image: np.ndarray) -> None:
         if self._writer is None:
@@ -52,7 +51,6 @@ class VideoSink:
         if (image.shape[1], image.shape[0]) != self._size:
             image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
         self._writer.write(image)
-        self.frames += 1
 
     def close(self) -> None:
         if self._writer is not None:
@@ -105,7 +103,8 @@ class RenderProcessor:
             self.runtime.stats.skipped["overwritten"] += 1
             return None
         header = message.header
-        image = self.renderer.annotate(frame, mask, header.index, self._live_fps(header.source))
+        counts = class_counts(mask)
+        image = self.renderer.annotate(frame, mask, header.index, self._live_fps(header.source), counts)
         if self.record:
             sink = self.sinks.get(header.source)
             if sink is None:
@@ -114,7 +113,7 @@ class RenderProcessor:
             sink.write(image)
         self.runtime.stats.latency_ms.append((time.monotonic_ns() - header.capture_ns) / 1e6)
         if self.view is not None:
-            self.view.state.publish(image, self._view_figures(message, mask))
+            self.view.state.publish(image, self._view_figures(message, counts, mask.size))
         if self.rtsp_out:
             self._push(header.source, image, float(header.meta.get("fps") or DEFAULT_FPS))
         if self.display:
@@ -137,13 +136,12 @@ class RenderProcessor:
             self.runtime.stats.extra["rtsp_out_error"] = str(exc)
             self.rtsp_out = None
 
-    def _view_figures(self, message: Message, mask: np.ndarray) -> dict[str, Any]:
+    def _view_figures(self, message: Message, counts: np.ndarray, pixels: int) -> dict[str, Any]:
         stats = self.runtime.stats
         pipeline = self.runtime.pipeline_stats
         recent = list(stats.latency_ms)[-100:]
-        counts = cv2.calcHist([mask], [0], None, [256], [0, 256]).ravel()
         names = self._meta.class_names
-        classes = [{"name": names[i], "colour": self._colours[i], "share": round(float(counts[i]) / mask.size, 4)}
+        classes = [{"name": names[i], "colour": self._colours[i], "share": round(float(counts[i]) / pixels, 4)}
                    for i in np.argsort(counts)[::-1] if counts[i] and i < len(names)][:12]
         return {
             "fps": round(self._rate.get(message.header.source, 0.0), 2),
