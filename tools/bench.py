@@ -23,7 +23,7 @@ import numpy as np
 from segstream.assets import resolve_asset
 from segstream.engines.base import labels_from_outputs, load_engine
 from segstream.engines.preprocess import Preprocessor
-from segstream.engines.resolve import resolve_model
+from segstream.engines.resolve import resolve_inference, resolve_model
 from segstream.pipeline.config import PipelineConfig
 from segstream.pipeline.overlay import OverlayRenderer
 from segstream.pipeline.policies import FlowPolicy
@@ -88,12 +88,11 @@ def naive_loop(model_path: Path, clip: Path, count: int, out_dir: Path, threads:
     return n / elapsed, latencies
 
 
-def pipeline(model_path: Path, model: str, clip: Path, count: int, out_dir: Path, workers: int,
+def pipeline(model: str, clip: Path, count: int, out_dir: Path, workers: int,
              policy: FlowPolicy = FlowPolicy.LOSSLESS) -> dict:
     config = PipelineConfig(sources=(str(clip),), model=model, record=str(out_dir), publish="", max_frames=count,
                             workers=workers, policy=policy)
-    _, meta = resolve_model(model)
-    result = Supervisor(config, model_path, meta).run()
+    result = Supervisor(config, resolve_inference(model, backend="onnxruntime")).run()
     if result.exit_code != 0:
         raise SystemExit(f"pipeline failed: {result.error}")
     return result.stats
@@ -116,9 +115,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         bare1 = bare_inference(model_path, frames, args.threads)
-        auto = pipeline(model_path, args.model, clip, len(frames), tmp_path / "pipeline-auto", 0)
-        single = pipeline(model_path, args.model, clip, len(frames), tmp_path / "pipeline-1", 1)
-        live = pipeline(model_path, args.model, clip, len(frames), tmp_path / "pipeline-live", 0, FlowPolicy.LIVE)
+        auto = pipeline(args.model, clip, len(frames), tmp_path / "pipeline-auto", 0)
+        single = pipeline(args.model, clip, len(frames), tmp_path / "pipeline-1", 1)
+        live = pipeline(args.model, clip, len(frames), tmp_path / "pipeline-live", 0, FlowPolicy.LIVE)
         naive_fps, naive_lat = naive_loop(model_path, clip, len(frames), tmp_path / "naive", args.threads)
         bare2 = bare_inference(model_path, frames, args.threads)
     bare = (bare1 + bare2) / 2

@@ -5,7 +5,13 @@ Every backend meets this contract:
 - ``Engine.metadata``: the model's ``ModelMetadata``;
 - ``Engine.infer(tensor)``: a (1, 3, H, W) float32 tensor in, a dict of named numpy
   outputs back, shaped as the metadata's ``outputs`` describe;
+- ``Engine.takes_images``: True for engines that preprocess on their device; they also
+  offer ``Engine.infer_image(image)``, a BGR uint8 (H, W, 3) image at the model's input
+  size in, the same outputs back;
 - ``Engine.close()``: frees the runtime; safe to call twice.
+
+A device engine whose model outputs segmentation logits takes the argmax on the device
+and returns the (1, H, W) uint8 labels under ``ARGMAX_KEY`` instead of the logits.
 
 Backends are imported lazily by ``load_engine`` so that a CPU machine never imports a GPU
 runtime.
@@ -20,18 +26,30 @@ from typing import Protocol
 
 import numpy as np
 
-from segstream.engines.metadata import ModelMetadata, OutputKind
+from segstream.engines.metadata import ModelError, ModelMetadata, OutputKind
 
 logger = logging.getLogger(__name__)
+
+
+ARGMAX_KEY = "argmax"
+
+
+class BackendUnavailable(ModelError):
+    """A backend was asked for that this machine cannot run; the message says why and how to fix it."""
 
 
 class Engine(Protocol):
     """A loaded model that turns input tensors into named outputs."""
 
     metadata: ModelMetadata
+    takes_images: bool
 
     def infer(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
         """Run the model on one NCHW float32 batch."""
+        ...
+
+    def infer_image(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the model on one BGR uint8 image at its input size (``takes_images`` engines)."""
         ...
 
     def close(self) -> None:
@@ -43,6 +61,7 @@ class Engine(Protocol):
 BACKENDS: dict[str, str] = {
     "onnxruntime": "segstream.engines.onnxruntime_engine:OnnxRuntimeEngine",
     "torch": "segstream.engines.torch_engine:TorchEngine",
+    "tensorrt": "segstream.engines.trt.runtime:TensorRTEngine",
 }
 
 
@@ -58,7 +77,7 @@ def load_engine(model_path: str | Path, backend: str = "onnxruntime", **options:
         ValueError: unknown backend; the message lists the valid ones.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+        raise ValueError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)} (or auto)")
     module_name, _, attr = BACKENDS[backend].partition(":")
     factory = getattr(importlib.import_module(module_name), attr)
     return factory(model_path, **options)
@@ -70,6 +89,8 @@ def labels_from_outputs(outputs: dict[str, np.ndarray], metadata: ModelMetadata)
     Uses the class-id output if the model has one, else takes the argmax of the
     segmentation logits (mapping the ignore channel to the ignore index).
     """
+    if ARGMAX_KEY in outputs:
+        return outputs[ARGMAX_KEY][0]
     ids = metadata.output(OutputKind.CLASS_IDS)
     if ids is not None:
         labels = outputs[ids.name][0]

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from segstream.assets import ASSETS, cache_dir, resolve_asset, sha256_of
-from segstream.engines.metadata import ModelError, OutputKind, OutputSpec, write_onnx_metadata
+from segstream.engines.metadata import ModelError, ModelMetadata, OutputKind, OutputSpec, write_onnx_metadata
 from segstream.engines.zoo import ModelSpec, get_model_spec
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,46 @@ def _labels_head(module, ignore_channel: int | None, ignore_index: int, confiden
     return LabelsHead().eval()
 
 
+def inference_metadata(spec: ModelSpec, confidence: bool = False, height: int | None = None,
+                       width: int | None = None) -> ModelMetadata:
+    """The metadata of a zoo model's exported outputs, at an input size (no torch needed).
+
+    Raises:
+        ModelError: an input size the model cannot take, or a model without class ids.
+    """
+    meta = spec.metadata
+    if height or width:
+        height, width = height or meta.input_height, width or meta.input_width
+        if height % spec.size_multiple or width % spec.size_multiple:
+            raise ModelError(f"{spec.name} needs an input size divisible by {spec.size_multiple}, found "
+                             f"{width}x{height}; round it, e.g. {width // spec.size_multiple * spec.size_multiple}x"
+                             f"{height // spec.size_multiple * spec.size_multiple}")
+        meta = dataclasses.replace(meta, input_height=height, input_width=width)
+    if meta.output(OutputKind.CLASS_IDS) is None:
+        raise ModelError(f"model {spec.name} has no class-id output to export")
+    if confidence:
+        meta = dataclasses.replace(meta, outputs=(*meta.outputs, OutputSpec("confidence", OutputKind.CONFIDENCE)))
+    return meta
+
+
+def inference_module(name: str, weights: str | os.PathLike[str] | None = None, confidence: bool = False,
+                     height: int | None = None, width: int | None = None):
+    """A zoo model wrapped to produce exactly its ONNX export's outputs, and their metadata.
+
+    The PyTorch backend runs this module; ``export_onnx`` exports it.
+
+    Returns:
+        ``(module, metadata)``; the module returns the label map (and the confidence map
+        when ``confidence``), the metadata describes them.
+
+    Raises:
+        ModelError: an input size the model cannot take.
+    """
+    module, spec = load_torch_model(name, weights)
+    meta = inference_metadata(spec, confidence, height, width)
+    return _labels_head(module, meta.ignore_channel, meta.ignore_index, confidence), meta
+
+
 def export_onnx(name: str, output: str | os.PathLike[str], weights: str | os.PathLike[str] | None = None,
                 height: int | None = None, width: int | None = None, confidence: bool = False) -> Path:
     """Export zoo model ``name`` to ``output`` with its metadata embedded.
@@ -88,20 +128,7 @@ def export_onnx(name: str, output: str | os.PathLike[str], weights: str | os.Pat
     """
     import torch
 
-    module, spec = load_torch_model(name, weights)
-    meta = spec.metadata
-    if height or width:
-        height, width = height or meta.input_height, width or meta.input_width
-        if height % spec.size_multiple or width % spec.size_multiple:
-            raise ModelError(f"{name} needs an input size divisible by {spec.size_multiple}, found {width}x{height}; "
-                             f"round it, e.g. {width // spec.size_multiple * spec.size_multiple}x"
-                             f"{height // spec.size_multiple * spec.size_multiple}")
-        meta = dataclasses.replace(meta, input_height=height, input_width=width)
-    if meta.output(OutputKind.CLASS_IDS) is None:
-        raise ValueError(f"model {name} has no class-id output to export")
-    if confidence:
-        meta = dataclasses.replace(meta, outputs=(*meta.outputs, OutputSpec("confidence", OutputKind.CONFIDENCE)))
-    wrapped = _labels_head(module, meta.ignore_channel, meta.ignore_index, confidence)
+    wrapped, meta = inference_module(name, weights, confidence, height, width)
     dummy = torch.zeros(1, 3, meta.input_height, meta.input_width)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -219,6 +219,9 @@ def read_onnx_metadata(model_path: Path) -> ModelMetadata:
     sidecar = sidecar_path(model_path)
     if sidecar.is_file():
         return ModelMetadata.from_json(sidecar.read_text())
+    if model_path.suffix == ".engine":
+        raise ModelError(f"TensorRT engine {model_path} has no metadata sidecar {sidecar.name}; build engines with "
+                         f"`segstream build MODEL.onnx`, which writes it, or copy the sidecar along with the engine")
     import onnx  # lazy: only the supervisor and tools read model files
 
     try:

@@ -1,15 +1,21 @@
-"""From what the user typed after ``--model`` to an ONNX file and its metadata."""
+"""From what the user typed after ``--model`` and ``--backend`` to what each inference
+process loads."""
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from segstream.engines.backend_choice import BackendChoice, choose_backend
 from segstream.engines.metadata import ModelError, ModelMetadata, OutputKind, read_onnx_metadata
-from segstream.engines.zoo import MODELS
+from segstream.engines.trt.cache import ENGINE_SUFFIX
+from segstream.engines.zoo import MODELS, get_model_spec
 
 logger = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16")
 
 
 def resolve_model(model: str, weights: str | os.PathLike[str] | None = None,
@@ -28,7 +34,7 @@ def resolve_model(model: str, weights: str | os.PathLike[str] | None = None,
         path = cached_onnx(model, weights, confidence)
         return path, read_onnx_metadata(path)
     path = Path(model).expanduser()
-    if path.suffix.lower() == ".onnx" or path.exists():
+    if path.suffix.lower() in (".onnx", ENGINE_SUFFIX) or path.exists():
         if weights is not None:
             raise ModelError(f"--weights applies to zoo models; {path} already holds its weights")
         metadata = read_onnx_metadata(path)
@@ -36,3 +42,65 @@ def resolve_model(model: str, weights: str | os.PathLike[str] | None = None,
             raise ModelError(f"{path} has no confidence output; export it with `segstream export ... --confidence`")
         return path, metadata
     raise ModelError(f"unknown model {model!r}: not a model name ({', '.join(MODELS)}) and not an .onnx file")
+
+
+@dataclass(frozen=True)
+class InferenceModel:
+    """What each inference process loads, and how.
+
+    Attributes:
+        path: an ONNX file, a TensorRT engine file, or a zoo name (PyTorch backend).
+        metadata: the model's metadata.
+        choice: the backend and device, with the reason it was chosen.
+        options: keyword arguments for the backend's engine (``load_engine``).
+    """
+
+    path: str
+    metadata: ModelMetadata
+    choice: BackendChoice
+    options: dict[str, object] = field(default_factory=dict)
+
+    def engine_options(self, threads: int) -> dict[str, object]:
+        """The engine's keyword arguments for a process with ``threads`` threads."""
+        return {**self.options, "threads": threads}
+
+
+def resolve_inference(model: str, weights: str | os.PathLike[str] | None = None, confidence: bool = False,
+                      backend: str = "onnxruntime", precision: str = "fp32", providers: tuple[str, ...] = (),
+                      cuda_graph: bool = False) -> InferenceModel:
+    """Choose the backend for ``model`` and prepare it: export a zoo model to ONNX, build
+    (or find cached) a TensorRT engine, check the options fit the device.
+
+    Raises:
+        BackendUnavailable: the backend asked for cannot run here.
+        ModelError: the model, the backend and the options do not fit together.
+    """
+    choice = choose_backend(backend, model, providers)
+    logger.info("backend: %s on %s (%s)", choice.backend, choice.device, choice.reason)
+    if precision not in PRECISIONS:
+        raise ModelError(f"--precision must be one of {', '.join(PRECISIONS)}, found {precision!r} (INT8: build an "
+                         f"engine with `segstream build --int8 --calib DIR` and run it with --model FILE.engine)")
+    if precision != "fp32" and choice.device != "cuda":
+        raise ModelError(f"--precision {precision} needs a GPU backend; {choice.backend} runs on the CPU here "
+                         f"({choice.reason})")
+    if cuda_graph and not (choice.backend == "torch" and choice.device == "cuda"):
+        raise ModelError("--cuda-graph applies to --backend torch on a CUDA GPU")
+    if choice.backend == "torch":
+        if model not in MODELS:
+            raise ModelError(f"the torch backend runs zoo models by name ({', '.join(MODELS)}); for the file "
+                             f"{model} use --backend onnxruntime or tensorrt")
+        from segstream.engines.export import inference_metadata
+
+        metadata = inference_metadata(get_model_spec(model), confidence)
+        options: dict[str, object] = {"weights": None if weights is None else str(weights), "device": choice.device,
+                                      "precision": precision, "cuda_graph": cuda_graph, "confidence": confidence}
+        return InferenceModel(model, metadata, choice, options)
+    path, metadata = resolve_model(model, weights, confidence)
+    if choice.backend == "tensorrt":
+        if path.suffix != ENGINE_SUFFIX:
+            from segstream.engines.trt.builder import BuildOptions, build_engine
+            from segstream.engines.trt.versions import Precision
+
+            path = build_engine(path, BuildOptions(precision=Precision(precision)))
+        return InferenceModel(str(path), metadata, choice)
+    return InferenceModel(str(path), metadata, choice, {"providers": list(choice.providers), "precision": precision})

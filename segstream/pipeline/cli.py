@@ -6,6 +6,7 @@
                    [--policy live|lossless] [--record DIR] [--publish ENDPOINT] [--max-frames N]
     segstream consume ENDPOINT [--count N] [--save DIR]
     segstream export MODEL -o FILE.onnx
+    segstream build MODEL.onnx [--fp16|--int8 --calib DIR] [--shapes MIN:OPT:MAX] [--workspace GB] [-o FILE]
     segstream models
     segstream demo [--record DIR]
 """
@@ -37,6 +38,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                         "/dev/videoN or a dataset (cityscapes:ROOT, kitti-raw:DIR, ...); repeat for several")
     p.add_argument("--model", help="zoo model name (segstream models) or an .onnx file with metadata")
     p.add_argument("--weights", help="weights file for a zoo model (default: lookup, see README)")
+    p.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt", "torch"],
+                   help="inference backend (default auto: TensorRT, else ONNX Runtime CUDA, else ONNX Runtime CPU)")
+    p.add_argument("--precision", choices=["fp32", "fp16"], help="GPU backends: engine precision (default fp32)")
+    p.add_argument("--providers", metavar="P,P", help="ONNX Runtime providers in order, e.g. tensorrt,cuda,cpu")
+    p.add_argument("--cuda-graph", action="store_true", default=None, help="torch on CUDA: replay a CUDA graph")
     p.add_argument("--policy", choices=["live", "lossless"], help="flow policy (default: lossless for files, "
                                                                      "live for live sources)")
     p.add_argument("--record", metavar="DIR", help="write masks/, overlay.mp4 and stats.json here")
@@ -98,19 +104,22 @@ def _run_config(args: argparse.Namespace):
         rtsp_out=args.rtsp_out, display=args.display, confidence=args.confidence,
         render_classes=tuple(c.strip() for c in args.classes.split(",")) if args.classes else None,
         transport=args.transport, workers=args.workers, threads=args.threads, opacity=args.opacity,
+        backend=args.backend, precision=args.precision, cuda_graph=args.cuda_graph,
+        providers=tuple(p.strip() for p in args.providers.split(",")) if args.providers else None,
     )
 
 
 def _execute(config) -> int:
-    from segstream.engines.resolve import resolve_model
+    from segstream.engines.resolve import resolve_inference
     from segstream.pipeline.supervisor import Supervisor, format_summary, write_stats
 
-    model_path, metadata = resolve_model(config.model, config.weights, config.confidence)
+    model = resolve_inference(config.model, config.weights, config.confidence, config.backend, config.precision,
+                              config.providers, config.cuda_graph)
     if config.record:
         Path(config.record).mkdir(parents=True, exist_ok=True)
     if config.view:
         print(f"live view: http://{config.view}/")
-    result = Supervisor(config, model_path, metadata).run()
+    result = Supervisor(config, model).run()
     if config.record:
         path = write_stats(result.stats, config.record)
         result.stats["stats_file"] = str(path)
@@ -152,6 +161,23 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     path = export_onnx(args.model, args.output, args.weights, args.height, args.width, args.confidence)
     print(f"wrote {path}")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    """``segstream build``: a cached TensorRT engine from an ONNX model with metadata."""
+    from segstream.engines.resolve import resolve_model
+    from segstream.engines.trt.builder import BuildOptions, build_engine
+    from segstream.engines.trt.cache import ShapeProfile
+    from segstream.engines.trt.versions import Precision
+
+    precision = Precision.INT8 if args.int8 else Precision.FP16 if args.fp16 else Precision.FP32
+    options = BuildOptions(precision=precision, shapes=ShapeProfile.parse(args.shapes) if args.shapes else None,
+                           workspace_gb=args.workspace, calibration_dir=args.calib,
+                           output=Path(args.output) if args.output else None, rebuild=args.rebuild)
+    onnx_path, _ = resolve_model(args.model)
+    path = build_engine(onnx_path, options)
+    print(f"engine: {path}\nrun it: segstream run --model {path} --source ...")
     return 0
 
 
@@ -203,6 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confidence", action="store_true", help="add a per-pixel confidence output")
     p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("build", help="build a TensorRT engine (cached per GPU) from an ONNX model")
+    p.add_argument("model", help="ONNX file with segstream metadata (or a zoo model name)")
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_true", help="fp16 engine")
+    precision.add_argument("--int8", action="store_true", help="INT8 engine (needs --calib)")
+    p.add_argument("--calib", metavar="DIR", help="folder of frames for INT8 calibration")
+    p.add_argument("--shapes", metavar="MIN:OPT:MAX", help="input sizes HxW for a dynamic ONNX, e.g. "
+                                                             "256x512:512x1024:1024x2048")
+    p.add_argument("--workspace", type=float, default=4.0, metavar="GB", help="builder workspace limit (default 4)")
+    p.add_argument("-o", "--output", metavar="FILE", help="also write the engine (and its sidecars) here")
+    p.add_argument("--rebuild", action="store_true", help="ignore a cached engine")
+    p.add_argument("--verbose", "-v", action="store_true")
+    p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("models", help="list the models segstream knows")
     p.add_argument("--no-params", action="store_true", help="skip counting parameters (no torch import)")

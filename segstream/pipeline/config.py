@@ -39,7 +39,13 @@ class PipelineConfig:
         sources: source URIs (video, image folder, glob, ``test-pattern``).
         model: zoo model name or path to an ONNX file with segstream metadata.
         weights: weights file for a zoo model (overrides the lookup).
-        backend: inference backend.
+        backend: ``auto`` (TensorRT where TensorRT and a GPU are, else ONNX Runtime with
+            CUDA where that is, else ONNX Runtime on the CPU), ``onnxruntime``, ``torch``
+            or ``tensorrt``.
+        precision: ``fp32`` or ``fp16`` (GPU backends).
+        providers: ONNX Runtime execution providers in order (``tensorrt``, ``cuda``,
+            ``cpu`` or full names); empty: CUDA when usable, then CPU.
+        cuda_graph: the torch backend on CUDA replays the model as a CUDA graph.
         policy: ``live`` or ``lossless``; None picks per source (files lossless,
             live sources live).
         record: folder for masks, overlay video and stats.json, or None.
@@ -83,7 +89,10 @@ class PipelineConfig:
     sources: tuple[str, ...] = ("test-pattern",)
     model: str = "espnet-cityscapes"
     weights: str | None = None
-    backend: str = "onnxruntime"
+    backend: str = "auto"
+    precision: str = "fp32"
+    providers: tuple[str, ...] = ()
+    cuda_graph: bool = False
     policy: FlowPolicy | None = None
     record: str | None = None
     publish: str = DEFAULT_PUBLISH
@@ -123,9 +132,14 @@ class PipelineConfig:
                 set_(self, "policy", FlowPolicy(self.policy))
             except ValueError:
                 raise ConfigError(f"policy must be 'live' or 'lossless', found {self.policy!r}") from None
-        if self.backend != "onnxruntime":
-            raise ConfigError(f"backend must be 'onnxruntime' (the CPU backend; TensorRT and PyTorch pipeline "
-                              f"backends are not available yet), found {self.backend!r}")
+        from segstream.engines.backend_choice import BACKEND_CHOICES
+        from segstream.engines.resolve import PRECISIONS
+
+        if self.backend not in BACKEND_CHOICES:
+            raise ConfigError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, found {self.backend!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, found {self.precision!r}")
+        set_(self, "providers", tuple(str(p) for p in self.providers))
         if self.mask_encoding not in ENCODINGS:
             raise ConfigError(f"mask_encoding must be one of {', '.join(ENCODINGS)}, found {self.mask_encoding!r}")
         if self.render_mode not in ("blend", "mask", "side-by-side"):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from segstream.engines.metadata import ModelMetadata
+from segstream.engines.resolve import InferenceModel
 from segstream.pipeline.config import ConfigError, PipelineConfig
 from segstream.pipeline.policies import FlowPolicy
 from segstream.pipeline.stage import StageKind, StageSpec
@@ -34,6 +35,7 @@ RING_SLOTS: dict[StageKind, tuple[int, int]] = {
 
 
 LIGHT_STAGE_NICE = 10  # light stages yield the cores to inference (see StageSpec.nice)
+GPU_AUTO_WORKERS = 2
 MAX_AUTO_WORKERS = 4
 
 
@@ -64,9 +66,9 @@ def source_ids(sources: tuple[str, ...]) -> list[str]:
     return ids
 
 
-def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: Path, model_path: Path,
-             metadata: ModelMetadata) -> RunPlan:
+def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: Path, model: InferenceModel) -> RunPlan:
     """Lay out the stages of one run."""
+    metadata = model.metadata
     port = iter(range(config.tcp_base_port, config.tcp_base_port + 100))
 
     def endpoint(name: str) -> str:
@@ -99,20 +101,21 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
         stages.append(spec(f"capture-{i}", StageKind.CAPTURE, outputs=(out,), ring_readers=2 if render else 1,
                            settings={"source": uri, "source_id": sid, "max_frames": config.max_frames,
                                      "rate": rate, "loop": config.loop, "live": dict(config.live)}))
-    workers, threads = worker_layout(config, policy)
+    workers, threads = worker_layout(config, policy, model.choice.device)
     pre_outs = tuple(endpoint(f"preprocess-{k}") for k in range(workers))
     infer_outs = tuple(endpoint(f"infer-{k}") for k in range(workers))
     publish_out = (endpoint("publish"),) if render else ()
     stages.append(spec("preprocess", StageKind.PREPROCESS, inputs=tuple(capture_outputs), outputs=pre_outs,
-                       ring_readers=1, reader_ids={"frame": 0}, settings={"metadata": meta}))
+                       ring_readers=1, reader_ids={"frame": 0},
+                       settings={"metadata": meta, "images": model.choice.takes_images}))
     for k in range(workers):
         # The workers share reader id 0 of the tensor ring and each write a labels ring
         # read by publish (reader id 0 of each).
         stages.append(spec("infer" if workers == 1 else f"infer-{k}", StageKind.INFER, inputs=(pre_outs[k],),
-                           outputs=(infer_outs[k],), ring_readers=1, reader_ids={"tensor": 0},
+                           outputs=(infer_outs[k],), ring_readers=1, reader_ids={"input": 0},
                            reader_in_order=workers == 1,
-                           settings={"model_path": str(model_path), "backend": config.backend, "threads": threads,
-                                     "confidence": config.confidence}))
+                           settings={"model": model.path, "backend": model.choice.backend,
+                                     "engine": model.engine_options(threads), "confidence": config.confidence}))
     stages.append(spec("publish", StageKind.PUBLISH, inputs=infer_outs, outputs=publish_out,
                        eos_per_source=workers, reorder=workers > 1,
                        ring_readers=1 if render else 0, reader_ids={"labels": 0},
@@ -147,10 +150,15 @@ def class_ids(names: tuple[str, ...], metadata: ModelMetadata) -> list[int] | No
     return ids
 
 
-def worker_layout(config: PipelineConfig, policy: FlowPolicy) -> tuple[int, int]:
-    """How many inference processes, with how many threads each."""
+def worker_layout(config: PipelineConfig, policy: FlowPolicy, device: str = "cpu") -> tuple[int, int]:
+    """How many inference processes, with how many threads each.
+
+    On a GPU, two processes in lossless flow (one uploads and copies back while the other
+    computes); each holds its own CUDA context and engine, so more only costs memory.
+    """
     cores = os.cpu_count() or 1
-    workers = config.workers or (min(cores, MAX_AUTO_WORKERS) if policy is FlowPolicy.LOSSLESS else 1)
+    auto = min(cores, MAX_AUTO_WORKERS) if device == "cpu" else GPU_AUTO_WORKERS
+    workers = config.workers or (auto if policy is FlowPolicy.LOSSLESS else 1)
     threads = config.threads or max(1, cores // workers)
     return workers, threads
 

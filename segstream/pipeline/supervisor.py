@@ -24,7 +24,7 @@ from typing import Any
 
 import zmq
 
-from segstream.engines.metadata import ModelMetadata
+from segstream.engines.resolve import InferenceModel
 from segstream.pipeline.config import PipelineConfig
 from segstream.pipeline.graph import RunPlan, plan_run
 from segstream.pipeline.policies import FlowPolicy
@@ -117,14 +117,13 @@ class Supervisor:
 
     Args:
         config: the run configuration.
-        model_path: ONNX file the infer stage loads.
-        metadata: that model's metadata.
+        model: what the inference stages load, on which backend (``resolve_inference``).
     """
 
-    def __init__(self, config: PipelineConfig, model_path: Path, metadata: ModelMetadata) -> None:
+    def __init__(self, config: PipelineConfig, model: InferenceModel) -> None:
         self.config = config
-        self.model_path = model_path
-        self.metadata = metadata
+        self.model = model
+        self.metadata = model.metadata
         self.policy = config.policy or default_policy(config.sources)
         self.run_id = secrets.token_hex(4)
         self.state = RunState.STARTING
@@ -149,7 +148,7 @@ class Supervisor:
         error = ""
         control = commands = None
         try:
-            plan = plan_run(self.config, self.policy, self.run_id, run_dir, self.model_path, self.metadata)
+            plan = plan_run(self.config, self.policy, self.run_id, run_dir, self.model)
             control = make_socket(context, Role.CONTROL_IN, bind=plan.control)
             commands = make_socket(context, Role.COMMANDS_PUB, bind=plan.commands)
             self._start(plan, run_dir)
@@ -339,7 +338,9 @@ class Supervisor:
             "duration_s": round(duration_s, 3),
             "policy": self.policy.value,
             "model": self.metadata.name,
-            "model_path": str(self.model_path),
+            "model_path": self.model.path,
+            "backend": {"name": self.model.choice.backend, "device": self.model.choice.device,
+                        "providers": list(self.model.choice.providers), "reason": self.model.choice.reason},
             "sources": list(self.config.sources),
             "frames_in": frames_in,
             "frames_published": published,

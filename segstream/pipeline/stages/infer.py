@@ -1,7 +1,8 @@
-"""Inference stage: tensor -> label map at model resolution.
+"""Inference stage: model input -> label map at model resolution.
 
-Settings: ``model_path`` (ONNX file with metadata), ``backend`` (default ``onnxruntime``),
-``threads`` (0 = one per core), ``confidence`` (pass the model's confidence output on).
+Settings: ``model`` (ONNX file, engine file or zoo name), ``backend``, ``engine`` (the
+backend's keyword arguments), ``confidence`` (pass the model's confidence output on).
+The input part is a float tensor, or a uint8 image for engines that take images.
 """
 
 from __future__ import annotations
@@ -27,12 +28,11 @@ class InferProcessor:
         self.spec = spec
         self.runtime = runtime
         settings = spec.settings
-        self.engine = load_engine(settings["model_path"], settings.get("backend", "onnxruntime"),
-                                  threads=int(settings.get("threads", 0)))
-        self.tensors = PayloadReader(spec.reader_ids.get("tensor"), spec.reader_in_order)
+        self.engine = load_engine(settings["model"], settings["backend"], **settings.get("engine", {}))
+        self.inputs = PayloadReader(spec.reader_ids.get("input"), spec.reader_in_order)
         self.writer = open_writer(spec)
         runtime.stats.extra["model"] = self.engine.metadata.name
-        self._tensor: np.ndarray | None = None  # reused input buffer
+        self._input: np.ndarray | None = None  # reused input buffer
         self._confidence = self.engine.metadata.output(OutputKind.CONFIDENCE) if settings.get("confidence") else None
         # Live flow: capture overwrites its ring at the camera's rate, and render needs the
         # frame a good while later (after inference). Copy the frames that do get
@@ -40,18 +40,21 @@ class InferProcessor:
         self._frames = PayloadReader() if spec.policy is FlowPolicy.LIVE else None
 
     def process(self, message: Message) -> Message | None:
-        tensor = self._tensor = self.tensors.take(message, "tensor", self._tensor)
-        if tensor is None:
+        model_input = self._input = self.inputs.take(message, "input", self._input)
+        if model_input is None:
             self.runtime.stats.skipped["overwritten"] += 1
             return None
         frame = self._pinned_frame(message)
-        outputs = self.engine.infer(tensor)
+        if model_input.dtype == np.uint8:
+            outputs = self.engine.infer_image(model_input)
+        else:
+            outputs = self.engine.infer(model_input)
         labels = labels_from_outputs(outputs, self.engine.metadata)
         out = derive(message, Kind.RESULT)
         if frame is None:
-            self.tensors.forward(message, out, *CARRIED)
+            self.inputs.forward(message, out, *CARRIED)
         else:
-            self.tensors.forward(message, out, *(name for name in CARRIED if name != "frame"))
+            self.inputs.forward(message, out, *(name for name in CARRIED if name != "frame"))
             if not self.writer.add(out, "frame", frame, lambda: self.runtime.stopping):
                 return None
         if not self.writer.add(out, "labels", labels, lambda: self.runtime.stopping):
@@ -73,14 +76,14 @@ class InferProcessor:
         return self.writer.blocked_ns
 
     def discard(self, message: Message) -> None:
-        self.tensors.release(message, "tensor")
+        self.inputs.release(message, "input")
 
     def end_of_stream(self, message: Message) -> None:
         pass
 
     def close(self) -> None:
         self.engine.close()
-        self.tensors.close()
+        self.inputs.close()
         if self._frames is not None:
             self._frames.close()
         close_writer(self.writer, self.runtime)

@@ -1,6 +1,10 @@
-"""Preprocess stage: frame -> model input tensor, as the model's metadata prescribes.
+"""Preprocess stage: frame -> model input, as the model's metadata prescribes.
 
-Settings: ``metadata`` (the model's ``ModelMetadata`` as a dict).
+The output part is named ``input``: a normalised (1, 3, H, W) float32 tensor, or, for
+engines that normalise on their GPU, the BGR uint8 (H, W, 3) frame resized to the input.
+
+Settings: ``metadata`` (the model's ``ModelMetadata`` as a dict), ``images`` (resize
+only, for GPU engines).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class PreprocessProcessor:
         self.runtime = runtime
         meta = ModelMetadata.from_dict(spec.settings["metadata"])
         self.preprocess = Preprocessor(meta)
+        self._images = bool(spec.settings.get("images"))
         self._tensor = np.empty((1, 3, meta.input_height, meta.input_width), np.float32)
         self.frames = PayloadReader(spec.reader_ids.get("frame"))
         self.writer = open_writer(spec)
@@ -37,7 +42,8 @@ class PreprocessProcessor:
             return None
         out = derive(message, Kind.TENSOR)
         self.frames.forward(message, out, *CARRIED)
-        if not self.writer.add(out, "tensor", self.preprocess(frame, self._tensor), lambda: self.runtime.stopping):
+        model_input = self.preprocess.resize(frame) if self._images else self.preprocess(frame, self._tensor)
+        if not self.writer.add(out, "input", model_input, lambda: self.runtime.stopping):
             return None
         return out
 
