@@ -37,37 +37,50 @@ def load_torch_model(name: str, weights: str | os.PathLike[str] | None = None):
     if spec.weights_asset is not None or weights is not None:
         path = resolve_asset(spec.weights_asset or "", explicit=weights)
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
+        if isinstance(state, dict) and "state_dict" in state:  # a `segstream train` checkpoint
+            if state.get("model", name) != name:
+                raise ModelError(f"{path} is a checkpoint of {state['model']!r}, not {name!r}; pass the matching "
+                                 f"model name")
             state = state["state_dict"]
         missing, unexpected = module.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(
+            raise ModelError(
                 f"weights {path} do not fit model {name}: missing keys {missing[:5]}, unexpected keys "
                 f"{unexpected[:5]}. Pass weights saved from this architecture"
             )
     return module.eval(), spec
 
 
-def _labels_head(module, ignore_channel: int | None, ignore_index: int, confidence: bool):
+def _inference_head(module, spec: ModelSpec, meta: ModelMetadata, confidence: bool):
+    """Wrap a zoo module so it returns exactly the exported outputs, in metadata order:
+    the uint8 label map (argmax, ignore channel mapped), the optional confidence map, and
+    the classification scores (softmax)."""
     import torch
 
-    class LabelsHead(torch.nn.Module):
+    ignore_channel, ignore_index = meta.ignore_channel, meta.ignore_index
+
+    class InferenceHead(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.net = module
 
         def forward(self, image: torch.Tensor):
-            logits = self.net(image)
-            labels = logits.argmax(1)
-            if ignore_channel is not None:
-                labels = torch.where(labels == ignore_channel, torch.full_like(labels, ignore_index), labels)
-            labels = labels.to(torch.uint8)
-            if not confidence:
-                return labels
-            score = torch.softmax(logits, 1).amax(1)
-            return labels, torch.round(score * 255.0).to(torch.uint8)
+            out = self.net(image)
+            seg, cls = (out if spec.task == "joint" else (out, None) if spec.task == "segmentation" else (None, out))
+            results = []
+            if seg is not None:
+                labels = seg.argmax(1)
+                if ignore_channel is not None:
+                    labels = torch.where(labels == ignore_channel, torch.full_like(labels, ignore_index), labels)
+                results.append(labels.to(torch.uint8))
+                if confidence:
+                    score = torch.softmax(seg, 1).amax(1)
+                    results.append(torch.round(score * 255.0).to(torch.uint8))
+            if cls is not None:
+                results.append(torch.softmax(cls, 1))
+            return tuple(results) if len(results) > 1 else results[0]
 
-    return LabelsHead().eval()
+    return InferenceHead().eval()
 
 
 def inference_metadata(spec: ModelSpec, confidence: bool = False, height: int | None = None,
@@ -85,10 +98,12 @@ def inference_metadata(spec: ModelSpec, confidence: bool = False, height: int | 
                              f"{width}x{height}; round it, e.g. {width // spec.size_multiple * spec.size_multiple}x"
                              f"{height // spec.size_multiple * spec.size_multiple}")
         meta = dataclasses.replace(meta, input_height=height, input_width=width)
-    if meta.output(OutputKind.CLASS_IDS) is None:
-        raise ModelError(f"model {spec.name} has no class-id output to export")
     if confidence:
-        meta = dataclasses.replace(meta, outputs=(*meta.outputs, OutputSpec("confidence", OutputKind.CONFIDENCE)))
+        if not meta.segments:
+            raise ModelError(f"{spec.name} is a classifier; --confidence applies to segmentation models")
+        seg = [o for o in meta.outputs if o.kind is OutputKind.CLASS_IDS]
+        rest = [o for o in meta.outputs if o.kind is not OutputKind.CLASS_IDS]
+        meta = dataclasses.replace(meta, outputs=(*seg, OutputSpec("confidence", OutputKind.CONFIDENCE), *rest))
     return meta
 
 
@@ -107,11 +122,12 @@ def inference_module(name: str, weights: str | os.PathLike[str] | None = None, c
     """
     module, spec = load_torch_model(name, weights)
     meta = inference_metadata(spec, confidence, height, width)
-    return _labels_head(module, meta.ignore_channel, meta.ignore_index, confidence), meta
+    return _inference_head(module, spec, meta, confidence), meta
 
 
 def export_onnx(name: str, output: str | os.PathLike[str], weights: str | os.PathLike[str] | None = None,
-                height: int | None = None, width: int | None = None, confidence: bool = False) -> Path:
+                height: int | None = None, width: int | None = None, confidence: bool = False,
+                dynamic: bool = False) -> Path:
     """Export zoo model ``name`` to ``output`` with its metadata embedded.
 
     Args:
@@ -122,6 +138,8 @@ def export_onnx(name: str, output: str | os.PathLike[str], weights: str | os.Pat
         width: model input width (default: the model's own).
         confidence: add a ``confidence`` output (the winning class's softmax probability
             x 255, uint8); it costs a softmax over every pixel.
+        dynamic: input height and width are dynamic axes (the metadata's size stays the
+            default the pipeline resizes to); for TensorRT profiles and other sizes.
 
     Returns:
         The written path.
@@ -146,6 +164,7 @@ def export_onnx(name: str, output: str | os.PathLike[str], weights: str | os.Pat
                 tmp,
                 input_names=[meta.input_name],
                 output_names=[o.name for o in meta.outputs],
+                dynamic_axes=_dynamic_axes(meta) if dynamic else None,
                 opset_version=OPSET,
                 dynamo=False,
             )
@@ -157,6 +176,14 @@ def export_onnx(name: str, output: str | os.PathLike[str], weights: str | os.Pat
             os.unlink(tmp)
     logger.info("exported %s to %s", name, output)
     return output
+
+
+def _dynamic_axes(meta: ModelMetadata) -> dict[str, dict[int, str]]:
+    axes = {meta.input_name: {2: "height", 3: "width"}}
+    for out in meta.outputs:
+        if out.kind in (OutputKind.CLASS_IDS, OutputKind.CONFIDENCE):
+            axes[out.name] = {1: "height", 2: "width"}
+    return axes
 
 
 def cached_onnx(name: str, weights: str | os.PathLike[str] | None = None, confidence: bool = False) -> Path:

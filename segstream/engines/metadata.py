@@ -53,7 +53,8 @@ class OutputKind(str, Enum):
 
     CLASS_IDS = "class_ids"  # (N, H, W) integer label map, already argmaxed
     SEGMENTATION_LOGITS = "segmentation_logits"  # (N, C, H, W)
-    CLASSIFICATION_LOGITS = "classification_logits"  # (N, C)
+    CLASSIFICATION_LOGITS = "classification_logits"  # (N, K)
+    CLASSIFICATION_SCORES = "classification_scores"  # (N, K) softmax probabilities
     CONFIDENCE = "confidence"  # (N, H, W) uint8: the winning class's probability x 255
 
 
@@ -90,6 +91,9 @@ class ModelMetadata:
         outputs: the model's outputs.
         ignore_channel: logits channel that maps to ``ignore_index`` (ESPNet's 20th
             channel), or None.
+        label_names: image-level labels of a classification output (e.g. scene types);
+            empty for segmentation-only models. ``class_names`` name the pixels' classes.
+        top_k: how many labels (with scores) a classification result reports.
     """
 
     name: str
@@ -107,6 +111,8 @@ class ModelMetadata:
     ignore_index: int = 255
     ignore_channel: int | None = None
     resize_interpolation: str = "bilinear"
+    label_names: tuple[str, ...] = ()
+    top_k: int = 5
     version: int = METADATA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -117,6 +123,7 @@ class ModelMetadata:
         set_(self, "mean", tuple(float(v) for v in self.mean))
         set_(self, "std", tuple(float(v) for v in self.std))
         set_(self, "class_names", tuple(str(n) for n in self.class_names))
+        set_(self, "label_names", tuple(str(n) for n in self.label_names))
         set_(self, "palette", tuple(tuple(int(c) for c in rgb) for rgb in self.palette))
         set_(self, "outputs", tuple(o if isinstance(o, OutputSpec) else OutputSpec(**o) for o in self.outputs))
         if len(self.mean) != 3 or len(self.std) != 3:
@@ -131,6 +138,12 @@ class ModelMetadata:
             )
         if not self.outputs:
             raise ModelError("metadata lists no outputs; expected at least one of " + ", ".join(k.value for k in OutputKind))
+        classifies = any(o.kind in (OutputKind.CLASSIFICATION_LOGITS, OutputKind.CLASSIFICATION_SCORES)
+                         for o in self.outputs)
+        if classifies and not self.label_names:
+            raise ModelError("a model with a classification output needs label_names (one per label)")
+        if self.top_k < 1:
+            raise ModelError(f"top_k must be at least 1, found {self.top_k}")
         if self.resize_interpolation not in ("bilinear", "nearest"):
             raise ModelError(f"resize_interpolation must be 'bilinear' or 'nearest', found {self.resize_interpolation!r}")
 
@@ -138,6 +151,11 @@ class ModelMetadata:
     def num_classes(self) -> int:
         """Number of named classes."""
         return len(self.class_names)
+
+    @property
+    def segments(self) -> bool:
+        """True when the model produces a label map (class ids or segmentation logits)."""
+        return any(o.kind in (OutputKind.CLASS_IDS, OutputKind.SEGMENTATION_LOGITS) for o in self.outputs)
 
     def output(self, kind: OutputKind) -> OutputSpec | None:
         """The first output of ``kind``, or None."""

@@ -41,6 +41,10 @@ class ModelSpec:
         weights_asset: key in ``segstream.assets.ASSETS`` of the pretrained weights, or None.
         metadata: metadata of the exported model.
         size_multiple: input sides must be multiples of this.
+        task: what ``build()``'s module returns for a (N, 3, H, W) image:
+            ``segmentation``: (N, C, H, W) logits; ``classification``: (N, K) logits;
+            ``joint``: both, as a tuple.
+        architecture: the family, for listings.
     """
 
     name: str
@@ -49,6 +53,8 @@ class ModelSpec:
     weights_asset: str | None
     metadata: ModelMetadata
     size_multiple: int = 8
+    task: str = "segmentation"
+    architecture: str = "espnet"
 
 
 def _espnet(q: int) -> Callable[[], "nn.Module"]:
@@ -80,6 +86,44 @@ def _espnet_metadata(name: str) -> ModelMetadata:
     )
 
 
+# torchvision-style ImageNet statistics, RGB, for the models trained here from scratch or
+# fine-tuned from ImageNet backbones.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SCENE_LABELS = ("highway", "urban", "residential")
+SEGMENTATION_OUTPUT = OutputSpec("labels", OutputKind.CLASS_IDS)
+CLASSIFICATION_OUTPUT = OutputSpec("scores", OutputKind.CLASSIFICATION_SCORES)
+
+
+def _metadata(name: str, width: int, height: int, segments: bool = True, labels: tuple[str, ...] = ()) -> ModelMetadata:
+    outputs = ((SEGMENTATION_OUTPUT,) if segments else ()) + ((CLASSIFICATION_OUTPUT,) if labels else ())
+    return ModelMetadata(
+        name=name, input_name="image", input_width=width, input_height=height, channel_order=ChannelOrder.RGB,
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, scale=1.0 / 255.0, normalize_order=NormalizeOrder.SCALE_THEN_STANDARDIZE,
+        class_names=cityscapes.CLASS_NAMES if segments else (), palette=cityscapes.PALETTE_BGR if segments else (),
+        outputs=outputs, ignore_index=cityscapes.IGNORE_INDEX, label_names=labels, top_k=min(5, len(labels) or 5),
+        extra={"dataset": "cityscapes", "label_space": "cityscapes-train-ids"} if segments else {},
+    )
+
+
+def _builder(module: str, cls: str, config: str, **kwargs: object) -> Callable[[], "nn.Module"]:
+    """A build function that imports the architecture (and torch) only when called."""
+
+    def build() -> "nn.Module":
+        import importlib
+
+        mod = importlib.import_module(f"segstream.engines.{module}.model")
+        return getattr(mod, cls)(getattr(mod, config)(**kwargs))
+
+    return build
+
+
+def _segmenter(name: str, description: str, architecture: str, build: Callable[[], "nn.Module"],
+               size_multiple: int = 32) -> ModelSpec:
+    return ModelSpec(name, description, build, None, _metadata(name, 1024, 512), size_multiple, "segmentation",
+                     architecture)
+
+
 MODELS: dict[str, ModelSpec] = {
     "espnet-cityscapes": ModelSpec(
         "espnet-cityscapes",
@@ -95,6 +139,30 @@ MODELS: dict[str, ModelSpec] = {
         "espnet_p_2_q_3.pth",
         _espnet_metadata("espnet-cityscapes-q3"),
     ),
+    "fcn-resnet18": _segmenter("fcn-resnet18", "FCN, ResNet-18, output stride 8, Cityscapes 19 classes", "fcn",
+                               _builder("fcn", "FCN", "FCNConfig", backbone="resnet18", output_stride=8)),
+    "fcn-resnet18-os32": _segmenter("fcn-resnet18-os32", "FCN-32s, ResNet-18, output stride 32", "fcn",
+                                    _builder("fcn", "FCN", "FCNConfig", backbone="resnet18", output_stride=32)),
+    "fcn-resnet50": _segmenter("fcn-resnet50", "FCN, ResNet-50, output stride 8", "fcn",
+                               _builder("fcn", "FCN", "FCNConfig", backbone="resnet50", output_stride=8)),
+    "unet": _segmenter("unet", "U-Net, width 32, depth 4", "unet", _builder("unet", "UNet", "UNetConfig"), 16),
+    "deeplabv3plus-resnet50": _segmenter(
+        "deeplabv3plus-resnet50", "DeepLabV3+, ResNet-50, output stride 16, ASPP rates 6/12/18", "deeplabv3plus",
+        _builder("deeplabv3plus", "DeepLabV3Plus", "DeepLabV3PlusConfig", backbone="resnet50")),
+    "deeplabv3plus-mobilenetv2": _segmenter(
+        "deeplabv3plus-mobilenetv2", "DeepLabV3+, MobileNetV2, output stride 16, ASPP rates 6/12/18",
+        "deeplabv3plus", _builder("deeplabv3plus", "DeepLabV3Plus", "DeepLabV3PlusConfig", backbone="mobilenetv2")),
+    "ddrnet23-slim": _segmenter("ddrnet23-slim", "DDRNet-23-slim, real-time two-branch network for driving scenes",
+                                "ddrnet", _builder("ddrnet", "DDRNet", "DDRNetConfig"), 64),
+    "resnet18-classifier": ModelSpec(
+        "resnet18-classifier", "ResNet-18 image classifier (scene type: highway/urban/residential), top-k scores",
+        _builder("classifier", "Classifier", "ClassifierConfig", classes=len(SCENE_LABELS)), None,
+        _metadata("resnet18-classifier", 448, 224, segments=False, labels=SCENE_LABELS), 32, "classification",
+        "classifier"),
+    "joint-resnet18": ModelSpec(
+        "joint-resnet18", "ResNet-18 shared encoder: Cityscapes segmentation + scene type in one call",
+        _builder("joint", "JointSegClassifier", "JointConfig", labels=len(SCENE_LABELS)), None,
+        _metadata("joint-resnet18", 1024, 512, labels=SCENE_LABELS), 32, "joint", "joint"),
 }
 
 

@@ -159,7 +159,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """``segstream export``."""
     from segstream.engines.export import export_onnx
 
-    path = export_onnx(args.model, args.output, args.weights, args.height, args.width, args.confidence)
+    path = export_onnx(args.model, args.output, args.weights, args.height, args.width, args.confidence, args.dynamic)
     print(f"wrote {path}")
     return 0
 
@@ -185,13 +185,14 @@ def cmd_models(args: argparse.Namespace) -> int:
     """``segstream models``: the zoo, one line per model."""
     from segstream.engines.zoo import MODELS
 
-    print(f"{'name':<22} {'input':>9} {'classes':>7} {'params':>9}  weights   description")
+    print(f"{'name':<26} {'task':<14} {'input':>9} {'classes':>9} {'params':>11}  weights     description")
     for spec in MODELS.values():
         meta = spec.metadata
-        params = sum(p.numel() for p in spec.build().parameters()) if not args.no_params else 0
+        params = f"{sum(p.numel() for p in spec.build().parameters()):,}" if not args.no_params else "-"
         weights = "pretrained" if spec.weights_asset else "none"
-        print(f"{spec.name:<22} {meta.input_width:>4}x{meta.input_height:<4} {meta.num_classes:>7} "
-              f"{params:>9,}  {weights:<9} {spec.description}")
+        classes = "+".join(str(n) for n in (meta.num_classes, len(meta.label_names)) if n)
+        print(f"{spec.name:<26} {spec.task:<14} {meta.input_width:>4}x{meta.input_height:<4} {classes:>9} "
+              f"{params:>11}  {weights:<11} {spec.description}")
     return 0
 
 
@@ -227,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, help="input height (default: the model's own)")
     p.add_argument("--width", type=int, help="input width (default: the model's own)")
     p.add_argument("--confidence", action="store_true", help="add a per-pixel confidence output")
+    p.add_argument("--dynamic", action="store_true", help="dynamic input height and width")
     p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(func=cmd_export)
 

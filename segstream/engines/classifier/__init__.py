@@ -1,0 +1,1 @@
+"""Image classifiers: a ResNet encoder and a classification head."""

@@ -1,0 +1,1 @@
+"""DeepLabV3+ (Chen et al., ECCV 2018)."""

@@ -1,0 +1,1 @@
+"""Encoders (backbones) of the zoo's architectures; see ``base`` for the contract."""

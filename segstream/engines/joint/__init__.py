@@ -1,0 +1,1 @@
+"""One network that segments and classifies in a single inference call."""

@@ -1,0 +1,1 @@
+"""U-Net (Ronneberger et al., MICCAI 2015)."""
