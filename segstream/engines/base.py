@@ -102,3 +102,18 @@ def labels_from_outputs(outputs: dict[str, np.ndarray], metadata: ModelMetadata)
     if metadata.ignore_channel is not None:
         labels[labels == metadata.ignore_channel] = metadata.ignore_index
     return labels.astype(np.uint8)
+
+
+def top_labels(outputs: dict[str, np.ndarray], metadata: ModelMetadata) -> list[dict[str, object]] | None:
+    """The classification result: the ``top_k`` labels with their scores, best first
+    (``[{"label": "urban", "id": 1, "score": 0.87}, ...]``), or None for a model that
+    does not classify. Logits outputs go through a softmax first."""
+    spec = metadata.output(OutputKind.CLASSIFICATION_SCORES) or metadata.output(OutputKind.CLASSIFICATION_LOGITS)
+    if spec is None:
+        return None
+    scores = np.asarray(outputs[spec.name], np.float64).reshape(-1)
+    if spec.kind is OutputKind.CLASSIFICATION_LOGITS:
+        scores = np.exp(scores - scores.max())
+        scores /= scores.sum()
+    order = np.argsort(scores)[::-1][: metadata.top_k]
+    return [{"label": metadata.label_names[i], "id": int(i), "score": round(float(scores[i]), 4)} for i in order]

@@ -7,6 +7,7 @@
     segstream consume ENDPOINT [--count N] [--save DIR]
     segstream export MODEL -o FILE.onnx
     segstream build MODEL.onnx [--fp16|--int8 --calib DIR] [--shapes MIN:OPT:MAX] [--workspace GB] [-o FILE]
+    segstream train MODEL --data DATASET [--epochs N] [--crop HxW] [--resume CKPT]
     segstream models
     segstream demo [--record DIR]
 """
@@ -181,6 +182,31 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """``segstream train``: fine-tune or train a zoo model."""
+    from segstream.engines.metadata import ModelError
+    from segstream.engines.training.trainer import TrainConfig, Trainer
+
+    crop = None
+    if args.crop:
+        try:
+            crop = tuple(int(v) for v in args.crop.lower().split("x"))
+        except ValueError:
+            crop = ()
+        if len(crop) != 2:
+            raise ModelError(f"--crop takes HEIGHTxWIDTH, e.g. 512x1024, found {args.crop!r}")
+    config = TrainConfig(model=args.model, data=args.data, val=args.val, epochs=args.epochs, crop=crop,
+                         batch_size=args.batch_size, lr=args.lr, resume=args.resume, weights=args.weights,
+                         output=args.output, threads=args.threads)
+    history = Trainer(config).run()
+    for result in history:
+        figures = ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items())
+        print(f"epoch {result.epoch}: loss {result.loss:.4f} ({result.images_per_s:.1f} img/s); {figures}")
+    print(f"checkpoints: {args.output}/last.pt, {args.output}/best.pt; export: segstream export {args.model} "
+          f"--weights {args.output}/best.pt -o {args.model}.onnx")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     """``segstream models``: the zoo, one line per model."""
     from segstream.engines.zoo import MODELS
@@ -245,6 +271,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true", help="ignore a cached engine")
     p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("train", help="fine-tune or train a zoo model")
+    p.add_argument("model", help="zoo model name")
+    p.add_argument("--data", required=True, help="cityscapes:ROOT[:SPLIT], kitti-semantics:ROOT, kitti360:ROOT:SEQ, "
+                                                 "or ROOT/<label>/*.png for classifiers and joint models")
+    p.add_argument("--val", help="validation data (default: the training data)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--crop", metavar="HxW", help="training crop (default: the model's input size)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (poly decay)")
+    p.add_argument("--weights", help="start from these weights (default: the pretrained ones, if any)")
+    p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint")
+    p.add_argument("-o", "--output", default="segstream-train", help="checkpoint folder")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--verbose", "-v", action="store_true")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("models", help="list the models segstream knows")
     p.add_argument("--no-params", action="store_true", help="skip counting parameters (no torch import)")

@@ -31,7 +31,7 @@ class MaskResult:
         source: source id.
         index: frame index within the source.
         name: frame name (file stem or zero-padded index).
-        mask: (H, W) uint8 class indices.
+        mask: (H, W) uint8 class indices; None for a model that only classifies.
         classes: class id -> share of the frame's pixels, for the classes present.
         latency_ms: capture (wall clock) to reception here.
         gap: frames of this source not received just before this one (skipped by a
@@ -39,18 +39,21 @@ class MaskResult:
         gt: ground truth label map for dataset replays, else None.
         confidence: (H, W) uint8, the winning class's probability x 255, when the
             pipeline publishes it (``--confidence``), else None.
+        classification: for models that classify, the top labels with scores, best
+            first: ``[{"label": "urban", "id": 1, "score": 0.87}, ...]``; else None.
         header: the whole decoded header, for anything else.
     """
 
     source: str
     index: int
     name: str
-    mask: np.ndarray
+    mask: np.ndarray | None
     classes: dict[int, float]
     latency_ms: float
     gap: int
     gt: np.ndarray | None = None
     confidence: np.ndarray | None = None
+    classification: list[dict[str, Any]] | None = None
     header: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -123,15 +126,19 @@ class MaskSubscriber:
             if header.kind is not Kind.RESULT:
                 continue
             part = header.part("mask")
+            classification = header.meta.get("classification")
+            mask = None
             if part is None or part.inline is None:
-                self.malformed += 1
-                continue
-            try:
-                mask = decode_mask(message.payload[part.inline], part.encoding, part.shape)
-            except MaskCodecError as exc:
-                self.malformed += 1
-                logger.warning("skipped frame %d of %s: %s", header.index, header.source, exc)
-                continue
+                if classification is None:  # neither a mask nor labels: not a result
+                    self.malformed += 1
+                    continue
+            else:
+                try:
+                    mask = decode_mask(message.payload[part.inline], part.encoding, part.shape)
+                except MaskCodecError as exc:
+                    self.malformed += 1
+                    logger.warning("skipped frame %d of %s: %s", header.index, header.source, exc)
+                    continue
             seen.add(header.source)
             gap = max(header.index - self._last.get(header.source, header.index - 1) - 1, 0)
             self._last[header.source] = header.index
@@ -150,6 +157,7 @@ class MaskSubscriber:
                 else None,
                 confidence=inline_array(confidence_part, message.payload)
                 if confidence_part is not None and confidence_part.inline is not None else None,
+                classification=classification,
                 header=header.to_json(),
             )
 

@@ -44,11 +44,13 @@ def consume(options: ConsumeOptions, out: TextIO = sys.stdout) -> int:
     subscriber = MaskSubscriber(options.endpoint, timeout_s=options.timeout_s or None, lossless=options.lossless)
     try:
         for result in subscriber:
-            out.write(f"source={result.source} frame={result.index} name={result.name} "
-                      f"shape={result.mask.shape[1]}x{result.mask.shape[0]} latency={result.latency_ms:.1f}ms"
-                      + (f" gap={result.gap}" if result.gap else "") + "\n")
+            shape = f" shape={result.mask.shape[1]}x{result.mask.shape[0]}" if result.mask is not None else ""
+            labels = " labels=" + ",".join(f"{c['label']}:{float(c['score']):.2f}" for c in result.classification) \
+                if result.classification else ""
+            out.write(f"source={result.source} frame={result.index} name={result.name}{shape}{labels} "
+                      f"latency={result.latency_ms:.1f}ms" + (f" gap={result.gap}" if result.gap else "") + "\n")
             out.flush()
-            if options.save:
+            if options.save and result.mask is not None:
                 write_png(Path(options.save) / result.source / f"{result.name}.png", result.mask)
             received += 1
             if options.count and received >= options.count:

@@ -93,13 +93,14 @@ class OverlayRenderer:
             cv2.copyTo(frame, hidden, out)
         return out
 
-    def annotate(self, frame: np.ndarray, mask: np.ndarray, index: int | None = None, fps: float | None = None,
-                 counts: np.ndarray | None = None) -> np.ndarray:
+    def annotate(self, frame: np.ndarray, mask: np.ndarray | None, index: int | None = None, fps: float | None = None,
+                 counts: np.ndarray | None = None, classification: list[dict] | None = None) -> np.ndarray:
         """Blend, then draw the legend, frame index and FPS (``counts``: the mask's
-        ``class_counts`` if the caller has them already)."""
-        if mask.shape != frame.shape[:2]:
+        ``class_counts`` if the caller has them already), and the top labels of a model
+        that classifies (``mask`` is None for a pure classifier)."""
+        if mask is not None and mask.shape != frame.shape[:2]:
             raise ValueError(f"mask shape {mask.shape} does not match frame shape {frame.shape[:2]}")
-        out = self.blend(frame, mask)
+        out = frame.copy() if mask is None else self.blend(frame, mask)
         if self.style.mode is RenderMode.SIDE_BY_SIDE:
             out = np.hstack([frame, out])
         scale = max(frame.shape[0] / 720.0, 0.5)
@@ -107,7 +108,10 @@ class OverlayRenderer:
             text = " ".join(t for t in (f"frame {index}" if index is not None else "",
                                         f"{fps:5.1f} fps" if fps else "") if t)
             self._label(out, text, (int(10 * scale), int(30 * scale)), scale)
-        if self.style.legend:
+        if classification:
+            text = "  ".join(f"{c['label']} {100 * float(c['score']):.0f}%" for c in classification[:3])
+            self._label(out, text, (int(10 * scale), frame.shape[0] - int(14 * scale)), scale)
+        if self.style.legend and mask is not None:
             self._legend(out, class_counts(mask) if counts is None else counts, mask.size, scale)
         return out
 

@@ -1,12 +1,14 @@
 """Where a run's outputs go under ``--record DIR``, and writing them safely.
 
-One source: ``DIR/masks/<frame>.png`` and ``DIR/overlay.mp4``. Several sources: the same
-under ``DIR/<source_id>/``. Files are written to a temporary name and renamed, so a file
+One source: ``DIR/masks/<frame>.png``, ``DIR/overlay.mp4`` and, for models that classify,
+``DIR/classifications.jsonl`` (one JSON line per frame). Several sources: the same under
+``DIR/<source_id>/``. Files are written to a temporary name and renamed, so a file
 that exists is complete even if the run is stopped mid-write.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -18,6 +20,16 @@ def source_dir(record: str | os.PathLike[str], source_id: str, per_source: bool)
     """The folder holding one source's outputs."""
     root = Path(record)
     return root / source_id if per_source else root
+
+
+CLASSIFICATIONS_NAME = "classifications.jsonl"
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one JSON line (a whole line per write, so a stopped run leaves whole lines)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def write_png(path: Path, image: np.ndarray, compression: int = 1) -> None:

@@ -11,7 +11,7 @@ import logging
 
 import numpy as np
 
-from segstream.engines.base import labels_from_outputs, load_engine
+from segstream.engines.base import labels_from_outputs, load_engine, top_labels
 from segstream.engines.metadata import OutputKind
 from segstream.pipeline.messages import Kind, Message, derive
 from segstream.pipeline.payloads import PayloadReader
@@ -49,15 +49,19 @@ class InferProcessor:
             outputs = self.engine.infer_image(model_input)
         else:
             outputs = self.engine.infer(model_input)
-        labels = labels_from_outputs(outputs, self.engine.metadata)
+        meta = self.engine.metadata
+        labels = labels_from_outputs(outputs, meta) if meta.segments else None
         out = derive(message, Kind.RESULT)
+        classification = top_labels(outputs, meta)
+        if classification is not None:  # image-level labels travel in the header
+            out.header.meta["classification"] = classification
         if frame is None:
             self.inputs.forward(message, out, *CARRIED)
         else:
             self.inputs.forward(message, out, *(name for name in CARRIED if name != "frame"))
             if not self.writer.add(out, "frame", frame, lambda: self.runtime.stopping):
                 return None
-        if not self.writer.add(out, "labels", labels, lambda: self.runtime.stopping):
+        if labels is not None and not self.writer.add(out, "labels", labels, lambda: self.runtime.stopping):
             return None
         if self._confidence is not None:
             confidence = outputs[self._confidence.name][0]

@@ -19,7 +19,7 @@ from segstream.pipeline.messages import Kind, Message, Part, derive, encode
 from segstream.pipeline.overlay import class_counts
 from segstream.pipeline.payloads import PayloadReader
 from segstream.pipeline.policies import FlowPolicy, Outbox
-from segstream.pipeline.records import source_dir, write_png
+from segstream.pipeline.records import CLASSIFICATIONS_NAME, append_jsonl, source_dir, write_png
 from segstream.pipeline.stage import CARRIED, StageRuntime, StageSpec, close_writer, open_writer, run_middle_stage
 from segstream.pipeline.transport import Role, make_socket
 
@@ -72,18 +72,25 @@ class PublishProcessor:
             self.lossless.send(message)
 
     def process(self, message: Message) -> Message | None:
-        labels = self.labels.take(message, "labels")
-        if labels is None:
-            self.runtime.stats.skipped["overwritten"] += 1
-            return None
-        frame_part = message.header.part("frame")
-        height, width = frame_part.shape[:2] if frame_part else labels.shape
-        mask = labels
-        if labels.shape != (height, width):
-            mask = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
+        labels = mask = None
+        if message.header.part("labels") is not None:  # a classifier has no label map
+            labels = self.labels.take(message, "labels")
+            if labels is None:
+                self.runtime.stats.skipped["overwritten"] += 1
+                return None
+            frame_part = message.header.part("frame")
+            height, width = frame_part.shape[:2] if frame_part else labels.shape
+            mask = labels
+            if labels.shape != (height, width):
+                mask = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
         header = message.header
         if self.record:
-            write_png(source_dir(self.record, header.source, self.per_source) / "masks" / f"{header.name}.png", mask)
+            folder = source_dir(self.record, header.source, self.per_source)
+            if mask is not None:
+                write_png(folder / "masks" / f"{header.name}.png", mask)
+            if "classification" in header.meta:
+                append_jsonl(folder / CLASSIFICATIONS_NAME, {"frame": header.name, "index": header.index,
+                                                             "classification": header.meta["classification"]})
         public = self._public_message(message, labels, mask)
         self._publish(public)
         self.runtime.stats.latency_ms.append((time.monotonic_ns() - header.capture_ns) / 1e6)
@@ -91,16 +98,20 @@ class PublishProcessor:
             return public
         out = derive(public, Kind.RESULT)
         self.labels.forward(message, out, *CARRIED)
-        if not self.writer.add(out, "mask", mask, lambda: self.runtime.stopping):
+        if mask is not None and not self.writer.add(out, "mask", mask, lambda: self.runtime.stopping):
             return None
         return out
 
-    def _public_message(self, message: Message, labels: np.ndarray, mask: np.ndarray) -> Message:
+    def _public_message(self, message: Message, labels: np.ndarray | None, mask: np.ndarray | None) -> Message:
         """The result consumers get: the mask (frame or model resolution, encoded), its
-        class shares, and the confidence and ground truth when there are any."""
+        class shares, the confidence and ground truth when there are any, and the
+        classification (header ``classification``) of models that classify."""
         public = derive(message, Kind.RESULT)
+        public.header.meta["model"] = self.model
+        if labels is None or mask is None:
+            return public
         published = labels if self.mask_resolution == "model" else mask
-        public.header.meta.update({"model": self.model, "classes": class_shares(published, self.ignore_index),
+        public.header.meta.update({"classes": class_shares(published, self.ignore_index),
                                    "ignore_index": self.ignore_index})
         public.header.parts.append(Part("mask", tuple(published.shape), "uint8", inline=0, encoding=self.encoding))
         public.payload.append(encode_mask(published, self.encoding))

@@ -98,13 +98,15 @@ class RenderProcessor:
 
     def process(self, message: Message) -> Message | None:
         frame = self.frames.take(message, "frame")
-        mask = self.masks.take(message, "mask")
-        if frame is None or mask is None:
+        has_mask = message.header.part("mask") is not None  # a classifier's results have none
+        mask = self.masks.take(message, "mask") if has_mask else None
+        if frame is None or (has_mask and mask is None):
             self.runtime.stats.skipped["overwritten"] += 1
             return None
         header = message.header
-        counts = class_counts(mask)
-        image = self.renderer.annotate(frame, mask, header.index, self._live_fps(header.source), counts)
+        counts = class_counts(mask) if mask is not None else np.zeros(1, np.int64)
+        image = self.renderer.annotate(frame, mask, header.index, self._live_fps(header.source), counts,
+                                       header.meta.get("classification"))
         if self.record:
             sink = self.sinks.get(header.source)
             if sink is None:
@@ -113,7 +115,7 @@ class RenderProcessor:
             sink.write(image)
         self.runtime.stats.latency_ms.append((time.monotonic_ns() - header.capture_ns) / 1e6)
         if self.view is not None:
-            self.view.state.publish(image, self._view_figures(message, counts, mask.size))
+            self.view.state.publish(image, self._view_figures(message, counts, mask.size if mask is not None else 1))
         if self.rtsp_out:
             self._push(header.source, image, float(header.meta.get("fps") or DEFAULT_FPS))
         if self.display:
@@ -152,6 +154,7 @@ class RenderProcessor:
             "skipped": pipeline.get("skipped", sum(stats.skipped.values())),
             "stages": pipeline.get("stages", {}),
             "classes": classes,
+            "classification": message.header.meta.get("classification"),
         }
 
     def blocked_ns(self) -> int:

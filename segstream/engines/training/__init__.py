@@ -1,0 +1,1 @@
+"""``segstream train``: fine-tune or train zoo models on dataset layouts and class folders."""

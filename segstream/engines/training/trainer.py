@@ -1,0 +1,247 @@
+"""The training loop: cross-entropy (ignore label excluded), AdamW with a poly schedule,
+a progress line with loss and throughput, validation mIoU / accuracy after each epoch,
+and checkpoints that ``segstream export --weights`` and ``--resume`` take."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from segstream.engines.cityscapes import IGNORE_INDEX
+from segstream.engines.metadata import ModelError
+from segstream.engines.training.data import Augment, Sample, SampleLoader, dataset_samples, folder_samples
+from segstream.engines.zoo import ModelSpec, get_model_spec
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What ``segstream train`` does.
+
+    Attributes:
+        model: zoo model name.
+        data: a dataset URI with ground truth (segmentation) or a folder per label
+            (classifier, joint).
+        val: data to validate on (default: the training data, without augmentation).
+        epochs: passes over the data.
+        crop: (H, W) training crop (default: the model's input size).
+        batch_size: images per step.
+        lr: AdamW learning rate (poly decay to 0).
+        scale: random scale range.
+        jitter: colour jitter strength (0: off).
+        resume: checkpoint to continue from (model, optimiser, epoch).
+        weights: weights to start from (fine-tuning), e.g. the pretrained ones.
+        output: folder for ``last.pt`` and ``best.pt``.
+        threads: torch threads (0: default).
+        seed: random seed.
+    """
+
+    model: str
+    data: str
+    val: str | None = None
+    epochs: int = 10
+    crop: tuple[int, int] | None = None
+    batch_size: int = 8
+    lr: float = 1e-3
+    scale: tuple[float, float] = (0.5, 2.0)
+    jitter: float = 0.2
+    resume: str | None = None
+    weights: str | None = None
+    output: str = "segstream-train"
+    threads: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ModelError(f"epochs, batch size and lr must be positive, found {self.epochs}, {self.batch_size}, "
+                             f"{self.lr}")
+
+
+@dataclass
+class EpochResult:
+    """Figures of one epoch."""
+
+    epoch: int
+    loss: float
+    images_per_s: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _samples(spec: ModelSpec, data: str) -> list[Sample]:
+    if spec.task == "segmentation":
+        return dataset_samples(data)
+    return folder_samples(Path(data), spec.metadata.label_names)
+
+
+def confusion(pred: np.ndarray, target: np.ndarray, classes: int) -> np.ndarray:
+    """Confusion matrix (rows: target, columns: prediction), ignore label left out."""
+    valid = target != IGNORE_INDEX
+    return np.bincount(target[valid].astype(np.int64) * classes + np.minimum(pred[valid], classes - 1),
+                       minlength=classes * classes).reshape(classes, classes)
+
+
+def segmentation_metrics(matrix: np.ndarray) -> dict[str, float]:
+    """Pixel accuracy and mIoU over the classes present in the targets or predictions."""
+    tp = np.diag(matrix).astype(np.float64)
+    union = matrix.sum(0) + matrix.sum(1) - tp
+    present = union > 0
+    return {"pixel_accuracy": float(tp.sum() / max(matrix.sum(), 1)),
+            "miou": float((tp[present] / union[present]).mean()) if present.any() else 0.0}
+
+
+class Trainer:
+    """Trains one zoo model; ``run()`` returns the per-epoch results."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        import torch
+
+        self.config = config
+        self.torch = torch
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        self.spec = get_model_spec(config.model)
+        meta = self.spec.metadata
+        crop = config.crop or (meta.input_height, meta.input_width)
+        if crop[0] % self.spec.size_multiple or crop[1] % self.spec.size_multiple:
+            raise ModelError(f"--crop {crop[0]}x{crop[1]}: {config.model} needs multiples of {self.spec.size_multiple}")
+        self.crop = crop
+        train = _samples(self.spec, config.data)
+        val = _samples(self.spec, config.val) if config.val else train
+        self.train_loader = SampleLoader(train, meta, Augment(crop, config.scale, jitter=config.jitter), crop[0],
+                                         self.spec.size_multiple, config.seed)
+        # Validation: whole images at the crop's height, aspect kept, one at a time.
+        self.val_loader = SampleLoader(val, meta, None, crop[0], self.spec.size_multiple)
+        from segstream.engines.export import load_torch_model
+
+        self.model, _ = load_torch_model(config.model, config.weights)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=1e-4)
+        self.steps_per_epoch = len(self.train_loader.batches(config.batch_size, False))
+        self.start_epoch = 0
+        self.best = -1.0
+        if config.resume:
+            self._resume(Path(config.resume))
+        self.out = Path(config.output)
+
+    def _resume(self, path: Path) -> None:
+        state = self.torch.load(path, map_location="cpu", weights_only=False)
+        if state.get("model") != self.config.model:
+            raise ModelError(f"--resume {path} is a checkpoint of {state.get('model')!r}, not {self.config.model!r}")
+        self.model.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.start_epoch = int(state["epoch"])
+        self.best = float(state.get("best", -1.0))
+        logger.info("resumed %s at epoch %d", path, self.start_epoch)
+
+    def _outputs(self, out):
+        task = self.spec.task
+        return out if task == "joint" else (out, None) if task == "segmentation" else (None, out)
+
+    def _loss(self, images, masks, labels):
+        F = self.torch.nn.functional
+        seg, cls = self._outputs(self.model(images))
+        loss = images.new_zeros(())
+        if seg is not None and masks is not None:
+            loss = loss + F.cross_entropy(seg, masks, ignore_index=IGNORE_INDEX)
+        if cls is not None and (labels >= 0).any():
+            loss = loss + F.cross_entropy(cls, labels, ignore_index=-1)
+        return loss
+
+    def _collate(self, loader: SampleLoader, batch: list[Sample]):
+        torch = self.torch
+        items = [loader.load(s) for s in batch]
+        images = torch.from_numpy(np.stack([i[0] for i in items]))
+        masks = None
+        if any(i[1] is not None for i in items):
+            shape = items[0][0].shape[1:]
+            masks = torch.from_numpy(np.stack([i[1] if i[1] is not None else np.full(shape, IGNORE_INDEX, np.int64)
+                                               for i in items]))
+        labels = torch.tensor([i[2] for i in items], dtype=torch.int64)
+        return images, masks, labels
+
+    def train_epoch(self, epoch: int) -> EpochResult:
+        torch, config = self.torch, self.config
+        self.model.train()
+        total_steps = config.epochs * self.steps_per_epoch
+        losses, seen, t0 = [], 0, time.monotonic()
+        batches = self.train_loader.batches(config.batch_size, shuffle=True)
+        for step, batch in enumerate(batches):
+            global_step = epoch * self.steps_per_epoch + step
+            for group in self.optimizer.param_groups:
+                group["lr"] = config.lr * (1 - global_step / total_steps) ** 0.9
+            images, masks, labels = self._collate(self.train_loader, batch)
+            if images.shape[0] < 2 and self.spec.task != "segmentation":
+                images, labels = images.repeat(2, 1, 1, 1), labels.repeat(2)  # batch norm needs two values
+                masks = None if masks is None else masks.repeat(2, 1, 1)
+            loss = self._loss(images, masks, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            losses.append(float(loss.detach()))
+            seen += len(batch)
+            _progress(epoch + 1, config.epochs, step + 1, len(batches), float(np.mean(losses[-10:])),
+                      seen / (time.monotonic() - t0))
+        return EpochResult(epoch + 1, float(np.mean(losses)), seen / (time.monotonic() - t0))
+
+    def validate(self) -> dict[str, float]:
+        torch = self.torch
+        self.model.eval()
+        classes = self.spec.metadata.num_classes + (self.spec.metadata.ignore_channel is not None)
+        matrix = np.zeros((classes, classes), np.int64)
+        correct = total = 0
+        with torch.inference_mode():
+            for batch in self.val_loader.batches(1, shuffle=False):
+                images, masks, labels = self._collate(self.val_loader, batch)
+                seg, cls = self._outputs(self.model(images))
+                if seg is not None and masks is not None:
+                    matrix += confusion(seg.argmax(1).numpy(), masks.numpy(), classes)
+                if cls is not None:
+                    known = labels >= 0
+                    correct += int((cls.argmax(1)[known] == labels[known]).sum())
+                    total += int(known.sum())
+        metrics = segmentation_metrics(matrix) if matrix.any() else {}
+        if total:
+            metrics["accuracy"] = correct / total
+        return metrics
+
+    def save(self, result: EpochResult, name: str) -> Path:
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / name
+        tmp = path.with_name(path.name + ".tmp")
+        self.torch.save({"model": self.config.model, "state_dict": self.model.state_dict(),
+                         "optimizer": self.optimizer.state_dict(), "epoch": result.epoch, "best": self.best,
+                         "metrics": result.metrics, "config": {k: v for k, v in asdict(self.config).items()}}, tmp)
+        tmp.replace(path)
+        return path
+
+    def run(self) -> list[EpochResult]:
+        history = []
+        for epoch in range(self.start_epoch, self.config.epochs):
+            result = self.train_epoch(epoch)
+            result.metrics = self.validate()
+            score = result.metrics.get("miou", result.metrics.get("accuracy", 0.0))
+            figures = ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items())
+            logger.info("epoch %d/%d: loss %.4f, %.1f img/s; validation: %s", result.epoch, self.config.epochs,
+                        result.loss, result.images_per_s, figures)
+            self.save(result, "last.pt")
+            if score > self.best:
+                self.best = score
+                self.save(result, "best.pt")
+            history.append(result)
+        return history
+
+
+def _progress(epoch: int, epochs: int, step: int, steps: int, loss: float, rate: float) -> None:
+    """One progress line: a bar on a terminal (redrawn), a log line per epoch otherwise."""
+    text = f"epoch {epoch}/{epochs} [{'#' * (20 * step // steps):<20}] {step}/{steps} loss {loss:.4f} {rate:.1f} img/s"
+    if sys.stderr.isatty():
+        sys.stderr.write("\r" + text + ("\n" if step == steps else ""))
+        sys.stderr.flush()
+    elif step == steps:
+        logger.info(text)

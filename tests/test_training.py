@@ -1,0 +1,106 @@
+"""`segstream train` for real, on tiny datasets built from the frames in ../shared/data.
+
+Segmentation: the three Cityscapes and three KITTI frames in a Cityscapes layout, labelled
+by the pretrained ESPNet (run at each frame's own aspect ratio). Classification: the same
+frames in label folders (Cityscapes frames "urban", KITTI frames "highway").
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from conftest import CITYSCAPES_FRAMES, KITTI_FRAMES, run_segstream
+
+from segstream.engines.cityscapes import LABEL_TO_TRAIN_ID
+from segstream.engines.export import export_onnx, inference_module
+from segstream.engines.metadata import ModelError
+from segstream.engines.preprocess import Preprocessor
+from segstream.engines.training.trainer import TrainConfig, Trainer, confusion, segmentation_metrics
+
+
+def espnet_labelled_tree(root: Path) -> Path:
+    """``leftImg8bit/train`` and ``gtFine/train`` label ids from ESPNet's predictions."""
+    to_label_id = np.zeros(256, np.uint8)  # train id -> label id (ignore -> 0, "unlabeled")
+    for label, train in LABEL_TO_TRAIN_ID.items():
+        to_label_id[train] = label
+    for k, src in enumerate([*CITYSCAPES_FRAMES, *KITTI_FRAMES]):
+        frame = cv2.imread(str(src))
+        h = 512 if frame.shape[0] >= 1024 else 384
+        w = round(frame.shape[1] * h / frame.shape[0] / 8) * 8
+        net, meta = inference_module("espnet-cityscapes", height=h, width=w)
+        with torch.inference_mode():
+            labels = net(torch.from_numpy(Preprocessor(meta)(frame)))[0].numpy()
+        labels = cv2.resize(labels, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST)
+        city = "frankfurt" if "frankfurt" in src.name else "karlsruhe"
+        stem = f"{city}_000000_{k:06d}"
+        images, gts = root / "leftImg8bit" / "train" / city, root / "gtFine" / "train" / city
+        images.mkdir(parents=True, exist_ok=True)
+        gts.mkdir(parents=True, exist_ok=True)
+        (images / f"{stem}_leftImg8bit.png").symlink_to(src)
+        cv2.imwrite(str(gts / f"{stem}_gtFine_labelIds.png"), to_label_id[labels])
+    return root
+
+
+def test_metrics_from_a_confusion_matrix():
+    target = np.array([[0, 0, 1, 255]])
+    pred = np.array([[0, 1, 1, 0]])
+    matrix = confusion(pred, target, 3)
+    assert matrix.tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 0]]  # the ignored pixel is left out
+    metrics = segmentation_metrics(matrix)
+    assert metrics["pixel_accuracy"] == pytest.approx(2 / 3)
+    assert metrics["miou"] == pytest.approx((1 / 2 + 1 / 2) / 2)  # class 2 absent from both: not averaged
+
+
+def test_segmentation_training_learns_checkpoints_export_and_resume(tmp_path):
+    data = f"cityscapes:{espnet_labelled_tree(tmp_path / 'tree')}:train"
+    out = tmp_path / "run"
+    config = TrainConfig(model="ddrnet23-slim", data=data, epochs=20, crop=(128, 256), batch_size=6, lr=5e-3,
+                         scale=(0.9, 1.1), jitter=0.05, output=str(out), threads=2)
+    trainer = Trainer(config)
+    before = trainer.validate()
+    history = trainer.run()
+    assert len(history) == 20
+    assert history[-1].loss < 0.6 * history[0].loss  # the loss goes down
+    after = history[-1].metrics
+    assert after["pixel_accuracy"] > before["pixel_accuracy"] + 0.2 and after["miou"] > before["miou"]
+    assert after["pixel_accuracy"] >= 0.5
+    assert (out / "last.pt").is_file() and (out / "best.pt").is_file()
+
+    # The checkpoint feeds export; ONNX Runtime runs the trained model.
+    onnx_path = export_onnx("ddrnet23-slim", tmp_path / "trained.onnx", weights=out / "best.pt", height=128,
+                            width=256)
+    meta = trainer.spec.metadata
+    frame = cv2.imread(str(CITYSCAPES_FRAMES[0]))
+    tensor = Preprocessor(type(meta)(**{**meta.__dict__, "input_height": 128, "input_width": 256}))(frame)
+    labels = ort.InferenceSession(str(onnx_path)).run(None, {"image": tensor})[0]
+    assert labels.shape == (1, 128, 256) and labels.max() < 19
+
+    # --resume continues where the checkpoint stopped (one more epoch, not twenty).
+    result = run_segstream("train", "ddrnet23-slim", "--data", data, "--epochs", "21", "--crop", "128x256",
+                           "--batch-size", "6", "--resume", str(out / "last.pt"), "-o", str(out), timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [line.split(":")[0] for line in result.stdout.splitlines() if line.startswith("epoch")] == ["epoch 21"]
+    with pytest.raises(ModelError, match="checkpoint of 'ddrnet23-slim'"):
+        export_onnx("unet", tmp_path / "wrong.onnx", weights=out / "best.pt")
+
+
+def test_classifier_training_on_label_folders(tmp_path):
+    root = tmp_path / "scenes"
+    for label, frames in (("urban", CITYSCAPES_FRAMES), ("highway", KITTI_FRAMES)):
+        (root / label).mkdir(parents=True)
+        for k, src in enumerate(frames):
+            shutil.copyfile(src, root / label / f"{k}.png")
+    config = TrainConfig(model="resnet18-classifier", data=str(root), epochs=12, crop=(64, 128), batch_size=6,
+                         lr=2e-3, scale=(0.9, 1.1), jitter=0.1, output=str(tmp_path / "run"), threads=2)
+    history = Trainer(config).run()
+    assert history[-1].loss < history[0].loss
+    assert max(r.metrics["accuracy"] for r in history) >= 0.9
+    (root / "parking").mkdir()
+    with pytest.raises(ModelError, match="not a label of this model"):
+        Trainer(config)
