@@ -108,6 +108,18 @@ def read_stats(record: Path) -> dict:
     return json.loads((record / "stats.json").read_text())
 
 
+def run_config_to_end(tmp_path: Path, config_text: str, timeout: float) -> dict:
+    """Run ``segstream run --config`` with ``config_text``, recording to ``tmp_path/rec``
+    (its outputs stay there); assert it exits 0 within ``timeout`` s and return its stats.json."""
+    config = tmp_path / "run.yaml"
+    config.write_text(config_text)
+    record = tmp_path / "rec"
+    log = tmp_path / "run.log"
+    proc = start_pipeline(["run", "--config", str(config), "--record", str(record)], log, tmp_path / "t")
+    assert proc.wait(timeout=timeout) == 0, log.read_text()
+    return read_stats(record)
+
+
 class ResultCollector:
     """A plain ZeroMQ subscriber (wire format only) that collects results until every
     source it saw has ended."""

@@ -17,20 +17,13 @@ import numpy as np
 import pytest
 from conftest import CITYSCAPES_FRAMES, ROOT
 
+from segstream.engines.backend_choice import ort_provider_missing
 from segstream.engines.base import labels_from_outputs, load_engine
 from segstream.engines.cuda_probe import probe_cuda
 from segstream.engines.metadata import ChannelOrder, ModelMetadata, NormalizeOrder
 from segstream.engines.preprocess import Preprocessor
 
 MODEL = "espnet-cityscapes"
-
-
-def _ort_has(provider: str) -> str | None:
-    import onnxruntime as ort
-
-    if provider not in ort.get_available_providers():
-        return f"onnxruntime {ort.__version__} has no {provider}"
-    return None if probe_cuda().usable else probe_cuda().reason
 
 
 def _torch_cuda() -> str | None:
@@ -48,9 +41,9 @@ def _tensorrt() -> str | None:
 # name -> (backend, options, minimum agreement, why it cannot run here or None)
 BACKENDS = {
     "onnxruntime-cpu-iobinding": ("onnxruntime", {"io_binding": True}, 0.999, lambda: None),
-    "onnxruntime-cuda": ("onnxruntime", {"providers": ("cuda",)}, 0.999, lambda: _ort_has("CUDAExecutionProvider")),
+    "onnxruntime-cuda": ("onnxruntime", {"providers": ("cuda",)}, 0.999, lambda: ort_provider_missing("CUDAExecutionProvider")),
     "onnxruntime-tensorrt": ("onnxruntime", {"providers": ("tensorrt", "cuda")}, 0.999,
-                             lambda: _ort_has("TensorrtExecutionProvider")),
+                             lambda: ort_provider_missing("TensorrtExecutionProvider")),
     "torch-cpu": ("torch", {"device": "cpu"}, 0.999, lambda: None),
     "torch-cuda-fp32": ("torch", {"device": "cuda"}, 0.999, _torch_cuda),
     "torch-cuda-fp16": ("torch", {"device": "cuda", "precision": "fp16"}, 0.99, _torch_cuda),

@@ -16,6 +16,7 @@ from pipeline_helpers import (
     children_of,
     leftovers,
     read_stats,
+    run_config_to_end,
     session_processes,
     start_pipeline,
     stop_started_pipelines,
@@ -187,14 +188,8 @@ def test_live_flow_with_a_slow_stage_skips_instead_of_queueing(tmp_path, espnet_
     """Inference made slower (1.5 s a frame) than the camera (25 fps): the pipeline skips
     frames instead of queueing them, latency stays bounded, and render still draws every
     published mask although capture's ring has long been overwritten (1.3 s at 25 fps)."""
-    config = tmp_path / "slow.yaml"
-    config.write_text("sources: ['test-pattern:960x540@25']\npolicy: live\npublish: ''\nmax_frames: 150\n"
-                      "stage_delay_ms: {infer: 1500}\n")
-    record = tmp_path / "rec"
-    log = tmp_path / "run.log"
-    proc = start_pipeline(["run", "--config", str(config), "--record", str(record)], log, tmp_path / "t")
-    assert proc.wait(timeout=300) == 0, log.read_text()
-    stats = read_stats(record)
+    stats = run_config_to_end(tmp_path, "sources: ['test-pattern:960x540@25']\npolicy: live\npublish: ''\n"
+                                        "max_frames: 150\nstage_delay_ms: {infer: 1500}\n", timeout=300)
     published = stats["frames_published"]
     skipped = stats["frames_skipped"]["total"]
     assert stats["frames_in"] == 150 and published + skipped == 150 and stats["frames_unaccounted"] == 0
@@ -205,7 +200,7 @@ def test_live_flow_with_a_slow_stage_skips_instead_of_queueing(tmp_path, espnet_
     latency = stats["latency_ms"]["capture_to_publish"]
     assert infer_ms >= 1500 and latency["max"] < 3 * infer_ms + 1000, (latency, infer_ms)
     assert stats["frames_rendered"] == published
-    assert len(video_frames(record / "overlay.mp4")) == published
+    assert len(video_frames(tmp_path / "rec" / "overlay.mp4")) == published
 
 
 def test_published_messages_decode_with_only_what_the_wire_format_document_says(tmp_path, espnet_onnx):
@@ -255,14 +250,8 @@ def test_published_messages_decode_with_only_what_the_wire_format_document_says(
 def test_end_of_stream_reaches_every_stage_behind_a_long_queue(tmp_path, espnet_onnx):
     """A slow stage leaves seconds of frames queued before the end-of-stream message;
     every stage must still get it and exit on its own (no message dropped at close)."""
-    config = tmp_path / "slow.yaml"
-    config.write_text(f"sources: ['{CLIP}']\npolicy: lossless\npublish: ''\nmax_frames: 16\nworkers: 1\n"
-                      "stage_delay_ms: {infer: 500}\n")
-    record = tmp_path / "rec"
-    log = tmp_path / "run.log"
-    proc = start_pipeline(["run", "--config", str(config), "--record", str(record)], log, tmp_path / "t")
-    assert proc.wait(timeout=120) == 0, log.read_text()
-    stats = read_stats(record)
+    stats = run_config_to_end(tmp_path, f"sources: ['{CLIP}']\npolicy: lossless\npublish: ''\nmax_frames: 16\n"
+                                        "workers: 1\nstage_delay_ms: {infer: 500}\n", timeout=120)
     assert stats["frames_published"] == stats["frames_rendered"] == 16
     # the source really was held back: frames queued for seconds before infer took them
     assert stats["latency_ms"]["capture_to_publish"]["max"] > 2500

@@ -38,7 +38,7 @@ def test_architecture_contract(name, tmp_path):
     h, w = SIZES[0]
     with torch.inference_mode():
         out = net(_image(h, w, 0))
-    seg, cls = out if spec.task == "joint" else (out, None) if spec.task == "segmentation" else (None, out)
+    seg, cls = spec.split_outputs(out)
     meta = spec.metadata
     if seg is not None:
         channels = meta.num_classes + (meta.ignore_channel is not None)

@@ -48,8 +48,6 @@ CANDIDATES = [
 
 
 def why_not(label: str, backend: str, options: dict) -> str | None:
-    from segstream.engines.cuda_probe import probe_cuda
-
     if backend == "torch" and options.get("device") == "cuda":
         from segstream.engines.torch_engine import torch_cuda_missing
 
@@ -59,11 +57,9 @@ def why_not(label: str, backend: str, options: dict) -> str | None:
 
         return tensorrt_missing()
     if "cuda" in options.get("providers", ()):
-        import onnxruntime as ort
+        from segstream.engines.backend_choice import ort_provider_missing
 
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            return "onnxruntime has no CUDA provider"
-        return None if probe_cuda().usable else probe_cuda().reason
+        return ort_provider_missing()
     return None
 
 

@@ -45,11 +45,12 @@ class BackendChoice:
         return self.device == "cuda" and self.backend in ("tensorrt", "torch")
 
 
-def _ort_cuda_missing() -> str | None:
+def ort_provider_missing(provider: str = "CUDAExecutionProvider") -> str | None:
+    """Why ONNX Runtime cannot run a GPU ``provider`` here (None when it can)."""
     import onnxruntime as ort
 
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return f"onnxruntime {ort.__version__} has no CUDA provider (pip install onnxruntime-gpu)"
+    if provider not in ort.get_available_providers():
+        return f"onnxruntime {ort.__version__} has no {provider} (pip install onnxruntime-gpu)"
     status = probe_cuda()
     return None if status.usable else status.reason
 
@@ -58,7 +59,7 @@ def ort_providers(requested: tuple[str, ...]) -> tuple[str, ...]:
     """The providers for an ONNX Runtime run: as requested, else CUDA when usable, then CPU."""
     if requested:
         return requested
-    return ("CUDAExecutionProvider", "CPUExecutionProvider") if _ort_cuda_missing() is None else (
+    return ("CUDAExecutionProvider", "CPUExecutionProvider") if ort_provider_missing() is None else (
         "CPUExecutionProvider",)
 
 
@@ -97,7 +98,7 @@ def choose_backend(requested: str, model: str, providers: tuple[str, ...] = ()) 
     trt_missing = tensorrt_missing()
     if trt_missing is None:
         return BackendChoice("tensorrt", "cuda", reason="TensorRT and a usable GPU are present")
-    cuda_missing = _ort_cuda_missing()
+    cuda_missing = ort_provider_missing()
     if cuda_missing is None:
         return BackendChoice("onnxruntime", "cuda", ("CUDAExecutionProvider", "CPUExecutionProvider"),
                              f"ONNX Runtime's CUDA provider and a GPU are present; not TensorRT: {trt_missing}")

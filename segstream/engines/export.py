@@ -66,7 +66,7 @@ def _inference_head(module, spec: ModelSpec, meta: ModelMetadata, confidence: bo
 
         def forward(self, image: torch.Tensor):
             out = self.net(image)
-            seg, cls = (out if spec.task == "joint" else (out, None) if spec.task == "segmentation" else (None, out))
+            seg, cls = spec.split_outputs(out)
             results = []
             if seg is not None:
                 labels = seg.argmax(1)

@@ -20,8 +20,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +38,7 @@ _SCALAR_MATH = frozenset({"Cast", "Div", "Mul", "Add", "Sub", "Concat", "Constan
                           "Gather", "Slice", "Floor", "Ceil", "Reshape", "ConstantOfShape", "Identity"})
 
 
-def convert_to_fp16(model: "onnx.ModelProto") -> "onnx.ModelProto":  # noqa: F821
+def convert_to_fp16(model: "onnx.ModelProto") -> "onnx.ModelProto":
     """A mixed-precision copy of ``model`` (see the module docstring).
 
     Args:
@@ -101,7 +105,7 @@ def convert_to_fp16(model: "onnx.ModelProto") -> "onnx.ModelProto":  # noqa: F82
     return model
 
 
-def _float32_only_names(graph: "onnx.GraphProto") -> set[str]:  # noqa: F821
+def _float32_only_names(graph: "onnx.GraphProto") -> set[str]:
     """Names of values that must stay float32: normalisation parameters, Resize scales
     and roi, and the small computations that produce them."""
     keep: set[str] = set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,6 +18,9 @@ from segstream.engines.base import BackendUnavailable
 from segstream.engines.cuda_probe import probe_cuda
 from segstream.engines.device_io import DevicePreprocessor
 from segstream.engines.metadata import ModelError, ModelMetadata
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +81,8 @@ class TorchEngine:
         if threads and not cuda:
             torch.set_num_threads(threads)
         self._torch = torch
-        module, self.metadata = inference_module(str(model), weights, confidence, height, width)
-        self.metadata: ModelMetadata
+        module, metadata = inference_module(str(model), weights, confidence, height, width)
+        self.metadata: ModelMetadata = metadata
         self._dtype = torch.float16 if precision == "fp16" else torch.float32
         module = module.to(self._device, self._dtype)
         self._channels_last = cuda if channels_last is None else channels_last

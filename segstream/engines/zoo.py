@@ -56,6 +56,14 @@ class ModelSpec:
     task: str = "segmentation"
     architecture: str = "espnet"
 
+    def split_outputs(self, out: object) -> tuple[object, object]:
+        """``(segmentation logits or None, classification logits or None)`` from what the
+        built module returned for this spec's ``task``."""
+        if self.task == "joint":
+            seg, cls = out  # type: ignore[misc]
+            return seg, cls
+        return (out, None) if self.task == "segmentation" else (None, out)
+
 
 def _espnet(q: int) -> Callable[[], "nn.Module"]:
     def build() -> "nn.Module":

@@ -26,13 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from segstream.pipeline.sources import (
-    IMAGE_SUFFIXES,
-    ImageEntry,
-    ImageListSource,
-    SourceError,
-    natural_key,
-)
+from segstream.pipeline.sources import ImageEntry, ImageListSource, SourceError, image_files
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +36,7 @@ GT_CITYSCAPES_IDS = "cityscapes-label-ids"  # the 0-33 label ids of Cityscapes (
 
 
 def _images(folder: Path, pattern: str = "*") -> list[Path]:
-    return sorted((p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_SUFFIXES),
-                  key=lambda p: natural_key(p.name))
+    return image_files(folder.glob(pattern))
 
 
 def _require_dir(path: Path, what: str, layout: str) -> Path:

@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Protocol
+from typing import TYPE_CHECKING, Iterable, Iterator, Protocol
 
 import cv2
 import numpy as np
@@ -67,6 +67,11 @@ class FrameSource(Protocol):
     def close(self) -> None:
         """Release the device or file."""
         ...
+
+
+def image_files(paths: Iterable[Path]) -> list[Path]:
+    """The image files among ``paths`` (by suffix), in natural order (``2.png`` before ``10.png``)."""
+    return sorted((p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: natural_key(p.name))
 
 
 def natural_key(text: str) -> list[object]:
@@ -279,13 +284,10 @@ def open_source(uri: str, source_id: str | None = None, loop: bool = False,
         raise SourceError(f"bad test pattern {uri!r}; expected test-pattern[:WIDTHxHEIGHT[@FPS]], "
                           f"e.g. test-pattern:1280x720@30")
     if any(ch in uri for ch in "*?["):
-        paths = sorted((Path(p) for p in glob.glob(uri)), key=lambda p: natural_key(p.name))
-        return ImageListSource([p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES], source_id, f"glob {uri!r}")
+        return ImageListSource(image_files(Path(p) for p in glob.glob(uri)), source_id, f"glob {uri!r}")
     path = Path(uri).expanduser()
     if path.is_dir():
-        paths = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
-                       key=lambda p: natural_key(p.name))
-        return ImageListSource(paths, source_id, f"folder {path}")
+        return ImageListSource(image_files(path.iterdir()), source_id, f"folder {path}")
     if path.is_file():
         if path.suffix.lower() in IMAGE_SUFFIXES:
             return ImageListSource([path], source_id, f"file {path}")

@@ -20,7 +20,7 @@ import numpy as np
 from segstream.engines.cityscapes import IGNORE_INDEX, label_ids_to_train_ids
 from segstream.engines.metadata import ChannelOrder, ModelError, ModelMetadata
 from segstream.engines.preprocess import normalization_affine
-from segstream.pipeline.sources import IMAGE_SUFFIXES, natural_key
+from segstream.pipeline.sources import image_files
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +72,8 @@ def folder_samples(root: Path, label_names: tuple[str, ...]) -> list[Sample]:
         if folder.name not in label_names:
             raise ModelError(f"--data {root}: folder {folder.name!r} is not a label of this model; its labels are "
                              f"{', '.join(label_names)}")
-        for path in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
-            if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.endswith(MASK_SUFFIX):
+        for path in image_files(folder.iterdir()):
+            if not path.name.endswith(MASK_SUFFIX):
                 mask = path.with_name(path.stem + MASK_SUFFIX)
                 samples.append(Sample(path, mask if mask.is_file() else None, label=label_names.index(folder.name)))
     if not samples:

@@ -139,13 +139,9 @@ class Trainer:
         self.best = float(state.get("best", -1.0))
         logger.info("resumed %s at epoch %d", path, self.start_epoch)
 
-    def _outputs(self, out):
-        task = self.spec.task
-        return out if task == "joint" else (out, None) if task == "segmentation" else (None, out)
-
     def _loss(self, images, masks, labels):
         F = self.torch.nn.functional
-        seg, cls = self._outputs(self.model(images))
+        seg, cls = self.spec.split_outputs(self.model(images))
         loss = images.new_zeros(())
         if seg is not None and masks is not None:
             loss = loss + F.cross_entropy(seg, masks, ignore_index=IGNORE_INDEX)
@@ -166,7 +162,7 @@ class Trainer:
         return images, masks, labels
 
     def train_epoch(self, epoch: int) -> EpochResult:
-        torch, config = self.torch, self.config
+        config = self.config
         self.model.train()
         total_steps = config.epochs * self.steps_per_epoch
         losses, seen, t0 = [], 0, time.monotonic()
@@ -198,7 +194,7 @@ class Trainer:
         with torch.inference_mode():
             for batch in self.val_loader.batches(1, shuffle=False):
                 images, masks, labels = self._collate(self.val_loader, batch)
-                seg, cls = self._outputs(self.model(images))
+                seg, cls = self.spec.split_outputs(self.model(images))
                 if seg is not None and masks is not None:
                     matrix += confusion(seg.argmax(1).numpy(), masks.numpy(), classes)
                 if cls is not None:
@@ -216,7 +212,7 @@ class Trainer:
         tmp = path.with_name(path.name + ".tmp")
         self.torch.save({"model": self.config.model, "state_dict": self.model.state_dict(),
                          "optimizer": self.optimizer.state_dict(), "epoch": result.epoch, "best": self.best,
-                         "metrics": result.metrics, "config": {k: v for k, v in asdict(self.config).items()}}, tmp)
+                         "metrics": result.metrics, "config": asdict(self.config)}, tmp)
         tmp.replace(path)
         return path
 

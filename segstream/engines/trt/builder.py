@@ -25,7 +25,6 @@ from segstream.engines.trt.cache import (
     ShapeProfile,
     cached_engine,
     engine_path,
-    engines_dir,
     key_path,
     timing_cache_path,
     write_sidecars,
@@ -200,7 +199,7 @@ def _build_serialized(trt: ModuleType, flavor: TrtFlavor, plan: PrecisionPlan, o
     if plan.calibrate and batches is not None:
         config.int8_calibrator = make_entropy_calibrator(trt, batches, target.with_suffix(".calib"))
         config.set_calibration_profile(opt_profile)
-    timing_file = timing_cache_path(key, engines_dir())
+    timing_file = timing_cache_path(key)
     timing = config.create_timing_cache(timing_file.read_bytes() if timing_file.is_file() else b"")
     config.set_timing_cache(timing, ignore_mismatch=False)
     config.progress_monitor = make_progress_monitor(trt)

@@ -18,7 +18,7 @@ import numpy as np
 
 from segstream.engines.metadata import ModelError, ModelMetadata
 from segstream.engines.preprocess import Preprocessor
-from segstream.pipeline.sources import IMAGE_SUFFIXES, natural_key
+from segstream.pipeline.sources import IMAGE_SUFFIXES, image_files
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +47,7 @@ class CalibrationBatches:
         if not folder.is_dir():
             raise ModelError(f"--calib {folder} is not a folder; give a folder of frames like the ones the "
                              f"engine will see (a few hundred)")
-        files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
-                       key=lambda p: natural_key(p.name))
+        files = image_files(folder.iterdir())
         if not files:
             raise ModelError(f"--calib {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         if len(files) > limit:

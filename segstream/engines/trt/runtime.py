@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from segstream.engines.device_io import DevicePreprocessor, device_labels
 from segstream.engines.metadata import ModelError, ModelMetadata, OutputKind, read_onnx_metadata
 from segstream.engines.trt.cache import ENGINE_SUFFIX
 from segstream.engines.trt.versions import Precision, import_tensorrt
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
