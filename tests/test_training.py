@@ -24,26 +24,43 @@ from segstream.engines.preprocess import Preprocessor
 from segstream.engines.training.trainer import TrainConfig, Trainer, confusion, segmentation_metrics
 
 
+def espnet_train_ids(src: Path) -> np.ndarray:
+    """The pretrained ESPNet's train ids for a frame, run at the frame's own aspect ratio,
+    at frame resolution."""
+    frame = cv2.imread(str(src))
+    h = 512 if frame.shape[0] >= 1024 else 384
+    w = round(frame.shape[1] * h / frame.shape[0] / 8) * 8
+    net, meta = inference_module("espnet-cityscapes", height=h, width=w)
+    with torch.inference_mode():
+        labels = net(torch.from_numpy(Preprocessor(meta)(frame)))[0].numpy()
+    return cv2.resize(labels, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST)
+
+
 def espnet_labelled_tree(root: Path) -> Path:
     """``leftImg8bit/train`` and ``gtFine/train`` label ids from ESPNet's predictions."""
     to_label_id = np.zeros(256, np.uint8)  # train id -> label id (ignore -> 0, "unlabeled")
     for label, train in LABEL_TO_TRAIN_ID.items():
         to_label_id[train] = label
     for k, src in enumerate([*CITYSCAPES_FRAMES, *KITTI_FRAMES]):
-        frame = cv2.imread(str(src))
-        h = 512 if frame.shape[0] >= 1024 else 384
-        w = round(frame.shape[1] * h / frame.shape[0] / 8) * 8
-        net, meta = inference_module("espnet-cityscapes", height=h, width=w)
-        with torch.inference_mode():
-            labels = net(torch.from_numpy(Preprocessor(meta)(frame)))[0].numpy()
-        labels = cv2.resize(labels, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST)
         city = "frankfurt" if "frankfurt" in src.name else "karlsruhe"
         stem = f"{city}_000000_{k:06d}"
         images, gts = root / "leftImg8bit" / "train" / city, root / "gtFine" / "train" / city
         images.mkdir(parents=True, exist_ok=True)
         gts.mkdir(parents=True, exist_ok=True)
         (images / f"{stem}_leftImg8bit.png").symlink_to(src)
-        cv2.imwrite(str(gts / f"{stem}_gtFine_labelIds.png"), to_label_id[labels])
+        cv2.imwrite(str(gts / f"{stem}_gtFine_labelIds.png"), to_label_id[espnet_train_ids(src)])
+    return root
+
+
+def scene_folders(root: Path, masks: bool = False) -> Path:
+    """Label folders: Cityscapes frames "urban", KITTI frames "highway"; with ``masks``,
+    ESPNet's train ids beside each image (``NAME_trainIds.png``)."""
+    for label, frames in (("urban", CITYSCAPES_FRAMES), ("highway", KITTI_FRAMES)):
+        (root / label).mkdir(parents=True)
+        for k, src in enumerate(frames):
+            shutil.copyfile(src, root / label / f"{k}.png")
+            if masks:
+                cv2.imwrite(str(root / label / f"{k}_trainIds.png"), espnet_train_ids(src))
     return root
 
 
@@ -58,18 +75,21 @@ def test_metrics_from_a_confusion_matrix():
 
 
 def test_segmentation_training_learns_checkpoints_export_and_resume(tmp_path):
+    """DDRNet-23-slim from scratch: 900 steps at 128x256 (about 2.5 minutes on 2 cores)
+    fit the six frames to >= 90% pixel accuracy."""
     data = f"cityscapes:{espnet_labelled_tree(tmp_path / 'tree')}:train"
     out = tmp_path / "run"
-    config = TrainConfig(model="ddrnet23-slim", data=data, epochs=20, crop=(128, 256), batch_size=6, lr=5e-3,
-                         scale=(0.9, 1.1), jitter=0.05, output=str(out), threads=2)
+    config = TrainConfig(model="ddrnet23-slim", data=data, epochs=10, repeat=30, crop=(128, 256), batch_size=2,
+                         lr=5e-3, scale=(1.0, 1.0), jitter=0.0, output=str(out), threads=2)
     trainer = Trainer(config)
     before = trainer.validate()
     history = trainer.run()
-    assert len(history) == 20
-    assert history[-1].loss < 0.6 * history[0].loss  # the loss goes down
+    assert len(history) == 10
+    assert history[-1].loss < 0.3 * history[0].loss  # the loss goes down
     after = history[-1].metrics
-    assert after["pixel_accuracy"] > before["pixel_accuracy"] + 0.2 and after["miou"] > before["miou"]
-    assert after["pixel_accuracy"] >= 0.5
+    print(f"pixel accuracy {before['pixel_accuracy']:.3f} -> {after['pixel_accuracy']:.3f}, "
+          f"mIoU {before['miou']:.3f} -> {after['miou']:.3f}")
+    assert after["pixel_accuracy"] >= 0.9 and after["miou"] > before["miou"] + 0.3
     assert (out / "last.pt").is_file() and (out / "best.pt").is_file()
 
     # The checkpoint feeds export; ONNX Runtime runs the trained model.
@@ -81,21 +101,17 @@ def test_segmentation_training_learns_checkpoints_export_and_resume(tmp_path):
     labels = ort.InferenceSession(str(onnx_path)).run(None, {"image": tensor})[0]
     assert labels.shape == (1, 128, 256) and labels.max() < 19
 
-    # --resume continues where the checkpoint stopped (one more epoch, not twenty).
-    result = run_segstream("train", "ddrnet23-slim", "--data", data, "--epochs", "21", "--crop", "128x256",
+    # --resume continues where the checkpoint stopped (one more epoch, not eleven).
+    result = run_segstream("train", "ddrnet23-slim", "--data", data, "--epochs", "11", "--crop", "128x256",
                            "--batch-size", "6", "--resume", str(out / "last.pt"), "-o", str(out), timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert [line.split(":")[0] for line in result.stdout.splitlines() if line.startswith("epoch")] == ["epoch 21"]
+    assert [line.split(":")[0] for line in result.stdout.splitlines() if line.startswith("epoch")] == ["epoch 11"]
     with pytest.raises(ModelError, match="checkpoint of 'ddrnet23-slim'"):
         export_onnx("unet", tmp_path / "wrong.onnx", weights=out / "best.pt")
 
 
 def test_classifier_training_on_label_folders(tmp_path):
-    root = tmp_path / "scenes"
-    for label, frames in (("urban", CITYSCAPES_FRAMES), ("highway", KITTI_FRAMES)):
-        (root / label).mkdir(parents=True)
-        for k, src in enumerate(frames):
-            shutil.copyfile(src, root / label / f"{k}.png")
+    root = scene_folders(tmp_path / "scenes")
     config = TrainConfig(model="resnet18-classifier", data=str(root), epochs=12, crop=(64, 128), batch_size=6,
                          lr=2e-3, scale=(0.9, 1.1), jitter=0.1, output=str(tmp_path / "run"), threads=2)
     history = Trainer(config).run()
@@ -104,3 +120,19 @@ def test_classifier_training_on_label_folders(tmp_path):
     (root / "parking").mkdir()
     with pytest.raises(ModelError, match="not a label of this model"):
         Trainer(config)
+
+
+def test_joint_training_learns_both_heads(tmp_path):
+    """The joint model trains its mask and its scene label from one folder layout, and
+    validation reports both the segmentation and the classification figures."""
+    root = scene_folders(tmp_path / "scenes", masks=True)
+    config = TrainConfig(model="joint-resnet18", data=str(root), epochs=6, repeat=5, crop=(64, 128), batch_size=3,
+                         lr=2e-3, scale=(1.0, 1.0), jitter=0.0, output=str(tmp_path / "run"), threads=2)
+    trainer = Trainer(config)
+    before = trainer.validate()
+    history = trainer.run()
+    after = history[-1].metrics
+    print(f"joint: loss {history[0].loss:.3f} -> {history[-1].loss:.3f}; {before} -> {after}")
+    assert history[-1].loss < 0.5 * history[0].loss
+    assert after["accuracy"] >= 0.9
+    assert after["pixel_accuracy"] > before["pixel_accuracy"] + 0.2

@@ -195,8 +195,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             crop = ()
         if len(crop) != 2:
             raise ModelError(f"--crop takes HEIGHTxWIDTH, e.g. 512x1024, found {args.crop!r}")
-    config = TrainConfig(model=args.model, data=args.data, val=args.val, epochs=args.epochs, crop=crop,
-                         batch_size=args.batch_size, lr=args.lr, resume=args.resume, weights=args.weights,
+    config = TrainConfig(model=args.model, data=args.data, val=args.val, epochs=args.epochs, repeat=args.repeat,
+                         crop=crop, batch_size=args.batch_size, lr=args.lr, resume=args.resume, weights=args.weights,
                          output=args.output, threads=args.threads)
     history = Trainer(config).run()
     for result in history:
@@ -278,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "or ROOT/<label>/*.png for classifiers and joint models")
     p.add_argument("--val", help="validation data (default: the training data)")
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--repeat", type=int, default=1, metavar="N", help="passes over the data per epoch (tiny datasets)")
     p.add_argument("--crop", metavar="HxW", help="training crop (default: the model's input size)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (poly decay)")

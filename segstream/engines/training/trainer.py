@@ -29,7 +29,9 @@ class TrainConfig:
         data: a dataset URI with ground truth (segmentation) or a folder per label
             (classifier, joint).
         val: data to validate on (default: the training data, without augmentation).
-        epochs: passes over the data.
+        epochs: epochs; one validation and checkpoint after each.
+        repeat: passes over the data per epoch (more steps between validations on a
+            tiny dataset).
         crop: (H, W) training crop (default: the model's input size).
         batch_size: images per step.
         lr: AdamW learning rate (poly decay to 0).
@@ -46,6 +48,7 @@ class TrainConfig:
     data: str
     val: str | None = None
     epochs: int = 10
+    repeat: int = 1
     crop: tuple[int, int] | None = None
     batch_size: int = 8
     lr: float = 1e-3
@@ -58,9 +61,9 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ModelError(f"epochs, batch size and lr must be positive, found {self.epochs}, {self.batch_size}, "
-                             f"{self.lr}")
+        if self.epochs < 1 or self.repeat < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ModelError(f"epochs, repeat, batch size and lr must be positive, found {self.epochs}, "
+                             f"{self.repeat}, {self.batch_size}, {self.lr}")
 
 
 @dataclass
@@ -122,7 +125,7 @@ class Trainer:
 
         self.model, _ = load_torch_model(config.model, config.weights)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=1e-4)
-        self.steps_per_epoch = len(self.train_loader.batches(config.batch_size, False))
+        self.steps_per_epoch = config.repeat * len(self.train_loader.batches(config.batch_size, False))
         self.start_epoch = 0
         self.best = -1.0
         if config.resume:
@@ -166,7 +169,7 @@ class Trainer:
         self.model.train()
         total_steps = config.epochs * self.steps_per_epoch
         losses, seen, t0 = [], 0, time.monotonic()
-        batches = self.train_loader.batches(config.batch_size, shuffle=True)
+        batches = [b for _ in range(config.repeat) for b in self.train_loader.batches(config.batch_size, shuffle=True)]
         for step, batch in enumerate(batches):
             global_step = epoch * self.steps_per_epoch + step
             for group in self.optimizer.param_groups:
