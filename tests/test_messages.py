@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
+
 
 import numpy as np
 import pytest
@@ -23,6 +23,7 @@ from segstream.pipeline.messages import (
     inline_array,
 )
 from segstream.pipeline.policies import FlowPolicy, Inbox
+from segstream.pipeline.stats import SkipCounter
 
 
 def _frame_message() -> Message:
@@ -91,7 +92,7 @@ def test_inbox_counts_malformed_and_keeps_going():
     push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
     pull.bind("inproc://inbox-test")
     push.connect("inproc://inbox-test")
-    skipped: Counter[str] = Counter()
+    skipped = SkipCounter()
     inbox = Inbox(pull, FlowPolicy.LOSSLESS, skipped)
     push.send_multipart([b"cam0", b"garbage"])
     push.send_multipart(encode(_frame_message()))
@@ -117,7 +118,7 @@ def test_live_inbox_keeps_newest_frame_per_source_and_every_eos():
         m.header.index = i
         push.send_multipart(encode(m))
     push.send_multipart(encode(eos("cam0")))
-    skipped: Counter[str] = Counter()
+    skipped = SkipCounter()
     inbox = Inbox(pull, FlowPolicy.LIVE, skipped)
     got = inbox.receive(500)
     assert [(m.header.kind, m.header.index) for m in got] == [(Kind.RESULT, 4), (Kind.EOS, -1)]

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import zmq
 
 from segstream.pipeline.messages import Header, Kind, Message, decode, eos
 from segstream.pipeline.policies import FlowPolicy, Outbox, Reorderer
+from segstream.pipeline.stats import SkipCounter
 
 
 def _frame(seq: int, source: str = "cam0") -> Message:
@@ -15,7 +14,7 @@ def _frame(seq: int, source: str = "cam0") -> Message:
 
 
 def test_lossless_reorder_restores_capture_order_per_source():
-    skipped: Counter[str] = Counter()
+    skipped = SkipCounter()
     reorder = Reorderer(FlowPolicy.LOSSLESS, skipped)
     out = []
     for seq, source in [(1, "a"), (0, "b"), (0, "a"), (3, "a"), (1, "b"), (2, "a")]:
@@ -26,7 +25,7 @@ def test_lossless_reorder_restores_capture_order_per_source():
 
 
 def test_lossless_reorder_gives_up_on_a_gap_at_end_of_stream():
-    skipped: Counter[str] = Counter()
+    skipped = SkipCounter()
     reorder = Reorderer(FlowPolicy.LOSSLESS, skipped)
     assert reorder.push(_frame(0)) and not reorder.push(_frame(2)) and not reorder.push(_frame(3))
     assert [m.header.meta["seq"] for m in reorder.flush("cam0")] == [2, 3]
@@ -34,7 +33,7 @@ def test_lossless_reorder_gives_up_on_a_gap_at_end_of_stream():
 
 
 def test_live_reorder_drops_what_comes_too_late():
-    skipped: Counter[str] = Counter()
+    skipped = SkipCounter()
     reorder = Reorderer(FlowPolicy.LIVE, skipped)
     assert reorder.push(_frame(0)) and reorder.push(_frame(2))
     assert reorder.push(_frame(1)) == []
@@ -50,7 +49,7 @@ def test_outbox_spreads_frames_over_workers_and_sends_eos_to_each():
         pull.connect(f"inproc://fanout-{k}")
         pushes.append(push)
         pulls.append(pull)
-    outbox = Outbox(pushes, FlowPolicy.LOSSLESS, Counter(), lambda: False)
+    outbox = Outbox(pushes, FlowPolicy.LOSSLESS, SkipCounter(), lambda: False)
     for seq in range(4):
         assert outbox.send(_frame(seq))
     assert outbox.send(eos("cam0"))

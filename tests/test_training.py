@@ -21,7 +21,7 @@ from segstream.engines.cityscapes import LABEL_TO_TRAIN_ID
 from segstream.engines.export import export_onnx, inference_module
 from segstream.engines.metadata import ModelError
 from segstream.engines.preprocess import Preprocessor
-from segstream.engines.training.trainer import TrainConfig, Trainer, confusion, segmentation_metrics
+from segstream.engines.training.trainer import TrainConfig, Trainer
 
 
 def espnet_train_ids(src: Path) -> np.ndarray:
@@ -62,16 +62,6 @@ def scene_folders(root: Path, masks: bool = False) -> Path:
             if masks:
                 cv2.imwrite(str(root / label / f"{k}_trainIds.png"), espnet_train_ids(src))
     return root
-
-
-def test_metrics_from_a_confusion_matrix():
-    target = np.array([[0, 0, 1, 255]])
-    pred = np.array([[0, 1, 1, 0]])
-    matrix = confusion(pred, target, 3)
-    assert matrix.tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 0]]  # the ignored pixel is left out
-    metrics = segmentation_metrics(matrix)
-    assert metrics["pixel_accuracy"] == pytest.approx(2 / 3)
-    assert metrics["miou"] == pytest.approx((1 / 2 + 1 / 2) / 2)  # class 2 absent from both: not averaged
 
 
 def test_segmentation_training_learns_checkpoints_export_and_resume(tmp_path):

@@ -77,6 +77,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="live view in a browser (default 127.0.0.1:8080)")
     p.add_argument("--rtsp-out", metavar="rtsp://HOST:PORT/PATH", help="push the overlay as H.264 to an RTSP server")
     p.add_argument("--display", action="store_true", default=None, help="show the overlay in a window")
+    p.add_argument("--eval", action="store_true", default=None, help="score masks against the sources' ground "
+                   "truth as they are made (IoU, accuracy, F1; live and in stats.json)")
+    p.add_argument("--cityscapes-results", metavar="DIR", help="write predictions for the official Cityscapes "
+                   "evaluation (label ids, full resolution)")
+    p.add_argument("--metrics-port", type=int, metavar="N", help="serve Prometheus metrics at "
+                   "http://127.0.0.1:N/metrics")
+    p.add_argument("--quiet", "-q", action="store_true", default=None, help="no live status line")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
 
@@ -107,15 +114,18 @@ def _run_config(args: argparse.Namespace):
         transport=args.transport, workers=args.workers, threads=args.threads, opacity=args.opacity,
         backend=args.backend, precision=args.precision, cuda_graph=args.cuda_graph,
         providers=tuple(p.strip() for p in args.providers.split(",")) if args.providers else None,
+        eval=args.eval, cityscapes_results=args.cityscapes_results, metrics_port=args.metrics_port, quiet=args.quiet,
     )
 
 
 def _execute(config) -> int:
     from segstream.engines.resolve import resolve_inference
+    from segstream.evaluation.commands import check_scorable
     from segstream.pipeline.supervisor import Supervisor, format_summary, write_stats
 
     model = resolve_inference(config.model, config.weights, config.confidence, config.backend, config.precision,
                               config.providers, config.cuda_graph)
+    check_scorable(config, model.metadata)
     if config.record:
         Path(config.record).mkdir(parents=True, exist_ok=True)
     if config.view:
@@ -288,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    from segstream.evaluation.commands import add_parsers
+
+    add_parsers(sub)
 
     p = sub.add_parser("models", help="list the models segstream knows")
     p.add_argument("--no-params", action="store_true", help="skip counting parameters (no torch import)")

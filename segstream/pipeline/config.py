@@ -84,6 +84,13 @@ class PipelineConfig:
         stage_delay_ms: artificial per-frame delay per stage kind (tests, demos of
             slow stages).
         ready_timeout_s: how long the stages may take to start.
+        eval: score masks against the ground truth of dataset sources as they are made
+            (confusion matrix, IoU, accuracy...; live and in stats.json).
+        cityscapes_results: folder for predictions in the official Cityscapes results
+            format (label ids, full resolution), "" for none.
+        metrics_port: serve Prometheus metrics on this port (0: none).
+        metrics_host: the host the metrics endpoint binds on.
+        quiet: no live status line.
     """
 
     sources: tuple[str, ...] = ("test-pattern",)
@@ -119,6 +126,11 @@ class PipelineConfig:
     render: bool | None = None
     stage_delay_ms: dict[str, float] = field(default_factory=dict)
     ready_timeout_s: float = 120.0
+    eval: bool = False
+    cityscapes_results: str = ""
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    quiet: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -175,6 +187,8 @@ class PipelineConfig:
             raise ConfigError(f"max_frames must be >= 0, found {self.max_frames}")
         if not 0.0 <= self.opacity <= 1.0:
             raise ConfigError(f"opacity must be between 0 and 1, found {self.opacity}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics_port must be a TCP port (1-65535, 0 for none), found {self.metrics_port}")
         kinds = {k.value for k in StageKind}
         bad = sorted(set(self.stage_delay_ms) - kinds)
         if bad:

@@ -168,6 +168,9 @@ DATASETS: dict[str, tuple[Callable[[list[str], str], ImageListSource], str]] = {
 def open_dataset(uri: str, source_id: str) -> ImageListSource:
     """Open a dataset URI (``SCHEME:ROOT[:...]``)."""
     scheme, _, rest = uri.partition(":")
+    if scheme not in DATASETS:
+        raise SourceError(f"{uri!r} is not a dataset; expected one of "
+                          f"{', '.join(usage for _, usage in DATASETS.values())}")
     opener, usage = DATASETS[scheme]
     args = rest.split(":")
     if not args[0]:

@@ -123,7 +123,9 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
                                  "per_source_dirs": per_source, "ignore_index": metadata.ignore_index,
                                  "model": metadata.name, "mask_encoding": config.mask_encoding,
                                  "mask_resolution": config.mask_resolution,
-                                 "lossless_endpoint": config.publish_lossless or None}))
+                                 "lossless_endpoint": config.publish_lossless or None, "eval": config.eval,
+                                 "cityscapes_results": config.cityscapes_results or None,
+                                 "classes": metadata.num_classes}))
     if render:
         stages.append(spec("render", StageKind.RENDER, inputs=publish_out, reader_ids={"frame": 1, "mask": 0},
                            settings={"metadata": meta, "record": config.record, "per_source_dirs": per_source,

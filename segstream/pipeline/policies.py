@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from enum import Enum
 from typing import Callable
 
 import zmq
 
 from segstream.pipeline.messages import Kind, Message, MessageError, decode, encode
+from segstream.pipeline.stats import SkipCounter
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class Inbox:
         skipped: counter shared with the stage's stats, keyed by reason.
     """
 
-    def __init__(self, socket: zmq.Socket, policy: FlowPolicy, skipped: Counter[str]) -> None:
+    def __init__(self, socket: zmq.Socket, policy: FlowPolicy, skipped: SkipCounter) -> None:
         self.socket = socket
         self.policy = policy
         self.skipped = skipped
@@ -56,7 +56,7 @@ class Inbox:
         try:
             return decode([f.buffer for f in frames])
         except MessageError as exc:
-            self.skipped[f"malformed_{exc.reason}"] += 1
+            self.skipped.add(f"malformed_{exc.reason}", None)
             logger.warning("dropped a malformed message: %s", exc)
             return None
 
@@ -93,7 +93,7 @@ class Inbox:
             if m.header.kind is Kind.EOS or newest.get(m.header.source) == i:
                 kept.append(m)
             else:
-                self.skipped["superseded"] += 1
+                self.skipped.add("superseded", m.header.source)
                 self.superseded.append(m)
         return kept
 
@@ -111,7 +111,7 @@ class Outbox:
         stop: returns True when the stage must stop.
     """
 
-    def __init__(self, sockets: list[zmq.Socket], policy: FlowPolicy, skipped: Counter[str],
+    def __init__(self, sockets: list[zmq.Socket], policy: FlowPolicy, skipped: SkipCounter,
                  stop: Callable[[], bool]) -> None:
         if not sockets:
             raise ValueError("an Outbox needs at least one socket")
@@ -163,7 +163,7 @@ class Outbox:
         if self.policy is FlowPolicy.LIVE:
             if self._try_each(frames):
                 return True
-            self.skipped["downstream_full"] += 1
+            self.skipped.add("downstream_full", message.header.source)
             return False
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while not self.stop():
@@ -189,7 +189,7 @@ class Reorderer:
     Live: a frame older than one already passed on is dropped as ``late``.
     """
 
-    def __init__(self, policy: FlowPolicy, skipped: Counter[str], max_pending: int = 64) -> None:
+    def __init__(self, policy: FlowPolicy, skipped: SkipCounter, max_pending: int = 64) -> None:
         self.policy = policy
         self.skipped = skipped
         self.max_pending = max_pending
@@ -205,12 +205,12 @@ class Reorderer:
         expected = self._next.get(source, 0)
         if self.policy is FlowPolicy.LIVE:
             if seq < expected:
-                self.skipped["late"] += 1
+                self.skipped.add("late", source)
                 return []
             self._next[source] = seq + 1
             return [message]
         if seq < expected:
-            self.skipped["duplicate"] += 1
+            self.skipped.add("duplicate", source)
             return []
         pending = self._pending.setdefault(source, {})
         pending[seq] = message
@@ -235,7 +235,7 @@ class Reorderer:
         ready = []
         expected = self._next.get(source, 0)
         for seq in sorted(pending):
-            self.skipped["lost"] += seq - expected
+            self.skipped.add("lost", source, seq - expected)
             ready.append(pending[seq])
             expected = seq + 1
         self._next[source] = expected

@@ -1,7 +1,8 @@
 """Where a run's outputs go under ``--record DIR``, and writing them safely.
 
-One source: ``DIR/masks/<frame>.png``, ``DIR/overlay.mp4`` and, for models that classify,
-``DIR/classifications.jsonl`` (one JSON line per frame). Several sources: the same under
+One source: ``DIR/masks/<frame>.png``, ``DIR/overlay.mp4``, ``DIR/frames.jsonl`` (one JSON
+line per published frame: where its time went, ``pipeline.timing``) and, for models that
+classify, ``DIR/classifications.jsonl`` (one JSON line per frame). Several sources: the same under
 ``DIR/<source_id>/``. Files are written to a temporary name and renamed, so a file
 that exists is complete even if the run is stopped mid-write.
 """
@@ -23,6 +24,7 @@ def source_dir(record: str | os.PathLike[str], source_id: str, per_source: bool)
 
 
 CLASSIFICATIONS_NAME = "classifications.jsonl"
+FRAMES_NAME = "frames.jsonl"
 
 
 def append_jsonl(path: Path, record: dict) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import numpy as np
 
 MAX_SAMPLES = 50_000  # per series; older samples fall off so long runs keep bounded memory
+RECENT = 200  # samples behind the live figures (latency "now", not since the start)
+# Histogram bucket upper bounds (ms) for the Prometheus endpoint.
+BUCKETS_MS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 
 
 def summarize(samples: Iterable[float]) -> dict[str, float]:
@@ -23,6 +26,58 @@ def summarize(samples: Iterable[float]) -> dict[str, float]:
         "mean": round(float(values.mean()), 3),
         "max": round(float(values.max()), 3),
     }
+
+
+class SkipCounter(Counter):
+    """Frames skipped, by reason (the counter itself) and by source and reason."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_source: defaultdict[str, Counter[str]] = defaultdict(Counter)
+
+    def add(self, reason: str, source: str | None, count: int = 1) -> None:
+        """Count ``count`` frames of ``source`` (None: unknown, e.g. an undecodable
+        message) skipped for ``reason``."""
+        self[reason] += count
+        if source is not None:
+            self.by_source[source][reason] += count
+
+
+@dataclass
+class Histogram:
+    """Counts per bucket (cumulative on output), sum and count of a series, in ms; unlike
+    the samples it never forgets, as Prometheus histograms require."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS_MS) + 1))
+    total: float = 0.0
+
+    def observe(self, value_ms: float) -> None:
+        k = next((i for i, bound in enumerate(BUCKETS_MS) if value_ms <= bound), len(BUCKETS_MS))
+        self.counts[k] += 1
+        self.total += value_ms
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"buckets": [[le, cumulative count], ..., ["+Inf", count]], "sum": ms, "count": n}``."""
+        cumulative, running = [], 0
+        for bound, n in zip([*BUCKETS_MS, "+Inf"], self.counts):
+            running += n
+            cumulative.append([bound, running])
+        return {"buckets": cumulative, "sum": round(self.total, 3), "count": running}
+
+
+class Series:
+    """A timing series: bounded samples for summaries plus a histogram."""
+
+    def __init__(self) -> None:
+        self.samples: deque[float] = deque(maxlen=MAX_SAMPLES)
+        self.histogram = Histogram()
+
+    def add(self, value_ms: float) -> None:
+        self.samples.append(value_ms)
+        self.histogram.observe(value_ms)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**summarize(self.samples), "histogram": self.histogram.to_json()}
 
 
 @dataclass
@@ -41,17 +96,23 @@ class StageStats:
         pacing_error_ms: how late a paced replay emitted each frame against its schedule
             (kept by capture; absolute values).
         per_source: frames out per source.
+        breakdown: per upstream stage kind, ``queue`` and ``stage`` series of the frames
+            this stage finished (``pipeline.timing``; kept by publish and render).
+        latency_by_source: end-to-end latency series per source (publish and render).
     """
 
     stage: str
     frames_in: int = 0
     frames_out: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)
+    skipped: SkipCounter = field(default_factory=SkipCounter)
     process_ms: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
     blocked_ms: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
     latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
     pacing_error_ms: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
     per_source: Counter[str] = field(default_factory=Counter)
+    breakdown: dict[str, dict[str, Series]] = field(default_factory=dict)
+    latency_by_source: dict[str, Series] = field(default_factory=dict)
+    source_span: dict[str, list[int]] = field(default_factory=dict)  # first and last frame out, per source
     first_out_ns: int = 0
     last_out_ns: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -60,6 +121,7 @@ class StageStats:
         """Count one frame sent on."""
         self.frames_out += 1
         self.per_source[source] += 1
+        self.source_span.setdefault(source, [now_ns, now_ns])[1] = now_ns
         if not self.first_out_ns:
             self.first_out_ns = now_ns
         self.last_out_ns = now_ns
@@ -69,10 +131,21 @@ class StageStats:
         self.process_ms.append((out_ns - in_ns - blocked_ns) / 1e6)
         self.blocked_ms.append(blocked_ns / 1e6)
 
-    def throughput_fps(self) -> float:
-        """Frames out per second between the first and the last frame out."""
-        span = (self.last_out_ns - self.first_out_ns) / 1e9
-        return round((self.frames_out - 1) / span, 3) if self.frames_out > 1 and span > 0 else 0.0
+    def record_frame(self, timing: dict[str, Any]) -> None:
+        """Add one finished frame's breakdown (``pipeline.timing.frame_timing``)."""
+        for kind, parts in timing["stages"].items():
+            series = self.breakdown.setdefault(kind, {"queue": Series(), "stage": Series()})
+            series["queue"].add(parts["queue_ms"])
+            series["stage"].add(parts["stage_ms"])
+        self.latency_by_source.setdefault(timing["source"], Series()).add(timing["e2e_ms"])
+        self.latency_ms.append(timing["e2e_ms"])
+
+    def throughput_fps(self, source: str | None = None) -> float:
+        """Frames out per second between the first and the last frame out (of ``source``)."""
+        first, last = self.source_span.get(source, [0, 0]) if source else (self.first_out_ns, self.last_out_ns)
+        count = self.per_source.get(source, 0) if source else self.frames_out
+        span = (last - first) / 1e9
+        return round((count - 1) / span, 3) if count > 1 and span > 0 else 0.0
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready summary."""
@@ -81,11 +154,18 @@ class StageStats:
             "frames_in": self.frames_in,
             "frames_out": self.frames_out,
             "skipped": dict(self.skipped),
+            "skipped_by_source": {sid: dict(c) for sid, c in self.skipped.by_source.items()},
             "process_ms": summarize(self.process_ms),
             "blocked_ms": summarize(self.blocked_ms),
             "latency_ms": summarize(self.latency_ms),
+            "latency_recent_ms": summarize(list(self.latency_ms)[-RECENT:]),
             "throughput_fps": self.throughput_fps(),
             "per_source": dict(self.per_source),
+            "throughput_by_source_fps": {sid: self.throughput_fps(sid) for sid in self.per_source},
             **({"pacing_error_ms": summarize(self.pacing_error_ms)} if self.pacing_error_ms else {}),
+            **({"breakdown_ms": {kind: {name: series.to_json() for name, series in parts.items()}
+                                 for kind, parts in self.breakdown.items()}} if self.breakdown else {}),
+            **({"latency_by_source_ms": {sid: series.to_json() for sid, series in self.latency_by_source.items()}}
+               if self.latency_by_source else {}),
             **({"extra": self.extra} if self.extra else {}),
         }

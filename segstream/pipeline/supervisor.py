@@ -26,10 +26,16 @@ import zmq
 
 from segstream.engines.resolve import InferenceModel
 from segstream.pipeline.config import PipelineConfig
+from segstream.evaluation.metrics import ConfusionAccumulator
+from segstream.evaluation.summary import eval_summary, format_scores
 from segstream.pipeline.graph import RunPlan, plan_run
 from segstream.pipeline.policies import FlowPolicy
+from segstream.pipeline.prometheus import MetricsServer, prometheus_text
 from segstream.pipeline.shm_ring import SHM_PREFIX, sweep
 from segstream.pipeline.stage import StageKind, StageSpec
+from segstream.pipeline.stats import summarize
+from segstream.pipeline.status_line import StatusLine
+from segstream.pipeline.timing import stage_kind
 from segstream.pipeline.transport import Role, make_socket
 
 logger = logging.getLogger(__name__)
@@ -143,11 +149,19 @@ class Supervisor:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         run_dir = _run_dir()
         context = zmq.Context()
-        started_wall = time.time()
-        t0 = time.monotonic()
+        self._started_wall = started_wall = time.time()
+        self._t0 = t0 = time.monotonic()
         error = ""
-        control = commands = None
+        control = commands = metrics = None
+        self._status = None if self.config.quiet else StatusLine(max_frames=self.config.max_frames,
+                                                                 loop=self.config.loop)
         try:
+            if self.config.metrics_port:
+                try:
+                    metrics = MetricsServer(self.config.metrics_host, self.config.metrics_port,
+                                            lambda: prometheus_text(self.snapshot()))
+                except OSError as exc:
+                    raise PipelineFailed(str(exc)) from None
             plan = plan_run(self.config, self.policy, self.run_id, run_dir, self.model)
             control = make_socket(context, Role.CONTROL_IN, bind=plan.control)
             commands = make_socket(context, Role.COMMANDS_PUB, bind=plan.commands)
@@ -156,6 +170,10 @@ class Supervisor:
         except PipelineFailed as exc:
             error = str(exc)
         finally:
+            if self._status is not None:
+                if self.state is RunState.RUNNING:
+                    self._status.update(self.snapshot(), final=True)  # the figures at the end
+                self._status.close()
             self._shutdown(commands)
             if control is not None:
                 self._drain_events(control, 0.2)
@@ -169,6 +187,8 @@ class Supervisor:
             shutil.rmtree(run_dir, ignore_errors=True)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if metrics is not None:
+                metrics.close()
         if not error and self.failed_sources:
             error = "; ".join(f"source {sid} failed: {why}" for sid, why in self.failed_sources.items())
         stopped = self._stop_requested and not error
@@ -256,6 +276,8 @@ class Supervisor:
             if self.state is RunState.RUNNING and time.monotonic() - last_broadcast > BROADCAST_S:
                 last_broadcast = time.monotonic()
                 commands.send(b"stats " + json.dumps(self._live_figures()).encode())
+            if self.state is RunState.RUNNING and self._status is not None:
+                self._status.update(self.snapshot())
             if self._stop_requested:
                 return ""
             death = self._check_deaths()
@@ -322,11 +344,23 @@ class Supervisor:
 
     # -- stats ------------------------------------------------------------------------
 
+    def snapshot(self) -> dict[str, Any]:
+        """The stats so far (the stats.json schema), for the status line and metrics."""
+        return self._collect_stats(self._started_wall, time.monotonic() - self._t0, False, "")
+
+    def _eval(self, publish: StageProcess | None) -> dict[str, Any] | None:
+        per_source = ((publish.stats or {}).get("extra", {}).get("eval") if publish else None) or {}
+        if not per_source:
+            return None
+        return eval_summary({sid: ConfusionAccumulator.from_json(acc) for sid, acc in per_source.items()},
+                            self.metadata.class_names)
+
     def _collect_stats(self, started_wall: float, duration_s: float, stopped: bool, error: str) -> dict[str, Any]:
         stages = {s.spec.name: s.stats for s in self.stages if s.stats}
         captures = [s for s in self.stages if s.spec.kind is StageKind.CAPTURE]
         publish = self._by_name("publish")
         render = self._by_name("render")
+        publish_stats = (publish.stats or {}) if publish else {}
         frames_in = sum(int(stages.get(c.spec.name, {}).get("frames_in", 0)) for c in captures)
         published = int(publish.stats.get("frames_out", 0)) if publish and publish.stats else 0
         by_stage = {name: st.get("skipped", {}) for name, st in stages.items() if st.get("skipped")}
@@ -350,18 +384,28 @@ class Supervisor:
             "per_source": self._per_source(stages, publish),
             "throughput_fps": publish.stats.get("throughput_fps", 0.0) if publish and publish.stats else 0.0,
             "latency_ms": {
-                "capture_to_publish": (publish.stats or {}).get("latency_ms", {}) if publish else {},
+                "capture_to_publish": publish_stats.get("latency_ms", {}),
                 "capture_to_render": (render.stats or {}).get("latency_ms", {}) if render else {},
+                "recent": publish_stats.get("latency_recent_ms", {}),
+                "breakdown": publish_stats.get("breakdown_ms", {}),
+                "by_source": publish_stats.get("latency_by_source_ms", {}),
             },
             "stages": stages,
             "stopped": stopped,
             "error": error,
         }
+        evaluation = self._eval(publish)
+        if evaluation is not None:
+            stats["eval"] = evaluation
+            without = publish_stats.get("extra", {}).get("eval_frames_without_gt", 0)
+            if without:
+                stats["eval"]["frames_without_gt"] = without
         return stats
 
 
     def _per_source(self, stages: dict[str, Any], publish: StageProcess | None) -> dict[str, Any]:
         published = (publish.stats or {}).get("per_source", {}) if publish else {}
+        latency = (publish.stats or {}).get("latency_by_source_ms", {}) if publish else {}
         out = {}
         for stage in self.stages:
             if stage.spec.kind is not StageKind.CAPTURE:
@@ -376,7 +420,12 @@ class Supervisor:
                 # its own this is the source's skipped count (reasons: frames_skipped.by_stage)
                 "frames_not_published": capture.get("frames_in", 0) - published.get(sid, 0),
                 "skipped_at_capture": capture.get("skipped", {}),
+                "skipped_by_stage": {name: st["skipped_by_source"][sid] for name, st in stages.items()
+                                     if sid in st.get("skipped_by_source", {})},
                 "reconnects": capture.get("extra", {}).get("reconnects", 0),
+                "latency_ms": {k: v for k, v in latency.get(sid, summarize([])).items() if k != "histogram"},
+                "throughput_fps": (publish.stats or {}).get("throughput_by_source_fps", {}).get(sid, 0.0)
+                if publish else 0.0,
                 "error": self.failed_sources.get(sid, ""),
             }
         return out
@@ -403,10 +452,15 @@ def format_summary(stats: dict[str, Any]) -> str:
         + (f", unaccounted {stats['frames_unaccounted']}" if stats["frames_unaccounted"] else ""),
         f"  throughput {stats['throughput_fps']:.2f} fps, latency capture->publish "
         f"p50 {lat.get('median', 0):.0f} ms p95 {lat.get('p95', 0):.0f} ms",
-        "  stage          in    out  skipped   median ms    p95 ms",
+        "  stage          in    out  skipped   work p50 ms  p95 ms   queue p50 ms  p95 ms",
     ]
+    breakdown = stats["latency_ms"].get("breakdown", {})
     for name, st in stats["stages"].items():
         pm = st.get("process_ms", {})
+        queue = breakdown.get(stage_kind(name), {}).get("queue", {})
         lines.append(f"  {name:<12} {st.get('frames_in', 0):>5} {st.get('frames_out', 0):>6} "
-                     f"{sum(st.get('skipped', {}).values()):>8} {pm.get('median', 0):>11.1f} {pm.get('p95', 0):>9.1f}")
+                     f"{sum(st.get('skipped', {}).values()):>8} {pm.get('median', 0):>12.1f} {pm.get('p95', 0):>7.1f}"
+                     f" {queue.get('median', 0):>14.1f} {queue.get('p95', 0):>7.1f}")
+    if "eval" in stats:
+        lines.append(format_scores(stats["eval"]))
     return "\n".join(lines)

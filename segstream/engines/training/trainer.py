@@ -16,6 +16,7 @@ from segstream.engines.cityscapes import IGNORE_INDEX
 from segstream.engines.metadata import ModelError
 from segstream.engines.training.data import Augment, Sample, SampleLoader, dataset_samples, folder_samples
 from segstream.engines.zoo import ModelSpec, get_model_spec
+from segstream.evaluation.metrics import confusion, scores
 
 logger = logging.getLogger(__name__)
 
@@ -80,22 +81,6 @@ def _samples(spec: ModelSpec, data: str) -> list[Sample]:
     if spec.task == "segmentation":
         return dataset_samples(data)
     return folder_samples(Path(data), spec.metadata.label_names)
-
-
-def confusion(pred: np.ndarray, target: np.ndarray, classes: int) -> np.ndarray:
-    """Confusion matrix (rows: target, columns: prediction), ignore label left out."""
-    valid = target != IGNORE_INDEX
-    return np.bincount(target[valid].astype(np.int64) * classes + np.minimum(pred[valid], classes - 1),
-                       minlength=classes * classes).reshape(classes, classes)
-
-
-def segmentation_metrics(matrix: np.ndarray) -> dict[str, float]:
-    """Pixel accuracy and mIoU over the classes present in the targets or predictions."""
-    tp = np.diag(matrix).astype(np.float64)
-    union = matrix.sum(0) + matrix.sum(1) - tp
-    present = union > 0
-    return {"pixel_accuracy": float(tp.sum() / max(matrix.sum(), 1)),
-            "miou": float((tp[present] / union[present]).mean()) if present.any() else 0.0}
 
 
 class Trainer:
@@ -191,8 +176,8 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         torch = self.torch
         self.model.eval()
-        classes = self.spec.metadata.num_classes + (self.spec.metadata.ignore_channel is not None)
-        matrix = np.zeros((classes, classes), np.int64)
+        classes = self.spec.metadata.num_classes
+        matrix = np.zeros((classes, classes + 1), np.int64)
         correct = total = 0
         with torch.inference_mode():
             for batch in self.val_loader.batches(1, shuffle=False):
@@ -204,7 +189,10 @@ class Trainer:
                     known = labels >= 0
                     correct += int((cls.argmax(1)[known] == labels[known]).sum())
                     total += int(known.sum())
-        metrics = segmentation_metrics(matrix) if matrix.any() else {}
+        metrics: dict[str, float] = {}
+        if matrix.any():
+            figures = scores(matrix, self.spec.metadata.class_names)
+            metrics = {"pixel_accuracy": figures["pixel_accuracy"], "miou": figures["miou"]}
         if total:
             metrics["accuracy"] = correct / total
         return metrics

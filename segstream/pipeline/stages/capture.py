@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -31,6 +30,7 @@ from segstream.pipeline.stage import (
     open_writer,
     stamp,
 )
+from segstream.pipeline.stats import SkipCounter
 from segstream.pipeline.streams import LiveOptions
 
 logger = logging.getLogger(__name__)
@@ -95,16 +95,16 @@ def _note_connection(source: FrameSource, extra: dict[str, Any]) -> None:
         extra["connect_attempts"] = source.attempts
 
 
-def _usable_image(frame: SourceFrame, source_id: str, skipped: Counter[str]) -> np.ndarray | None:
+def _usable_image(frame: SourceFrame, source_id: str, skipped: SkipCounter) -> np.ndarray | None:
     """The frame as BGR uint8, or None (counted and logged) if it cannot be used."""
     if frame.image is None:
-        skipped["unreadable"] += 1
+        skipped.add("unreadable", source_id)
         logger.warning("%s: skipped frame %s: %s", source_id, frame.name, frame.error)
         return None
     try:
         return to_bgr(frame.image)
     except ValueError as exc:
-        skipped["bad_format"] += 1
+        skipped.add("bad_format", source_id)
         logger.warning("%s: skipped frame %s: %s", source_id, frame.name, exc)
         return None
 

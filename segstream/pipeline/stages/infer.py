@@ -42,7 +42,7 @@ class InferProcessor:
     def process(self, message: Message) -> Message | None:
         model_input = self._input = self.inputs.take(message, "input", self._input)
         if model_input is None:
-            self.runtime.stats.skipped["overwritten"] += 1
+            self.runtime.stats.skipped.add("overwritten", message.header.source)
             return None
         frame = self._pinned_frame(message)
         if model_input.dtype == np.uint8:

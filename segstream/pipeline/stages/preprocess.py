@@ -38,7 +38,7 @@ class PreprocessProcessor:
     def process(self, message: Message) -> Message | None:
         frame = self.frames.take(message, "frame")
         if frame is None:
-            self.runtime.stats.skipped["overwritten"] += 1
+            self.runtime.stats.skipped.add("overwritten", message.header.source)
             return None
         out = derive(message, Kind.TENSOR)
         self.frames.forward(message, out, *CARRIED)

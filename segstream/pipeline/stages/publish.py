@@ -3,7 +3,12 @@ consumers (ZeroMQ PUB, inline payload), recorded as PNG, and passed on to render
 
 Settings: ``endpoint`` (PUB bind address, or None), ``record`` (folder or None),
 ``per_source_dirs``, ``ignore_index``, ``model``, ``mask_encoding`` (raw, png, rle),
-``mask_resolution`` (frame or model), ``lossless_endpoint`` (PUSH channel, or None).
+``mask_resolution`` (frame or model), ``lossless_endpoint`` (PUSH channel, or None),
+``eval`` (score masks against the frames' ground truth), ``cityscapes_results`` (folder or
+None), ``classes`` (the model's class count).
+
+Every published frame's time breakdown (``pipeline.timing``) goes into the stage stats and,
+when recording, into ``frames.jsonl``.
 """
 
 from __future__ import annotations
@@ -14,13 +19,17 @@ import time
 import cv2
 import numpy as np
 
+from segstream.evaluation.ground_truth import gt_train_ids
+from segstream.evaluation.metrics import ConfusionAccumulator
+from segstream.evaluation.results import cityscapes_result_path, train_ids_to_label_ids
 from segstream.pipeline.mask_codec import encode_mask
-from segstream.pipeline.messages import Kind, Message, Part, derive, encode
+from segstream.pipeline.messages import Kind, Message, Part, Stamp, derive, encode
 from segstream.pipeline.overlay import class_counts
 from segstream.pipeline.payloads import PayloadReader
 from segstream.pipeline.policies import FlowPolicy, Outbox
-from segstream.pipeline.records import CLASSIFICATIONS_NAME, append_jsonl, source_dir, write_png
+from segstream.pipeline.records import CLASSIFICATIONS_NAME, FRAMES_NAME, append_jsonl, source_dir, write_png
 from segstream.pipeline.stage import CARRIED, StageRuntime, StageSpec, close_writer, open_writer, run_middle_stage
+from segstream.pipeline.timing import frame_timing
 from segstream.pipeline.transport import Role, make_socket
 
 logger = logging.getLogger(__name__)
@@ -60,6 +69,10 @@ class PublishProcessor:
         # slows the pipeline (that consumer chose backpressure; PUB subscribers never do).
         self.lossless = Outbox([make_socket(runtime.context, Role.RESULTS_PUSH, bind=lossless)], FlowPolicy.LOSSLESS,
                                runtime.stats.skipped, lambda: runtime.stopping) if lossless else None
+        self.eval = bool(settings.get("eval", False))
+        self.classes = int(settings.get("classes", 0))
+        self.scores: dict[str, ConfusionAccumulator] = {}  # per source
+        self.cityscapes_results = settings.get("cityscapes_results")
         self.labels = PayloadReader(spec.reader_ids.get("labels"))  # also reads the inline parts
         self.writer = open_writer(spec) if spec.outputs else None
 
@@ -72,11 +85,12 @@ class PublishProcessor:
             self.lossless.send(message)
 
     def process(self, message: Message) -> Message | None:
+        started_ns = time.monotonic_ns()
         labels = mask = None
         if message.header.part("labels") is not None:  # a classifier has no label map
             labels = self.labels.take(message, "labels")
             if labels is None:
-                self.runtime.stats.skipped["overwritten"] += 1
+                self.runtime.stats.skipped.add("overwritten", message.header.source)
                 return None
             frame_part = message.header.part("frame")
             height, width = frame_part.shape[:2] if frame_part else labels.shape
@@ -84,16 +98,23 @@ class PublishProcessor:
             if labels.shape != (height, width):
                 mask = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
         header = message.header
-        if self.record:
-            folder = source_dir(self.record, header.source, self.per_source)
+        gt = self.labels.get(message, "gt") if header.part("gt") else None
+        folder = source_dir(self.record, header.source, self.per_source) if self.record else None
+        if folder is not None:
             if mask is not None:
                 write_png(folder / "masks" / f"{header.name}.png", mask)
             if "classification" in header.meta:
                 append_jsonl(folder / CLASSIFICATIONS_NAME, {"frame": header.name, "index": header.index,
                                                              "classification": header.meta["classification"]})
-        public = self._public_message(message, labels, mask)
+        if mask is not None:
+            self._score(header.source, header.name, mask, gt, header.meta.get("gt_kind", ""))
+        public = self._public_message(message, labels, mask, gt)
+        public.header.stamps.append(Stamp(self.spec.name, started_ns, time.monotonic_ns()))
         self._publish(public)
-        self.runtime.stats.latency_ms.append((time.monotonic_ns() - header.capture_ns) / 1e6)
+        timing = frame_timing(public.header, time.monotonic_ns())
+        self.runtime.stats.record_frame(timing)
+        if folder is not None:
+            append_jsonl(folder / FRAMES_NAME, timing)
         if self.writer is None:
             return public
         out = derive(public, Kind.RESULT)
@@ -102,7 +123,24 @@ class PublishProcessor:
             return None
         return out
 
-    def _public_message(self, message: Message, labels: np.ndarray | None, mask: np.ndarray | None) -> Message:
+    def _score(self, source: str, name: str, mask: np.ndarray, gt: np.ndarray | None, gt_kind: str) -> None:
+        """``--eval``: add the frame to its source's confusion matrix; ``--cityscapes-results``:
+        write its label ids at the ground truth's (else the frame's) resolution."""
+        target = gt_train_ids(gt, gt_kind) if gt is not None and (self.eval or self.cityscapes_results) else None
+        if self.eval:
+            if target is None:
+                self.runtime.stats.extra["eval_frames_without_gt"] = \
+                    self.runtime.stats.extra.get("eval_frames_without_gt", 0) + 1
+            else:
+                self.scores.setdefault(source, ConfusionAccumulator(self.classes)).add(mask, target)
+                self.runtime.stats.extra["eval"] = {sid: acc.to_json() for sid, acc in self.scores.items()}
+        if self.cityscapes_results:
+            if target is not None and target.shape != mask.shape:
+                mask = cv2.resize(mask, (target.shape[1], target.shape[0]), interpolation=cv2.INTER_NEAREST)
+            write_png(cityscapes_result_path(self.cityscapes_results, name), train_ids_to_label_ids(mask))
+
+    def _public_message(self, message: Message, labels: np.ndarray | None, mask: np.ndarray | None,
+                        gt: np.ndarray | None) -> Message:
         """The result consumers get: the mask (frame or model resolution, encoded), its
         class shares, the confidence and ground truth when there are any, and the
         classification (header ``classification``) of models that classify."""
@@ -123,7 +161,6 @@ class PublishProcessor:
             public.header.parts.append(Part("confidence", tuple(confidence.shape), "uint8",
                                             inline=len(public.payload)))
             public.payload.append(np.ascontiguousarray(confidence))
-        gt = self.labels.get(message, "gt") if message.header.part("gt") else None
         if gt is not None:  # ground truth of a dataset replay, for downstream evaluation
             public.header.parts.append(Part("gt", tuple(gt.shape), "uint8", inline=len(public.payload)))
             public.payload.append(gt)

@@ -101,7 +101,7 @@ class RenderProcessor:
         has_mask = message.header.part("mask") is not None  # a classifier's results have none
         mask = self.masks.take(message, "mask") if has_mask else None
         if frame is None or (has_mask and mask is None):
-            self.runtime.stats.skipped["overwritten"] += 1
+            self.runtime.stats.skipped.add("overwritten", message.header.source)
             return None
         header = message.header
         counts = class_counts(mask) if mask is not None else np.zeros(1, np.int64)
