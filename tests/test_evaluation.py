@@ -338,8 +338,8 @@ def test_status_line_on_a_terminal_and_in_a_log(monkeypatch):
     monkeypatch.setattr(status_line.time, "monotonic", lambda: next(clock))
     terminal = _Terminal()
     line = status_line.StatusLine(terminal)
-    line.update(_live_stats(10))
-    line.update(_live_stats(30))  # one second later: 20 fps
+    line.update(lambda: _live_stats(10))
+    line.update(lambda: _live_stats(30))  # one second later: 20 fps
     line.close()
     drawn = terminal.getvalue()
     assert drawn.count("\r\033[K") == 2 and drawn.endswith("\n")
@@ -350,7 +350,7 @@ def test_status_line_on_a_terminal_and_in_a_log(monkeypatch):
     log = io.StringIO()  # not a terminal: a whole line every 10 s, no redraws
     line = status_line.StatusLine(log, loop=True)
     for k in range(30):
-        line.update(_live_stats(k))
+        line.update(lambda: _live_stats(k))
     line.close()
     lines = log.getvalue().splitlines()
     assert 2 <= len(lines) <= 3 and "\r" not in log.getvalue()

@@ -8,7 +8,7 @@ import logging
 import sys
 import time
 from collections import deque
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 logger = logging.getLogger(__name__)
 
@@ -82,13 +82,18 @@ class StatusLine:
             parts.append(f"mIoU {evaluation['miou']:.3f}")
         return " | ".join(parts)
 
-    def update(self, stats: dict[str, Any], final: bool = False) -> None:
-        """Redraw (terminal) or log (otherwise) when it is time, or now if ``final``."""
+    def update(self, stats: Callable[[], dict[str, Any]], final: bool = False) -> None:
+        """Redraw (terminal) or log (otherwise) when it is time, or now if ``final``.
+
+        Args:
+            stats: gives the current stats (called only when a line is drawn).
+            final: draw now (the figures at the end).
+        """
         now = time.monotonic()
         if now - self._last_draw < REDRAW_S and not final:
             return
         self._last_draw = now
-        line = self.text(stats, now)
+        line = self.text(stats(), now)
         if self.tty:
             self.stream.write("\r\033[K" + line)
             self.stream.flush()

@@ -25,9 +25,9 @@ from typing import Any
 import zmq
 
 from segstream.engines.resolve import InferenceModel
-from segstream.pipeline.config import PipelineConfig
 from segstream.evaluation.metrics import ConfusionAccumulator
 from segstream.evaluation.summary import eval_summary, format_scores
+from segstream.pipeline.config import PipelineConfig
 from segstream.pipeline.graph import RunPlan, plan_run
 from segstream.pipeline.policies import FlowPolicy
 from segstream.pipeline.prometheus import MetricsServer, prometheus_text
@@ -172,7 +172,7 @@ class Supervisor:
         finally:
             if self._status is not None:
                 if self.state is RunState.RUNNING:
-                    self._status.update(self.snapshot(), final=True)  # the figures at the end
+                    self._status.update(self.snapshot, final=True)  # the figures at the end
                 self._status.close()
             self._shutdown(commands)
             if control is not None:
@@ -277,7 +277,7 @@ class Supervisor:
                 last_broadcast = time.monotonic()
                 commands.send(b"stats " + json.dumps(self._live_figures()).encode())
             if self.state is RunState.RUNNING and self._status is not None:
-                self._status.update(self.snapshot())
+                self._status.update(self.snapshot)
             if self._stop_requested:
                 return ""
             death = self._check_deaths()
@@ -308,7 +308,9 @@ class Supervisor:
     def _live_figures(self) -> dict[str, Any]:
         """Pipeline-wide figures for stages that show them (the live view)."""
         stats = {s.spec.name: s.stats for s in self.stages if s.stats}
+        evaluation = self._eval(self._by_name("publish"))
         return {
+            "miou": evaluation["miou"] if evaluation else None,
             "stages": {name: st.get("process_ms", {}).get("median", 0.0) for name, st in stats.items()},
             "skipped": sum(sum(st.get("skipped", {}).values()) for name, st in stats.items() if name != "render"),
             "frames_in": sum(st.get("frames_in", 0) for s in self.stages if s.spec.kind is StageKind.CAPTURE
@@ -404,8 +406,10 @@ class Supervisor:
 
 
     def _per_source(self, stages: dict[str, Any], publish: StageProcess | None) -> dict[str, Any]:
-        published = (publish.stats or {}).get("per_source", {}) if publish else {}
-        latency = (publish.stats or {}).get("latency_by_source_ms", {}) if publish else {}
+        publish_stats = (publish.stats or {}) if publish else {}
+        published = publish_stats.get("per_source", {})
+        latency = publish_stats.get("latency_by_source_ms", {})
+        throughput = publish_stats.get("throughput_by_source_fps", {})
         out = {}
         for stage in self.stages:
             if stage.spec.kind is not StageKind.CAPTURE:
@@ -424,8 +428,7 @@ class Supervisor:
                                      if sid in st.get("skipped_by_source", {})},
                 "reconnects": capture.get("extra", {}).get("reconnects", 0),
                 "latency_ms": {k: v for k, v in latency.get(sid, summarize([])).items() if k != "histogram"},
-                "throughput_fps": (publish.stats or {}).get("throughput_by_source_fps", {}).get(sid, 0.0)
-                if publish else 0.0,
+                "throughput_fps": throughput.get(sid, 0.0),
                 "error": self.failed_sources.get(sid, ""),
             }
         return out

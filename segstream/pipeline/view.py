@@ -61,6 +61,7 @@ PAGE = """<!doctype html>
    <div class="card"><b id="lat95">-</b><small>latency p95 ms</small></div>
    <div class="card"><b id="skipped">-</b><small>frames skipped</small></div>
    <div class="card"><b id="viewers">-</b><small>viewers</small></div>
+   <div class="card" id="miou-card" style="display: none"><b id="miou">-</b><small>mIoU so far (--eval)</small></div>
   </div>
   <h2>Classes in view</h2><table id="classes"></table>
   <h2>Stages (median ms)</h2><table id="stages"></table>
@@ -77,6 +78,8 @@ async function refresh() {
     $('lat95').textContent = Math.round(s.latency_ms.p95);
     $('skipped').textContent = s.skipped;
     $('viewers').textContent = s.viewers;
+    $('miou-card').style.display = s.miou == null ? 'none' : '';
+    if (s.miou != null) $('miou').textContent = s.miou.toFixed(3);
     $('model').textContent = s.model;
     $('source').textContent = s.source;
     $('classes').innerHTML = s.classes.map(c =>

@@ -153,6 +153,7 @@ class RenderProcessor:
             "latency_ms": summarize(recent),
             "skipped": pipeline.get("skipped", sum(stats.skipped.values())),
             "stages": pipeline.get("stages", {}),
+            "miou": pipeline.get("miou"),
             "classes": classes,
             "classification": message.header.meta.get("classification"),
         }
