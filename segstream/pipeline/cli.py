@@ -121,7 +121,8 @@ def _run_config(args: argparse.Namespace):
 def _execute(config) -> int:
     from segstream.engines.resolve import resolve_inference
     from segstream.evaluation.commands import check_scorable
-    from segstream.pipeline.supervisor import Supervisor, format_summary, write_stats
+    from segstream.pipeline.run_summary import format_summary, write_stats
+    from segstream.pipeline.supervisor import Supervisor
 
     model = resolve_inference(config.model, config.weights, config.confidence, config.backend, config.precision,
                               config.providers, config.cuda_graph)

@@ -26,7 +26,7 @@ import zmq
 
 from segstream.engines.resolve import InferenceModel
 from segstream.evaluation.metrics import ConfusionAccumulator
-from segstream.evaluation.summary import eval_summary, format_scores
+from segstream.evaluation.summary import eval_summary
 from segstream.pipeline.config import PipelineConfig
 from segstream.pipeline.graph import RunPlan, plan_run
 from segstream.pipeline.policies import FlowPolicy
@@ -35,7 +35,6 @@ from segstream.pipeline.shm_ring import SHM_PREFIX, sweep
 from segstream.pipeline.stage import StageKind, StageSpec
 from segstream.pipeline.stats import summarize
 from segstream.pipeline.status_line import StatusLine
-from segstream.pipeline.timing import stage_kind
 from segstream.pipeline.transport import Role, make_socket
 
 logger = logging.getLogger(__name__)
@@ -432,38 +431,3 @@ class Supervisor:
                 "error": self.failed_sources.get(sid, ""),
             }
         return out
-
-
-def write_stats(stats: dict[str, Any], record: str | os.PathLike[str]) -> Path:
-    """Write ``stats.json`` into ``record`` atomically."""
-    path = Path(record) / "stats.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".stats.json.tmp")
-    tmp.write_text(json.dumps(stats, indent=2))
-    os.replace(tmp, path)
-    return path
-
-
-def format_summary(stats: dict[str, Any]) -> str:
-    """A short human summary of a run's stats."""
-    lat = stats["latency_ms"]["capture_to_publish"] or {}
-    lines = [
-        f"run {stats['run_id']}: {stats['policy']} flow, model {stats['model']}, {stats['duration_s']:.1f} s",
-        f"  frames in {stats['frames_in']}, published {stats['frames_published']}, "
-        f"skipped {stats['frames_skipped']['total']}"
-        + (f" {stats['frames_skipped']['by_stage']}" if stats["frames_skipped"]["total"] else "")
-        + (f", unaccounted {stats['frames_unaccounted']}" if stats["frames_unaccounted"] else ""),
-        f"  throughput {stats['throughput_fps']:.2f} fps, latency capture->publish "
-        f"p50 {lat.get('median', 0):.0f} ms p95 {lat.get('p95', 0):.0f} ms",
-        "  stage          in    out  skipped   work p50 ms  p95 ms   queue p50 ms  p95 ms",
-    ]
-    breakdown = stats["latency_ms"].get("breakdown", {})
-    for name, st in stats["stages"].items():
-        pm = st.get("process_ms", {})
-        queue = breakdown.get(stage_kind(name), {}).get("queue", {})
-        lines.append(f"  {name:<12} {st.get('frames_in', 0):>5} {st.get('frames_out', 0):>6} "
-                     f"{sum(st.get('skipped', {}).values()):>8} {pm.get('median', 0):>12.1f} {pm.get('p95', 0):>7.1f}"
-                     f" {queue.get('median', 0):>14.1f} {queue.get('p95', 0):>7.1f}")
-    if "eval" in stats:
-        lines.append(format_scores(stats["eval"]))
-    return "\n".join(lines)
