@@ -152,6 +152,7 @@ class ConfusionAccumulator:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "ConfusionAccumulator":
+        """The accumulator ``to_json`` described."""
         matrix = np.asarray(data["matrix"], np.int64)
         acc = cls(matrix.shape[0])
         acc.matrix[...] = matrix

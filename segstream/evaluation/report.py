@@ -72,6 +72,7 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def plot_latency_histograms(frames: list[dict[str, Any]], out: Path) -> Path:
+    """``latency_by_stage.png``: per stage, time in it and queued before it; end to end."""
     plt = _pyplot()
     stages = _stages(frames)
     cols = 3
@@ -106,6 +107,8 @@ def plot_latency_histograms(frames: list[dict[str, Any]], out: Path) -> Path:
 
 
 def plot_latency_timeline(frames: list[dict[str, Any]], stats: dict[str, Any], out: Path) -> Path:
+    """``latency_timeline.png``: per source, each frame's latency stacked by stage, skipped
+    frames (indices never published) marked in red."""
     plt = _pyplot()
     by_source: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for f in frames:
@@ -140,6 +143,7 @@ def plot_latency_timeline(frames: list[dict[str, Any]], stats: dict[str, Any], o
 
 
 def plot_throughput(frames: list[dict[str, Any]], out: Path) -> Path:
+    """``throughput.png``: frames published in each second of the run."""
     plt = _pyplot()
     done = np.array([f["capture_ns"] + f["e2e_ms"] * 1e6 for f in frames]) / 1e9
     t = done - done.min()
@@ -158,6 +162,7 @@ def plot_throughput(frames: list[dict[str, Any]], out: Path) -> Path:
 
 
 def plot_class_iou(evaluation: dict[str, Any], out: Path) -> Path:
+    """``class_iou.png``: IoU per class, worst first, with the mIoU."""
     plt = _pyplot()
     items = [(name, c["iou"]) for name, c in evaluation["classes"].items() if c["iou"] is not None]
     items.sort(key=lambda kv: kv[1])
@@ -176,6 +181,7 @@ def plot_class_iou(evaluation: dict[str, Any], out: Path) -> Path:
 
 
 def plot_confusion(evaluation: dict[str, Any], out: Path) -> Path:
+    """``confusion_matrix.png``: each ground-truth class's pixels by predicted class."""
     plt = _pyplot()
     names = evaluation["class_names"]
     matrix = np.asarray(evaluation["confusion"]["matrix"], np.float64)

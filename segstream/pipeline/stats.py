@@ -52,6 +52,7 @@ class Histogram:
     total: float = 0.0
 
     def observe(self, value_ms: float) -> None:
+        """Count one value."""
         k = next((i for i, bound in enumerate(BUCKETS_MS) if value_ms <= bound), len(BUCKETS_MS))
         self.counts[k] += 1
         self.total += value_ms
@@ -73,10 +74,12 @@ class Series:
         self.histogram = Histogram()
 
     def add(self, value_ms: float) -> None:
+        """Add one value."""
         self.samples.append(value_ms)
         self.histogram.observe(value_ms)
 
     def to_json(self) -> dict[str, Any]:
+        """The summary (``summarize``) plus ``histogram``."""
         return {**summarize(self.samples), "histogram": self.histogram.to_json()}
 
 
@@ -96,9 +99,10 @@ class StageStats:
         pacing_error_ms: how late a paced replay emitted each frame against its schedule
             (kept by capture; absolute values).
         per_source: frames out per source.
-        breakdown: per upstream stage kind, ``queue`` and ``stage`` series of the frames
-            this stage finished (``pipeline.timing``; kept by publish and render).
-        latency_by_source: end-to-end latency series per source (publish and render).
+        breakdown: per stage kind, ``queue`` and ``stage`` series of the frames this stage
+            finished (``pipeline.timing``; kept by publish).
+        latency_by_source: end-to-end latency series per source (kept by publish).
+        source_span: first and last time a frame went out, per source (ns).
     """
 
     stage: str
@@ -112,7 +116,7 @@ class StageStats:
     per_source: Counter[str] = field(default_factory=Counter)
     breakdown: dict[str, dict[str, Series]] = field(default_factory=dict)
     latency_by_source: dict[str, Series] = field(default_factory=dict)
-    source_span: dict[str, list[int]] = field(default_factory=dict)  # first and last frame out, per source
+    source_span: dict[str, list[int]] = field(default_factory=dict)
     first_out_ns: int = 0
     last_out_ns: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
