@@ -42,10 +42,11 @@ def format_summary(stats: dict[str, Any]) -> str:
     breakdown = stats["latency_ms"].get("breakdown", {})
     for name, st in stats["stages"].items():
         pm = st.get("process_ms", {})
-        queue = breakdown.get(stage_kind(name), {}).get("queue", {})
+        queue = breakdown.get(stage_kind(name), {}).get("queue")
+        queued = f" {queue['median']:>14.1f} {queue['p95']:>7.1f}" if queue else f" {'-':>14} {'-':>7}"
         lines.append(f"  {name:<12} {st.get('frames_in', 0):>5} {st.get('frames_out', 0):>6} "
                      f"{sum(st.get('skipped', {}).values()):>8} {pm.get('median', 0):>12.1f} {pm.get('p95', 0):>7.1f}"
-                     f" {queue.get('median', 0):>14.1f} {queue.get('p95', 0):>7.1f}")
+                     + queued)
     if "eval" in stats:
         lines.append(format_scores(stats["eval"]))
     return "\n".join(lines)

@@ -206,6 +206,10 @@ class Supervisor:
     def _start(self, plan: RunPlan, run_dir: Path) -> None:
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        if self._status is not None and self._status.tty and env.get("SEGSTREAM_LOG_LEVEL", "INFO") == "INFO":
+            # The status line on the terminal says what the stages' INFO lines would, and
+            # their lines would break it; warnings and errors still show.
+            env["SEGSTREAM_LOG_LEVEL"] = "WARNING"
         # One inference process gets the cores; the light stages stay single-threaded.
         for spec in plan.stages:
             path = run_dir / f"{spec.name}.json"
