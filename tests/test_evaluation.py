@@ -246,6 +246,11 @@ def test_latency_parts_add_up_per_frame(eval_run):
     assert stats["latency_ms"]["capture_to_publish"]["max"] == pytest.approx(max(e2e), abs=1e-3)
     source = next(iter(stats["per_source"].values()))
     assert source["latency_ms"]["count"] == 3
+    to_render = stats["latency_ms"]["breakdown_to_render"]  # the same split, up to the rendered overlay
+    assert list(to_render) == ["capture", "preprocess", "infer", "publish", "render"]
+    assert to_render["render"]["stage"]["count"] == 3
+    # every frame is rendered after it is published, so the order statistics follow
+    assert stats["latency_ms"]["capture_to_render"]["median"] > stats["latency_ms"]["capture_to_publish"]["median"]
 
 
 def test_report_renders_the_plots(eval_run, tmp_path):

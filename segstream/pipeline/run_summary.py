@@ -39,7 +39,7 @@ def format_summary(stats: dict[str, Any]) -> str:
         f"p50 {lat.get('median', 0):.0f} ms p95 {lat.get('p95', 0):.0f} ms",
         "  stage          in    out  skipped   work p50 ms  p95 ms   queue p50 ms  p95 ms",
     ]
-    breakdown = stats["latency_ms"].get("breakdown", {})
+    breakdown = {**stats["latency_ms"].get("breakdown_to_render", {}), **stats["latency_ms"].get("breakdown", {})}
     for name, st in stats["stages"].items():
         pm = st.get("process_ms", {})
         queue = breakdown.get(stage_kind(name), {}).get("queue")

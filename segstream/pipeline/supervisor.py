@@ -393,6 +393,7 @@ class Supervisor:
                 "capture_to_render": (render.stats or {}).get("latency_ms", {}) if render else {},
                 "recent": publish_stats.get("latency_recent_ms", {}),
                 "breakdown": publish_stats.get("breakdown_ms", {}),
+                "breakdown_to_render": (render.stats or {}).get("breakdown_ms", {}) if render else {},
                 "by_source": publish_stats.get("latency_by_source_ms", {}),
             },
             "stages": stages,

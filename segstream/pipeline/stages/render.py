@@ -17,13 +17,14 @@ import cv2
 import numpy as np
 
 from segstream.engines.metadata import ModelMetadata
-from segstream.pipeline.messages import Message
+from segstream.pipeline.messages import Message, Stamp
 from segstream.pipeline.overlay import OverlayRenderer, OverlayStyle, class_counts
 from segstream.pipeline.payloads import PayloadReader
 from segstream.pipeline.records import source_dir
 from segstream.pipeline.rtsp_out import RtspOutError, RtspPublisher
 from segstream.pipeline.stage import StageRuntime, StageSpec, run_middle_stage
 from segstream.pipeline.stats import summarize
+from segstream.pipeline.timing import frame_timing
 from segstream.pipeline.view import ViewServer
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class RenderProcessor:
         return self._rate[source]
 
     def process(self, message: Message) -> Message | None:
+        started_ns = time.monotonic_ns()
         frame = self.frames.take(message, "frame")
         has_mask = message.header.part("mask") is not None  # a classifier's results have none
         mask = self.masks.take(message, "mask") if has_mask else None
@@ -113,7 +115,6 @@ class RenderProcessor:
                 path = source_dir(self.record, header.source, self.per_source) / VIDEO_NAME
                 sink = self.sinks[header.source] = VideoSink(path, float(header.meta.get("fps") or DEFAULT_FPS))
             sink.write(image)
-        self.runtime.stats.latency_ms.append((time.monotonic_ns() - header.capture_ns) / 1e6)
         if self.view is not None:
             self.view.state.publish(image, self._view_figures(message, counts, mask.size if mask is not None else 1))
         if self.rtsp_out:
@@ -121,6 +122,9 @@ class RenderProcessor:
         if self.display:
             cv2.imshow(f"segstream {header.source}", image)
             cv2.waitKey(1)
+        # capture to rendered (recorded, viewed, streamed): the breakdown up to here
+        header.stamps.append(Stamp(self.spec.name, started_ns, time.monotonic_ns()))
+        self.runtime.stats.record_frame(frame_timing(header, header.stamps[-1].out_ns))
         return message
 
     def _push(self, source: str, image: np.ndarray, fps: float) -> None:
