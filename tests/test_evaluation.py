@@ -293,7 +293,8 @@ def test_prometheus_endpoint_during_a_run(tmp_path, fast_onnx):
                 continue
             families = {f.name: f for f in text_string_to_metric_families(text)}
             published = families.get("segstream_frames_published")
-            if published and sum(s.value for s in published.samples) >= 5:
+            if published and sum(s.value for s in published.samples) >= 5 \
+                    and "segstream_render_latency_seconds" in families:
                 break
         assert families, log.read_text()[-2000:]
         assert families["segstream_frames_published"].type == "counter"
@@ -305,7 +306,8 @@ def test_prometheus_endpoint_during_a_run(tmp_path, fast_onnx):
         assert buckets[-1].labels["le"] == "+Inf" and buckets[-1].value == count >= 5
         assert all(a.value <= b.value for a, b in zip(buckets, buckets[1:]))  # cumulative
         stages = {s.labels["stage"] for s in families["segstream_stage_seconds"].samples}
-        assert {"capture", "preprocess", "infer", "publish"} <= stages
+        assert {"capture", "preprocess", "infer", "publish", "render"} <= stages
+        assert families["segstream_render_latency_seconds"].type == "histogram"
         assert families["segstream_run_info"].samples[0].labels["backend"] == "onnxruntime"
         with pytest.raises(urllib.error.HTTPError):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/nothing", timeout=5)

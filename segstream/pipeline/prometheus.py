@@ -89,7 +89,10 @@ def prometheus_text(stats: dict[str, Any]) -> str:
               st.get("frames_in", 0))
         f.add("segstream_stage_frames_out", "counter", "Frames a stage sent on.", {"stage": name},
               st.get("frames_out", 0))
-    breakdown = stats["latency_ms"].get("breakdown", {})
+    breakdown = dict(stats["latency_ms"].get("breakdown", {}))
+    render = stats["latency_ms"].get("breakdown_to_render", {}).get("render")
+    if render:
+        breakdown["render"] = render
     for kind, parts in breakdown.items():
         f.histogram("segstream_stage_seconds", "Time a frame spent in a stage (receive to send).", {"stage": kind},
                     parts["stage"]["histogram"])
@@ -97,6 +100,9 @@ def prometheus_text(stats: dict[str, Any]) -> str:
                     {"stage": kind}, parts["queue"]["histogram"])
     for sid, hist in _histograms(stats["latency_ms"].get("by_source", {})):
         f.histogram("segstream_latency_seconds", "End-to-end latency from capture to publish.", {"source": sid}, hist)
+    for sid, hist in _histograms(stats["stages"].get("render", {}).get("latency_by_source_ms", {})):
+        f.histogram("segstream_render_latency_seconds", "End-to-end latency from capture to the rendered overlay.",
+                    {"source": sid}, hist)
     evaluation = stats.get("eval")
     if evaluation:
         f.add("segstream_eval_frames", "counter", "Frames scored against ground truth.", {}, evaluation["frames"])

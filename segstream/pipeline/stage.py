@@ -328,7 +328,7 @@ def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processo
             time.sleep(spec.delay_ms / 1000)
         if result is None:
             return
-        if not result.header.stamps or result.header.stamps[-1].stage != spec.name:  # publish stamps itself
+        if not result.header.stamps or result.header.stamps[-1].stage != spec.name:  # publish and render stamp themselves
             stamp(result, spec.name, in_ns)
         stats.record_timing(in_ns, result.header.stamps[-1].out_ns, processor.blocked_ns() - blocked_before)
         if outbox is None or outbox.send(result):
