@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -109,11 +110,24 @@ TRAIN_ID_CATEGORY: tuple[str, ...] = tuple(
     next(lab.category for lab in LABELS if lab.train_id == train) for train in range(len(CLASSES)))
 
 
-def label_ids_to_train_ids(label_ids: "np.ndarray") -> "np.ndarray":
-    """Map a Cityscapes label-id map to train ids (unlisted ids become ``IGNORE_INDEX``)."""
+@lru_cache(maxsize=None)
+def _lookup(table: tuple[tuple[int, int], ...], default: int) -> "np.ndarray":
     import numpy as np
 
-    lut = np.full(256, IGNORE_INDEX, np.uint8)
-    for label, train in LABEL_TO_TRAIN_ID.items():
-        lut[label] = train
-    return lut[label_ids]
+    lut = np.full(256, default, np.uint8)
+    for key, value in table:
+        lut[key] = value
+    return lut
+
+
+def label_ids_to_train_ids(label_ids: "np.ndarray") -> "np.ndarray":
+    """Map a Cityscapes label-id map to train ids (unlisted ids become ``IGNORE_INDEX``)."""
+    return _lookup(tuple(LABEL_TO_TRAIN_ID.items()), IGNORE_INDEX)[label_ids]
+
+
+UNLABELED = 0  # the label id for pixels without a class (ignored in evaluation)
+
+
+def train_ids_to_label_ids(train_ids: "np.ndarray") -> "np.ndarray":
+    """Map train ids (0-18) to Cityscapes label ids; anything else becomes 0 (unlabeled)."""
+    return _lookup(tuple(TRAIN_ID_TO_LABEL_ID.items()), UNLABELED)[train_ids]

@@ -309,15 +309,14 @@ class Supervisor:
                 return ""
 
     def _live_figures(self) -> dict[str, Any]:
-        """Pipeline-wide figures for stages that show them (the live view)."""
-        stats = {s.spec.name: s.stats for s in self.stages if s.stats}
-        evaluation = self._eval(self._by_name("publish"))
+        """Pipeline-wide figures for stages that show them (the live view), taken from
+        the same snapshot as stats.json."""
+        stats = self.snapshot()
         return {
-            "miou": evaluation["miou"] if evaluation else None,
-            "stages": {name: st.get("process_ms", {}).get("median", 0.0) for name, st in stats.items()},
-            "skipped": sum(sum(st.get("skipped", {}).values()) for name, st in stats.items() if name != "render"),
-            "frames_in": sum(st.get("frames_in", 0) for s in self.stages if s.spec.kind is StageKind.CAPTURE
-                             for st in [stats.get(s.spec.name, {})]),
+            "miou": stats["eval"]["miou"] if "eval" in stats else None,
+            "stages": {name: st.get("process_ms", {}).get("median", 0.0) for name, st in stats["stages"].items()},
+            "skipped": stats["frames_skipped"]["total"],
+            "frames_in": stats["frames_in"],
         }
 
     # -- stopping ---------------------------------------------------------------------

@@ -16,7 +16,7 @@ from segstream.engines.cityscapes import IGNORE_INDEX
 from segstream.engines.metadata import ModelError
 from segstream.engines.training.data import Augment, Sample, SampleLoader, dataset_samples, folder_samples
 from segstream.engines.zoo import ModelSpec, get_model_spec
-from segstream.evaluation.metrics import confusion, scores
+from segstream.evaluation.metrics import ConfusionAccumulator, scores
 
 logger = logging.getLogger(__name__)
 
@@ -176,22 +176,21 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         torch = self.torch
         self.model.eval()
-        classes = self.spec.metadata.num_classes
-        matrix = np.zeros((classes, classes + 1), np.int64)
+        confusion = ConfusionAccumulator(self.spec.metadata.num_classes)
         correct = total = 0
         with torch.inference_mode():
             for batch in self.val_loader.batches(1, shuffle=False):
                 images, masks, labels = self._collate(self.val_loader, batch)
                 seg, cls = self.spec.split_outputs(self.model(images))
                 if seg is not None and masks is not None:
-                    matrix += confusion(seg.argmax(1).numpy(), masks.numpy(), classes)
+                    confusion.add(seg.argmax(1).numpy(), masks.numpy())
                 if cls is not None:
                     known = labels >= 0
                     correct += int((cls.argmax(1)[known] == labels[known]).sum())
                     total += int(known.sum())
         metrics: dict[str, float] = {}
-        if matrix.any():
-            figures = scores(matrix, self.spec.metadata.class_names)
+        if confusion.matrix.any():
+            figures = scores(confusion.matrix, self.spec.metadata.class_names)
             metrics = {"pixel_accuracy": figures["pixel_accuracy"], "miou": figures["miou"]}
         if total:
             metrics["accuracy"] = correct / total

@@ -19,9 +19,10 @@ import time
 import cv2
 import numpy as np
 
+from segstream.engines.cityscapes import train_ids_to_label_ids
 from segstream.evaluation.ground_truth import gt_train_ids
 from segstream.evaluation.metrics import ConfusionAccumulator
-from segstream.evaluation.results import cityscapes_result_path, train_ids_to_label_ids
+from segstream.evaluation.results import cityscapes_result_path
 from segstream.pipeline.mask_codec import encode_mask
 from segstream.pipeline.messages import Kind, Message, Part, Stamp, derive, encode
 from segstream.pipeline.overlay import class_counts
