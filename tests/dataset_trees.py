@@ -13,6 +13,23 @@ SEQUENCE = "2013_05_28_drive_0000_sync"
 DRIVE = "2011_09_26_drive_0001_sync"
 
 
+def espnet_train_ids(src: Path, model: str = "espnet-cityscapes") -> np.ndarray:
+    """A pretrained ESPNet's train ids for a frame, run at the frame's own aspect ratio
+    (height 512 for Cityscapes-sized frames, 384 for smaller ones), at frame resolution."""
+    import torch
+
+    from segstream.engines.export import inference_module
+    from segstream.engines.preprocess import Preprocessor
+
+    frame = cv2.imread(str(src))
+    h = 512 if frame.shape[0] >= 1024 else 384
+    w = round(frame.shape[1] * h / frame.shape[0] / 8) * 8
+    net, meta = inference_module(model, height=h, width=w)
+    with torch.inference_mode():
+        labels = net(torch.from_numpy(Preprocessor(meta)(frame)))[0].numpy()
+    return cv2.resize(labels, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST)
+
+
 def synthetic_gt(shape: tuple[int, int], seed: int) -> np.ndarray:
     """A recognisable label-id map: horizontal bands whose values depend on ``seed``."""
     gt = np.zeros(shape, np.uint8)

@@ -13,25 +13,21 @@ import pty
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-import torch
 from conftest import CITYSCAPES_FRAMES, DATA, ROOT, run_segstream, segstream_cmd
+from dataset_trees import espnet_train_ids
+from test_streams import free_port
 
-from segstream.engines.cityscapes import CLASS_NAMES, LABELS
-from segstream.engines.export import inference_module
-from segstream.engines.preprocess import Preprocessor
+from segstream.engines.cityscapes import CLASS_NAMES, LABELS, train_ids_to_label_ids
 from segstream.evaluation.ground_truth import color_to_label_ids
 from segstream.evaluation.metrics import ConfusionAccumulator, confusion, scores
-from segstream.evaluation.results import train_ids_to_label_ids
 
 GT_FRAME = "frankfurt_000001_058914"
 
@@ -96,22 +92,6 @@ def test_colour_ground_truth_to_label_ids(tmp_path):
     assert "RGB(3, 2, 1) x16" in result.stderr and "not Cityscapes label colours" in result.stderr
 
 
-def _pseudo_label_ids(frame_path: Path) -> np.ndarray:
-    """Ground truth for frames that have none: ESPNet q=3's prediction, as label ids."""
-    frame = cv2.imread(str(frame_path))
-    net, meta = inference_module("espnet-cityscapes-q3", height=512, width=1024)
-    with torch.inference_mode():
-        labels = net(torch.from_numpy(Preprocessor(meta)(frame)))[0].numpy()
-    labels = cv2.resize(labels, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST)
-    return train_ids_to_label_ids(labels)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_in_terminal(args: list[str], timeout: float) -> tuple[int, str]:
     """Run the CLI with its output on a pseudo-terminal (as a user sees it)."""
     master, slave = pty.openpty()
@@ -148,7 +128,7 @@ def eval_run(tmp_path_factory):
         (images / src.name).symlink_to(src)
         stem = src.name.replace("_leftImg8bit.png", "")
         if stem != GT_FRAME:
-            cv2.imwrite(str(gts / f"{stem}_gtFine_labelIds.png"), _pseudo_label_ids(src))
+            cv2.imwrite(str(gts / f"{stem}_gtFine_labelIds.png"), train_ids_to_label_ids(espnet_train_ids(src, "espnet-cityscapes-q3")))
     shutil.copyfile(DATA / f"{GT_FRAME}_gtFine_color.png", gts / f"{GT_FRAME}_gtFine_color.png")
     converted = run_segstream("gt-from-color", str(gts / f"{GT_FRAME}_gtFine_color.png"))
     assert converted.returncode == 0, converted.stderr
@@ -275,7 +255,7 @@ def _scrape(port: int) -> str:
 def test_prometheus_endpoint_during_a_run(tmp_path, fast_onnx):
     from prometheus_client.parser import text_string_to_metric_families
 
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "run.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(segstream_cmd("run", "--source", "test-pattern:320x240@25", "--model",

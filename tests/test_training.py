@@ -14,26 +14,14 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
 from conftest import CITYSCAPES_FRAMES, KITTI_FRAMES, run_segstream
+from dataset_trees import espnet_train_ids
 
 from segstream.engines.cityscapes import LABEL_TO_TRAIN_ID
-from segstream.engines.export import export_onnx, inference_module
+from segstream.engines.export import export_onnx
 from segstream.engines.metadata import ModelError
 from segstream.engines.preprocess import Preprocessor
 from segstream.engines.training.trainer import TrainConfig, Trainer
-
-
-def espnet_train_ids(src: Path) -> np.ndarray:
-    """The pretrained ESPNet's train ids for a frame, run at the frame's own aspect ratio,
-    at frame resolution."""
-    frame = cv2.imread(str(src))
-    h = 512 if frame.shape[0] >= 1024 else 384
-    w = round(frame.shape[1] * h / frame.shape[0] / 8) * 8
-    net, meta = inference_module("espnet-cityscapes", height=h, width=w)
-    with torch.inference_mode():
-        labels = net(torch.from_numpy(Preprocessor(meta)(frame)))[0].numpy()
-    return cv2.resize(labels, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST)
 
 
 def espnet_labelled_tree(root: Path) -> Path:
