@@ -23,14 +23,14 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from segstream.errors import AssetError
+
 logger = logging.getLogger(__name__)
 
 DATA_ENV = "SEGSTREAM_DATA"
 URL_BASE_ENV = "SEGSTREAM_DOWNLOAD_BASE"  # replaces the upstream address prefix (mirrors, tests)
 
 
-class AssetError(RuntimeError):
-    """An asset could not be found or downloaded; the message says where to put it."""
 
 
 @dataclass(frozen=True)

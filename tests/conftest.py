@@ -36,7 +36,7 @@ def espnet_onnx() -> Path:
 
 def segstream_cmd(*args: str) -> list[str]:
     """Command line that runs the segstream CLI of this checkout."""
-    return [sys.executable, "-m", "segstream.pipeline.cli", *args]
+    return [sys.executable, "-m", "segstream", *args]
 
 
 def run_segstream(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from conftest import ROOT, segstream_cmd
 
-from segstream.pipeline.sources import VideoFileSource
+from segstream.pipeline.sources.files import VideoFileSource
 
 STARTED: list[subprocess.Popen[bytes]] = []
 

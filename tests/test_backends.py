@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from conftest import CITYSCAPES_FRAMES, ROOT
 
-from segstream.engines.backend_choice import ort_provider_missing
-from segstream.engines.base import labels_from_outputs, load_engine
-from segstream.engines.cuda_probe import probe_cuda
+from segstream.engines.backends.base import labels_from_outputs, load_engine
+from segstream.engines.backends.choice import ort_provider_missing
+from segstream.engines.backends.cuda_probe import probe_cuda
 from segstream.engines.metadata import ChannelOrder, ModelMetadata, NormalizeOrder
 from segstream.engines.preprocess import Preprocessor
 
@@ -27,13 +27,13 @@ MODEL = "espnet-cityscapes"
 
 
 def _torch_cuda() -> str | None:
-    from segstream.engines.torch_engine import torch_cuda_missing
+    from segstream.engines.backends.torch_engine import torch_cuda_missing
 
     return torch_cuda_missing()
 
 
 def _tensorrt() -> str | None:
-    from segstream.engines.trt.versions import tensorrt_missing
+    from segstream.engines.backends.tensorrt.versions import tensorrt_missing
 
     return tensorrt_missing()
 
@@ -96,7 +96,7 @@ def test_device_preprocessing_matches_the_cpu_preprocessor():
     """The GPU path's normalisation (run here on a CPU device) equals the pipeline's own."""
     import torch
 
-    from segstream.engines.device_io import DevicePreprocessor
+    from segstream.engines.backends.device_io import DevicePreprocessor
 
     image = cv2.resize(cv2.imread(str(CITYSCAPES_FRAMES[0])), (1024, 512))
     torchvision_style = dataclasses.replace(
@@ -112,7 +112,7 @@ def test_device_preprocessing_matches_the_cpu_preprocessor():
 def test_device_argmax_maps_the_ignore_channel():
     import torch
 
-    from segstream.engines.device_io import device_labels
+    from segstream.engines.backends.device_io import device_labels
 
     meta = dataclasses.replace(ModelMetadata.example(), ignore_channel=2)  # road, car, then "unlabelled"
     logits = torch.zeros((1, 3, 2, 2))
@@ -124,14 +124,14 @@ def test_device_argmax_maps_the_ignore_channel():
 
 
 def test_torch_backend_refuses_gpu_options_on_the_cpu():
-    from segstream.engines.metadata import ModelError
+    from segstream.errors import ModelError
 
     with pytest.raises(ModelError, match="need the torch backend on CUDA"):
         load_engine(MODEL, "torch", device="cpu", precision="fp16")
 
 
 def test_auto_picks_onnxruntime_cpu_here_and_says_why():
-    from segstream.engines.backend_choice import choose_backend
+    from segstream.engines.backends.choice import choose_backend
 
     if probe_cuda().usable:
         pytest.skip("this machine has a GPU; auto picks a GPU backend")
@@ -144,12 +144,12 @@ def test_auto_picks_onnxruntime_cpu_here_and_says_why():
 def test_nothing_gpu_related_is_imported_at_start_up():
     """A CPU run's supervisor never imports TensorRT (or torch) to list, resolve or choose."""
     code = ("import sys\n"
-            "from segstream.pipeline.cli import main\n"
+            "from segstream.cli import main\n"
             "main(['models', '--no-params'])\n"
-            "from segstream.engines.backend_choice import choose_backend\n"
+            "from segstream.engines.backends.choice import choose_backend\n"
             "choose_backend('auto', 'espnet-cityscapes')\n"
-            "from segstream.engines.base import BACKENDS\n"
-            "bad = sorted(m for m in ('tensorrt', 'torch', 'segstream.engines.trt.runtime') if m in sys.modules)\n"
+            "from segstream.engines.backends.base import BACKENDS\n"
+            "bad = sorted(m for m in ('tensorrt', 'torch', 'segstream.engines.backends.tensorrt.runtime') if m in sys.modules)\n"
             "print('IMPORTED', bad)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -49,7 +49,9 @@ def test_subscriber_reports_gaps_of_a_live_pipeline_and_times_out(tmp_path, fast
     config.write_text("sources: ['test-pattern:320x240@50']\npolicy: live\nmax_frames: 100\n"
                       "stage_delay_ms: {infer: 200}\n")
     got = []
-    with MaskSubscriber(endpoint, timeout_s=3, until_end=False) as masks:
+    # Generous: a loaded machine takes several seconds to start the pipeline (the
+    # subscriber counts silence from its own start).
+    with MaskSubscriber(endpoint, timeout_s=15, until_end=False) as masks:
         proc = start_pipeline(["run", "--config", str(config), "--model", str(fast_onnx), "--publish", endpoint],
                               tmp_path / "run.log", tmp_path / "t")
         thread = threading.Thread(target=lambda: got.extend(masks))
@@ -124,7 +126,7 @@ def test_confidence_maps_travel_with_the_masks(tmp_path):
     at the mask's resolution, agreeing with PyTorch's softmax."""
     import torch
 
-    from segstream.engines.base import load_engine
+    from segstream.engines.backends.base import load_engine
     from segstream.engines.export import export_onnx, load_torch_model
     from segstream.engines.preprocess import Preprocessor
 

@@ -15,8 +15,9 @@ from dataset_trees import (
     synthetic_gt,
 )
 
-from segstream.pipeline.datasets import parse_kitti_timestamps
-from segstream.pipeline.sources import SourceError, SourceFrame, default_source_id, open_source
+from segstream.datasets.layouts import parse_kitti_timestamps
+from segstream.errors import SourceError
+from segstream.pipeline.sources import SourceFrame, default_source_id, open_source
 from segstream.pipeline.stages.capture import make_schedule
 
 

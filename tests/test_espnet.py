@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import CITYSCAPES_FRAMES, DATA
 
-from segstream.engines import cityscapes
-from segstream.engines.base import labels_from_outputs, load_engine
-from segstream.engines.espnet import ESPNet
+from segstream.datasets import cityscapes
+from segstream.engines.backends.base import labels_from_outputs, load_engine
+from segstream.engines.models.espnet import ESPNet
 from segstream.engines.preprocess import Preprocessor
 
 

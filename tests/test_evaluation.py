@@ -25,7 +25,7 @@ from conftest import CITYSCAPES_FRAMES, DATA, ROOT, run_segstream, segstream_cmd
 from dataset_trees import espnet_train_ids
 from test_streams import free_port
 
-from segstream.engines.cityscapes import CLASS_NAMES, LABELS, train_ids_to_label_ids
+from segstream.datasets.cityscapes import CLASS_NAMES, LABELS, train_ids_to_label_ids
 from segstream.evaluation.ground_truth import color_to_label_ids
 from segstream.evaluation.metrics import ConfusionAccumulator, confusion, scores
 
@@ -315,11 +315,11 @@ class _Terminal(io.StringIO):
 def _live_stats(published: int) -> dict:
     return {"frames_published": published, "frames_skipped": {"total": 2},
             "latency_ms": {"recent": {"median": 120.4, "p95": 180.9}},
-            "stages": {"capture-0": {"extra": {"frame_count": 100}}}, "eval": {"miou": 0.5123}}
+            "stages": {"capture-0": {"frame_count": 100}}, "eval": {"miou": 0.5123}}
 
 
 def test_status_line_on_a_terminal_and_in_a_log(monkeypatch):
-    from segstream.pipeline import status_line
+    from segstream.pipeline.telemetry import status_line
 
     clock = iter(float(t) for t in range(0, 1000, 1))
     monkeypatch.setattr(status_line.time, "monotonic", lambda: next(clock))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segstream.pipeline.mask_codec import MaskCodecError, decode_mask, encode_mask
+from segstream.errors import MaskCodecError
+from segstream.pipeline.wire.mask_codec import decode_mask, encode_mask
 
 
 @pytest.mark.parametrize("encoding", ["raw", "png", "rle"])

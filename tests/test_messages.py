@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
-
 import numpy as np
 import pytest
 import zmq
 
-from segstream.pipeline.messages import (
+from segstream.pipeline.telemetry.stats import SkipCounter
+from segstream.pipeline.wire.messages import (
     Header,
     Kind,
     Message,
@@ -22,8 +22,7 @@ from segstream.pipeline.messages import (
     eos,
     inline_array,
 )
-from segstream.pipeline.policies import FlowPolicy, Inbox
-from segstream.pipeline.stats import SkipCounter
+from segstream.pipeline.wire.policies import FlowPolicy, Inbox
 
 
 def _frame_message() -> Message:

@@ -9,11 +9,12 @@ import onnx
 import pytest
 from conftest import run_segstream
 
-from segstream.engines.metadata import ModelError, ModelMetadata, read_onnx_metadata, sidecar_path
+from segstream.engines.metadata import ModelMetadata, read_onnx_metadata, sidecar_path
+from segstream.engines.models.zoo import MODELS, get_model_spec
 from segstream.engines.resolve import resolve_model
-from segstream.engines.zoo import MODELS, get_model_spec
-from segstream.pipeline.config import ConfigError, PipelineConfig, load_config
-from segstream.pipeline.policies import FlowPolicy
+from segstream.errors import ConfigError, ModelError
+from segstream.pipeline.config import PipelineConfig, load_config
+from segstream.pipeline.wire.choices import FlowPolicy
 
 
 def test_exported_onnx_carries_its_metadata(espnet_onnx):
@@ -74,8 +75,8 @@ def test_config_from_yaml_and_flag_overrides(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("source: a.mp4\n", "use 'sources"),
-    ("sourcez: [a]\n", "unknown settings"),
-    ("policy: fast\n", "policy must be 'live' or 'lossless'"),
+    ("sourcez: [a]\n", "unknown key 'sourcez'"),
+    ("policy: fast\n", r"policy: expected one of \['live', 'lossless'\]"),
     ("opacity: 2\n", "opacity must be between 0 and 1"),
     ("stage_delay_ms: {inferr: 1}\n", "unknown stages"),
     ("- a\n- b\n", "mapping of settings"),

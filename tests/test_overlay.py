@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segstream.engines import cityscapes
+from segstream.datasets import cityscapes
 from segstream.pipeline.overlay import OverlayRenderer, OverlayStyle, RenderMode
 
 

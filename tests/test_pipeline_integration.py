@@ -24,7 +24,7 @@ from pipeline_helpers import (
     wait_for_log,
 )
 
-from segstream.engines.base import labels_from_outputs, load_engine
+from segstream.engines.backends.base import labels_from_outputs, load_engine
 from segstream.engines.preprocess import Preprocessor
 
 pytestmark = pytest.mark.integration

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import zmq
 
-from segstream.pipeline.messages import Header, Kind, Message, decode, eos
-from segstream.pipeline.policies import FlowPolicy, Outbox, Reorderer
-from segstream.pipeline.stats import SkipCounter
+from segstream.pipeline.telemetry.stats import SkipCounter
+from segstream.pipeline.wire.messages import Header, Kind, Message, decode, eos
+from segstream.pipeline.wire.policies import FlowPolicy, Outbox, Reorderer
 
 
 def _frame(seq: int, source: str = "cam0") -> Message:

@@ -10,8 +10,8 @@ import pytest
 from conftest import CITYSCAPES_FRAMES, CLIP
 
 from segstream.engines.metadata import ChannelOrder, NormalizeOrder
+from segstream.engines.models.zoo import MODELS
 from segstream.engines.preprocess import Preprocessor
-from segstream.engines.zoo import MODELS
 
 
 def espnet_reference(image_bgr: np.ndarray) -> np.ndarray:

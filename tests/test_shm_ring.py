@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from segstream.pipeline.messages import Header, Kind, Message
-from segstream.pipeline.payloads import PayloadMode, PayloadReader, PayloadWriter
-from segstream.pipeline.shm_ring import RingReader, RingWriter, sweep
+from segstream.pipeline.wire.messages import Header, Kind, Message
+from segstream.pipeline.wire.payloads import PayloadMode, PayloadReader, PayloadWriter
+from segstream.pipeline.wire.shm_ring import RingReader, RingWriter, sweep
 
 
 @pytest.fixture

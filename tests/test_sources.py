@@ -6,13 +6,10 @@ import numpy as np
 import pytest
 from conftest import CLIP, KITTI_FRAMES
 
-from segstream.pipeline.sources import (
-    SourceError,
-    TestPatternSource,
-    natural_key,
-    open_source,
-    to_bgr,
-)
+from segstream.datasets.images import natural_key
+from segstream.errors import SourceError
+from segstream.pipeline.sources import open_source, to_bgr
+from segstream.pipeline.sources.files import TestPatternSource
 
 
 def test_natural_sort_puts_frame2_before_frame10():

@@ -22,12 +22,9 @@ import onnx
 import pytest
 from conftest import CITYSCAPES_FRAMES, KITTI_FRAMES, ROOT
 
-from segstream.engines.base import BackendUnavailable
-from segstream.engines.cuda_probe import probe_cuda
-from segstream.engines.metadata import ModelError, ModelMetadata, read_onnx_metadata
-from segstream.engines.preprocess import Preprocessor
-from segstream.engines.trt import builder as trt_builder
-from segstream.engines.trt.cache import (
+from segstream.engines.backends.cuda_probe import probe_cuda
+from segstream.engines.backends.tensorrt import builder as trt_builder
+from segstream.engines.backends.tensorrt.cache import (
     EngineKey,
     ShapeProfile,
     cached_engine,
@@ -36,8 +33,11 @@ from segstream.engines.trt.cache import (
     timing_cache_path,
     write_sidecars,
 )
-from segstream.engines.trt.calibration import CalibrationBatches
-from segstream.engines.trt.versions import Precision, PrecisionPlan, flavor_for, plan_precision
+from segstream.engines.backends.tensorrt.calibration import CalibrationBatches
+from segstream.engines.backends.tensorrt.versions import Precision, PrecisionPlan, flavor_for, plan_precision
+from segstream.engines.metadata import ModelMetadata, read_onnx_metadata
+from segstream.engines.preprocess import Preprocessor
+from segstream.errors import BackendUnavailable, ModelError
 
 KEY = EngineKey(onnx_sha256="ab" * 32, tensorrt_version="10.9.0", gpu_name="NVIDIA H200", compute_capability="sm90",
                 precision="fp16", shapes="512x1024:512x1024:512x1024", workspace_gb=4.0)
@@ -327,7 +327,7 @@ def test_cuda_probe_reports_why_not(caplog):
 def test_heartbeat_shows_a_long_build_is_alive(caplog):
     import time
 
-    caplog.set_level(logging.INFO, logger="segstream.engines.trt.builder")
+    caplog.set_level(logging.INFO, logger="segstream.engines.backends.tensorrt.builder")
     with trt_builder.Heartbeat("building x.engine", interval_s=0.05):
         time.sleep(0.2)
     assert "building x.engine: still working" in caplog.text

@@ -17,11 +17,11 @@ import pytest
 from conftest import CITYSCAPES_FRAMES, KITTI_FRAMES, run_segstream
 from dataset_trees import espnet_train_ids
 
-from segstream.engines.cityscapes import LABEL_TO_TRAIN_ID
+from segstream.datasets.cityscapes import LABEL_TO_TRAIN_ID
 from segstream.engines.export import export_onnx
-from segstream.engines.metadata import ModelError
 from segstream.engines.preprocess import Preprocessor
 from segstream.engines.training.trainer import TrainConfig, Trainer
+from segstream.errors import ModelError
 
 
 def espnet_labelled_tree(root: Path) -> Path:

@@ -15,7 +15,7 @@ import torch
 
 from segstream.engines.export import export_onnx, inference_module
 from segstream.engines.metadata import OutputKind, read_onnx_metadata
-from segstream.engines.zoo import MODELS
+from segstream.engines.models.zoo import MODELS
 
 SIZES = ((128, 256), (192, 384))  # (H, W); multiples of every model's size_multiple
 STANDARD_DOMAINS = {"", "ai.onnx"}

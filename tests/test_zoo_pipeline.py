@@ -13,7 +13,7 @@ from conftest import CLIP, segstream_cmd
 from pipeline_helpers import start_pipeline, stop_started_pipelines
 
 from segstream.engines.export import export_onnx
-from segstream.engines.zoo import SCENE_LABELS
+from segstream.engines.models.zoo import SCENE_LABELS
 from segstream.pipeline.client import MaskSubscriber
 
 pytestmark = pytest.mark.integration

@@ -21,15 +21,15 @@ import cv2
 import numpy as np
 
 from segstream.assets import resolve_asset
-from segstream.engines.base import labels_from_outputs, load_engine
+from segstream.engines.backends.base import labels_from_outputs, load_engine
 from segstream.engines.preprocess import Preprocessor
 from segstream.engines.resolve import resolve_inference, resolve_model
 from segstream.pipeline.config import PipelineConfig
 from segstream.pipeline.overlay import OverlayRenderer
-from segstream.pipeline.policies import FlowPolicy
-from segstream.pipeline.records import write_png
-from segstream.pipeline.sources import VideoFileSource
+from segstream.pipeline.sinks.records import write_png
+from segstream.pipeline.sources.files import VideoFileSource
 from segstream.pipeline.supervisor import Supervisor
+from segstream.pipeline.wire.choices import FlowPolicy
 
 
 def read_frames(path: Path, count: int) -> list[np.ndarray]:

@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from segstream.assets import resolve_asset
-from segstream.engines.base import load_engine
+from segstream.engines.backends.base import load_engine
 from segstream.engines.export import export_onnx
 from segstream.engines.preprocess import Preprocessor
 from segstream.engines.resolve import resolve_inference
 from segstream.pipeline.config import PipelineConfig
-from segstream.pipeline.sources import VideoFileSource
+from segstream.pipeline.sources.files import VideoFileSource
 from segstream.pipeline.supervisor import Supervisor
 
 MODEL = "espnet-cityscapes"
@@ -49,15 +49,15 @@ CANDIDATES = [
 
 def why_not(label: str, backend: str, options: dict) -> str | None:
     if backend == "torch" and options.get("device") == "cuda":
-        from segstream.engines.torch_engine import torch_cuda_missing
+        from segstream.engines.backends.torch_engine import torch_cuda_missing
 
         return torch_cuda_missing()
     if backend == "tensorrt":
-        from segstream.engines.trt.versions import tensorrt_missing
+        from segstream.engines.backends.tensorrt.versions import tensorrt_missing
 
         return tensorrt_missing()
     if "cuda" in options.get("providers", ()):
-        from segstream.engines.backend_choice import ort_provider_missing
+        from segstream.engines.backends.choice import ort_provider_missing
 
         return ort_provider_missing()
     return None

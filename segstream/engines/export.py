@@ -15,8 +15,9 @@ import warnings
 from pathlib import Path
 
 from segstream.assets import ASSETS, cache_dir, resolve_asset, sha256_of
-from segstream.engines.metadata import ModelError, ModelMetadata, OutputKind, OutputSpec, write_onnx_metadata
-from segstream.engines.zoo import ModelSpec, get_model_spec
+from segstream.engines.metadata import ModelMetadata, OutputKind, OutputSpec, write_onnx_metadata
+from segstream.engines.models.zoo import ModelSpec, get_model_spec
+from segstream.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ def export_onnx(name: str, output: str | os.PathLike[str], weights: str | os.Pat
     """Export zoo model ``name`` to ``output`` with its metadata embedded.
 
     Args:
-        name: a key of ``segstream.engines.zoo.MODELS``.
+        name: a key of ``segstream.engines.models.zoo.MODELS``.
         output: the .onnx path to write (written atomically).
         weights: weights file overriding the asset lookup.
         height: model input height (default: the model's own).

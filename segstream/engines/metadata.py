@@ -19,14 +19,14 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from segstream.errors import ModelError
+
 logger = logging.getLogger(__name__)
 
 METADATA_KEY = "segstream"
 METADATA_VERSION = 1
 
 
-class ModelError(ValueError):
-    """A model file or its metadata is unusable; the message says how to fix it."""
 
 
 class ChannelOrder(str, Enum):
@@ -161,13 +161,17 @@ class ModelMetadata:
         """The first output of ``kind``, or None."""
         return next((o for o in self.outputs if o.kind is kind), None)
 
-    def to_json(self) -> str:
-        """Serialise to a JSON string."""
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data (``from_dict`` reads it back)."""
         data = asdict(self)
         data["channel_order"] = self.channel_order.value
         data["normalize_order"] = self.normalize_order.value
         data["outputs"] = [{"name": o.name, "kind": o.kind.value} for o in self.outputs]
-        return json.dumps(data)
+        return data
+
+    def to_json(self) -> str:
+        """Serialise to a JSON string."""
+        return json.dumps(self.to_dict())
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "ModelMetadata":

@@ -6,16 +6,27 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
-from segstream.engines.backend_choice import BackendChoice, choose_backend
-from segstream.engines.metadata import ModelError, ModelMetadata, OutputKind, read_onnx_metadata
-from segstream.engines.trt.cache import ENGINE_SUFFIX
-from segstream.engines.zoo import MODELS, get_model_spec
+from segstream.engines.backends.choice import BackendChoice, choose_backend
+from segstream.engines.backends.tensorrt.cache import ENGINE_SUFFIX
+from segstream.engines.metadata import ModelMetadata, OutputKind, read_onnx_metadata
+from segstream.engines.models.zoo import MODELS, get_model_spec
+from segstream.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16")
+
+
+class EnginePrecision(str, Enum):
+    """Engine precision of a run (INT8 engines are built with ``segstream build --int8``)."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+
+
+PRECISIONS = tuple(p.value for p in EnginePrecision)
 
 
 def resolve_model(model: str, weights: str | os.PathLike[str] | None = None,
@@ -98,8 +109,8 @@ def resolve_inference(model: str, weights: str | os.PathLike[str] | None = None,
     path, metadata = resolve_model(model, weights, confidence)
     if choice.backend == "tensorrt":
         if path.suffix != ENGINE_SUFFIX:
-            from segstream.engines.trt.builder import BuildOptions, build_engine
-            from segstream.engines.trt.versions import Precision
+            from segstream.engines.backends.tensorrt.builder import BuildOptions, build_engine
+            from segstream.engines.backends.tensorrt.versions import Precision
 
             path = build_engine(path, BuildOptions(precision=Precision(precision)))
         return InferenceModel(str(path), metadata, choice)

@@ -10,8 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from segstream.engines.cityscapes import LABELS, label_ids_to_train_ids
-from segstream.pipeline.datasets import GT_CITYSCAPES_IDS
+from segstream.datasets.cityscapes import LABELS, label_ids_to_train_ids
+from segstream.datasets.layouts import GT_CITYSCAPES_IDS
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ from typing import Any, Sequence
 
 import cv2
 
-from segstream.engines.cityscapes import label_ids_to_train_ids
+from segstream.datasets.cityscapes import label_ids_to_train_ids
+from segstream.errors import EvalError
 from segstream.evaluation.ground_truth import gt_train_ids
 from segstream.evaluation.metrics import ConfusionAccumulator
 from segstream.evaluation.summary import eval_summary
@@ -18,8 +19,6 @@ from segstream.evaluation.summary import eval_summary
 logger = logging.getLogger(__name__)
 
 
-class EvalError(ValueError):
-    """The predictions or the ground truth cannot be scored; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -71,11 +70,11 @@ def evaluate(job: OfflineEval, class_names: Sequence[str]) -> dict[str, Any]:
         EvalError: a bad source, no ground truth, missing predictions (unless allowed),
             or an unreadable file.
     """
-    from segstream.pipeline.datasets import open_dataset
-    from segstream.pipeline.sources import SourceError
+    from segstream.datasets.layouts import open_dataset
+    from segstream.errors import SourceError
 
     try:
-        source = open_dataset(job.ground_truth, "gt")
+        source = open_dataset(job.ground_truth)
     except SourceError as exc:
         raise EvalError(f"{job.ground_truth}: {exc}") from exc
     entries = [e for e in source.entries if e.gt_path is not None]
@@ -97,6 +96,6 @@ def evaluate(job: OfflineEval, class_names: Sequence[str]) -> dict[str, Any]:
         if pred is None or gt is None:
             raise EvalError(f"cannot read {path if pred is None else entry.gt_path}")
         acc.add(label_ids_to_train_ids(pred) if job.label_ids else pred, gt_train_ids(gt, source.gt_kind))
-    summary = eval_summary({source.source_id: acc}, class_names)
+    summary = eval_summary({"gt": acc}, class_names)
     summary["missing"] = missing
     return summary

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
-from segstream.engines.cityscapes import CLASS_NAMES, TRAIN_ID_CATEGORY
+from segstream.datasets.cityscapes import CLASS_NAMES, TRAIN_ID_CATEGORY
 from segstream.evaluation.metrics import ConfusionAccumulator, scores
 
 logger = logging.getLogger(__name__)

@@ -16,9 +16,10 @@ from typing import Any, Iterator
 import numpy as np
 import zmq
 
-from segstream.pipeline.mask_codec import MaskCodecError, decode_mask
-from segstream.pipeline.messages import Kind, MessageError, decode, inline_array
-from segstream.pipeline.transport import Role, make_socket
+from segstream.errors import MaskCodecError, MessageError
+from segstream.pipeline.wire.mask_codec import decode_mask
+from segstream.pipeline.wire.messages import Kind, decode, inline_array
+from segstream.pipeline.wire.transport import Role, make_socket
 
 logger = logging.getLogger(__name__)
 

@@ -1,170 +1,149 @@
-"""The run configuration: one frozen dataclass, loaded from YAML and overridden by flags.
+"""The run configuration: one frozen dataclass in which every setting is declared once.
 
-Example ``configs/*.yaml``::
+Each field names its type, default, help, command-line flag and YAML place
+(``settings.setting``); ``segstream run``'s flags and the YAML reader are made from these
+declarations. YAML takes sections, or the flat keys of older configs::
 
-    sources: [../shared/data/solidWhiteRight.mp4]
-    model: espnet-cityscapes
-    policy: lossless
-    record: out/
+    sources: {uris: [../shared/data/solidWhiteRight.mp4], rate: max}
+    engine: {model: espnet-cityscapes, backend: auto}
+    flow: {policy: lossless}
+    outputs: {record: segstream-out/dashcam, publish: "tcp://127.0.0.1:5560"}
+    telemetry: {metrics_port: 9100}
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from segstream.pipeline.messages import ENCODINGS
-from segstream.pipeline.policies import FlowPolicy
-from segstream.pipeline.stage import StageKind
+from segstream.engines.backends.choice import Backend
+from segstream.engines.resolve import EnginePrecision
+from segstream.errors import ConfigError
+from segstream.pipeline.overlay import RenderMode
+from segstream.pipeline.settings import coerce_fields, from_mapping, setting
+from segstream.pipeline.sources.streams import LiveOptions
+from segstream.pipeline.spec import MaskResolution, StageKind
+from segstream.pipeline.wire.choices import FlowPolicy, Transport
+from segstream.pipeline.wire.messages import MaskEncoding
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["ConfigError", "PipelineConfig", "load_config", "check_display", "DEFAULT_PUBLISH"]
 
 DEFAULT_PUBLISH = "tcp://127.0.0.1:5560"
 
 
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message names the key and the fix."""
+def _commas(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _as_text(value: Any) -> Any:
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Settings of one ``segstream run``.
+    """Settings of one ``segstream run`` (``segstream run --help`` lists the flags)."""
 
-    Attributes:
-        sources: source URIs (video, image folder, glob, ``test-pattern``).
-        model: zoo model name or path to an ONNX file with segstream metadata.
-        weights: weights file for a zoo model (overrides the lookup).
-        backend: ``auto`` (TensorRT where TensorRT and a GPU are, else ONNX Runtime with
-            CUDA where that is, else ONNX Runtime on the CPU), ``onnxruntime``, ``torch``
-            or ``tensorrt``.
-        precision: ``fp32`` or ``fp16`` (GPU backends).
-        providers: ONNX Runtime execution providers in order (``tensorrt``, ``cuda``,
-            ``cpu`` or full names); empty: CUDA when usable, then CPU.
-        cuda_graph: the torch backend on CUDA replays the model as a CUDA graph.
-        policy: ``live`` or ``lossless``; None picks per source (files lossless,
-            live sources live).
-        record: folder for masks, overlay video and stats.json, or None.
-        publish: endpoint of the PUB socket for downstream consumers ("" = none).
-        max_frames: stop each source after this many frames (0 = no limit).
-        rate: pacing of replays: ``native`` (the dataset's timestamps or nominal rate, a
-            video's frame rate), ``max`` (as fast as the pipeline goes) or frames per
-            second; None: ``native`` in live flow, ``max`` in lossless flow.
-        loop: start video files over at their end.
-        mask_encoding: how published masks are encoded: ``raw``, ``png`` or ``rle``.
-        mask_resolution: publish masks at the ``frame``'s resolution or the ``model``'s.
-        confidence: publish a per-pixel confidence map (uint8) beside each mask.
-        publish_lossless: endpoint of a PUSH channel for one consumer that must get every
-            mask (it slows the pipeline if it falls behind); "" for none.
-        live: how streams and cameras connect (``LiveOptions`` fields: rtsp_transport,
-            open_timeout_s, stall_timeout_s, connect_attempts, backoff_initial_s,
-            backoff_max_s, width, height, fps).
-        transport: ``ipc`` (one host, shared memory) or ``tcp`` (inline payloads).
-        tcp_host: host the tcp endpoints bind on.
-        tcp_base_port: first port of the stage endpoints when ``transport`` is tcp.
-        workers: parallel inference processes (0 = auto: in lossless flow, where
-            throughput counts, one per core up to 4, since single-threaded sessions side
-            by side outrun one multi-threaded session on the CPU; in live flow, where
-            latency counts, one).
-        threads: threads per inference process (0 = the cores divided among workers).
-        opacity: overlay opacity.
-        legend: draw the legend.
-        render_mode: ``blend`` (colours over the frame), ``mask`` (colours only) or
-            ``side-by-side`` (frame and blend).
-        render_classes: colour only these classes (names or ids); empty: all.
-        view: ``HOST:PORT`` of the live view in a browser ("" for none).
-        rtsp_out: ``rtsp://HOST:PORT/PATH`` to push the overlay to as H.264 ("" for none).
-        display: show the overlay in an OpenCV window (needs a screen and an OpenCV
-            build with a GUI).
-        render: run the render stage even without ``record`` (0/1); auto when None.
-        stage_delay_ms: artificial per-frame delay per stage kind (tests, demos of
-            slow stages).
-        ready_timeout_s: how long the stages may take to start.
-        eval: score masks against the ground truth of dataset sources as they are made
-            (confusion matrix, IoU, accuracy...; live and in stats.json).
-        cityscapes_results: folder for predictions in the official Cityscapes results
-            format (label ids, full resolution), "" for none.
-        metrics_port: serve Prometheus metrics on this port (0: none).
-        metrics_host: the host the metrics endpoint binds on.
-        quiet: no live status line.
-    """
-
-    sources: tuple[str, ...] = ("test-pattern",)
-    model: str = "espnet-cityscapes"
-    weights: str | None = None
-    backend: str = "auto"
-    precision: str = "fp32"
-    providers: tuple[str, ...] = ()
-    cuda_graph: bool = False
-    policy: FlowPolicy | None = None
-    record: str | None = None
-    publish: str = DEFAULT_PUBLISH
-    max_frames: int = 0
-    rate: str | None = None
-    loop: bool = False
-    live: dict[str, Any] = field(default_factory=dict)
-    mask_encoding: str = "raw"
-    mask_resolution: str = "frame"
-    confidence: bool = False
-    publish_lossless: str = ""
-    transport: str = "ipc"
-    tcp_host: str = "127.0.0.1"
-    tcp_base_port: int = 5600
-    workers: int = 0
-    threads: int = 0
-    opacity: float = 0.5
-    legend: bool = True
-    render_mode: str = "blend"
-    render_classes: tuple[str, ...] = ()
-    view: str = ""
-    rtsp_out: str = ""
-    display: bool = False
-    render: bool | None = None
-    stage_delay_ms: dict[str, float] = field(default_factory=dict)
-    ready_timeout_s: float = 120.0
-    eval: bool = False
-    cityscapes_results: str = ""
-    metrics_port: int = 0
-    metrics_host: str = "127.0.0.1"
-    quiet: bool = False
+    # -- sources -------------------------------------------------------------------------
+    sources: tuple[str, ...] = setting(
+        ("test-pattern",), "video file, image folder, glob, test-pattern[:WxH[@FPS]], rtsp://..., camera:N, "
+        "/dev/videoN or a dataset (cityscapes:ROOT, kitti-raw:DIR, ...); repeat for several",
+        flag="--source", section="sources", yaml="uris", metavar="SRC", append=True)
+    max_frames: int = setting(0, "stop each source after N frames (0: all)", flag="--max-frames", section="sources",
+                              metavar="N")
+    rate: str | None = setting(None, "replay pacing: the dataset's own timing (native), N frames per second, or as "
+                               "fast as possible (max); default: max in lossless flow, native in live flow",
+                               flag="--rate", section="sources", metavar="native|N|max", coerce=_as_text)
+    loop: bool = setting(False, "start video files over at their end", flag="--loop", section="sources")
+    live: LiveOptions = setting(help="how streams and cameras connect", section="sources",
+                                default_factory=LiveOptions)
+    # -- engine --------------------------------------------------------------------------
+    model: str = setting("espnet-cityscapes", "zoo model name (segstream models) or an .onnx file with metadata",
+                         flag="--model", section="engine")
+    weights: str | None = setting(None, "weights file for a zoo model (default: lookup, see README)",
+                                  flag="--weights", section="engine")
+    backend: Backend = setting(Backend.AUTO, "inference backend (auto: TensorRT, else ONNX Runtime CUDA, else "
+                               "ONNX Runtime CPU)", flag="--backend", section="engine")
+    precision: EnginePrecision = setting(EnginePrecision.FP32, "GPU backends: engine precision",
+                                         flag="--precision", section="engine")
+    providers: tuple[str, ...] = setting((), "ONNX Runtime providers in order, e.g. tensorrt,cuda,cpu",
+                                         flag="--providers", section="engine", metavar="P,P", parse=_commas)
+    cuda_graph: bool = setting(False, "torch on CUDA: replay a CUDA graph", flag="--cuda-graph", section="engine")
+    workers: int = setting(0, "parallel inference processes (0: auto, one per core up to 4 in lossless flow, "
+                           "one in live flow)", flag="--workers", section="engine")
+    threads: int = setting(0, "threads per inference process (0: the cores divided among workers)",
+                           flag="--threads", section="engine")
+    # -- flow ----------------------------------------------------------------------------
+    policy: FlowPolicy | None = setting(None, "flow policy (default: lossless for files, live for live sources)",
+                                        flag="--policy", section="flow")
+    transport: Transport = setting(Transport.IPC, "ipc (one host, shared memory) or tcp (inline payloads)",
+                                   flag="--transport", section="flow")
+    tcp_host: str = setting("127.0.0.1", "host the tcp endpoints bind on", section="flow")
+    tcp_base_port: int = setting(5600, "first port of the stage endpoints over tcp", section="flow")
+    ready_timeout_s: float = setting(120.0, "how long the stages may take to start (s)", section="flow")
+    stage_delay_ms: dict[str, float] = setting(help="artificial per-frame delay per stage kind (tests, demos)",
+                                               section="flow", default_factory=dict)
+    # -- outputs -------------------------------------------------------------------------
+    record: str | None = setting(None, "write masks/, overlay.mp4, frames.jsonl and stats.json here",
+                                 flag="--record", section="outputs", metavar="DIR")
+    publish: str = setting(DEFAULT_PUBLISH, "results PUB endpoint ('' for none)", flag="--publish",
+                           section="outputs", metavar="ENDPOINT")
+    publish_lossless: str = setting("", "also a PUSH channel for one consumer that must get every mask "
+                                    "(backpressure)", flag="--publish-lossless", section="outputs",
+                                    metavar="ENDPOINT")
+    mask_encoding: MaskEncoding = setting(MaskEncoding.RAW, "published mask encoding", flag="--mask-encoding",
+                                          section="outputs")
+    mask_resolution: MaskResolution = setting(MaskResolution.FRAME, "publish masks at frame or model resolution",
+                                              flag="--mask-resolution", section="outputs")
+    confidence: bool = setting(False, "publish a per-pixel confidence map (uint8) with each mask",
+                               flag="--confidence", section="outputs")
+    sinks: tuple[str, ...] = setting((), "an output by URI (masks:DIR, video:DIR, view:HOST:PORT, rtsp://..., "
+                                     "eval:, ...; see docs/architecture.md); repeat for several", flag="--sink",
+                                     section="outputs", metavar="URI", append=True)
+    eval: bool = setting(False, "score masks against the sources' ground truth as they are made (IoU, accuracy, "
+                         "F1; live and in stats.json)", flag="--eval", section="outputs")
+    cityscapes_results: str = setting("", "write predictions for the official Cityscapes evaluation (label ids, "
+                                      "full resolution)", flag="--cityscapes-results", section="outputs",
+                                      metavar="DIR")
+    view: str = setting("", "live view in a browser", flag="--view", section="outputs", metavar="HOST:PORT",
+                        const="127.0.0.1:8080")
+    rtsp_out: str = setting("", "push the overlay as H.264 to an RTSP server", flag="--rtsp-out",
+                            section="outputs", metavar="rtsp://HOST:PORT/PATH")
+    display: bool = setting(False, "show the overlay in a window", flag="--display", section="outputs")
+    render: bool | None = setting(None, "run the render stage even without an output that needs it "
+                                  "(default: when one does)", section="outputs")
+    opacity: float = setting(0.5, "overlay opacity 0-1", flag="--opacity", section="outputs")
+    legend: bool = setting(True, "draw the legend", flag="--no-legend", section="outputs", negate=True)
+    render_mode: RenderMode = setting(RenderMode.BLEND, "what the overlay shows", flag="--render-mode",
+                                      section="outputs")
+    render_classes: tuple[str, ...] = setting((), "colour only these classes, e.g. road,car (names or ids)",
+                                              flag="--classes", section="outputs", parse=_commas)
+    # -- telemetry -----------------------------------------------------------------------
+    metrics_port: int = setting(0, "serve Prometheus metrics at http://127.0.0.1:N/metrics (0: none)",
+                                flag="--metrics-port", section="telemetry", metavar="N")
+    metrics_host: str = setting("127.0.0.1", "the host the metrics endpoint binds on", section="telemetry")
+    quiet: bool = setting(False, "no live status line", flag="--quiet", section="telemetry")
 
     def __post_init__(self) -> None:
+        coerce_fields(self)
         set_ = object.__setattr__
-        if isinstance(self.sources, str):
-            set_(self, "sources", (self.sources,))
         set_(self, "sources", tuple(str(s) for s in self.sources))
+        set_(self, "providers", tuple(str(p) for p in self.providers))
+        set_(self, "render_classes", tuple(str(c) for c in self.render_classes))
+        if isinstance(self.live, dict):
+            set_(self, "live", LiveOptions(**self.live))
         if not self.sources:
             raise ConfigError("sources is empty; give at least one --source (a video, a folder, a glob or test-pattern)")
-        if self.policy is not None:
-            try:
-                set_(self, "policy", FlowPolicy(self.policy))
-            except ValueError:
-                raise ConfigError(f"policy must be 'live' or 'lossless', found {self.policy!r}") from None
-        from segstream.engines.backend_choice import BACKEND_CHOICES
-        from segstream.engines.resolve import PRECISIONS
-
-        if self.backend not in BACKEND_CHOICES:
-            raise ConfigError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, found {self.backend!r}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, found {self.precision!r}")
-        set_(self, "providers", tuple(str(p) for p in self.providers))
-        if self.mask_encoding not in ENCODINGS:
-            raise ConfigError(f"mask_encoding must be one of {', '.join(ENCODINGS)}, found {self.mask_encoding!r}")
-        if self.render_mode not in ("blend", "mask", "side-by-side"):
-            raise ConfigError(f"render_mode must be blend, mask or side-by-side, found {self.render_mode!r}")
-        set_(self, "render_classes", tuple(str(c) for c in self.render_classes))
         if self.rtsp_out and not self.rtsp_out.startswith("rtsp://"):
             raise ConfigError(f"rtsp_out takes rtsp://HOST:PORT/PATH, found {self.rtsp_out!r}")
         if self.display:
             check_display()
-        if self.mask_resolution not in ("frame", "model"):
-            raise ConfigError(f"mask_resolution must be 'frame' or 'model', found {self.mask_resolution!r}")
-        if self.transport not in ("ipc", "tcp"):
-            raise ConfigError(f"transport must be 'ipc' or 'tcp', found {self.transport!r}")
         if self.rate is not None:
             set_(self, "rate", str(self.rate))
             try:
@@ -173,14 +152,6 @@ class PipelineConfig:
                 valid = False
             if not valid:
                 raise ConfigError(f"rate must be 'native', 'max' or frames per second (e.g. 10), found {self.rate!r}")
-        from segstream.pipeline.streams import LiveOptions
-
-        try:
-            LiveOptions(**self.live)
-        except TypeError as exc:
-            raise ConfigError(f"live: {exc}; known: {sorted(LiveOptions.__dataclass_fields__)}") from None
-        except ValueError as exc:
-            raise ConfigError(f"live: {exc}") from None
         if self.workers < 0 or self.workers > 8:
             raise ConfigError(f"workers must be between 0 (auto) and 8, found {self.workers}")
         if self.max_frames < 0:
@@ -193,20 +164,25 @@ class PipelineConfig:
         bad = sorted(set(self.stage_delay_ms) - kinds)
         if bad:
             raise ConfigError(f"stage_delay_ms names unknown stages {bad}; stages are {sorted(kinds)}")
+        from segstream.pipeline.sinks import parse_sink
+
+        for uri in self.sinks:
+            parse_sink(uri)
 
     def with_overrides(self, **overrides: Any) -> "PipelineConfig":
-        """A copy with the non-None ``overrides`` applied (command-line flags)."""
+        """A copy with the non-None ``overrides`` applied (command-line flags); a dict for
+        ``live`` updates only the options it names."""
+        from segstream.pipeline.settings import apply
+
         changes = {k: v for k, v in overrides.items() if v is not None}
         unknown = sorted(set(changes) - set(self.__dataclass_fields__))
         if unknown:
-            raise ConfigError(f"unknown settings {unknown}")
-        return dataclasses.replace(self, **changes)
+            raise ConfigError(f"unknown settings {unknown}; known: {sorted(self.__dataclass_fields__)}")
+        return apply(self, changes)
 
 
 def check_display() -> None:
     """Raise ConfigError with the fix if no OpenCV window can be shown here."""
-    import os
-
     import cv2
 
     gui = next((line.split(":", 1)[1].strip() for line in cv2.getBuildInformation().splitlines()
@@ -220,7 +196,12 @@ def check_display() -> None:
 
 
 def load_config(path: str | Path | None) -> PipelineConfig:
-    """Read a YAML config (None: the defaults)."""
+    """Read a YAML config (None: the defaults); every key and value is checked.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, a key is unknown (the known ones are
+            listed) or a value has the wrong type.
+    """
     if path is None:
         return PipelineConfig()
     path = Path(path)
@@ -230,14 +211,8 @@ def load_config(path: str | Path | None) -> PipelineConfig:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of settings, found {type(data).__name__}")
-    if "source" in data:
+    if isinstance(data, dict) and "source" in data:
         raise ConfigError(f"{path}: use 'sources: [...]' (a list), not 'source'")
-    unknown = sorted(set(data) - set(PipelineConfig.__dataclass_fields__))
-    if unknown:
-        raise ConfigError(f"{path}: unknown settings {unknown}; known: {sorted(PipelineConfig.__dataclass_fields__)}")
-    try:
-        return PipelineConfig(**data)
-    except TypeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("sources"), str):
+        data = {**data, "sources": [data["sources"]]}
+    return from_mapping(PipelineConfig, data, str(path))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TextIO
 
 from segstream.pipeline.client import MaskSubscriber
-from segstream.pipeline.records import write_png
+from segstream.pipeline.sinks.records import write_png
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ Pure planning: no processes, no sockets. The supervisor turns the plan into proc
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -17,10 +16,21 @@ from pathlib import Path
 
 from segstream.engines.metadata import ModelMetadata
 from segstream.engines.resolve import InferenceModel
-from segstream.pipeline.config import ConfigError, PipelineConfig
-from segstream.pipeline.policies import FlowPolicy
-from segstream.pipeline.stage import StageKind, StageSpec
-from segstream.pipeline.transport import ipc_endpoint
+from segstream.errors import ConfigError
+from segstream.pipeline.config import PipelineConfig
+from segstream.pipeline.sinks import SinkStage, parse_sink
+from segstream.pipeline.spec import (
+    CaptureSettings,
+    InferSettings,
+    PreprocessSettings,
+    PublishSettings,
+    RenderSettings,
+    RingSpec,
+    StageKind,
+    StageSettings,
+    StageSpec,
+)
+from segstream.pipeline.wire.choices import FlowPolicy, Transport, ipc_endpoint
 
 logger = logging.getLogger(__name__)
 
@@ -66,77 +76,129 @@ def source_ids(sources: tuple[str, ...]) -> list[str]:
     return ids
 
 
+def publish_sinks(config: PipelineConfig) -> tuple[str, ...]:
+    """The publish-side sink URIs of a run: ``--sink`` ones plus the shorthands."""
+    uris: list[str] = []
+    if config.record:
+        uris += [f"masks:{config.record}", f"classifications:{config.record}", f"timings:{config.record}"]
+    if config.eval:
+        uris.append("eval:")
+    if config.cityscapes_results:
+        uris.append(f"cityscapes-results:{config.cityscapes_results}")
+    if config.publish_lossless:
+        uris.append(f"lossless:{config.publish_lossless}")
+    return tuple(uris) + tuple(u for u in config.sinks if parse_sink(u)[0].stage is SinkStage.PUBLISH)
+
+
+def render_sinks(config: PipelineConfig) -> tuple[str, ...]:
+    """The render-side sink URIs of a run: ``--sink`` ones plus the shorthands."""
+    uris: list[str] = []
+    if config.record:
+        uris.append(f"video:{config.record}")
+    if config.view:
+        uris.append(f"view:{config.view}")
+    if config.rtsp_out:
+        uris.append(config.rtsp_out)
+    if config.display:
+        uris.append("window:")
+    return tuple(uris) + tuple(u for u in config.sinks if parse_sink(u)[0].stage is SinkStage.RENDER)
+
+
+# Which stage kinds read (and release) each kind's output ring, in reader-id order, and
+# which parts each reader takes from it. The one place ring readers are decided.
+RING_READERS: dict[StageKind, tuple[tuple[StageKind, tuple[str, ...]], ...]] = {
+    StageKind.CAPTURE: ((StageKind.PREPROCESS, ("frame",)), (StageKind.RENDER, ("frame",))),
+    StageKind.PREPROCESS: ((StageKind.INFER, ("input",)),),
+    StageKind.INFER: ((StageKind.PUBLISH, ("labels", "confidence")),),
+    StageKind.PUBLISH: ((StageKind.RENDER, ("mask",)),),
+}
+
+
+def ring_spec(run_id: str, name: str, kind: StageKind, slots: int, present: set[StageKind]) -> RingSpec:
+    """The output ring of stage ``name``: its readers are the kinds of ``RING_READERS``
+    that this run has."""
+    readers = tuple(reader for reader, _ in RING_READERS.get(kind, ()) if reader in present)
+    return RingSpec(f"segstream-{run_id}-{name}", slots, readers)
+
+
+def reads_of(kind: StageKind, present: set[StageKind]) -> dict[str, int]:
+    """The reader id of stage ``kind`` per part it reads from an upstream ring."""
+    out: dict[str, int] = {}
+    for writer, readers in RING_READERS.items():
+        if writer not in present:
+            continue
+        ids = [reader for reader, _ in readers if reader in present]
+        for reader, parts in readers:
+            if reader is kind and reader in ids:
+                out.update({part: ids.index(reader) for part in parts})
+    return out
+
+
 def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: Path, model: InferenceModel) -> RunPlan:
     """Lay out the stages of one run."""
     metadata = model.metadata
     port = iter(range(config.tcp_base_port, config.tcp_base_port + 100))
 
     def endpoint(name: str) -> str:
-        if config.transport == "tcp":
+        if config.transport is Transport.TCP:
             return f"tcp://{config.tcp_host}:{next(port)}"
         return ipc_endpoint(run_dir, f"{name}.sock")
 
     live = policy is FlowPolicy.LIVE
-    render = config.render if config.render is not None else (
-        config.record is not None or bool(config.view) or bool(config.rtsp_out) or config.display)
+    publish_uris, render_uris = publish_sinks(config), render_sinks(config)
+    render = config.render if config.render is not None else bool(render_uris)
     per_source = len(config.sources) > 1
+    present = {StageKind.CAPTURE, StageKind.PREPROCESS, StageKind.INFER, StageKind.PUBLISH}
+    if render:
+        present.add(StageKind.RENDER)
     control, commands = endpoint("control"), endpoint("commands")
-    meta = _metadata_dict(metadata)
-    delay = config.stage_delay_ms
     rate = config.rate or ("native" if live else "max")
 
-    def spec(name: str, kind: StageKind, **kw: object) -> StageSpec:
+    def spec(name: str, kind: StageKind, settings: StageSettings, **kw: object) -> StageSpec:
         slots = RING_SLOTS.get(kind, (0, 0))[1 if live else 0]
         # Inference keeps its priority; so does a paced capture, whose timing counts.
         full_priority = kind is StageKind.INFER or (kind is StageKind.CAPTURE and rate != "max")
-        return StageSpec(name=name, kind=kind, run_id=run_id, policy=policy, control=control, commands=commands,
-                         ring_slots=slots, nice=0 if full_priority else LIGHT_STAGE_NICE, sources=len(config.sources),
-                         delay_ms=float(delay.get(kind.value, 0.0)), **kw)  # type: ignore[arg-type]
+        outputs = kw.get("outputs", ())
+        ring = ring_spec(run_id, name, kind, slots, present) if outputs else None
+        return StageSpec(name=name, kind=kind, run_id=run_id, policy=policy, settings=settings, control=control,
+                         commands=commands, ring=ring, reads=reads_of(kind, present),
+                         nice=0 if full_priority else LIGHT_STAGE_NICE, sources=len(config.sources),
+                         delay_ms=float(config.stage_delay_ms.get(kind.value, 0.0)), **kw)  # type: ignore[arg-type]
 
     stages: list[StageSpec] = []
     capture_outputs = []
     for i, (uri, sid) in enumerate(zip(config.sources, source_ids(config.sources))):
         out = endpoint(f"capture-{i}")
         capture_outputs.append(out)
-        stages.append(spec(f"capture-{i}", StageKind.CAPTURE, outputs=(out,), ring_readers=2 if render else 1,
-                           settings={"source": uri, "source_id": sid, "max_frames": config.max_frames,
-                                     "rate": rate, "loop": config.loop, "live": dict(config.live)}))
+        stages.append(spec(f"capture-{i}", StageKind.CAPTURE, CaptureSettings(
+            source=uri, source_id=sid, max_frames=config.max_frames, rate=rate, loop=config.loop, live=config.live),
+            outputs=(out,)))
     workers, threads = worker_layout(config, policy, model.choice.device)
     pre_outs = tuple(endpoint(f"preprocess-{k}") for k in range(workers))
     infer_outs = tuple(endpoint(f"infer-{k}") for k in range(workers))
     publish_out = (endpoint("publish"),) if render else ()
-    stages.append(spec("preprocess", StageKind.PREPROCESS, inputs=tuple(capture_outputs), outputs=pre_outs,
-                       ring_readers=1, reader_ids={"frame": 0},
-                       settings={"metadata": meta, "images": model.choice.takes_images}))
+    stages.append(spec("preprocess", StageKind.PREPROCESS,
+                       PreprocessSettings(metadata=metadata, images=model.choice.takes_images),
+                       inputs=tuple(capture_outputs), outputs=pre_outs))
     for k in range(workers):
-        # The workers share reader id 0 of the tensor ring and each write a labels ring
-        # read by publish (reader id 0 of each).
-        stages.append(spec("infer" if workers == 1 else f"infer-{k}", StageKind.INFER, inputs=(pre_outs[k],),
-                           outputs=(infer_outs[k],), ring_readers=1, reader_ids={"input": 0},
-                           reader_in_order=workers == 1,
-                           settings={"model": model.path, "backend": model.choice.backend,
-                                     "engine": model.engine_options(threads), "confidence": config.confidence}))
-    stages.append(spec("publish", StageKind.PUBLISH, inputs=infer_outs, outputs=publish_out,
-                       eos_per_source=workers, reorder=workers > 1,
-                       ring_readers=1 if render else 0, reader_ids={"labels": 0},
-                       settings={"endpoint": config.publish or None, "record": config.record,
-                                 "per_source_dirs": per_source, "ignore_index": metadata.ignore_index,
-                                 "model": metadata.name, "mask_encoding": config.mask_encoding,
-                                 "mask_resolution": config.mask_resolution,
-                                 "lossless_endpoint": config.publish_lossless or None, "eval": config.eval,
-                                 "cityscapes_results": config.cityscapes_results or None,
-                                 "classes": metadata.num_classes}))
+        # The workers share one reader id of the tensor ring; each writes a labels ring.
+        stages.append(spec("infer" if workers == 1 else f"infer-{k}", StageKind.INFER, InferSettings(
+            model=str(model.path), backend=model.choice.backend, engine=model.engine_options(threads),
+            confidence=config.confidence), inputs=(pre_outs[k],), outputs=(infer_outs[k],),
+            reader_in_order=workers == 1))
+    stages.append(spec("publish", StageKind.PUBLISH, PublishSettings(
+        metadata=metadata, endpoint=config.publish, mask_encoding=config.mask_encoding,
+        mask_resolution=config.mask_resolution, sinks=publish_uris, per_source_dirs=per_source),
+        inputs=infer_outs, outputs=publish_out, eos_per_source=workers, reorder=workers > 1))
     if render:
-        stages.append(spec("render", StageKind.RENDER, inputs=publish_out, reader_ids={"frame": 1, "mask": 0},
-                           settings={"metadata": meta, "record": config.record, "per_source_dirs": per_source,
-                                     "opacity": config.opacity, "legend": config.legend,
-                                     "mode": config.render_mode, "view": config.view or None,
-                                     "rtsp_out": config.rtsp_out or None, "display": config.display,
-                                     "classes": class_ids(config.render_classes, metadata)}))
+        stages.append(spec("render", StageKind.RENDER, RenderSettings(
+            metadata=metadata, opacity=config.opacity, legend=config.legend, mode=config.render_mode,
+            classes=class_ids(config.render_classes, metadata), sinks=render_uris, per_source_dirs=per_source),
+            inputs=publish_out))
     return RunPlan(run_id, policy, tuple(stages), control, commands, per_source)
 
 
-def class_ids(names: tuple[str, ...], metadata: ModelMetadata) -> list[int] | None:
+def class_ids(names: tuple[str, ...], metadata: ModelMetadata) -> tuple[int, ...] | None:
     """Class ids for names or ids given by the user; None for "all classes"."""
     if not names:
         return None
@@ -149,7 +211,7 @@ def class_ids(names: tuple[str, ...], metadata: ModelMetadata) -> list[int] | No
         else:
             raise ConfigError(f"unknown class {name!r} for render_classes; the model's classes are "
                               f"{', '.join(metadata.class_names)}")
-    return ids
+    return tuple(ids)
 
 
 def worker_layout(config: PipelineConfig, policy: FlowPolicy, device: str = "cpu") -> tuple[int, int]:
@@ -164,6 +226,3 @@ def worker_layout(config: PipelineConfig, policy: FlowPolicy, device: str = "cpu
     threads = config.threads or max(1, cores // workers)
     return workers, threads
 
-
-def _metadata_dict(metadata: ModelMetadata) -> dict[str, object]:
-    return json.loads(metadata.to_json())

@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         sys.stderr.write("usage: python -m segstream.pipeline.stage_main SPEC.json\n")
         return 2
-    from segstream.pipeline.stage import StageRuntime, StageSpec
+    from segstream.pipeline.control import EventKind
+    from segstream.pipeline.runtime import StageRuntime
+    from segstream.pipeline.spec import StageSpec
 
     spec = StageSpec.from_json(Path(argv[0]).read_text())
     logging.basicConfig(
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - report any failure to the supervisor, then exit non-zero
         logger.error("stage failed: %s", exc)
         logger.debug("%s", traceback.format_exc())
-        runtime.emit("error", message=f"{type(exc).__name__}: {exc}")
+        runtime.emit(EventKind.ERROR, message=f"{type(exc).__name__}: {exc}")
         code = 1
     return runtime.finish(code)
 

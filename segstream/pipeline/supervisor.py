@@ -7,7 +7,6 @@ the end no stage process, ipc socket file or shared-memory segment of the run is
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -17,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -25,17 +24,18 @@ from typing import Any
 import zmq
 
 from segstream.engines.resolve import InferenceModel
-from segstream.evaluation.metrics import ConfusionAccumulator
-from segstream.evaluation.summary import eval_summary
+from segstream.errors import MessageError, PipelineFailed
 from segstream.pipeline.config import PipelineConfig
+from segstream.pipeline.control import Command, CommandMessage, EventKind, PipelineFigures, decode_event, encode
 from segstream.pipeline.graph import RunPlan, plan_run
-from segstream.pipeline.policies import FlowPolicy
-from segstream.pipeline.prometheus import MetricsServer, prometheus_text
-from segstream.pipeline.shm_ring import SHM_PREFIX, sweep
-from segstream.pipeline.stage import StageKind, StageSpec
-from segstream.pipeline.stats import summarize
-from segstream.pipeline.status_line import StatusLine
-from segstream.pipeline.transport import Role, make_socket
+from segstream.pipeline.spec import CaptureSettings, StageKind, StageSpec
+from segstream.pipeline.telemetry.prometheus import MetricsServer, prometheus_text
+from segstream.pipeline.telemetry.run_stats import RunFacts, assemble_stats
+from segstream.pipeline.telemetry.stats import StageReport
+from segstream.pipeline.telemetry.status_line import StatusLine
+from segstream.pipeline.wire.choices import FlowPolicy
+from segstream.pipeline.wire.shm_ring import SHM_PREFIX, sweep
+from segstream.pipeline.wire.transport import Role, make_socket
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +54,6 @@ class RunState(str, Enum):
     DONE = "done"
 
 
-class PipelineFailed(RuntimeError):
-    """A stage died or could not start; the message names it and says why."""
 
 
 @dataclass
@@ -68,7 +66,7 @@ class StageProcess:
     started: bool = False
     ended: bool = False  # sent its end of stream, waiting for the stages behind it
     done: bool = False
-    stats: dict[str, Any] = field(default_factory=dict)
+    report: StageReport | None = None
     error: str = ""
 
 
@@ -87,8 +85,7 @@ def default_policy(sources: tuple[str, ...]) -> FlowPolicy:
     Files are opened once here, so a missing one is a clear error before any process
     starts; streams and cameras are not (connecting is the capture stage's job).
     """
-    from segstream.pipeline.sources import open_source
-    from segstream.pipeline.streams import is_live_uri
+    from segstream.pipeline.sources import is_live_uri, open_source
 
     live = False
     for uri in sources:
@@ -136,6 +133,7 @@ class Supervisor:
         self._stop_signal = 0
         self.stages: list[StageProcess] = []
         self.failed_sources: dict[str, str] = {}  # source id -> why (the other sources carry on)
+        self.malformed_events = 0  # control events refused on receipt
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if not self._stop_requested:
@@ -227,27 +225,30 @@ class Supervisor:
 
     def _handle_event(self, raw: bytes) -> None:
         try:
-            event = json.loads(raw)
-            stage = self._by_name(event["stage"])
-            kind = event["event"]
-        except (ValueError, KeyError, TypeError):
-            logger.warning("ignored a malformed control event: %r", raw[:200])
+            event = decode_event(raw)
+        except MessageError as exc:
+            self.malformed_events += 1
+            logger.warning("ignored a malformed control event: %s", exc)
             return
+        stage = self._by_name(event.stage)
         if stage is None:
+            self.malformed_events += 1
+            logger.warning("ignored a control event from unknown stage %r", event.stage[:80])
             return
-        if kind == "ready":
+        kind = event.kind
+        if kind is EventKind.READY:
             stage.ready = True
-        elif kind == "started":
+        elif kind is EventKind.STARTED:
             stage.started = True
-        elif kind == "ended":
+        elif kind is EventKind.ENDED:
             stage.ended = True
-        elif kind in ("stats", "done"):
-            stage.stats = event.get("stats", stage.stats)
-            stage.done = stage.done or kind == "done"
-        elif kind == "error":
-            stage.error = str(event.get("message", ""))
-        elif kind == "source_failed":
-            self.failed_sources[str(event.get("source", stage.spec.name))] = str(event.get("message", ""))
+        elif kind in (EventKind.STATS, EventKind.DONE):
+            stage.report = event.report or stage.report
+            stage.done = stage.done or kind is EventKind.DONE
+        elif kind is EventKind.ERROR:
+            stage.error = event.message
+        elif kind is EventKind.SOURCE_FAILED:
+            self.failed_sources[event.source or stage.spec.name] = event.message
 
     def _drain_events(self, control: zmq.Socket, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -278,7 +279,7 @@ class Supervisor:
             self._drain_events(control, 0.05)
             if self.state is RunState.RUNNING and time.monotonic() - last_broadcast > BROADCAST_S:
                 last_broadcast = time.monotonic()
-                commands.send(b"stats " + json.dumps(self._live_figures()).encode())
+                commands.send(encode(CommandMessage(Command.FIGURES, self._live_figures())))
             if self.state is RunState.RUNNING and self._status is not None:
                 self._status.update(self.snapshot)
             if self._stop_requested:
@@ -292,7 +293,7 @@ class Supervisor:
                 if all(s.ready for s in self.stages):
                     now = time.monotonic()
                     if now - last_start >= START_RESEND_S:
-                        commands.send(b"start")
+                        commands.send(encode(CommandMessage(Command.START)))
                         last_start = now
                     if all(s.started for s in self.stages):
                         self.state = RunState.RUNNING
@@ -303,21 +304,21 @@ class Supervisor:
             if self.state is RunState.RUNNING and all(s.ended or s.process.poll() == 0 for s in self.stages):
                 # Every stage forwarded its end of stream and the sinks are done: release
                 # the stages that keep their sockets open for the ones behind them.
-                commands.send(b"finish")
+                commands.send(encode(CommandMessage(Command.FINISH)))
             if all(s.process.poll() == 0 for s in self.stages):
                 self._drain_events(control, 0.1)
                 return ""
 
-    def _live_figures(self) -> dict[str, Any]:
+    def _live_figures(self) -> PipelineFigures:
         """Pipeline-wide figures for stages that show them (the live view), taken from
         the same snapshot as stats.json."""
         stats = self.snapshot()
-        return {
-            "miou": stats["eval"]["miou"] if "eval" in stats else None,
-            "stages": {name: st.get("process_ms", {}).get("median", 0.0) for name, st in stats["stages"].items()},
-            "skipped": stats["frames_skipped"]["total"],
-            "frames_in": stats["frames_in"],
-        }
+        return PipelineFigures(
+            frames_in=stats["frames_in"],
+            skipped=stats["frames_skipped"]["total"],
+            stages={name: float(r.process_ms.get("median", 0.0)) for name, r in self._reports().items()},
+            miou=stats["eval"]["miou"] if "eval" in stats else None,
+        )
 
     # -- stopping ---------------------------------------------------------------------
 
@@ -328,7 +329,7 @@ class Supervisor:
         self.state = RunState.STOPPING
         if commands is not None:
             try:
-                commands.send(b"stop", zmq.NOBLOCK)
+                commands.send(encode(CommandMessage(Command.STOP)), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
         for stage in alive:
@@ -352,86 +353,18 @@ class Supervisor:
         """The stats so far (the stats.json schema), for the status line and metrics."""
         return self._collect_stats(self._started_wall, time.monotonic() - self._t0, False, "")
 
-    def _eval(self, publish: StageProcess | None) -> dict[str, Any] | None:
-        per_source = ((publish.stats or {}).get("extra", {}).get("eval") if publish else None) or {}
-        if not per_source:
-            return None
-        return eval_summary({sid: ConfusionAccumulator.from_json(acc) for sid, acc in per_source.items()},
-                            self.metadata.class_names)
+    def _reports(self) -> dict[str, StageReport]:
+        return {s.spec.name: s.report for s in self.stages if s.report is not None}
 
     def _collect_stats(self, started_wall: float, duration_s: float, stopped: bool, error: str) -> dict[str, Any]:
-        stages = {s.spec.name: s.stats for s in self.stages if s.stats}
-        captures = [s for s in self.stages if s.spec.kind is StageKind.CAPTURE]
-        publish = self._by_name("publish")
-        render = self._by_name("render")
-        publish_stats = (publish.stats or {}) if publish else {}
-        frames_in = sum(int(stages.get(c.spec.name, {}).get("frames_in", 0)) for c in captures)
-        published = int(publish.stats.get("frames_out", 0)) if publish and publish.stats else 0
-        by_stage = {name: st.get("skipped", {}) for name, st in stages.items() if st.get("skipped")}
-        before_publish = sum(sum(v.values()) for name, v in by_stage.items() if name != "render")
-        stats: dict[str, Any] = {
-            "version": 1,
-            "run_id": self.run_id,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started_wall)),
-            "duration_s": round(duration_s, 3),
-            "policy": self.policy.value,
-            "model": self.metadata.name,
-            "model_path": self.model.path,
-            "backend": {"name": self.model.choice.backend, "device": self.model.choice.device,
-                        "providers": list(self.model.choice.providers), "reason": self.model.choice.reason},
-            "sources": list(self.config.sources),
-            "frames_in": frames_in,
-            "frames_published": published,
-            "frames_rendered": int(render.stats.get("frames_out", 0)) if render and render.stats else None,
-            "frames_skipped": {"total": before_publish, "by_stage": by_stage},
-            "frames_unaccounted": frames_in - published - before_publish,
-            "per_source": self._per_source(stages, publish),
-            "throughput_fps": publish.stats.get("throughput_fps", 0.0) if publish and publish.stats else 0.0,
-            "latency_ms": {
-                "capture_to_publish": publish_stats.get("latency_ms", {}),
-                "capture_to_render": (render.stats or {}).get("latency_ms", {}) if render else {},
-                "recent": publish_stats.get("latency_recent_ms", {}),
-                "breakdown": publish_stats.get("breakdown_ms", {}),
-                "breakdown_to_render": (render.stats or {}).get("breakdown_ms", {}) if render else {},
-                "by_source": publish_stats.get("latency_by_source_ms", {}),
-            },
-            "stages": stages,
-            "stopped": stopped,
-            "error": error,
-        }
-        evaluation = self._eval(publish)
-        if evaluation is not None:
-            stats["eval"] = evaluation
-            without = publish_stats.get("extra", {}).get("eval_frames_without_gt", 0)
-            if without:
-                stats["eval"]["frames_without_gt"] = without
-        return stats
-
-
-    def _per_source(self, stages: dict[str, Any], publish: StageProcess | None) -> dict[str, Any]:
-        publish_stats = (publish.stats or {}) if publish else {}
-        published = publish_stats.get("per_source", {})
-        latency = publish_stats.get("latency_by_source_ms", {})
-        throughput = publish_stats.get("throughput_by_source_fps", {})
-        out = {}
-        for stage in self.stages:
-            if stage.spec.kind is not StageKind.CAPTURE:
-                continue
-            sid = stage.spec.settings["source_id"]
-            capture = stages.get(stage.spec.name, {})
-            out[sid] = {
-                "uri": stage.spec.settings["source"],
-                "frames_in": capture.get("frames_in", 0),
-                "frames_published": published.get(sid, 0),
-                # every frame that entered is published or skipped: for a run that ended on
-                # its own this is the source's skipped count (reasons: frames_skipped.by_stage)
-                "frames_not_published": capture.get("frames_in", 0) - published.get(sid, 0),
-                "skipped_at_capture": capture.get("skipped", {}),
-                "skipped_by_stage": {name: st["skipped_by_source"][sid] for name, st in stages.items()
-                                     if sid in st.get("skipped_by_source", {})},
-                "reconnects": capture.get("extra", {}).get("reconnects", 0),
-                "latency_ms": {k: v for k, v in latency.get(sid, summarize([])).items() if k != "histogram"},
-                "throughput_fps": throughput.get(sid, 0.0),
-                "error": self.failed_sources.get(sid, ""),
-            }
-        return out
+        facts = RunFacts(self.run_id, started_wall, duration_s, self.policy, self.model, tuple(self.config.sources),
+                         tuple((s.spec.name, s.spec.settings) for s in self.stages
+                               if isinstance(s.spec.settings, CaptureSettings)),
+                         dict(self.failed_sources), self.malformed_events)
+        try:
+            return assemble_stats(facts, self._reports(), stopped, error)
+        except Exception as exc:  # noqa: BLE001 - a bug in the figures must not cost the run its clean-up
+            logger.exception("could not assemble the run's figures")
+            return {"version": 1, "run_id": self.run_id, "duration_s": round(duration_s, 3), "stopped": stopped,
+                    "error": error or f"stats assembly failed: {exc}", "frames_in": 0, "frames_published": 0,
+                    "frames_skipped": {"total": 0, "by_stage": {}}, "stages": {}}

@@ -17,10 +17,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from segstream.engines.cityscapes import IGNORE_INDEX, label_ids_to_train_ids
-from segstream.engines.metadata import ChannelOrder, ModelError, ModelMetadata
+from segstream.datasets.cityscapes import IGNORE_INDEX, label_ids_to_train_ids
+from segstream.datasets.images import image_files
+from segstream.engines.metadata import ChannelOrder, ModelMetadata
 from segstream.engines.preprocess import normalization_affine
-from segstream.pipeline.sources import image_files
+from segstream.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +45,11 @@ def dataset_samples(uri: str) -> list[Sample]:
     Raises:
         ModelError: not a dataset with ground truth.
     """
-    from segstream.pipeline.datasets import open_dataset
-    from segstream.pipeline.sources import SourceError
+    from segstream.datasets.layouts import open_dataset
+    from segstream.errors import SourceError
 
     try:
-        source = open_dataset(uri, "train")
+        source = open_dataset(uri)
     except SourceError as exc:
         raise ModelError(f"--data {uri}: {exc}") from exc
     samples = [Sample(e.path, e.gt_path, True) for e in source.entries if e.gt_path is not None]

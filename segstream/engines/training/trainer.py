@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from segstream.engines.cityscapes import IGNORE_INDEX
-from segstream.engines.metadata import ModelError
+from segstream.datasets.cityscapes import IGNORE_INDEX
+from segstream.engines.models.zoo import ModelSpec, get_model_spec
 from segstream.engines.training.data import Augment, Sample, SampleLoader, dataset_samples, folder_samples
-from segstream.engines.zoo import ModelSpec, get_model_spec
+from segstream.errors import ModelError
 from segstream.evaluation.metrics import ConfusionAccumulator, scores
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,6 @@
 """Capture stage: reads a source and sends frames on, ending with end-of-stream.
 
-Settings: ``source`` (URI), ``source_id``, ``max_frames`` (0 = all), ``rate`` (pacing of
-replays: ``native``, ``max`` or frames per second), ``loop`` (start a video over).
+Settings: ``spec.CaptureSettings``.
 
 Paced replays read (decode) each frame first and then wait for its scheduled time, so a
 frame leaves on schedule; its capture timestamp is the scheduled time, so latency figures
@@ -12,55 +11,24 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
-from segstream.pipeline.messages import Header, Kind, Message, eos
-from segstream.pipeline.payloads import PayloadWriter
-from segstream.pipeline.policies import Outbox
-from segstream.pipeline.sources import FrameSource, SourceError, SourceFrame, open_source, to_bgr
-from segstream.pipeline.stage import (
-    EOS_LINGER_MS,
-    StageRuntime,
-    StageSpec,
-    close_writer,
-    open_outbox,
-    open_writer,
-    stamp,
-)
-from segstream.pipeline.stats import SkipCounter
-from segstream.pipeline.streams import LiveOptions
+from segstream.errors import SourceError
+from segstream.pipeline.control import EventKind
+from segstream.pipeline.loop import EOS_LINGER_MS, open_outbox, open_writer, stamp
+from segstream.pipeline.runtime import StageRuntime
+from segstream.pipeline.sources import FrameSource, SourceFrame, open_source, to_bgr
+from segstream.pipeline.spec import CaptureSettings, StageSpec
+from segstream.pipeline.telemetry.stats import SkipCounter, StageStats
+from segstream.pipeline.wire.messages import Header, Kind, Message, eos
+from segstream.pipeline.wire.payloads import PayloadWriter
+from segstream.pipeline.wire.policies import Outbox
 
 logger = logging.getLogger(__name__)
 
 Schedule = Callable[[int, SourceFrame], "float | None"]
-
-
-@dataclass(frozen=True)
-class CaptureSettings:
-    """Capture stage settings."""
-
-    source: str
-    source_id: str
-    max_frames: int = 0
-    rate: str = "max"
-    loop: bool = False
-    live: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.rate not in ("native", "max"):
-            try:
-                if float(self.rate) <= 0:
-                    raise ValueError
-            except ValueError:
-                raise ValueError(f"rate must be 'native', 'max' or a positive number of frames per second, "
-                                 f"found {self.rate!r}") from None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CaptureSettings":
-        return cls(**data)
 
 
 def make_schedule(rate: str, source: FrameSource) -> Schedule | None:
@@ -88,11 +56,11 @@ def make_schedule(rate: str, source: FrameSource) -> Schedule | None:
 _END = object()
 
 
-def _note_connection(source: FrameSource, extra: dict[str, Any]) -> None:
+def _note_connection(source: FrameSource, stats: StageStats) -> None:
     """Copy a live source's connection counters into the stage stats."""
-    if hasattr(source, "reconnects"):
-        extra["reconnects"] = source.reconnects
-        extra["connect_attempts"] = source.attempts
+    figures = source.connection()
+    stats.reconnects = figures.get("reconnects", 0)
+    stats.connect_attempts = figures.get("connect_attempts", 0)
 
 
 def _usable_image(frame: SourceFrame, source_id: str, skipped: SkipCounter) -> np.ndarray | None:
@@ -142,7 +110,7 @@ def _stream(source: FrameSource, settings: CaptureSettings, spec: StageSpec, run
         if frame is _END:
             break
         if frame is None:  # a live source with nothing new yet
-            _note_connection(source, stats.extra)
+            _note_connection(source, stats)
             runtime.tick()
             continue
         due = schedule(index, frame) if schedule else None
@@ -187,7 +155,8 @@ def run(spec: StageSpec, runtime: StageRuntime) -> int:
     end-of-stream message that carries the error, and a ``source_failed`` event, so the
     other sources of the run carry on.
     """
-    settings = CaptureSettings.from_dict(spec.settings)
+    settings = spec.settings
+    assert isinstance(settings, CaptureSettings)  # StageSpec checks the kind's settings type
     stats = runtime.stats
     outbox = open_outbox(spec, runtime)
     if outbox is None:
@@ -197,9 +166,9 @@ def run(spec: StageSpec, runtime: StageRuntime) -> int:
     failure = ""
     try:
         source = open_source(settings.source, settings.source_id, loop=settings.loop,
-                             live_options=LiveOptions(**settings.live))
-        stats.extra.update({"source": settings.source, "fps": source.fps, "rate": settings.rate,
-                            "frame_count": getattr(source, "frame_count", 0)})
+                             live_options=settings.live)
+        stats.frame_count = source.frame_count
+        stats.extra.update({"source": settings.source, "fps": source.fps, "rate": settings.rate})
     except SourceError as exc:
         failure = str(exc)
     try:
@@ -210,11 +179,11 @@ def run(spec: StageSpec, runtime: StageRuntime) -> int:
                 _stream(source, settings, spec, runtime, outbox, writer)
             except SourceError as exc:
                 failure = str(exc)
-            _note_connection(source, stats.extra)
+            _note_connection(source, stats)
         if failure:
             logger.error("%s", failure)
-            stats.extra["error"] = failure
-            runtime.emit("source_failed", source=settings.source_id, message=failure)
+            stats.error = failure
+            runtime.emit(EventKind.SOURCE_FAILED, source=settings.source_id, message=failure)
         if not runtime.stopping:
             logger.info("%s: end of stream after %d frames", settings.source_id, stats.frames_in)
             outbox.send(eos(settings.source_id, frames_in=stats.frames_in, frames_out=stats.frames_out,
@@ -225,4 +194,4 @@ def run(spec: StageSpec, runtime: StageRuntime) -> int:
         if source is not None:
             source.close()
         outbox.close(0 if runtime.stopping else EOS_LINGER_MS)
-        close_writer(writer, runtime)
+        writer.close(unlink=True)

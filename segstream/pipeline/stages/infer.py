@@ -1,7 +1,6 @@
 """Inference stage: model input -> label map at model resolution.
 
-Settings: ``model`` (ONNX file, engine file or zoo name), ``backend``, ``engine`` (the
-backend's keyword arguments), ``confidence`` (pass the model's confidence output on).
+Settings: ``spec.InferSettings``.
 The input part is a float tensor, or a uint8 image for engines that take images.
 """
 
@@ -11,12 +10,14 @@ import logging
 
 import numpy as np
 
-from segstream.engines.base import labels_from_outputs, load_engine, top_labels
+from segstream.engines.backends.base import labels_from_outputs, load_engine, top_labels
 from segstream.engines.metadata import OutputKind
-from segstream.pipeline.messages import Kind, Message, derive
-from segstream.pipeline.payloads import PayloadReader
-from segstream.pipeline.policies import FlowPolicy
-from segstream.pipeline.stage import CARRIED, StageRuntime, StageSpec, close_writer, open_writer, run_middle_stage
+from segstream.pipeline.loop import CARRIED, open_writer, run_middle_stage
+from segstream.pipeline.runtime import StageRuntime
+from segstream.pipeline.spec import InferSettings, StageSpec
+from segstream.pipeline.wire.choices import FlowPolicy
+from segstream.pipeline.wire.messages import Kind, Message, derive
+from segstream.pipeline.wire.payloads import PayloadReader
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +29,13 @@ class InferProcessor:
         self.spec = spec
         self.runtime = runtime
         settings = spec.settings
-        self.engine = load_engine(settings["model"], settings["backend"], **settings.get("engine", {}))
-        self.inputs = PayloadReader(spec.reader_ids.get("input"), spec.reader_in_order)
+        assert isinstance(settings, InferSettings)  # StageSpec checks the kind's settings type
+        self.engine = load_engine(settings.model, settings.backend, **settings.engine)
+        self.inputs = PayloadReader(spec.reads.get("input"), spec.reader_in_order)
         self.writer = open_writer(spec)
         runtime.stats.extra["model"] = self.engine.metadata.name
         self._input: np.ndarray | None = None  # reused input buffer
-        self._confidence = self.engine.metadata.output(OutputKind.CONFIDENCE) if settings.get("confidence") else None
+        self._confidence = self.engine.metadata.output(OutputKind.CONFIDENCE) if settings.confidence else None
         # Live flow: capture overwrites its ring at the camera's rate, and render needs the
         # frame a good while later (after inference). Copy the frames that do get
         # inferred, at inference rate, into this stage's own ring.
@@ -90,7 +92,7 @@ class InferProcessor:
         self.inputs.close()
         if self._frames is not None:
             self._frames.close()
-        close_writer(self.writer, self.runtime)
+        self.writer.close(unlink=True)
 
 
 def run(spec: StageSpec, runtime: StageRuntime) -> int:

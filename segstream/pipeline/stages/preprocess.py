@@ -3,8 +3,7 @@
 The output part is named ``input``: a normalised (1, 3, H, W) float32 tensor, or, for
 engines that normalise on their GPU, the BGR uint8 (H, W, 3) frame resized to the input.
 
-Settings: ``metadata`` (the model's ``ModelMetadata`` as a dict), ``images`` (resize
-only, for GPU engines).
+Settings: ``spec.PreprocessSettings``.
 """
 
 from __future__ import annotations
@@ -13,11 +12,12 @@ import logging
 
 import numpy as np
 
-from segstream.engines.metadata import ModelMetadata
 from segstream.engines.preprocess import Preprocessor
-from segstream.pipeline.messages import Kind, Message, derive
-from segstream.pipeline.payloads import PayloadReader
-from segstream.pipeline.stage import CARRIED, StageRuntime, StageSpec, close_writer, open_writer, run_middle_stage
+from segstream.pipeline.loop import CARRIED, open_writer, run_middle_stage
+from segstream.pipeline.runtime import StageRuntime
+from segstream.pipeline.spec import PreprocessSettings, StageSpec
+from segstream.pipeline.wire.messages import Kind, Message, derive
+from segstream.pipeline.wire.payloads import PayloadReader
 
 logger = logging.getLogger(__name__)
 
@@ -28,11 +28,13 @@ class PreprocessProcessor:
     def __init__(self, spec: StageSpec, runtime: StageRuntime) -> None:
         self.spec = spec
         self.runtime = runtime
-        meta = ModelMetadata.from_dict(spec.settings["metadata"])
+        settings = spec.settings
+        assert isinstance(settings, PreprocessSettings)  # StageSpec checks the kind's settings type
+        meta = settings.metadata
         self.preprocess = Preprocessor(meta)
-        self._images = bool(spec.settings.get("images"))
+        self._images = settings.images
         self._tensor = np.empty((1, 3, meta.input_height, meta.input_width), np.float32)
-        self.frames = PayloadReader(spec.reader_ids.get("frame"))
+        self.frames = PayloadReader(spec.reads.get("frame"))
         self.writer = open_writer(spec)
 
     def process(self, message: Message) -> Message | None:
@@ -58,7 +60,7 @@ class PreprocessProcessor:
 
     def close(self) -> None:
         self.frames.close()
-        close_writer(self.writer, self.runtime)
+        self.writer.close(unlink=True)
 
 
 def run(spec: StageSpec, runtime: StageRuntime) -> int:

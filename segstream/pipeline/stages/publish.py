@@ -1,14 +1,9 @@
-"""Publish stage: label map -> mask at frame resolution, published to downstream
-consumers (ZeroMQ PUB, inline payload), recorded as PNG, and passed on to render.
+"""Publish stage: label map -> mask at frame resolution, published to downstream consumers
+(ZeroMQ PUB, inline payload), handed to the publish-side sinks (mask files, logs,
+evaluation, the lossless channel...) and passed on to render.
 
-Settings: ``endpoint`` (PUB bind address, or None), ``record`` (folder or None),
-``per_source_dirs``, ``ignore_index``, ``model``, ``mask_encoding`` (raw, png, rle),
-``mask_resolution`` (frame or model), ``lossless_endpoint`` (PUSH channel, or None),
-``eval`` (score masks against the frames' ground truth), ``cityscapes_results`` (folder or
-None), ``classes`` (the model's class count).
-
-Every published frame's time breakdown (``pipeline.timing``) goes into the stage stats and,
-when recording, into ``frames.jsonl``.
+Settings: ``spec.PublishSettings``. Every published frame's time breakdown
+(``telemetry.timing``) goes into the stage stats and to the sinks.
 """
 
 from __future__ import annotations
@@ -19,19 +14,16 @@ import time
 import cv2
 import numpy as np
 
-from segstream.engines.cityscapes import train_ids_to_label_ids
-from segstream.evaluation.ground_truth import gt_train_ids
-from segstream.evaluation.metrics import ConfusionAccumulator
-from segstream.evaluation.results import cityscapes_result_path
-from segstream.pipeline.mask_codec import encode_mask
-from segstream.pipeline.messages import Kind, Message, Part, Stamp, derive, encode
+from segstream.pipeline.loop import CARRIED, open_writer, run_middle_stage
 from segstream.pipeline.overlay import class_counts
-from segstream.pipeline.payloads import PayloadReader
-from segstream.pipeline.policies import FlowPolicy, Outbox
-from segstream.pipeline.records import CLASSIFICATIONS_NAME, FRAMES_NAME, append_jsonl, source_dir, write_png
-from segstream.pipeline.stage import CARRIED, StageRuntime, StageSpec, close_writer, open_writer, run_middle_stage
-from segstream.pipeline.timing import frame_timing
-from segstream.pipeline.transport import Role, make_socket
+from segstream.pipeline.runtime import StageRuntime
+from segstream.pipeline.sinks import SinkContext, SinkResult, SinkSet
+from segstream.pipeline.spec import MaskResolution, PublishSettings, StageSpec
+from segstream.pipeline.telemetry.timing import frame_timing
+from segstream.pipeline.wire.mask_codec import encode_mask
+from segstream.pipeline.wire.messages import Kind, Message, Part, Stamp, derive, encode
+from segstream.pipeline.wire.payloads import PayloadReader
+from segstream.pipeline.wire.transport import Role, make_socket
 
 logger = logging.getLogger(__name__)
 
@@ -46,44 +38,32 @@ def class_shares(mask: np.ndarray, ignore_index: int) -> dict[str, float]:
 
 
 class PublishProcessor:
-    """Resizes labels to the frame, publishes, records and forwards to render."""
+    """Resizes labels to the frame, publishes, drives the sinks and forwards to render."""
 
     def __init__(self, spec: StageSpec, runtime: StageRuntime) -> None:
-        self.spec = spec
-        self.runtime = runtime
         settings = spec.settings
-        self.record = settings.get("record")
-        self.per_source = bool(settings.get("per_source_dirs", False))
-        self.ignore_index = int(settings.get("ignore_index", 255))
-        self.model = settings.get("model", "")
-        self.encoding = settings.get("mask_encoding", "raw")
-        endpoint = settings.get("endpoint")
-        self.pub = make_socket(runtime.context, Role.RESULTS_PUB, bind=endpoint) if endpoint else None
+        assert isinstance(settings, PublishSettings)  # StageSpec checks the kind's settings type
+        self.spec = spec
+        self.settings = settings
+        self.runtime = runtime
+        meta = settings.metadata
+        self.pub = make_socket(runtime.context, Role.RESULTS_PUB, bind=settings.endpoint) if settings.endpoint else None
         if self.pub is not None:
             # Subscribers already waiting for the pipeline reconnect every 100 ms; give
             # them time to connect and subscribe before this stage reports ready, so they
             # get the first mask too (PUB drops messages for subscriptions not yet known).
             time.sleep(SUBSCRIBER_GRACE_S)
-        self.mask_resolution = settings.get("mask_resolution", "frame")
-        lossless = settings.get("lossless_endpoint")
-        # A consumer that must get every mask: PUSH blocks when it falls behind, and so
-        # slows the pipeline (that consumer chose backpressure; PUB subscribers never do).
-        self.lossless = Outbox([make_socket(runtime.context, Role.RESULTS_PUSH, bind=lossless)], FlowPolicy.LOSSLESS,
-                               runtime.stats.skipped, lambda: runtime.stopping) if lossless else None
-        self.eval = bool(settings.get("eval", False))
-        self.classes = int(settings.get("classes", 0))
-        self.scores: dict[str, ConfusionAccumulator] = {}  # per source
-        self.cityscapes_results = settings.get("cityscapes_results")
-        self.labels = PayloadReader(spec.reader_ids.get("labels"))  # also reads the inline parts
+        self.sinks = SinkSet(settings.sinks, SinkContext(
+            per_source_dirs=settings.per_source_dirs, sources=spec.sources, class_names=tuple(meta.class_names),
+            palette=tuple(tuple(c) for c in meta.palette), ignore_index=meta.ignore_index,
+            zmq_context=runtime.context, stopping=lambda: runtime.stopping, skipped=runtime.stats.skipped,
+            model=meta.name))
+        runtime.before_report(self._note_sinks)
+        self.labels = PayloadReader(spec.reads.get("labels"))  # also reads the inline parts
         self.writer = open_writer(spec) if spec.outputs else None
 
-    def _publish(self, message: Message) -> None:
-        if self.pub is not None:
-            # PUB never blocks: a subscriber that falls behind its HWM loses messages on
-            # its side (it sees the gap in frame indices); the pipeline never waits for it.
-            self.pub.send_multipart(encode(message), copy=False)
-        if self.lossless is not None:
-            self.lossless.send(message)
+    def _note_sinks(self) -> None:
+        self.runtime.stats.sinks = self.sinks.figures()
 
     def process(self, message: Message) -> Message | None:
         started_ns = time.monotonic_ns()
@@ -98,62 +78,44 @@ class PublishProcessor:
             mask = labels
             if labels.shape != (height, width):
                 mask = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
-        header = message.header
-        gt = self.labels.get(message, "gt") if header.part("gt") else None
-        folder = source_dir(self.record, header.source, self.per_source) if self.record else None
-        if folder is not None:
-            if mask is not None:
-                write_png(folder / "masks" / f"{header.name}.png", mask)
-            if "classification" in header.meta:
-                append_jsonl(folder / CLASSIFICATIONS_NAME, {"frame": header.name, "index": header.index,
-                                                             "classification": header.meta["classification"]})
-        if mask is not None:
-            self._score(header.source, header.name, mask, gt, header.meta.get("gt_kind", ""))
+        gt = self.labels.get(message, "gt") if message.header.part("gt") else None
         public = self._public_message(message, labels, mask, gt)
         public.header.stamps.append(Stamp(self.spec.name, started_ns, time.monotonic_ns()))
-        self._publish(public)
+        if self.pub is not None:
+            # PUB never blocks: a subscriber that falls behind its HWM loses messages on
+            # its side (it sees the gap in frame indices); the pipeline never waits for it.
+            self.pub.send_multipart(encode(public), copy=False)
         timing = frame_timing(public.header, time.monotonic_ns())
         self.runtime.stats.record_frame(timing)
-        if folder is not None:
-            append_jsonl(folder / FRAMES_NAME, timing)
+        self.sinks.write(SinkResult(message.header, mask, gt, public, timing))
+        # The stage's own time includes its sinks' work (consumers already have the mask).
+        done = Stamp(self.spec.name, started_ns, time.monotonic_ns())
         if self.writer is None:
+            public.header.stamps[-1] = done
             return public
         out = derive(public, Kind.RESULT)
+        out.header.stamps[-1] = done
         self.labels.forward(message, out, *CARRIED)
         if mask is not None and not self.writer.add(out, "mask", mask, lambda: self.runtime.stopping):
             return None
         return out
-
-    def _score(self, source: str, name: str, mask: np.ndarray, gt: np.ndarray | None, gt_kind: str) -> None:
-        """``--eval``: add the frame to its source's confusion matrix; ``--cityscapes-results``:
-        write its label ids at the ground truth's (else the frame's) resolution."""
-        target = gt_train_ids(gt, gt_kind) if gt is not None and (self.eval or self.cityscapes_results) else None
-        if self.eval:
-            if target is None:
-                self.runtime.stats.extra["eval_frames_without_gt"] = \
-                    self.runtime.stats.extra.get("eval_frames_without_gt", 0) + 1
-            else:
-                self.scores.setdefault(source, ConfusionAccumulator(self.classes)).add(mask, target)
-                self.runtime.stats.extra["eval"] = {sid: acc.to_json() for sid, acc in self.scores.items()}
-        if self.cityscapes_results:
-            if target is not None and target.shape != mask.shape:
-                mask = cv2.resize(mask, (target.shape[1], target.shape[0]), interpolation=cv2.INTER_NEAREST)
-            write_png(cityscapes_result_path(self.cityscapes_results, name), train_ids_to_label_ids(mask))
 
     def _public_message(self, message: Message, labels: np.ndarray | None, mask: np.ndarray | None,
                         gt: np.ndarray | None) -> Message:
         """The result consumers get: the mask (frame or model resolution, encoded), its
         class shares, the confidence and ground truth when there are any, and the
         classification (header ``classification``) of models that classify."""
+        meta = self.settings.metadata
         public = derive(message, Kind.RESULT)
-        public.header.meta["model"] = self.model
+        public.header.meta["model"] = meta.name
         if labels is None or mask is None:
             return public
-        published = labels if self.mask_resolution == "model" else mask
-        public.header.meta.update({"classes": class_shares(published, self.ignore_index),
-                                   "ignore_index": self.ignore_index})
-        public.header.parts.append(Part("mask", tuple(published.shape), "uint8", inline=0, encoding=self.encoding))
-        public.payload.append(encode_mask(published, self.encoding))
+        published = labels if self.settings.mask_resolution is MaskResolution.MODEL else mask
+        public.header.meta.update({"classes": class_shares(published, meta.ignore_index),
+                                   "ignore_index": meta.ignore_index})
+        encoding = self.settings.mask_encoding.value
+        public.header.parts.append(Part("mask", tuple(published.shape), "uint8", inline=0, encoding=encoding))
+        public.payload.append(encode_mask(published, encoding))
         confidence = self.labels.take(message, "confidence") if message.header.part("confidence") else None
         if confidence is not None:  # the winning class's probability x 255, like the mask
             if confidence.shape != published.shape:
@@ -177,17 +139,18 @@ class PublishProcessor:
     def end_of_stream(self, message: Message) -> None:
         final = derive(message, Kind.EOS)
         final.header.meta["published"] = self.runtime.stats.per_source.get(message.header.source, 0)
-        self._publish(final)
+        if self.pub is not None:
+            self.pub.send_multipart(encode(final), copy=False)
+        self.sinks.end_source(SinkResult(message.header, public=final))
 
     def close(self) -> None:
-        linger = 0 if self.runtime.stopping else 1000
+        self.sinks.close()
+        self._note_sinks()
         if self.pub is not None:
-            self.pub.close(linger=linger)
-        if self.lossless is not None:
-            self.lossless.close(linger)
+            self.pub.close(linger=0 if self.runtime.stopping else 1000)
         self.labels.close()
         if self.writer is not None:
-            close_writer(self.writer, self.runtime)
+            self.writer.close(unlink=True)
 
 
 def run(spec: StageSpec, runtime: StageRuntime) -> int:

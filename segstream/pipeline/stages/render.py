@@ -1,89 +1,57 @@
-"""Render stage: frame + mask -> overlay video (``--record``).
+"""Render stage: frame + mask -> overlay image, handed to the render-side sinks (overlay
+video, live view, RTSP out, window).
 
-Settings: ``record`` (folder), ``per_source_dirs``, ``metadata`` (class names, palette),
-``opacity``, ``legend``, ``mode`` (blend, mask, side-by-side), ``classes`` (ids to colour),
-``view`` (``HOST:PORT`` of the live view in a browser, or None), ``rtsp_out`` (an
-``rtsp://`` URL to push the overlay to as H.264), ``display`` (an OpenCV window).
+Settings: ``spec.RenderSettings``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from segstream.engines.metadata import ModelMetadata
-from segstream.pipeline.messages import Message, Stamp
+from segstream.pipeline.loop import run_middle_stage
 from segstream.pipeline.overlay import OverlayRenderer, OverlayStyle, class_counts
-from segstream.pipeline.payloads import PayloadReader
-from segstream.pipeline.records import source_dir
-from segstream.pipeline.rtsp_out import RtspOutError, RtspPublisher
-from segstream.pipeline.stage import StageRuntime, StageSpec, run_middle_stage
-from segstream.pipeline.stats import summarize
-from segstream.pipeline.timing import frame_timing
-from segstream.pipeline.view import ViewServer
+from segstream.pipeline.runtime import StageRuntime
+from segstream.pipeline.sinks import SinkContext, SinkResult, SinkSet
+from segstream.pipeline.spec import RenderSettings, StageSpec
+from segstream.pipeline.telemetry.stats import summarize
+from segstream.pipeline.telemetry.timing import frame_timing
+from segstream.pipeline.wire.messages import Message, Stamp
+from segstream.pipeline.wire.payloads import PayloadReader
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_FPS = 25.0
-VIDEO_NAME = "overlay.mp4"
-
-
-class VideoSink:
-    """An mp4 file written frame by frame; frames of another size are resized to the first."""
-
-    def __init__(self, path: Path, fps: float) -> None:
-        self.path = path
-        self.fps = fps
-        self._writer: cv2.VideoWriter | None = None
-        self._size: tuple[int, int] | None = None
-
-    def write(self, image: np.ndarray) -> None:
-        if self._writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._size = (image.shape[1], image.shape[0])
-            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self._size)
-            if not self._writer.isOpened():
-                raise OSError(f"OpenCV cannot write {self.path} with the mp4v codec")
-        if (image.shape[1], image.shape[0]) != self._size:
-            image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
-        self._writer.write(image)
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
+RECENT_FRAMES = 100  # frames behind the live latency figures
 
 
 class RenderProcessor:
-    """Draws overlays and writes one video per source."""
+    """Draws overlays and drives the render-side sinks."""
 
     def __init__(self, spec: StageSpec, runtime: StageRuntime) -> None:
+        settings = spec.settings
+        assert isinstance(settings, RenderSettings)  # StageSpec checks the kind's settings type
         self.spec = spec
         self.runtime = runtime
-        settings = spec.settings
-        meta = ModelMetadata.from_dict(settings["metadata"])
-        classes = settings.get("classes")
-        style = OverlayStyle(opacity=float(settings.get("opacity", 0.5)), legend=bool(settings.get("legend", True)),
-                             mode=settings.get("mode", "blend"), classes=tuple(classes) if classes else None)
+        meta = settings.metadata
+        style = OverlayStyle(opacity=settings.opacity, legend=settings.legend, mode=settings.mode,
+                             classes=settings.classes)
         self.renderer = OverlayRenderer(meta.class_names, meta.palette, meta.ignore_index, style)
-        self.record = settings.get("record")
-        self.per_source = bool(settings.get("per_source_dirs", False))
-        self.frames = PayloadReader(spec.reader_ids.get("frame"))
-        self.masks = PayloadReader(spec.reader_ids.get("mask"))
-        self.sinks: dict[str, VideoSink] = {}
-        self.view = ViewServer(settings["view"]) if settings.get("view") else None
-        self.rtsp_out: str | None = settings.get("rtsp_out")
-        self.display = bool(settings.get("display", False))
-        self.publishers: dict[str, RtspPublisher] = {}
-        self._meta = meta
-        self._colours = ["#%02x%02x%02x" % (r, g, b) for b, g, r in meta.palette]
+        self.frames = PayloadReader(spec.reads.get("frame"))
+        self.masks = PayloadReader(spec.reads.get("mask"))
+        self.sinks = SinkSet(settings.sinks, SinkContext(
+            per_source_dirs=settings.per_source_dirs, sources=spec.sources, class_names=tuple(meta.class_names),
+            palette=tuple(tuple(c) for c in meta.palette), ignore_index=meta.ignore_index,
+            zmq_context=runtime.context, stopping=lambda: runtime.stopping, skipped=runtime.stats.skipped,
+            live_figures=self._live_figures, model=meta.name))
+        runtime.before_report(self._note_sinks)
         self._last_seen: dict[str, float] = {}
         self._rate: dict[str, float] = {}
+
+    def _note_sinks(self) -> None:
+        self.runtime.stats.sinks = self.sinks.figures()
 
     def _live_fps(self, source: str) -> float:
         """Frames per second rendered for ``source``, smoothed."""
@@ -97,6 +65,16 @@ class RenderProcessor:
         self._rate[source] = instant if prev is None else 0.9 * prev + 0.1 * instant
         return self._rate[source]
 
+    def _live_figures(self) -> dict[str, Any]:
+        """Latency over the last frames rendered, and the supervisor's pipeline figures."""
+        figures = self.runtime.figures
+        return {
+            "latency_ms": summarize(list(self.runtime.stats.latency_ms)[-RECENT_FRAMES:]),
+            "skipped": figures.skipped,
+            "stages": figures.stages,
+            "miou": figures.miou,
+        }
+
     def process(self, message: Message) -> Message | None:
         started_ns = time.monotonic_ns()
         frame = self.frames.take(message, "frame")
@@ -107,60 +85,13 @@ class RenderProcessor:
             return None
         header = message.header
         counts = class_counts(mask) if mask is not None else np.zeros(1, np.int64)
-        image = self.renderer.annotate(frame, mask, header.index, self._live_fps(header.source), counts,
-                                       header.meta.get("classification"))
-        if self.record:
-            sink = self.sinks.get(header.source)
-            if sink is None:
-                path = source_dir(self.record, header.source, self.per_source) / VIDEO_NAME
-                sink = self.sinks[header.source] = VideoSink(path, float(header.meta.get("fps") or DEFAULT_FPS))
-            sink.write(image)
-        if self.view is not None:
-            self.view.state.publish(image, self._view_figures(message, counts, mask.size if mask is not None else 1))
-        if self.rtsp_out:
-            self._push(header.source, image, float(header.meta.get("fps") or DEFAULT_FPS))
-        if self.display:
-            cv2.imshow(f"segstream {header.source}", image)
-            cv2.waitKey(1)
+        fps = self._live_fps(header.source)
+        image = self.renderer.annotate(frame, mask, header.index, fps, counts, header.meta.get("classification"))
+        self.sinks.write(SinkResult(header, mask, image=image, counts=counts, fps=fps))
         # capture to rendered (recorded, viewed, streamed): the breakdown up to here
         header.stamps.append(Stamp(self.spec.name, started_ns, time.monotonic_ns()))
         self.runtime.stats.record_frame(frame_timing(header, header.stamps[-1].out_ns))
         return message
-
-    def _push(self, source: str, image: np.ndarray, fps: float) -> None:
-        """Send the overlay to the RTSP server (one path per source when there are several)."""
-        publisher = self.publishers.get(source)
-        try:
-            if publisher is None:
-                url = f"{self.rtsp_out.rstrip('/')}/{source}" if self.spec.sources > 1 else self.rtsp_out
-                publisher = self.publishers[source] = RtspPublisher(url, image.shape[1], image.shape[0], fps)
-            if (image.shape[1], image.shape[0]) != publisher.size:
-                image = cv2.resize(image, publisher.size, interpolation=cv2.INTER_AREA)
-            publisher.write(image)
-        except RtspOutError as exc:
-            logger.error("%s; RTSP output of %s stops here", exc, source)
-            self.runtime.stats.extra["rtsp_out_error"] = str(exc)
-            self.rtsp_out = None
-
-    def _view_figures(self, message: Message, counts: np.ndarray, pixels: int) -> dict[str, Any]:
-        stats = self.runtime.stats
-        pipeline = self.runtime.pipeline_stats
-        recent = list(stats.latency_ms)[-100:]
-        names = self._meta.class_names
-        classes = [{"name": names[i], "colour": self._colours[i], "share": round(float(counts[i]) / pixels, 4)}
-                   for i in np.argsort(counts)[::-1] if counts[i] and i < len(names)][:12]
-        return {
-            "fps": round(self._rate.get(message.header.source, 0.0), 2),
-            "frame": message.header.index,
-            "source": message.header.source,
-            "model": self._meta.name,
-            "latency_ms": summarize(recent),
-            "skipped": pipeline.get("skipped", sum(stats.skipped.values())),
-            "stages": pipeline.get("stages", {}),
-            "miou": pipeline.get("miou"),
-            "classes": classes,
-            "classification": message.header.meta.get("classification"),
-        }
 
     def blocked_ns(self) -> int:
         return 0
@@ -170,23 +101,11 @@ class RenderProcessor:
         self.masks.release(message, "mask")
 
     def end_of_stream(self, message: Message) -> None:
-        sink = self.sinks.pop(message.header.source, None)
-        if sink is not None:
-            sink.close()
-        publisher = self.publishers.pop(message.header.source, None)
-        if publisher is not None:
-            publisher.close()
+        self.sinks.end_source(SinkResult(message.header))
 
     def close(self) -> None:
-        if self.view is not None:
-            self.view.close()
-        for publisher in self.publishers.values():
-            publisher.close(timeout_s=0.5)
-        if self.display:
-            cv2.destroyAllWindows()
-        for sink in self.sinks.values():
-            sink.close()
-        self.sinks.clear()
+        self.sinks.close()
+        self._note_sinks()
         self.frames.close()
         self.masks.close()
 

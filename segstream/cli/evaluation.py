@@ -1,0 +1,74 @@
+"""``segstream eval``, ``segstream gt-from-color`` and ``segstream report``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from segstream.datasets.cityscapes import CLASS_NAMES
+from segstream.errors import EvalError
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``segstream eval PRED_DIR GT_SOURCE``."""
+    from segstream.evaluation.offline import OfflineEval, evaluate
+    from segstream.evaluation.summary import format_scores
+
+    summary = evaluate(OfflineEval(Path(args.predictions), args.ground_truth, args.label_ids, args.allow_missing),
+                       CLASS_NAMES)
+    print(format_scores(summary))
+    if summary["missing"]:
+        print(f"  {len(summary['missing'])} frame(s) without a prediction were left out")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_gt_from_color(args: argparse.Namespace) -> int:
+    """``segstream gt-from-color COLOR.png... [-o DIR]``."""
+    from segstream.evaluation.ground_truth import convert_color_file
+
+    for name in args.files:
+        try:
+            print(convert_color_file(Path(name), Path(args.output) if args.output else None))
+        except ValueError as exc:
+            raise EvalError(str(exc)) from None
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``segstream report RUN_DIR [-o DIR]``."""
+    from segstream.pipeline.telemetry.report import write_report
+
+    paths = write_report(Path(args.run_dir), Path(args.output) if args.output else None)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Register ``eval``, ``gt-from-color`` and ``report``."""
+    p = sub.add_parser("eval", help="score recorded masks against a dataset's ground truth")
+    p.add_argument("predictions", metavar="PRED_DIR", help="a --record folder, or a folder of <frame>.png label maps")
+    p.add_argument("ground_truth", metavar="GT_SOURCE", help="cityscapes:ROOT[:SPLIT], kitti-semantics:ROOT, "
+                                                             "kitti360:ROOT:SEQ")
+    p.add_argument("--label-ids", action="store_true", help="predictions hold Cityscapes label ids "
+                                                            "(--cityscapes-results), not train ids")
+    p.add_argument("--allow-missing", action="store_true", help="score the frames that have a prediction")
+    p.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
+    p.add_argument("--verbose", "-v", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("gt-from-color", help="Cityscapes *_gtFine_color.png to *_gtFine_labelIds.png")
+    p.add_argument("files", nargs="+", metavar="COLOR.png")
+    p.add_argument("-o", "--output", metavar="DIR", help="write here (default: beside each file)")
+    p.add_argument("--verbose", "-v", action="store_true")
+    p.set_defaults(func=cmd_gt_from_color)
+
+    p = sub.add_parser("report", help="plots of a recorded run (latency, throughput, accuracy) as PNG")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a --record folder (stats.json, frames.jsonl)")
+    p.add_argument("-o", "--output", metavar="DIR", help="where the PNGs go (default RUN_DIR/report)")
+    p.add_argument("--verbose", "-v", action="store_true")
+    p.set_defaults(func=cmd_report)

@@ -1,0 +1,98 @@
+"""``segstream run``, ``segstream demo`` and ``segstream consume``.
+
+``run``'s flags are made from the declared settings of ``PipelineConfig``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from segstream.pipeline.config import PipelineConfig, load_config
+from segstream.pipeline.settings import add_flags, overrides_from_args
+
+DEMO_RECORD = "segstream-demo"
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """``run``'s flags: ``--config`` plus one per declared setting."""
+    p.add_argument("--config", help="YAML config (see configs/); flags override it")
+    add_flags(p, PipelineConfig)
+    p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+
+
+def run_config(args: argparse.Namespace) -> PipelineConfig:
+    """The config of ``segstream run``: the YAML file (or the defaults), then the flags."""
+    return load_config(args.config).with_overrides(**overrides_from_args(PipelineConfig, args))
+
+
+def _execute(config: PipelineConfig) -> int:
+    from segstream.engines.resolve import resolve_inference
+    from segstream.pipeline.preflight import check_scorable
+    from segstream.pipeline.supervisor import Supervisor
+    from segstream.pipeline.telemetry.run_summary import format_summary, write_stats
+
+    model = resolve_inference(config.model, config.weights, config.confidence, config.backend, config.precision,
+                              config.providers, config.cuda_graph)
+    check_scorable(config, model.metadata)
+    if config.record:
+        Path(config.record).mkdir(parents=True, exist_ok=True)
+    if config.view:
+        print(f"live view: http://{config.view}/")
+    result = Supervisor(config, model).run()
+    if config.record:
+        path = write_stats(result.stats, config.record)
+        result.stats["stats_file"] = str(path)
+    print(format_summary(result.stats))
+    if config.record:
+        print(f"  outputs in {config.record}/ (masks/, overlay.mp4, stats.json)")
+    if result.error:
+        print(f"segstream: pipeline failed: {result.error}", file=sys.stderr)
+    return result.exit_code
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``segstream run``."""
+    return _execute(run_config(args))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``segstream demo``: the sample dash-cam clip through the pretrained ESPNet."""
+    from segstream.assets import resolve_asset
+
+    clip = resolve_asset("solidWhiteRight.mp4")
+    config = PipelineConfig(sources=(str(clip),), model="espnet-cityscapes", record=args.record,
+                            publish=args.publish or "", max_frames=args.max_frames or 0)
+    print(f"segstream demo: {clip.name} through espnet-cityscapes; recording to {args.record}/")
+    return _execute(config)
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    """``segstream consume``."""
+    from segstream.pipeline.consume import ConsumeOptions, consume
+
+    return consume(ConsumeOptions(args.endpoint, args.count, args.save, args.timeout, args.lossless))
+
+
+def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Register ``run``, ``demo`` and ``consume``."""
+    p = sub.add_parser("run", help="run the pipeline on sources")
+    add_run_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="the sample dash-cam clip through the pretrained Cityscapes model")
+    p.add_argument("--record", default=DEMO_RECORD, metavar="DIR", help=f"output folder (default {DEMO_RECORD})")
+    p.add_argument("--publish", metavar="ENDPOINT", help="also publish masks here")
+    p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    p.add_argument("--verbose", "-v", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("consume", help="print (and save) the masks a pipeline publishes")
+    p.add_argument("endpoint", help="e.g. tcp://127.0.0.1:5560")
+    p.add_argument("--count", type=int, default=0, metavar="N", help="exit after N masks")
+    p.add_argument("--save", metavar="DIR", help="write masks as DIR/<source>/<frame>.png")
+    p.add_argument("--timeout", type=float, default=0.0, metavar="S", help="give up after S s of silence")
+    p.add_argument("--lossless", action="store_true", help="ENDPOINT is a pipeline's --publish-lossless channel")
+    p.add_argument("--verbose", "-v", action="store_true")
+    p.set_defaults(func=cmd_consume)

@@ -1,0 +1,1 @@
+"""Inference backends behind one ``Engine`` contract (``base.py``): ONNX Runtime, PyTorch and TensorRT."""

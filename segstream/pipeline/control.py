@@ -1,0 +1,145 @@
+"""The control plane: commands from the supervisor to the stages, events back.
+
+Both directions are versioned JSON of frozen dataclasses, checked on receipt like
+data-plane messages (``typed_json``): a malformed or forged message raises
+``MessageError`` with a short reason, which the receiver counts and skips.
+
+- Commands (supervisor PUB -> every stage SUB): ``start``, ``stop``, ``finish`` (every
+  stage behind you is done: close your sockets) and ``figures`` (pipeline-wide numbers
+  for stages that show them, such as the live view).
+- Events (stage PUSH -> supervisor PULL): ``ready``, ``started``, ``ended`` (sent its end
+  of stream), ``stats`` (periodic report), ``done`` (final report and exit code),
+  ``error`` and ``source_failed``.
+
+    >>> raw = encode(CommandMessage(Command.STOP))
+    >>> decode_command(raw).command is Command.STOP
+    True
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from segstream.errors import MessageError
+from segstream.pipeline.telemetry.stats import StageReport
+from segstream.pipeline.typed_json import dump, load_dataclass
+
+CONTROL_VERSION = 1
+MAX_CONTROL_BYTES = 4 << 20  # a stage report with its histograms is ~100 KB
+
+
+class Command(str, Enum):
+    """What the supervisor tells the stages."""
+
+    START = "start"
+    STOP = "stop"
+    FINISH = "finish"
+    FIGURES = "figures"
+
+
+class EventKind(str, Enum):
+    """What a stage tells the supervisor."""
+
+    READY = "ready"
+    STARTED = "started"
+    ENDED = "ended"
+    STATS = "stats"
+    DONE = "done"
+    ERROR = "error"
+    SOURCE_FAILED = "source_failed"
+
+
+@dataclass(frozen=True)
+class PipelineFigures:
+    """Pipeline-wide numbers the supervisor sends to the stages (the live view shows them).
+
+    Attributes:
+        frames_in: frames read by every capture so far.
+        skipped: frames skipped anywhere so far.
+        stages: per stage, the median processing time (ms).
+        miou: mean IoU so far under ``--eval``, else None.
+    """
+
+    frames_in: int = 0
+    skipped: int = 0
+    stages: dict[str, float] = field(default_factory=dict)
+    miou: float | None = None
+
+
+@dataclass(frozen=True)
+class CommandMessage:
+    """One command; ``figures`` only with ``Command.FIGURES``."""
+
+    command: Command
+    figures: PipelineFigures | None = None
+    version: int = CONTROL_VERSION
+
+
+@dataclass(frozen=True)
+class StageEvent:
+    """One event from a stage.
+
+    Attributes:
+        stage: the stage's name.
+        kind: what happened.
+        report: the stage's figures (``stats`` and ``done``).
+        exit_code: the stage's exit code (``done``).
+        stopped: the stage ended on a stop request (``done``).
+        message: what went wrong (``error``, ``source_failed``).
+        source: the source that failed (``source_failed``).
+    """
+
+    stage: str
+    kind: EventKind
+    report: StageReport | None = None
+    exit_code: int = 0
+    stopped: bool = False
+    message: str = ""
+    source: str = ""
+    version: int = CONTROL_VERSION
+
+
+def encode(message: CommandMessage | StageEvent) -> bytes:
+    """A command or event as versioned JSON bytes."""
+    return json.dumps(dump(message), separators=(",", ":")).encode()
+
+
+def _parse(raw: bytes, what: str) -> dict[str, Any]:
+    if len(raw) > MAX_CONTROL_BYTES:
+        raise MessageError("too_large", f"{what} is {len(raw)} bytes, limit {MAX_CONTROL_BYTES}")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MessageError("bad_json", f"{what} is not UTF-8 JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise MessageError("bad_json", f"{what} is a JSON {type(data).__name__}, expected an object")
+    if data.get("version") != CONTROL_VERSION:
+        raise MessageError("bad_version", f"{what} version {data.get('version')!r}, this reader understands "
+                                          f"{CONTROL_VERSION}")
+    return data
+
+
+class _FieldError(MessageError):
+    def __init__(self, detail: str) -> None:
+        super().__init__("bad_field", detail)
+
+
+def decode_command(raw: bytes) -> CommandMessage:
+    """A command from the supervisor, checked.
+
+    Raises:
+        MessageError: not a well-formed command of this version.
+    """
+    return load_dataclass(CommandMessage, _parse(raw, "command"), "command", _FieldError)
+
+
+def decode_event(raw: bytes) -> StageEvent:
+    """An event from a stage, checked field by field (a forged report is refused whole).
+
+    Raises:
+        MessageError: not a well-formed event of this version.
+    """
+    return load_dataclass(StageEvent, _parse(raw, "event"), "event", _FieldError)

@@ -1,0 +1,140 @@
+"""The receive-process-send loop of the middle stages, and the helpers every stage uses
+to open its output sockets and ring."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import Protocol
+
+from segstream.pipeline.runtime import StageRuntime
+from segstream.pipeline.spec import StageSpec
+from segstream.pipeline.wire.messages import Kind, Message, Stamp
+from segstream.pipeline.wire.payloads import PayloadWriter, mode_for_endpoint
+from segstream.pipeline.wire.policies import FlowPolicy, Inbox, Outbox, Reorderer
+from segstream.pipeline.wire.transport import Role, make_socket
+
+logger = logging.getLogger(__name__)
+
+CARRIED = ("frame", "gt")  # parts every stage passes on for the ones behind it
+EOS_LINGER_MS = 2000  # what is still queued at a normal close (after wait_until_downstream_done)
+
+
+class Processor(Protocol):
+    """The per-frame work of a middle stage."""
+
+    def process(self, message: Message) -> Message | None:
+        """Handle one frame message; returns what to send on, or None if skipped
+        (the processor counts the reason in the stage stats)."""
+        ...
+
+    def blocked_ns(self) -> int:
+        """Total time spent waiting for downstream so far (0 if never)."""
+        ...
+
+    def discard(self, message: Message) -> None:
+        """A frame superseded in live flow: release what it holds upstream."""
+        ...
+
+    def end_of_stream(self, message: Message) -> None:
+        """The source of ``message`` ended (flush per-source outputs)."""
+        ...
+
+    def close(self) -> None:
+        """Release everything (files, rings)."""
+        ...
+
+
+def open_writer(spec: StageSpec) -> PayloadWriter:
+    """The payload writer of a stage's output (shared memory on ipc://, inline on tcp://)."""
+    if not spec.outputs or spec.ring is None:
+        raise ValueError(f"stage {spec.name} has no output to write payloads for")
+    return PayloadWriter(mode_for_endpoint(spec.outputs[0], spec.payloads.value), spec.ring.name,
+                         len(spec.ring.readers), spec.ring.slots, lossless=spec.policy is FlowPolicy.LOSSLESS)
+
+
+def open_outbox(spec: StageSpec, runtime: StageRuntime) -> Outbox | None:
+    """Bind the stage's output sockets; None for the last stage."""
+    if not spec.outputs:
+        return None
+    role = Role.STAGE_OUT_LIVE if spec.policy is FlowPolicy.LIVE else Role.STAGE_OUT_LOSSLESS
+    sockets = []
+    try:
+        for endpoint in spec.outputs:
+            sockets.append(make_socket(runtime.context, role, bind=endpoint))
+    except Exception:
+        for sock in sockets:
+            sock.close(linger=0)
+        raise
+    return Outbox(sockets, spec.policy, runtime.stats.skipped, lambda: runtime.stopping)
+
+
+def stamp(message: Message, stage: str, in_ns: int) -> None:
+    """Append this stage's timing stamp to ``message``."""
+    message.header.stamps.append(Stamp(stage, in_ns, time.monotonic_ns()))
+
+
+def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processor) -> int:
+    """Receive, process and send until every source ended or a stop is requested.
+
+    Returns the process exit code (0 on end of stream and on a requested stop).
+    """
+    in_role = Role.STAGE_IN_LIVE if spec.policy is FlowPolicy.LIVE else Role.STAGE_IN_LOSSLESS
+    pull = make_socket(runtime.context, in_role, connect=list(spec.inputs))
+    outbox = open_outbox(spec, runtime)
+    stats = runtime.stats
+    inbox = Inbox(pull, spec.policy, stats.skipped)
+    reorder = Reorderer(spec.policy, stats.skipped) if spec.reorder else None
+    eos_seen: Counter[str] = Counter()
+    ended: set[str] = set()
+
+    def handle_frame(message: Message, in_ns: int) -> None:
+        blocked_before = processor.blocked_ns()
+        result = processor.process(message)
+        if spec.delay_ms:
+            time.sleep(spec.delay_ms / 1000)
+        if result is None:
+            return
+        if not result.header.stamps or result.header.stamps[-1].stage != spec.name:  # publish and render stamp themselves
+            stamp(result, spec.name, in_ns)
+        stats.record_timing(in_ns, result.header.stamps[-1].out_ns, processor.blocked_ns() - blocked_before)
+        if outbox is None or outbox.send(result):
+            stats.record_out(message.header.source, time.monotonic_ns())
+
+    try:
+        if not runtime.ready_and_wait_for_start():
+            return 0
+        while not runtime.stopping and len(ended) < spec.sources:
+            messages = inbox.receive()
+            for old in inbox.superseded:
+                processor.discard(old)
+            inbox.superseded.clear()
+            for message in messages:
+                in_ns = time.monotonic_ns()
+                source = message.header.source
+                if message.header.kind is Kind.EOS:
+                    eos_seen[source] += 1
+                    if eos_seen[source] < spec.eos_per_source:
+                        continue
+                    for held in reorder.flush(source) if reorder else []:
+                        handle_frame(held, time.monotonic_ns())
+                    ended.add(source)
+                    logger.info("%s: end of stream for %s after %d frames", spec.name, source,
+                                stats.per_source[source])
+                    processor.end_of_stream(message)
+                    stamp(message, spec.name, in_ns)
+                    if outbox is not None:
+                        outbox.send(message)
+                    continue
+                stats.frames_in += 1
+                for ready in reorder.push(message) if reorder else [message]:
+                    handle_frame(ready, in_ns)
+            runtime.tick()
+        runtime.wait_until_downstream_done()
+        return 0
+    finally:
+        processor.close()
+        pull.close(linger=0)
+        if outbox is not None:
+            outbox.close(0 if runtime.stopping else EOS_LINGER_MS)

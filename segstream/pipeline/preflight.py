@@ -1,0 +1,43 @@
+"""Checks a run makes before any process starts, so a misconfigured run fails at once with
+the fix instead of after its stages loaded."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from segstream.datasets.cityscapes import CLASS_NAMES
+from segstream.errors import ConfigError
+
+if TYPE_CHECKING:
+    from segstream.engines.metadata import ModelMetadata
+    from segstream.pipeline.config import PipelineConfig
+
+
+def check_scorable(config: "PipelineConfig", metadata: "ModelMetadata") -> None:
+    """Fail before starting when ``--eval`` or ``--cityscapes-results`` cannot work.
+
+    Raises:
+        ConfigError: the model does not predict Cityscapes' 19 train ids, or (``--eval``)
+            no source has ground truth.
+    """
+    from segstream.pipeline.sources import is_live_uri, open_source
+
+    if not (config.eval or config.cityscapes_results):
+        return
+    flag = "--eval" if config.eval else "--cityscapes-results"
+    if tuple(metadata.class_names) != CLASS_NAMES:
+        raise ConfigError(f"{flag} scores Cityscapes' 19 train ids (road ... bicycle); model {metadata.name} predicts "
+                          f"{len(metadata.class_names)} other classes; use a Cityscapes model such as "
+                          f"espnet-cityscapes")
+    if not config.eval:
+        return
+    for uri in config.sources:
+        if is_live_uri(uri):
+            continue
+        source = open_source(uri)
+        has_gt = bool(source.gt_kind)
+        source.close()
+        if has_gt:
+            return
+    raise ConfigError(f"--eval needs a source whose frames carry ground truth (cityscapes:ROOT:SPLIT with gtFine, "
+                      f"kitti-semantics:ROOT, kitti360:ROOT:SEQ); {', '.join(config.sources)} has none")

@@ -1,0 +1,179 @@
+"""The runtime of one stage process: signals, the control channel and its stats.
+
+SIGINT and SIGTERM set the stop flag; every blocking wait in a stage lasts at most
+``POLL_MS`` before it looks at the flag again, so a stage stops within a fraction of a
+second from any state. Commands arrive typed (``control.py``); a malformed one is counted
+and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import signal
+import time
+from typing import Callable
+
+import zmq
+
+from segstream.errors import MessageError
+from segstream.pipeline.control import (
+    Command,
+    CommandMessage,
+    EventKind,
+    PipelineFigures,
+    StageEvent,
+    decode_command,
+    encode,
+)
+from segstream.pipeline.spec import StageSpec
+from segstream.pipeline.telemetry.stats import StageReport, StageStats
+from segstream.pipeline.wire.policies import POLL_MS
+from segstream.pipeline.wire.transport import Role, make_socket
+
+logger = logging.getLogger(__name__)
+
+STATS_INTERVAL_S = 1.0
+PARENT_CHECK_S = 0.5
+STANDALONE_DRAIN_S = 5.0  # after end of stream, a stage running alone waits this long for its readers
+
+
+class StageRuntime:
+    """Signals, control channel and stats of one stage process.
+
+    Args:
+        spec: the stage's spec.
+    """
+
+    def __init__(self, spec: StageSpec) -> None:
+        self.spec = spec
+        self.context = zmq.Context()
+        self.stats = StageStats(spec.name)
+        self.figures = PipelineFigures()  # the latest pipeline-wide figures from the supervisor
+        self._stop = False
+        self._start = False
+        self._finish = False
+        self._last_report = time.monotonic()
+        self._before_report: list[Callable[[], None]] = []
+        self._parent = os.getppid()
+        self._last_parent_check = time.monotonic()
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        self.control = make_socket(self.context, Role.CONTROL_OUT, connect=spec.control) if spec.control else None
+        self.commands = make_socket(self.context, Role.COMMANDS_SUB, connect=spec.commands) if spec.commands else None
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if not self._stop:
+            logger.info("%s: %s received, stopping", self.spec.name, signal.Signals(signum).name)
+        self._stop = True
+
+    def _apply(self, message: CommandMessage) -> None:
+        if message.command is Command.START:
+            self._start = True
+        elif message.command is Command.STOP:
+            self._stop = True
+        elif message.command is Command.FINISH:
+            self._finish = True
+        elif message.command is Command.FIGURES and message.figures is not None:
+            self.figures = message.figures
+
+    def _read_commands(self) -> None:
+        while self.commands is not None:
+            try:
+                raw = self.commands.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self._apply(decode_command(raw))
+            except MessageError as exc:
+                self.stats.skipped.add(f"control_{exc.reason}", None)
+                logger.warning("%s: ignored a malformed command: %s", self.spec.name, exc)
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was requested (signal, supervisor command, or the supervisor
+        died: a stage never outlives the process that started it)."""
+        if not self._stop and self.commands is not None:
+            self._read_commands()
+            now = time.monotonic()
+            if now - self._last_parent_check > PARENT_CHECK_S:
+                self._last_parent_check = now
+                if os.getppid() != self._parent:
+                    logger.error("%s: the supervisor is gone; stopping", self.spec.name)
+                    self._stop = True
+        return self._stop
+
+    def emit(self, kind: EventKind, **fields: object) -> None:
+        """Send an event to the supervisor (no-op when running alone)."""
+        if self.control is None:
+            return
+        try:
+            self.control.send(encode(StageEvent(self.spec.name, kind, **fields)), zmq.NOBLOCK)  # type: ignore[arg-type]
+        except zmq.Again:
+            logger.debug("control channel full; event %s dropped", kind.value)
+
+    def ready_and_wait_for_start(self) -> bool:
+        """Report ready, then wait for the supervisor's start (at once when alone).
+
+        Returns False if a stop came first.
+        """
+        self.emit(EventKind.READY)
+        if self.commands is None:
+            return not self.stopping
+        while not self.stopping:
+            if self.commands.poll(POLL_MS):
+                self._read_commands()
+                if self._start:
+                    self.emit(EventKind.STARTED)
+                    return True
+        return False
+
+    def wait_until_downstream_done(self) -> None:
+        """After this stage sent its end of stream: keep its sockets open until the
+        supervisor says every stage behind it is done (``finish``), or a stop.
+
+        Closing earlier can lose the last messages: ZeroMQ's linger only covers what is
+        still in the sender's queue, not what sits in a socket buffer the receiver has not
+        read yet. Running alone, the stage waits ``STANDALONE_DRAIN_S``.
+        """
+        if self.commands is None:
+            deadline = time.monotonic() + STANDALONE_DRAIN_S
+            while not self._stop and time.monotonic() < deadline:
+                time.sleep(POLL_MS / 1000)
+            return
+        self.emit(EventKind.ENDED)
+        while not self._stop and not self._finish:
+            if self.commands.poll(POLL_MS):
+                self._read_commands()
+            elif self.stopping:  # also notices a supervisor that is gone
+                break
+
+    def before_report(self, refresh: Callable[[], None]) -> None:
+        """Call ``refresh`` before each report (to copy figures kept elsewhere into the stats)."""
+        self._before_report.append(refresh)
+
+    def _report(self) -> StageReport:
+        for refresh in self._before_report:
+            refresh()
+        return self.stats.report()
+
+    def tick(self) -> None:
+        """Send periodic stats to the supervisor."""
+        now = time.monotonic()
+        if now - self._last_report >= STATS_INTERVAL_S:
+            self._last_report = now
+            self.emit(EventKind.STATS, report=self._report())
+
+    def finish(self, exit_code: int) -> int:
+        """Send final stats, close sockets; returns ``exit_code``."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        self.stats.cpu_s = round(usage.ru_utime + usage.ru_stime, 3)
+        self.emit(EventKind.DONE, report=self._report(), exit_code=exit_code, stopped=self._stop)
+        if self.control is not None:
+            self.control.close(linger=1000)
+        if self.commands is not None:
+            self.commands.close(linger=0)
+        # Closes whatever a failed stage left open (term() alone would wait for it forever).
+        self.context.destroy(linger=0)
+        return exit_code

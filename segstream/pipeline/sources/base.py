@@ -1,0 +1,71 @@
+"""What every frame source is: the ``FrameSource`` protocol, the ``SourceFrame`` it yields,
+and the conversion of any 8/16-bit grey, BGR or BGRA image to the BGR uint8 the pipeline carries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+import cv2
+import numpy as np
+
+
+@dataclass
+class SourceFrame:
+    """One frame from a source.
+
+    Attributes:
+        image: BGR uint8 (H, W, 3), or None for a frame that could not be decoded (the
+            capture stage skips and counts it).
+        name: the file stem for image sources, the zero-padded index otherwise.
+        error: why ``image`` is None.
+        gt: ground-truth label map (uint8, H x W) for datasets that have one, else None.
+        time_s: the frame's own timestamp, seconds from the first frame (KITTI
+            timestamps), or None; pacing at ``native`` rate follows it.
+    """
+
+    image: np.ndarray | None
+    name: str
+    error: str = ""
+    gt: np.ndarray | None = None
+    time_s: float | None = None
+
+
+class FrameSource(Protocol):
+    """What the capture stage reads from."""
+
+    source_id: str
+    fps: float  # nominal frame rate (0 when unknown)
+    live: bool  # a live source (camera, stream, synthetic): default policy live
+    self_paced: bool  # frames arrive at their own pace (streams, cameras): never scheduled
+    gt_kind: str  # what ground truth frames carry ("" for none), e.g. cityscapes-label-ids
+    frame_count: int  # frames the source says it holds (0 when unknown or endless)
+
+    def frames(self) -> Iterator[SourceFrame]:
+        """Frames in order; the iterator ends at end of stream."""
+        ...
+
+    def connection(self) -> dict[str, int]:
+        """Connection counters of live sources (``reconnects``, ``connect_attempts``); {} for files."""
+        ...
+
+    def close(self) -> None:
+        """Release the device or file."""
+        ...
+
+
+def to_bgr(image: np.ndarray) -> np.ndarray:
+    """Grey, BGRA or 16-bit images to BGR uint8; raises ValueError for anything else."""
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected an 8-bit image, found dtype {image.dtype}")
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return image
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    if image.ndim == 3 and image.shape[2] == 1:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    raise ValueError(f"expected a grey, BGR or BGRA image, found shape {image.shape}")

@@ -1,0 +1,148 @@
+"""Sources read from files: video files, image lists (folders, globs, dataset layouts) and a
+synthetic test pattern that needs no file at all."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from segstream.datasets.images import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageEntry
+from segstream.errors import SourceError
+from segstream.pipeline.sources.base import SourceFrame, to_bgr
+
+logger = logging.getLogger(__name__)
+
+
+class VideoFileSource:
+    """A video file read through OpenCV's FFmpeg backend; ``loop`` starts it over at the end
+    (frame indices keep counting)."""
+
+    live = False
+    gt_kind = ""
+    self_paced = False
+
+    def __init__(self, path: Path, source_id: str, loop: bool = False) -> None:
+        self.path = path
+        self.source_id = source_id
+        self.loop = loop
+        self._cap = cv2.VideoCapture(str(path))
+        if not self._cap.isOpened():
+            raise SourceError(f"cannot open video {path}: OpenCV/FFmpeg could not read it; check that it is a "
+                              f"video file ({', '.join(sorted(VIDEO_SUFFIXES))})")
+        fps = self._cap.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if fps and math.isfinite(fps) and fps < 1000 else 0.0
+        self.frame_count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+
+    def frames(self) -> Iterator[SourceFrame]:
+        index = 0
+        while True:
+            ok, image = self._cap.read()
+            if not ok:
+                if not self.loop or index == 0:
+                    return
+                self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                ok, image = self._cap.read()
+                if not ok:
+                    return
+            yield SourceFrame(image, f"{index:06d}")
+            index += 1
+
+    def connection(self) -> dict[str, int]:
+        return {}
+
+    def close(self) -> None:
+        self._cap.release()
+
+
+class ImageListSource:
+    """Images in a given order (folders, globs, dataset layouts); unreadable files are
+    reported as such, never raised.
+
+    Args:
+        entries: the images, in order (paths are wrapped into ``ImageEntry``).
+        source_id: the source id.
+        description: what the list came from, for error messages.
+        fps: nominal frame rate (0 = unknown).
+        gt_kind: what the ground truth holds, if entries have any.
+    """
+
+    live = False
+    self_paced = False
+
+    def __init__(self, entries: list[ImageEntry] | list[Path], source_id: str, description: str, fps: float = 0.0,
+                 gt_kind: str = "") -> None:
+        if not entries:
+            raise SourceError(f"{description} holds no images; expected files ending in "
+                              f"{', '.join(sorted(IMAGE_SUFFIXES))}")
+        self.entries = [e if isinstance(e, ImageEntry) else ImageEntry(Path(e)) for e in entries]
+        self.source_id = source_id
+        self.frame_count = len(self.entries)
+        self.fps = fps
+        self.gt_kind = gt_kind
+
+    def frames(self) -> Iterator[SourceFrame]:
+        for entry in self.entries:
+            path = entry.path
+            image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if image is None:
+                yield SourceFrame(None, path.stem, f"cannot decode {path.name}", time_s=entry.time_s)
+                continue
+            gt = None
+            if entry.gt_path is not None:
+                gt = cv2.imread(str(entry.gt_path), cv2.IMREAD_GRAYSCALE)
+                if gt is None:
+                    logger.warning("cannot decode ground truth %s; frame %s goes without", entry.gt_path, path.stem)
+            try:
+                yield SourceFrame(to_bgr(image), path.stem, gt=gt, time_s=entry.time_s)
+            except ValueError as exc:
+                yield SourceFrame(None, path.stem, f"{path.name}: {exc}", time_s=entry.time_s)
+
+    def connection(self) -> dict[str, int]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+class TestPatternSource:
+    """Synthetic moving pattern: needs no files; live (paced at ``fps`` like a camera by
+    the capture stage, or as fast as possible with ``--rate max``).
+
+    URI: ``test-pattern[:WIDTHxHEIGHT[@FPS]]``, e.g. ``test-pattern:1280x720@30``.
+    """
+
+    live = True
+    self_paced = False
+    gt_kind = ""
+    __test__ = False  # not a pytest class
+
+    def __init__(self, source_id: str, width: int = 960, height: int = 540, fps: float = 25.0) -> None:
+        self.source_id = source_id
+        self.width, self.height, self.fps = width, height, fps
+        self.frame_count = 0
+        yy, xx = np.mgrid[0:height, 0:width]
+        self._base = np.dstack([(xx * 255 // max(width - 1, 1)), (yy * 255 // max(height - 1, 1)),
+                                np.full_like(xx, 96)]).astype(np.uint8)
+
+    def frames(self) -> Iterator[SourceFrame]:
+        """Frames stamped ``index / fps``; the capture stage paces them (``--rate``)."""
+        index = 0
+        while True:
+            image = self._base.copy()
+            x = int((index * 7) % max(self.width - 120, 1))
+            cv2.rectangle(image, (x, self.height // 3), (x + 120, self.height // 3 + 120), (0, 0, 230), -1)
+            cv2.circle(image, (self.width - x - 60, 2 * self.height // 3), 50, (230, 230, 230), -1)
+            cv2.putText(image, f"{index:06d}", (20, 50), cv2.FONT_HERSHEY_SIMPLEX, 1.4, (255, 255, 255), 3)
+            yield SourceFrame(image, f"{index:06d}", time_s=index / self.fps if self.fps > 0 else None)
+            index += 1
+
+    def connection(self) -> dict[str, int]:
+        return {}
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,257 @@
+"""Live sources: RTSP streams and cameras, read by a thread that keeps only the newest frame.
+
+A reader thread owns the OpenCV capture: it opens it (retrying with capped exponential
+backoff), reads continuously, and keeps the newest frame, so the frame handed on is never
+one from a growing decoder buffer. A stream that ends, errors or delivers nothing for
+``stall_timeout_s`` is reopened (each attempt logged, reconnects counted). A stream that
+never opens ends the source with a clear error after ``connect_attempts`` attempts.
+``frames()`` yields None while no new frame is there, so the capture stage stays
+responsive to a stop in every state, connecting included.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+
+from segstream.errors import ConfigError, SourceError
+from segstream.pipeline.settings import coerce_fields, setting
+from segstream.pipeline.sources.base import SourceFrame
+
+logger = logging.getLogger(__name__)
+
+WAIT_S = 0.05  # how long frames() waits for a new frame before yielding None
+FAILED_READ_S = 0.5  # reads failing for this long (no timeout involved) mean the stream ended
+
+
+class RtspTransport(str, Enum):
+    """RTSP transport: ``tcp`` (robust) or ``udp`` (lower latency, lossy)."""
+
+    TCP = "tcp"
+    UDP = "udp"
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``WIDTHxHEIGHT`` to ``(width, height)``.
+
+    Raises:
+        ConfigError: not of that form.
+    """
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--camera-size must be WIDTHxHEIGHT, e.g. 1280x720, found {text!r}") from None
+    return width, height
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    """How live sources connect (YAML ``live:`` or ``sources: {live: ...}``)."""
+
+    rtsp_transport: RtspTransport = setting(RtspTransport.TCP, "RTSP transport", flag="--rtsp-transport")
+    open_timeout_s: float = setting(5.0, "how long one attempt to open a stream may take (s)")
+    stall_timeout_s: float = setting(5.0, "a stream that delivers nothing for this long is reopened (s)")
+    connect_attempts: int = setting(5, "attempts before a stream that never opened is given up",
+                                    flag="--connect-attempts", metavar="N")
+    backoff_initial_s: float = setting(0.5, "first wait between attempts to open; doubles each time (s)")
+    backoff_max_s: float = setting(8.0, "longest wait between attempts to open (s)")
+    width: int = setting(0, "camera frame width to ask for (0: the device's default)", flag="--camera-size",
+                         metavar="WxH", parse=parse_size, targets=("width", "height"))
+    height: int = setting(0, "camera frame height to ask for (0: the device's default)")
+    fps: float = setting(0.0, "camera frame rate to ask for (0: the device's default)", flag="--camera-fps",
+                         metavar="N")
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        if self.connect_attempts < 1:
+            raise ConfigError(f"connect_attempts must be at least 1, found {self.connect_attempts}")
+        for name in ("open_timeout_s", "stall_timeout_s", "backoff_initial_s", "backoff_max_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be above 0 s, found {getattr(self, name)}")
+
+
+class LatestFrameSource:
+    """A live source read by a background thread that keeps only the newest frame.
+
+    Args:
+        source_id: the source id.
+        describe: what to call the source in logs and errors.
+        opener: opens a fresh ``cv2.VideoCapture`` (may raise or return a closed one).
+        options: connection behaviour.
+        reconnect: reopen after the stream ends or stalls (streams); a camera that
+            stops is also reopened.
+    """
+
+    live = True
+    self_paced = True
+    gt_kind = ""
+    frame_count = 0
+
+    def __init__(self, source_id: str, describe: str, opener: Callable[[], cv2.VideoCapture],
+                 options: LiveOptions, reconnect: bool = True) -> None:
+        self.source_id = source_id
+        self.describe = describe
+        self.options = options
+        self.fps = 0.0
+        self.reconnects = 0
+        self.attempts = 0
+        self._opener = opener
+        self._reconnect = reconnect
+        self._lock = threading.Condition()
+        self._frame: np.ndarray | None = None
+        self._fresh = False
+        self._error = ""
+        self._ended = False
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"reader-{source_id}", daemon=True)
+        self._thread.start()
+
+    # -- reader thread ----------------------------------------------------------------
+
+    def _open(self) -> cv2.VideoCapture | None:
+        self.attempts += 1
+        try:
+            cap = self._opener()
+        except cv2.error as exc:
+            logger.warning("%s: open attempt %d failed: %s", self.describe, self.attempts, exc)
+            return None
+        if not cap.isOpened():
+            cap.release()
+            logger.warning("%s: open attempt %d failed", self.describe, self.attempts)
+            return None
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if fps and 0 < fps < 1000 else self.fps
+        logger.info("%s: opened (attempt %d)", self.describe, self.attempts)
+        return cap
+
+    def _run(self) -> None:
+        opened_once = False
+        backoff = self.options.backoff_initial_s
+        while not self._closing.is_set():
+            cap = self._open()
+            if cap is None:
+                if not opened_once and self.attempts >= self.options.connect_attempts:
+                    self._fail(f"could not open {self.describe} after {self.attempts} attempts; check the address "
+                               f"and that the server or device is up (attempts: connect_attempts)")
+                    return
+                self._closing.wait(backoff)
+                backoff = min(backoff * 2, self.options.backoff_max_s)
+                continue
+            if opened_once:
+                self.reconnects += 1
+            opened_once = True
+            backoff = self.options.backoff_initial_s
+            self._read_until_failure(cap)
+            cap.release()
+            if not self._reconnect:
+                break
+            if not self._closing.is_set():
+                logger.warning("%s: stream lost; reconnecting", self.describe)
+        with self._lock:
+            self._ended = True
+            self._lock.notify_all()
+
+    def _read_until_failure(self, cap: cv2.VideoCapture) -> None:
+        last_frame = time.monotonic()
+        while not self._closing.is_set():
+            ok, image = cap.read()
+            now = time.monotonic()
+            if not ok or image is None:
+                # A stall ends at OpenCV's read timeout (= stall_timeout_s); a read that
+                # fails at once (end of stream) ends after FAILED_READ_S of failures.
+                if not self._reconnect or now - last_frame > min(self.options.stall_timeout_s, FAILED_READ_S):
+                    return
+                continue
+            last_frame = now
+            with self._lock:
+                self._frame = image
+                self._fresh = True
+                self._lock.notify_all()
+
+    def _fail(self, message: str) -> None:
+        with self._lock:
+            self._error = message
+            self._ended = True
+            self._lock.notify_all()
+
+    # -- FrameSource ------------------------------------------------------------------
+
+    def frames(self) -> Iterator[SourceFrame | None]:
+        """The newest frame each time one arrives; None while waiting; ends when the
+        source ends for good. Raises SourceError if it never opened."""
+        index = 0
+        while True:
+            with self._lock:
+                if not self._fresh and not self._ended:
+                    self._lock.wait(WAIT_S)
+                if self._error:
+                    raise SourceError(self._error)
+                if not self._fresh:
+                    if self._ended:
+                        return
+                    image = None
+                else:
+                    image, self._fresh = self._frame, False
+            if image is None:
+                yield None
+                continue
+            yield SourceFrame(image, f"{index:06d}")
+            index += 1
+
+    def connection(self) -> dict[str, int]:
+        """Reconnects so far and open attempts in all."""
+        return {"reconnects": self.reconnects, "connect_attempts": self.attempts}
+
+    def close(self) -> None:
+        """Stop the reader thread (it releases the capture itself)."""
+        self._closing.set()
+        self._thread.join(timeout=0.2)  # a read in progress ends at its own timeout
+
+
+_CAMERA = re.compile(r"^(?:camera:(\d+)|(/dev/video\d+))$")
+
+
+STREAM_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://")
+
+
+def is_stream_uri(uri: str) -> bool:
+    """True for RTSP, RTMP and HTTP streams."""
+    return uri.startswith(STREAM_PREFIXES)
+
+
+def is_camera_uri(uri: str) -> bool:
+    """True for ``camera:N`` and ``/dev/videoN``."""
+    return bool(_CAMERA.match(uri))
+
+
+def open_stream(uri: str, source_id: str, options: LiveOptions) -> LatestFrameSource:
+    """Open an RTSP (or other network) stream or a camera (``camera:N``, ``/dev/videoN``)."""
+    camera = _CAMERA.match(uri)
+    if camera:
+        device: int | str = int(camera.group(1)) if camera.group(1) is not None else camera.group(2)
+
+        def open_camera() -> cv2.VideoCapture:
+            cap = cv2.VideoCapture(device)
+            for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, options.width), (cv2.CAP_PROP_FRAME_HEIGHT, options.height),
+                                (cv2.CAP_PROP_FPS, options.fps)):
+                if value:
+                    cap.set(prop, value)
+            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+            return cap
+
+        return LatestFrameSource(source_id, f"camera {uri}", open_camera, options)
+    # FFmpeg options for OpenCV's backend: transport, and no input buffering.
+    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = f"rtsp_transport;{options.rtsp_transport.value}|fflags;nobuffer"
+    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(options.open_timeout_s * 1000),
+              cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(options.stall_timeout_s * 1000)]
+    return LatestFrameSource(source_id, f"stream {uri}", lambda: cv2.VideoCapture(uri, cv2.CAP_FFMPEG, params),
+                             options)

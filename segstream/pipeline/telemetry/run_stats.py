@@ -1,0 +1,128 @@
+"""The stats.json document of a run, assembled from its stages' reports.
+
+Every frame that entered is accounted for: published, or skipped with a reason
+(``frames_unaccounted`` is what is neither, 0 for a run that ended on its own).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from segstream.engines.resolve import InferenceModel
+from segstream.evaluation.metrics import ConfusionAccumulator
+from segstream.evaluation.summary import eval_summary
+from segstream.pipeline.spec import CaptureSettings
+from segstream.pipeline.telemetry.stats import StageReport, summarize
+from segstream.pipeline.wire.choices import FlowPolicy
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the supervisor knows of a run besides its stages' reports.
+
+    Attributes:
+        run_id: the run's id.
+        started_wall: when it started (Unix time).
+        duration_s: how long it ran so far.
+        policy: its flow policy.
+        model: the model and backend it runs.
+        sources: the source URIs.
+        captures: each capture stage's name and settings.
+        failed_sources: source id -> why it failed.
+        events_refused: control events refused on receipt.
+    """
+
+    run_id: str
+    started_wall: float
+    duration_s: float
+    policy: FlowPolicy
+    model: InferenceModel
+    sources: tuple[str, ...]
+    captures: tuple[tuple[str, CaptureSettings], ...]
+    failed_sources: dict[str, str]
+    events_refused: int
+
+
+def assemble_stats(facts: RunFacts, reports: dict[str, StageReport], stopped: bool, error: str) -> dict[str, Any]:
+    """The stats.json document of a run from its stages' latest reports."""
+    captures = [reports[name] for name, _ in facts.captures if name in reports]
+    publish = reports.get("publish")
+    render = reports.get("render")
+    frames_in = sum(r.frames_in for r in captures)
+    published = publish.frames_out if publish else 0
+    by_stage = {name: dict(r.skipped) for name, r in reports.items() if r.skipped}
+    before_publish = sum(r.skipped_total for name, r in reports.items() if name != "render")
+    stats: dict[str, Any] = {
+        "version": 1,
+        "run_id": facts.run_id,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(facts.started_wall)),
+        "duration_s": round(facts.duration_s, 3),
+        "policy": facts.policy.value,
+        "model": facts.model.metadata.name,
+        "model_path": str(facts.model.path),
+        "backend": {"name": facts.model.choice.backend, "device": facts.model.choice.device,
+                    "providers": list(facts.model.choice.providers), "reason": facts.model.choice.reason},
+        "sources": list(facts.sources),
+        "frames_in": frames_in,
+        "frames_published": published,
+        "frames_rendered": render.frames_out if render else None,
+        "frames_skipped": {"total": before_publish, "by_stage": by_stage},
+        "frames_unaccounted": frames_in - published - before_publish,
+        "control_events_refused": facts.events_refused,
+        "per_source": _per_source(facts, reports, publish),
+        "throughput_fps": publish.throughput_fps if publish else 0.0,
+        "latency_ms": {
+            "capture_to_publish": publish.latency_ms if publish else {},
+            "capture_to_render": render.latency_ms if render else {},
+            "recent": publish.latency_recent_ms if publish else {},
+            "breakdown": publish.breakdown_ms if publish else {},
+            "breakdown_to_render": render.breakdown_ms if render else {},
+            "by_source": publish.latency_by_source_ms if publish else {},
+        },
+        "stages": {name: r.to_json() for name, r in reports.items()},
+        "stopped": stopped,
+        "error": error,
+    }
+    evaluation = _eval(facts, publish)
+    if evaluation is not None:
+        stats["eval"] = evaluation
+    return stats
+
+def _per_source(facts: RunFacts, reports: dict[str, StageReport], publish: StageReport | None) -> dict[str, Any]:
+    published = publish.per_source if publish else {}
+    latency = publish.latency_by_source_ms if publish else {}
+    throughput = publish.throughput_by_source_fps if publish else {}
+    out = {}
+    for name, settings in facts.captures:
+        sid = settings.source_id
+        capture = reports.get(name) or StageReport(name)
+        out[sid] = {
+            "uri": settings.source,
+            "frames_in": capture.frames_in,
+            "frames_published": published.get(sid, 0),
+            # every frame that entered is published or skipped: for a run that ended on
+            # its own this is the source's skipped count (reasons: frames_skipped.by_stage)
+            "frames_not_published": capture.frames_in - published.get(sid, 0),
+            "skipped_at_capture": dict(capture.skipped),
+            "skipped_by_stage": {name: r.skipped_by_source[sid] for name, r in reports.items()
+                                 if sid in r.skipped_by_source},
+            "reconnects": capture.reconnects,
+            "latency_ms": {k: v for k, v in latency.get(sid, summarize([])).items() if k != "histogram"},
+            "throughput_fps": throughput.get(sid, 0.0),
+            "error": facts.failed_sources.get(sid, ""),
+        }
+    return out
+
+
+def _eval(facts: RunFacts, publish: StageReport | None) -> dict[str, Any] | None:
+    figures = publish.sinks.get("eval", {}) if publish else {}
+    per_source = figures.get("sources") or {}
+    if not per_source:
+        return None
+    summary = eval_summary({sid: ConfusionAccumulator.from_json(acc) for sid, acc in per_source.items()},
+                           facts.model.metadata.class_names)
+    if figures.get("frames_without_gt"):
+        summary["frames_without_gt"] = figures["frames_without_gt"]
+    return summary

@@ -1,0 +1,266 @@
+"""Per-stage counters and timing samples (``StageStats``, kept by a stage while it runs) and
+the typed report a stage sends to the supervisor (``StageReport``, checked on receipt)."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+MAX_SAMPLES = 50_000  # per series; older samples fall off so long runs keep bounded memory
+RECENT = 200  # samples behind the live figures (latency "now", not since the start)
+# Histogram bucket upper bounds (ms) for the Prometheus endpoint.
+BUCKETS_MS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+
+
+def summarize(samples: Iterable[float]) -> dict[str, float]:
+    """Median, p95, mean and max (ms) of ``samples``; zeros for an empty series."""
+    values = np.fromiter(samples, dtype=np.float64)
+    if values.size == 0:
+        return {"count": 0, "median": 0.0, "p95": 0.0, "mean": 0.0, "max": 0.0}
+    return {
+        "count": int(values.size),
+        "median": round(float(np.median(values)), 3),
+        "p95": round(float(np.percentile(values, 95)), 3),
+        "mean": round(float(values.mean()), 3),
+        "max": round(float(values.max()), 3),
+    }
+
+
+class SkipCounter(Counter):
+    """Frames skipped, by reason (the counter itself) and by source and reason."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_source: defaultdict[str, Counter[str]] = defaultdict(Counter)
+
+    def add(self, reason: str, source: str | None, count: int = 1) -> None:
+        """Count ``count`` frames of ``source`` (None: unknown, e.g. an undecodable
+        message) skipped for ``reason``."""
+        self[reason] += count
+        if source is not None:
+            self.by_source[source][reason] += count
+
+
+@dataclass
+class Histogram:
+    """Counts per bucket (cumulative on output), sum and count of a series, in ms; unlike
+    the samples it never forgets, as Prometheus histograms require."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS_MS) + 1))
+    total: float = 0.0
+
+    def observe(self, value_ms: float) -> None:
+        """Count one value."""
+        k = next((i for i, bound in enumerate(BUCKETS_MS) if value_ms <= bound), len(BUCKETS_MS))
+        self.counts[k] += 1
+        self.total += value_ms
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"buckets": [[le, cumulative count], ..., ["+Inf", count]], "sum": ms, "count": n}``."""
+        cumulative, running = [], 0
+        for bound, n in zip([*BUCKETS_MS, "+Inf"], self.counts):
+            running += n
+            cumulative.append([bound, running])
+        return {"buckets": cumulative, "sum": round(self.total, 3), "count": running}
+
+
+class Series:
+    """A timing series: bounded samples for summaries plus a histogram."""
+
+    def __init__(self) -> None:
+        self.samples: deque[float] = deque(maxlen=MAX_SAMPLES)
+        self.histogram = Histogram()
+
+    def add(self, value_ms: float) -> None:
+        """Add one value."""
+        self.samples.append(value_ms)
+        self.histogram.observe(value_ms)
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary (``summarize``) plus ``histogram``."""
+        return {**summarize(self.samples), "histogram": self.histogram.to_json()}
+
+
+@dataclass
+class StageStats:
+    """What one stage counts while it runs.
+
+    Attributes:
+        stage: stage name.
+        frames_in: frames received (or read from the source, for capture).
+        frames_out: frames sent on.
+        skipped: frames dropped here, by reason.
+        process_ms: processing time per frame (waits for downstream excluded).
+        blocked_ms: time per frame spent waiting for downstream (lossless flow control).
+        latency_ms: end-to-end latency from capture to the end of this stage, per frame
+            (kept by publish and render).
+        pacing_error_ms: how late a paced replay emitted each frame against its schedule
+            (kept by capture; absolute values).
+        per_source: frames out per source.
+        breakdown: per stage kind, ``queue`` and ``stage`` series of the frames this stage
+            finished (``pipeline.timing``; kept by publish).
+        latency_by_source: end-to-end latency series per source (kept by publish).
+        source_span: first and last time a frame went out, per source (ns).
+        cpu_s: CPU time the stage used (set at its end).
+        reconnects: reopened streams (capture).
+        connect_attempts: attempts to open a stream (capture).
+        frame_count: frames the source says it holds (capture; 0 when unknown).
+        error: why the stage's source or output failed, if it did.
+        sinks: each sink's own figures, by sink name.
+        extra: descriptive facts for stats.json (source, fps, model...).
+    """
+
+    stage: str
+    frames_in: int = 0
+    frames_out: int = 0
+    skipped: SkipCounter = field(default_factory=SkipCounter)
+    process_ms: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
+    blocked_ms: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
+    latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
+    pacing_error_ms: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
+    per_source: Counter[str] = field(default_factory=Counter)
+    breakdown: dict[str, dict[str, Series]] = field(default_factory=dict)
+    latency_by_source: dict[str, Series] = field(default_factory=dict)
+    source_span: dict[str, list[int]] = field(default_factory=dict)
+    first_out_ns: int = 0
+    last_out_ns: int = 0
+    cpu_s: float = 0.0
+    reconnects: int = 0
+    connect_attempts: int = 0
+    frame_count: int = 0
+    error: str = ""
+    sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def record_out(self, source: str, now_ns: int) -> None:
+        """Count one frame sent on."""
+        self.frames_out += 1
+        self.per_source[source] += 1
+        self.source_span.setdefault(source, [now_ns, now_ns])[1] = now_ns
+        if not self.first_out_ns:
+            self.first_out_ns = now_ns
+        self.last_out_ns = now_ns
+
+    def record_timing(self, in_ns: int, out_ns: int, blocked_ns: int) -> None:
+        """Processing time of one frame, split into own work and waiting for downstream."""
+        self.process_ms.append((out_ns - in_ns - blocked_ns) / 1e6)
+        self.blocked_ms.append(blocked_ns / 1e6)
+
+    def record_frame(self, timing: dict[str, Any]) -> None:
+        """Add one finished frame's breakdown (``pipeline.timing.frame_timing``)."""
+        for kind, parts in timing["stages"].items():
+            series = self.breakdown.setdefault(kind, {"queue": Series(), "stage": Series()})
+            series["queue"].add(parts["queue_ms"])
+            series["stage"].add(parts["stage_ms"])
+        self.latency_by_source.setdefault(timing["source"], Series()).add(timing["e2e_ms"])
+        self.latency_ms.append(timing["e2e_ms"])
+
+    def throughput_fps(self, source: str | None = None) -> float:
+        """Frames out per second between the first and the last frame out (of ``source``)."""
+        first, last = self.source_span.get(source, [0, 0]) if source else (self.first_out_ns, self.last_out_ns)
+        count = self.per_source.get(source, 0) if source else self.frames_out
+        span = (last - first) / 1e9
+        return round((count - 1) / span, 3) if count > 1 and span > 0 else 0.0
+
+    def report(self) -> "StageReport":
+        """The figures so far, as the supervisor receives them."""
+        return StageReport(
+            stage=self.stage,
+            frames_in=self.frames_in,
+            frames_out=self.frames_out,
+            skipped=dict(self.skipped),
+            skipped_by_source={sid: dict(c) for sid, c in self.skipped.by_source.items()},
+            process_ms=summarize(self.process_ms),
+            blocked_ms=summarize(self.blocked_ms),
+            latency_ms=summarize(self.latency_ms),
+            latency_recent_ms=summarize(list(self.latency_ms)[-RECENT:]),
+            throughput_fps=self.throughput_fps(),
+            per_source=dict(self.per_source),
+            throughput_by_source_fps={sid: self.throughput_fps(sid) for sid in self.per_source},
+            pacing_error_ms=summarize(self.pacing_error_ms) if self.pacing_error_ms else None,
+            breakdown_ms={kind: {name: series.to_json() for name, series in parts.items()}
+                          for kind, parts in self.breakdown.items()},
+            latency_by_source_ms={sid: series.to_json() for sid, series in self.latency_by_source.items()},
+            cpu_s=self.cpu_s,
+            reconnects=self.reconnects,
+            connect_attempts=self.connect_attempts,
+            frame_count=self.frame_count,
+            error=self.error,
+            sinks=dict(self.sinks),
+            extra=dict(self.extra),
+        )
+
+
+@dataclass(frozen=True)
+class StageReport:
+    """What one stage reports (``stats`` and ``done`` events; ``stats.json`` ``stages``).
+
+    Summaries (``process_ms`` ...) are ``{"count", "median", "p95", "mean", "max"}`` in ms;
+    series (``breakdown_ms``, ``latency_by_source_ms``) add a ``histogram``.
+
+    Attributes:
+        stage: the stage's name.
+        frames_in: frames received (read from the source, for capture).
+        frames_out: frames sent on.
+        skipped: frames dropped here, by reason.
+        skipped_by_source: the same per source.
+        process_ms: processing time per frame, waits for downstream excluded.
+        blocked_ms: time per frame spent waiting for downstream.
+        latency_ms: capture to the end of this stage (publish and render).
+        latency_recent_ms: the same over the last frames.
+        throughput_fps: frames out per second.
+        per_source: frames out per source.
+        throughput_by_source_fps: frames out per second, per source.
+        pacing_error_ms: how late paced frames left (capture), or None.
+        breakdown_ms: per stage kind, ``queue`` and ``stage`` series (publish, render).
+        latency_by_source_ms: end-to-end series per source (publish, render).
+        cpu_s: CPU time used (in the final report).
+        reconnects: reopened streams (capture).
+        connect_attempts: attempts to open a stream (capture).
+        frame_count: frames the source holds (capture; 0 when unknown).
+        error: why the stage's source or output failed.
+        sinks: each sink's own figures, by sink name.
+        extra: descriptive facts (source, fps, model...).
+    """
+
+    stage: str
+    frames_in: int = 0
+    frames_out: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    skipped_by_source: dict[str, dict[str, int]] = field(default_factory=dict)
+    process_ms: dict[str, float] = field(default_factory=lambda: summarize([]))
+    blocked_ms: dict[str, float] = field(default_factory=lambda: summarize([]))
+    latency_ms: dict[str, float] = field(default_factory=lambda: summarize([]))
+    latency_recent_ms: dict[str, float] = field(default_factory=lambda: summarize([]))
+    throughput_fps: float = 0.0
+    per_source: dict[str, int] = field(default_factory=dict)
+    throughput_by_source_fps: dict[str, float] = field(default_factory=dict)
+    pacing_error_ms: dict[str, float] | None = None
+    breakdown_ms: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    latency_by_source_ms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cpu_s: float = 0.0
+    reconnects: int = 0
+    connect_attempts: int = 0
+    frame_count: int = 0
+    error: str = ""
+    sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        counts = [self.frames_in, self.frames_out, *self.skipped.values(), *self.per_source.values()]
+        if any(n < 0 for n in counts):
+            raise ValueError(f"stage {self.stage}: counts must not be negative")
+
+    @property
+    def skipped_total(self) -> int:
+        """Frames skipped here, all reasons."""
+        return sum(self.skipped.values())
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as stats.json holds it."""
+        from segstream.pipeline.typed_json import dump
+
+        return dump(self)

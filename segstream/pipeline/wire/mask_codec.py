@@ -1,0 +1,80 @@
+"""Mask encodings on the wire: ``raw`` (default, fastest), ``png`` and ``rle``.
+
+- ``raw``: the (H, W) uint8 array, row-major.
+- ``png``: a single-channel 8-bit PNG file.
+- ``rle``: runs over the row-major pixels, one little-endian uint32 per run holding
+  ``(run_length << 8) | value`` (runs up to 16,777,215 pixels).
+
+Example:
+    >>> mask = np.array([[1, 1, 2], [2, 2, 2]], np.uint8)
+    >>> bool((decode_mask(encode_mask(mask, "rle"), "rle", (2, 3)) == mask).all())
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+
+from segstream.errors import MaskCodecError
+from segstream.pipeline.wire.messages import ENCODINGS
+
+logger = logging.getLogger(__name__)
+
+_MAX_RUN = (1 << 24) - 1
+
+
+
+
+def encode_mask(mask: np.ndarray, encoding: str) -> np.ndarray:
+    """Encode an (H, W) uint8 mask; returns the bytes as a uint8 (or uint32) array."""
+    if encoding == "raw":
+        return np.ascontiguousarray(mask)
+    if encoding == "png":
+        ok, buf = cv2.imencode(".png", mask, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        if not ok:
+            raise MaskCodecError("OpenCV could not encode the mask as PNG")
+        return buf.reshape(-1)
+    if encoding == "rle":
+        flat = mask.reshape(-1)
+        if flat.size == 0:
+            return np.zeros(0, "<u4")
+        starts = np.concatenate(([0], np.flatnonzero(flat[1:] != flat[:-1]) + 1))
+        lengths = np.diff(np.concatenate((starts, [flat.size])))
+        values = flat[starts].astype(np.uint32)
+        if lengths.max() > _MAX_RUN:  # split runs too long for 24 bits
+            reps = (lengths + _MAX_RUN - 1) // _MAX_RUN
+            values = np.repeat(values, reps)
+            lengths = np.concatenate([[_MAX_RUN] * (r - 1) + [n - _MAX_RUN * (r - 1)] for n, r in zip(lengths, reps)])
+        return ((lengths.astype(np.uint32) << 8) | values).astype("<u4")
+    raise MaskCodecError(f"unknown mask encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")
+
+
+def decode_mask(payload: bytes | memoryview | np.ndarray, encoding: str, shape: tuple[int, int]) -> np.ndarray:
+    """Decode a mask payload to an (H, W) uint8 array of the declared shape.
+
+    Raises:
+        MaskCodecError: unknown encoding, or the payload does not fit ``shape``.
+    """
+    buf = np.frombuffer(payload, np.uint8)
+    if encoding == "raw":
+        if buf.size != shape[0] * shape[1]:
+            raise MaskCodecError(f"raw mask has {buf.size} bytes, shape {shape} needs {shape[0] * shape[1]}")
+        return buf.reshape(shape)
+    if encoding == "png":
+        mask = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        if mask is None or mask.shape != tuple(shape):
+            raise MaskCodecError(f"PNG mask does not decode to shape {shape}")
+        return mask
+    if encoding == "rle":
+        if buf.size % 4:
+            raise MaskCodecError(f"rle mask has {buf.size} bytes, not a multiple of 4")
+        runs = np.frombuffer(payload, "<u4")
+        lengths = runs >> 8
+        if int(lengths.sum()) != shape[0] * shape[1]:
+            raise MaskCodecError(f"rle runs cover {int(lengths.sum())} pixels, shape {shape} has "
+                                 f"{shape[0] * shape[1]}")
+        return np.repeat((runs & 0xFF).astype(np.uint8), lengths).reshape(shape)
+    raise MaskCodecError(f"unknown mask encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")

@@ -1,0 +1,236 @@
+"""Flow policies: how a stage receives and sends so that latency or completeness holds.
+
+``live``: never build a backlog. The receiver drains its socket and keeps only the newest
+frame of each source, counting the others as ``superseded``; a sender whose peer is full
+drops the frame and counts it (``downstream_full``). End-to-end latency stays bounded by
+about one frame time per stage.
+
+``lossless``: every frame, in order, exactly once. Sends block (in short polls, so a stop
+request is still seen) and upstream shared-memory rings wait for credits; nothing drops.
+
+A ZeroMQ socket at its high-water mark drops the *newest* message and CONFLATE keeps only
+one part of a multipart message, so "newest wins" is done here explicitly by draining.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+import zmq
+
+from segstream.errors import MessageError
+from segstream.pipeline.telemetry.stats import SkipCounter
+from segstream.pipeline.wire.choices import FlowPolicy
+from segstream.pipeline.wire.messages import Kind, Message, decode, encode
+
+logger = logging.getLogger(__name__)
+
+POLL_MS = 50  # how long any blocking wait lasts before the stop flag is checked again
+
+
+class Inbox:
+    """Receives messages from a PULL (or SUB) socket under a flow policy.
+
+    Args:
+        socket: the receiving socket.
+        policy: live (drain to newest) or lossless (one at a time, in order).
+        skipped: counter shared with the stage's stats, keyed by reason.
+    """
+
+    def __init__(self, socket: zmq.Socket, policy: FlowPolicy, skipped: SkipCounter) -> None:
+        self.socket = socket
+        self.policy = policy
+        self.skipped = skipped
+        self.superseded: list[Message] = []
+
+    def _recv_one(self) -> Message | None:
+        frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+        try:
+            return decode([f.buffer for f in frames])
+        except MessageError as exc:
+            self.skipped.add(f"malformed_{exc.reason}", None)
+            logger.warning("dropped a malformed message: %s", exc)
+            return None
+
+    def receive(self, timeout_ms: int = POLL_MS) -> list[Message]:
+        """Messages to process now, oldest first; empty after ``timeout_ms`` of silence.
+
+        In live flow, frames superseded by a newer frame of the same source are left out,
+        counted, and kept in ``self.superseded`` so the stage can release them upstream.
+        End-of-stream messages are never dropped.
+        """
+        if not self.socket.poll(timeout_ms, zmq.POLLIN):
+            return []
+        out: list[Message] = []
+        while True:
+            try:
+                message = self._recv_one()
+            except zmq.Again:
+                break
+            if message is not None:
+                out.append(message)
+            if self.policy is FlowPolicy.LOSSLESS:
+                break
+        if self.policy is FlowPolicy.LIVE and len(out) > 1:
+            out = self._keep_newest(out)
+        return out
+
+    def _keep_newest(self, messages: list[Message]) -> list[Message]:
+        newest: dict[str, int] = {}
+        for i, m in enumerate(messages):
+            if m.header.kind is not Kind.EOS:
+                newest[m.header.source] = i
+        kept = []
+        for i, m in enumerate(messages):
+            if m.header.kind is Kind.EOS or newest.get(m.header.source) == i:
+                kept.append(m)
+            else:
+                self.skipped.add("superseded", m.header.source)
+                self.superseded.append(m)
+        return kept
+
+
+class Outbox:
+    """Sends messages to one or more PUSH sockets under a flow policy.
+
+    With several sockets (one per parallel worker downstream) frames go round-robin to
+    the next socket that can take one; end-of-stream goes to every socket.
+
+    Args:
+        sockets: the sending sockets.
+        policy: live (never block) or lossless (block until sent or stopped).
+        skipped: counter shared with the stage's stats.
+        stop: returns True when the stage must stop.
+    """
+
+    def __init__(self, sockets: list[zmq.Socket], policy: FlowPolicy, skipped: SkipCounter,
+                 stop: Callable[[], bool]) -> None:
+        if not sockets:
+            raise ValueError("an Outbox needs at least one socket")
+        self.sockets = sockets
+        self.policy = policy
+        self.skipped = skipped
+        self.stop = stop
+        self._next = 0
+        self._poller = zmq.Poller()
+        for sock in sockets:
+            self._poller.register(sock, zmq.POLLOUT)
+
+    def _try_each(self, frames: list) -> bool:
+        n = len(self.sockets)
+        for k in range(n):
+            sock = self.sockets[(self._next + k) % n]
+            try:
+                sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                continue
+            self._next = (self._next + k + 1) % n
+            return True
+        return False
+
+    def _send_blocking(self, sockets: list[zmq.Socket], frames: list, timeout_s: float | None) -> bool:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        pending = list(sockets)
+        while pending and not self.stop():
+            for sock in list(pending):
+                try:
+                    sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                    pending.remove(sock)
+                except zmq.Again:
+                    pass
+            if pending:
+                if deadline is not None and time.monotonic() > deadline:
+                    return False
+                pending[0].poll(POLL_MS, zmq.POLLOUT)
+        return not pending
+
+    def send(self, message: Message, timeout_s: float | None = None) -> bool:
+        """Send ``message``; returns False if it was dropped (live) or a stop came first.
+
+        End-of-stream is always sent blocking, to every socket, whatever the policy.
+        """
+        frames = encode(message)
+        if message.header.kind is Kind.EOS:
+            return self._send_blocking(self.sockets, frames, timeout_s)
+        if self.policy is FlowPolicy.LIVE:
+            if self._try_each(frames):
+                return True
+            self.skipped.add("downstream_full", message.header.source)
+            return False
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not self.stop():
+            if self._try_each(frames):
+                return True
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            self._poller.poll(POLL_MS)
+        return False
+
+    def close(self, linger_ms: int) -> None:
+        """Close every socket."""
+        for sock in self.sockets:
+            sock.close(linger=linger_ms)
+
+
+class Reorderer:
+    """Puts frames that arrive from parallel workers back in capture order.
+
+    Frames carry ``meta["seq"]``, a per-source count of frames sent by capture. Lossless:
+    frames wait until their predecessors arrived (a gap left by a frame lost upstream is
+    given up at end of stream or when ``max_pending`` frames wait, counted as ``lost``).
+    Live: a frame older than one already passed on is dropped as ``late``.
+    """
+
+    def __init__(self, policy: FlowPolicy, skipped: SkipCounter, max_pending: int = 64) -> None:
+        self.policy = policy
+        self.skipped = skipped
+        self.max_pending = max_pending
+        self._next: dict[str, int] = {}
+        self._pending: dict[str, dict[int, Message]] = {}
+
+    def push(self, message: Message) -> list[Message]:
+        """Messages now ready, in order."""
+        source = message.header.source
+        seq = int(message.header.meta.get("seq", -1))
+        if seq < 0:
+            return [message]
+        expected = self._next.get(source, 0)
+        if self.policy is FlowPolicy.LIVE:
+            if seq < expected:
+                self.skipped.add("late", source)
+                return []
+            self._next[source] = seq + 1
+            return [message]
+        if seq < expected:
+            self.skipped.add("duplicate", source)
+            return []
+        pending = self._pending.setdefault(source, {})
+        pending[seq] = message
+        ready = self._pop_ready(source)
+        if len(pending) > self.max_pending:
+            ready += self.flush(source)
+        return ready
+
+    def _pop_ready(self, source: str) -> list[Message]:
+        pending = self._pending.get(source, {})
+        expected = self._next.get(source, 0)
+        ready = []
+        while expected in pending:
+            ready.append(pending.pop(expected))
+            expected += 1
+        self._next[source] = expected
+        return ready
+
+    def flush(self, source: str) -> list[Message]:
+        """Everything waiting for ``source``, in order, giving up on the gaps."""
+        pending = self._pending.pop(source, {})
+        ready = []
+        expected = self._next.get(source, 0)
+        for seq in sorted(pending):
+            self.skipped.add("lost", source, seq - expected)
+            ready.append(pending[seq])
+            expected = seq + 1
+        self._next[source] = expected
+        return ready

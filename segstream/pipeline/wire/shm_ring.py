@@ -1,0 +1,295 @@
+"""A shared-memory ring of fixed-size slots, written by one stage and read by others.
+
+Layout of a ring segment (all int64, little endian, then the slot data):
+
+    [magic, slots, slot_bytes, readers, seq[slots], released[MAX_READERS],
+     slot_released[MAX_READERS][slots], data]
+
+- The writer puts frame number ``n`` (``seq``, counting from 1 over the writer's life)
+  in slot ``n % slots``. Before writing it marks the slot busy (``seq = -1``), after it
+  stores ``n``: a seqlock.
+- A reader copies the slot and checks ``seq`` before and after; if it changed, the slot
+  was reused under it and the read returns None (the caller counts an ``overwritten``
+  skip). No locks, no waiting on the reader side.
+- Lossless flow: each reader (or group of readers sharing one id, such as several
+  inference workers that each get some of the frames) marks what it is done with. The
+  writer waits before it reuses a slot until every reader id released the frame that was
+  there: either that very frame (``slot_released[reader][slot]``) or, for a reader that
+  sees every frame in order, a later one (``released[reader]``, a watermark that also
+  covers frames a stage in between dropped). Live flow: the writer never waits.
+
+Segments are named ``segstream-<run>-<stage>-<k>`` so a supervisor can sweep what a
+killed stage left behind (``sweep``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from multiprocessing import resource_tracker, shared_memory
+from multiprocessing.shared_memory import _posixshmem  # type: ignore[attr-defined]
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from segstream.pipeline.wire.messages import Part, ShmRef
+
+logger = logging.getLogger(__name__)
+
+MAGIC = 0x53454753545245  # "SEGSTRE"
+MAX_READERS = 8
+_FIXED = 4
+SHM_PREFIX = "segstream-"
+_ALIGN = 64
+WAIT_MIN_S = 0.0002  # a writer waiting for a free slot polls from this interval...
+WAIT_MAX_S = 0.005  # ...backing off to this one
+
+
+def _untrack(shm: shared_memory.SharedMemory) -> None:
+    # Python < 3.13 registers every attach with the resource tracker, which would unlink
+    # the segment when a *reader* exits. Lifetime is ours: the writer unlinks, the
+    # supervisor sweeps.
+    try:
+        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - tracker internals differ between versions
+        pass
+
+
+def _unlink(name: str) -> bool:
+    """Remove a segment by name; False if it was already gone.
+
+    Not ``SharedMemory.unlink``: that also unregisters from the resource tracker, which
+    we already did (``_untrack``), and the tracker would complain.
+    """
+    try:
+        _posixshmem.shm_unlink("/" + name)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _check_room(size: int) -> None:
+    """Refuse a segment /dev/shm cannot hold: writing past its end would kill the process
+    with SIGBUS instead of raising (Docker's default /dev/shm is 64 MB)."""
+    try:
+        stat = os.statvfs("/dev/shm")
+    except OSError:
+        return
+    free = stat.f_bavail * stat.f_frsize
+    if size > free:
+        raise MemoryError(
+            f"shared memory needs {size / 2**20:.0f} MB for a frame ring but /dev/shm has {free / 2**20:.0f} MB "
+            f"free; give the container more (docker run --shm-size=1g) or use --transport tcp (no shared memory)"
+        )
+
+
+def _control_bytes(slots: int) -> int:
+    return (_FIXED + slots + MAX_READERS + MAX_READERS * slots) * 8
+
+
+class _Segment:
+    """One mapped ring segment and numpy views of its control block."""
+
+    def __init__(self, shm: shared_memory.SharedMemory) -> None:
+        self.shm = shm
+        head = np.ndarray((_FIXED,), np.int64, shm.buf, 0)
+        if int(head[0]) != MAGIC:
+            raise ValueError(f"shared memory {shm.name} is not a segstream ring")
+        self.slots, self.slot_bytes, self.readers = int(head[1]), int(head[2]), int(head[3])
+        self.seq = np.ndarray((self.slots,), np.int64, shm.buf, _FIXED * 8)
+        self.released = np.ndarray((MAX_READERS,), np.int64, shm.buf, (_FIXED + self.slots) * 8)
+        self.slot_released = np.ndarray((MAX_READERS, self.slots), np.int64, shm.buf,
+                                        (_FIXED + self.slots + MAX_READERS) * 8)
+        control = _control_bytes(self.slots)
+        self.data_offset = (control + _ALIGN - 1) // _ALIGN * _ALIGN
+
+    def slot_view(self, slot: int, part: Part) -> np.ndarray:
+        offset = self.data_offset + slot * self.slot_bytes
+        return np.ndarray(part.shape, part.dtype, self.shm.buf, offset)
+
+    def close(self) -> None:
+        self.seq = self.released = self.slot_released = None  # type: ignore[assignment]
+        try:
+            self.shm.close()
+        except BufferError:
+            logger.debug("segment %s still has views; left mapped until exit", self.shm.name)
+
+
+class RingWriter:
+    """The writing side: owns its segments and unlinks them on close.
+
+    Args:
+        name: segment name prefix, ``segstream-<run>-<stage>``.
+        slots: number of slots.
+        readers: how many readers release frames (``RingReader.release``).
+        wait: wait for every reader to release a frame before its slot is reused
+            (lossless flow); live flow overwrites.
+    """
+
+    def __init__(self, name: str, slots: int = 8, readers: int = 0, wait: bool = True) -> None:
+        if readers > MAX_READERS:
+            raise ValueError(f"at most {MAX_READERS} readers per ring, asked for {readers}")
+        self.name = name
+        self.slots = slots
+        self.readers = readers
+        self.wait = wait and readers > 0
+        self._segment: _Segment | None = None
+        self._owned: list[shared_memory.SharedMemory] = []
+        self._seq = 0
+        self.last_wait_ns = 0  # how long the last put waited for a free slot
+
+    def _new_segment(self, slot_bytes: int) -> _Segment:
+        slot_bytes = (slot_bytes + _ALIGN - 1) // _ALIGN * _ALIGN
+        control = _control_bytes(self.slots)
+        size = (control + _ALIGN - 1) // _ALIGN * _ALIGN + self.slots * slot_bytes
+        _check_room(size)
+        shm = shared_memory.SharedMemory(f"{self.name}-{len(self._owned)}", create=True, size=size)
+        _untrack(shm)
+        self._owned.append(shm)
+        head = np.ndarray((_FIXED,), np.int64, shm.buf, 0)
+        head[:] = (MAGIC, self.slots, slot_bytes, self.readers)
+        segment = _Segment(shm)
+        segment.seq[:] = 0
+        segment.slot_released[:] = 0
+        # Everything before the first frame of this segment counts as released.
+        segment.released[:] = self._seq
+        logger.debug("created ring %s: %d slots of %d bytes", shm.name, self.slots, slot_bytes)
+        return segment
+
+    def put(self, name: str, array: np.ndarray, stop: Callable[[], bool] = lambda: False) -> Part | None:
+        """Copy ``array`` into the next slot and return the part that references it.
+
+        In lossless flow (``readers > 0``) this waits until the slot is free; returns
+        None only if ``stop()`` turned true while waiting.
+        """
+        array = np.ascontiguousarray(array)
+        if self._segment is None or array.nbytes > self._segment.slot_bytes:
+            # First frame, or a bigger one: a new segment (old ones stay until close,
+            # readers may still hold references into them).
+            self._segment = self._new_segment(int(array.nbytes * 1.25) + _ALIGN)
+        seg = self._segment
+        seq = self._seq + 1
+        slot = seq % self.slots
+        self.last_wait_ns = 0
+        if self.wait and not self._slot_free(seg, slot):
+            waited_from = time.monotonic_ns()
+            pause = WAIT_MIN_S
+            while not self._slot_free(seg, slot):
+                if stop():
+                    return None
+                time.sleep(pause)
+                pause = min(pause * 2, WAIT_MAX_S)  # back off: waiting must not eat the cores
+            self.last_wait_ns = time.monotonic_ns() - waited_from
+        seg.seq[slot] = -1
+        np.copyto(np.ndarray(array.shape, array.dtype, seg.shm.buf, seg.data_offset + slot * seg.slot_bytes), array)
+        seg.seq[slot] = seq
+        self._seq = seq
+        return Part(name, tuple(array.shape), array.dtype.name, ref=ShmRef(seg.shm.name, slot, seq))
+
+    def _slot_free(self, seg: _Segment, slot: int) -> bool:
+        occupant = int(seg.seq[slot])
+        for reader in range(self.readers):
+            if seg.released[reader] < occupant and seg.slot_released[reader, slot] < occupant:
+                return False
+        return True
+
+    def close(self, unlink: bool = True) -> None:
+        """Unmap every segment this writer created and unlink them (unless a supervisor
+        will sweep them once the readers are done: ``unlink=False``)."""
+        if self._segment is not None:
+            self._segment.close()
+            self._segment = None
+        for shm in self._owned:
+            try:
+                shm.close()
+            except BufferError:
+                pass
+            if unlink:
+                _unlink(shm.name)
+        self._owned.clear()
+
+
+class RingReader:
+    """The reading side: attaches segments by name as references arrive.
+
+    Args:
+        reader_id: this reader's index in the rings' release tables, or None for a
+            reader that does not take part in lossless flow control.
+        in_order: this reader sees every frame of the ring, in order (so releasing one
+            frame releases every earlier one). False for one of several workers sharing
+            a reader id.
+    """
+
+    def __init__(self, reader_id: int | None = None, in_order: bool = True) -> None:
+        self.reader_id = reader_id
+        self.in_order = in_order
+        self._segments: dict[str, _Segment] = {}
+
+    def _segment(self, ring: str) -> _Segment | None:
+        seg = self._segments.get(ring)
+        if seg is None:
+            try:
+                shm = shared_memory.SharedMemory(ring, create=False)
+            except FileNotFoundError:
+                return None
+            _untrack(shm)
+            seg = self._segments[ring] = _Segment(shm)
+        return seg
+
+    def read(self, part: Part, out: np.ndarray | None = None) -> np.ndarray | None:
+        """A private copy of the referenced array, or None if the slot was reused.
+
+        ``out``, if given and of the right shape and dtype, receives the copy.
+        """
+        assert part.ref is not None
+        seg = self._segment(part.ref.ring)
+        if seg is None or part.nbytes > seg.slot_bytes or not 0 <= part.ref.slot < seg.slots:
+            return None
+        if int(seg.seq[part.ref.slot]) != part.ref.seq:
+            return None
+        view = seg.slot_view(part.ref.slot, part)
+        if out is not None and out.shape == view.shape and out.dtype == view.dtype:
+            np.copyto(out, view)
+        else:
+            out = view.copy()
+        if int(seg.seq[part.ref.slot]) != part.ref.seq:
+            return None
+        return out
+
+    def release(self, part: Part) -> None:
+        """Tell the writer this reader is done with the frame (and every earlier one)."""
+        if self.reader_id is None or part.ref is None:
+            return
+        seg = self._segment(part.ref.ring)
+        if seg is None or not 0 <= part.ref.slot < seg.slots:
+            return
+        ref = part.ref
+        if ref.seq > int(seg.slot_released[self.reader_id, ref.slot]):
+            seg.slot_released[self.reader_id, ref.slot] = ref.seq
+        if self.in_order and ref.seq > int(seg.released[self.reader_id]):
+            seg.released[self.reader_id] = ref.seq
+
+    def close(self) -> None:
+        """Unmap every attached segment (never unlinks: the writer owns them)."""
+        for seg in self._segments.values():
+            seg.close()
+        self._segments.clear()
+
+
+def sweep(prefix: str) -> list[str]:
+    """Unlink every shared-memory segment whose name starts with ``prefix``.
+
+    Used by the supervisor after the stages ended, to remove what a killed stage left.
+    Returns the names removed. Only Linux lists segments (``/dev/shm``); elsewhere this
+    returns an empty list and relies on the writers' own clean-up.
+    """
+    shm_dir = Path("/dev/shm")
+    removed = []
+    if not shm_dir.is_dir():
+        return removed
+    for entry in shm_dir.iterdir():
+        if entry.name.startswith(prefix) and _unlink(entry.name):
+            removed.append(entry.name)
+    return removed
