@@ -182,10 +182,9 @@ def _build_serialized(trt: ModuleType, flavor: TrtFlavor, plan: PrecisionPlan, o
                       batches: CalibrationBatches | None, target: Path) -> bytes:
     trt_logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(trt_logger)
-    flags = 0
-    if plan.strongly_typed and not flavor.strongly_typed:  # 11.x networks are always strongly typed
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
+    # 10.x: a weakly typed network, precision from builder flags; 11.x networks are always
+    # strongly typed (precision comes from the ONNX types, see ``plan_precision``).
+    network = builder.create_network(0)
     parser = trt.OnnxParser(network, trt_logger)
     if not parser.parse_from_file(str(onnx_file)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
