@@ -80,6 +80,13 @@ def test_config_from_yaml_and_flag_overrides(tmp_path):
     ("opacity: 2\n", "opacity must be between 0 and 1"),
     ("stage_delay_ms: {inferr: 1}\n", "unknown stages"),
     ("- a\n- b\n", "mapping of settings"),
+    ("engine: {modle: unet}\n", r"unknown key engine.modle; known in engine: \['backend'"),
+    ("live: {colour: red}\n", r"unknown key \['colour'\]; known: \['rtsp_transport'"),
+    ("outputs: {mask_encoding: jpeg}\n", r"expected one of \['raw', 'png', 'rle'\], found 'jpeg'"),
+    ("engine: {backend: cuda}\n", r"expected one of \['auto', 'onnxruntime', 'tensorrt', 'torch'\]"),
+    ("sources: {uris: a.mp4}\n", "expected a list"),
+    ("telemetry: {metrics_port: 1e9}\n", "expected an integer"),
+    ("flow: {ready_timeout_s: .nan}\n", "expected a finite number"),
 ])
 def test_bad_config_values_are_named(tmp_path, text, message):
     path = tmp_path / "bad.yaml"

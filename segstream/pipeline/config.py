@@ -26,6 +26,7 @@ from segstream.engines.resolve import EnginePrecision
 from segstream.errors import ConfigError
 from segstream.pipeline.overlay import RenderMode
 from segstream.pipeline.settings import coerce_fields, from_mapping, setting
+from segstream.pipeline.typed_json import load_dataclass
 from segstream.pipeline.sources.streams import LiveOptions
 from segstream.pipeline.spec import MaskResolution, StageKind
 from segstream.pipeline.wire.choices import FlowPolicy, Transport
@@ -137,7 +138,7 @@ class PipelineConfig:
         set_(self, "providers", tuple(str(p) for p in self.providers))
         set_(self, "render_classes", tuple(str(c) for c in self.render_classes))
         if isinstance(self.live, dict):
-            set_(self, "live", LiveOptions(**self.live))
+            set_(self, "live", load_dataclass(LiveOptions, self.live, "live", ConfigError))
         if not self.sources:
             raise ConfigError("sources is empty; give at least one --source (a video, a folder, a glob or test-pattern)")
         if self.rtsp_out and not self.rtsp_out.startswith("rtsp://"):

@@ -21,7 +21,7 @@ from enum import Enum
 from typing import Any, Callable
 
 from segstream.errors import ConfigError
-from segstream.pipeline.typed_json import load
+from segstream.pipeline.typed_json import load_dataclass
 
 SECTIONS = ("sources", "engine", "flow", "outputs", "telemetry")
 
@@ -163,22 +163,11 @@ def from_mapping(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must hold a mapping of settings, found {type(data).__name__}")
     flat = _flatten(cls, data, where)
-    hints = typing.get_type_hints(cls)
-    values = {}
     for f in dataclasses.fields(cls):
-        if f.name not in flat:
-            continue
-        value = flat[f.name]
         coerce = f.metadata.get("coerce") if f.metadata else None
-        if coerce is not None and value is not None:
-            value = coerce(value)
-        values[f.name] = load(hints[f.name], value, f"{where}: {f.name}", ConfigError)
-    try:
-        return cls(**values)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        if coerce is not None and flat.get(f.name) is not None:
+            flat[f.name] = coerce(flat[f.name])
+    return load_dataclass(cls, flat, where, ConfigError)
 
 
 def coerce_fields(instance: Any) -> None:
