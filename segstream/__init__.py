@@ -1,0 +1,1 @@
+"""segstream: streaming video segmentation over ZeroMQ. See docs/architecture.md for the parts."""

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from segstream.errors import OutputError
-from segstream.pipeline.sinks import SinkContext, SinkResult
+from segstream.pipeline.sinks import BaseSink, SinkContext, SinkResult
 
 DEFAULT_FPS = 25.0
 
@@ -76,7 +76,7 @@ class RtspPublisher:
             self._proc.wait()
 
 
-class RtspOut:
+class RtspOut(BaseSink):
     """``rtsp://HOST:PORT/PATH``: the overlay pushed as H.264; with several sources, one path
     per source (``URL/<source id>``)."""
 
@@ -87,9 +87,6 @@ class RtspOut:
         self.several = context.sources > 1
         self.publishers: dict[str, RtspPublisher] = {}
         self.frames = 0
-
-    def open(self, first: SinkResult) -> None:
-        pass
 
     def write(self, result: SinkResult) -> None:
         image = result.image

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from segstream.errors import OutputError
-from segstream.pipeline.sinks import SinkContext, SinkResult
+from segstream.pipeline.sinks import BaseSink, SinkContext, SinkResult
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ class ViewServer:
         self._server.server_close()
 
 
-class LiveView:
+class LiveView(BaseSink):
     """``view:HOST:PORT``: serves the newest overlay and its numbers (the server starts with
     the render stage, so a browser may connect before the first frame)."""
 
@@ -215,9 +215,6 @@ class LiveView:
         self.context = context
         self._colours = ["#%02x%02x%02x" % (r, g, b) for b, g, r in context.palette]
         self.frames = 0
-
-    def open(self, first: SinkResult) -> None:
-        pass
 
     def write(self, result: SinkResult) -> None:
         if result.image is None:
@@ -240,9 +237,6 @@ class LiveView:
             "classes": classes,
             "classification": result.header.meta.get("classification"),
         }
-
-    def end_source(self, final: SinkResult) -> None:
-        pass
 
     def close(self) -> None:
         self.server.close()
