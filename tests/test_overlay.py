@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -59,3 +60,20 @@ def test_legend_draws_into_the_top_right_only_when_asked(scene):
     without = _renderer(opacity=0.0, legend=False).annotate(frame, mask)
     assert not np.array_equal(with_legend[:80, -220:], without[:80, -220:])
     np.testing.assert_array_equal(without[:80, -220:], frame[:80, -220:])
+
+
+def test_label_shadow_covers_the_text_on_this_opencv():
+    """The "frame N  X fps" label: no text pixel touches the untouched background, so the
+    shadow follows every stroke (OpenCV 5 widens thick text, so a shadow drawn as thicker
+    text drifts away from the letters)."""
+    from segstream.pipeline.overlay import draw_label
+
+    image = np.full((80, 420, 3), 128, np.uint8)
+    draw_label(image, "frame 1234  25.0 fps", (10, 50), 0.8, 2)
+    background = (image == 128).all(axis=2)
+    text = (image > 200).all(axis=2)
+    assert text.sum() > 500  # the text is there
+    around_text = cv2.dilate(text.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    assert not (around_text & background).any()
+    # and a label at the image's edge is clipped, not an error
+    draw_label(image, "frame 1", (400, 5), 0.8, 2)

@@ -20,6 +20,35 @@ def class_counts(mask: np.ndarray) -> np.ndarray:
     return cv2.calcHist([mask], [0], None, [256], [0, 256]).ravel().astype(np.int64)
 
 
+def draw_label(image: np.ndarray, text: str, org: tuple[int, int], font_scale: float, thickness: int,
+               shadow: int = 2) -> None:
+    """White text with a black shadow ``shadow`` pixels wide around every stroke, at
+    ``org`` (the text's bottom-left corner, as in ``cv2.putText``).
+
+    The text is drawn once, into a coverage mask, and the shadow is that mask dilated: it
+    follows the text exactly whatever the OpenCV version. (Drawing the shadow as thicker
+    text does not: from OpenCV 5 a glyph's advance grows with the stroke, so thick and
+    thin text drift apart along the line.)
+    """
+    (width, height), baseline = cv2.getTextSize(text, _FONT, font_scale, thickness)
+    pad = shadow + thickness
+    x0, y0 = org[0] - pad, org[1] - height - pad
+    x1, y1 = org[0] + width + pad, org[1] + baseline + pad
+    cx0, cy0 = max(x0, 0), max(y0, 0)
+    cx1, cy1 = min(x1, image.shape[1]), min(y1, image.shape[0])
+    if cx0 >= cx1 or cy0 >= cy1:
+        return
+    coverage = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cv2.putText(coverage, text, (pad, pad + height), _FONT, font_scale, 255, thickness, cv2.LINE_AA)
+    halo = cv2.dilate(coverage, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * shadow + 1, 2 * shadow + 1)))
+    region = image[cy0:cy1, cx0:cx1]
+    crop = (slice(cy0 - y0, cy1 - y0), slice(cx0 - x0, cx1 - x0))
+    text_alpha = coverage[crop].astype(np.float32)[..., None] / 255.0
+    halo_alpha = halo[crop].astype(np.float32)[..., None] / 255.0
+    shaded = region.astype(np.float32) * (1.0 - halo_alpha)  # black shadow under and around the text
+    region[:] = (shaded * (1.0 - text_alpha) + 255.0 * text_alpha).astype(np.uint8)
+
+
 class RenderMode(str, Enum):
     """What the rendered image shows."""
 
@@ -117,9 +146,7 @@ class OverlayRenderer:
 
     @staticmethod
     def _label(image: np.ndarray, text: str, org: tuple[int, int], scale: float) -> None:
-        thickness = max(int(2 * scale), 1)
-        cv2.putText(image, text, org, _FONT, 0.8 * scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
-        cv2.putText(image, text, org, _FONT, 0.8 * scale, (255, 255, 255), thickness, cv2.LINE_AA)
+        draw_label(image, text, org, 0.8 * scale, max(int(2 * scale), 1))
 
     def _legend(self, image: np.ndarray, counts: np.ndarray, pixels: int, scale: float) -> None:
         present = [i for i in np.argsort(counts)[::-1] if counts[i] and not self._hidden[i]
