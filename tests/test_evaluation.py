@@ -210,24 +210,28 @@ def test_latency_parts_add_up_per_frame(eval_run):
     stats.json's per-stage figures are those of the frames."""
     frames = [json.loads(line) for line in (eval_run["record"] / "frames.jsonl").read_text().splitlines()]
     assert [f["index"] for f in frames] == [0, 1, 2]
+    workers = sorted(name for name in eval_run["stats"]["stages"] if name.startswith("infer"))
+    expected_stages = {f["index"]: ["capture-0", "preprocess", next(w for w in workers if w in f["stages"]), "publish"]
+                    for f in frames}  # each frame names the inference worker that took it
     for f in frames:
-        assert list(f["stages"]) == ["capture", "preprocess", "infer", "publish"]
+        assert list(f["stages"]) == expected_stages[f["index"]]
         parts = sum(p["queue_ms"] + p["stage_ms"] for p in f["stages"].values())
         assert abs(parts - f["e2e_ms"]) < 1.0, f
         assert all(p["queue_ms"] >= 0 and p["stage_ms"] >= 0 for p in f["stages"].values())
-        assert f["stages"]["infer"]["stage_ms"] > 10  # a real model ran
+        assert f["stages"][expected_stages[f["index"]][2]]["stage_ms"] > 10  # a real model ran
     stats = eval_run["stats"]
     breakdown = stats["latency_ms"]["breakdown"]
-    for kind in ("preprocess", "infer", "publish"):
-        assert breakdown[kind]["stage"]["median"] == pytest.approx(
-            float(np.median([f["stages"][kind]["stage_ms"] for f in frames])), abs=1e-3)
-        assert breakdown[kind]["queue"]["count"] == 3
+    for name in ("preprocess", "publish", *workers):
+        mine = [f["stages"][name]["stage_ms"] for f in frames if name in f["stages"]]
+        assert breakdown[name]["stage"]["median"] == pytest.approx(float(np.median(mine)), abs=1e-3)
+        assert breakdown[name]["queue"]["count"] == len(mine)
+    assert sum(breakdown[w]["stage"]["count"] for w in workers) == 3
     e2e = [f["e2e_ms"] for f in frames]
     assert stats["latency_ms"]["capture_to_publish"]["max"] == pytest.approx(max(e2e), abs=1e-3)
     source = next(iter(stats["per_source"].values()))
     assert source["latency_ms"]["count"] == 3
     to_render = stats["latency_ms"]["breakdown_to_render"]  # the same split, up to the rendered overlay
-    assert list(to_render) == ["capture", "preprocess", "infer", "publish", "render"]
+    assert list(to_render) == ["capture-0", "preprocess", *workers, "publish", "render"]
     assert to_render["render"]["stage"]["count"] == 3
     # every frame is rendered after it is published, so the order statistics follow
     assert stats["latency_ms"]["capture_to_render"]["median"] > stats["latency_ms"]["capture_to_publish"]["median"]
@@ -242,6 +246,17 @@ def test_report_renders_the_plots(eval_run, tmp_path):
     for name in names:
         image = cv2.imread(str(tmp_path / name))
         assert image is not None and image.shape[0] > 200 and image.shape[1] > 400 and image.std() > 10, name
+    # one vocabulary: the report's per-stage figures are stats.json's (and the end table's), render included
+    shown = json.loads((tmp_path / "latency_by_stage.json").read_text())
+    latency = {**eval_run["stats"]["latency_ms"]["breakdown_to_render"], **eval_run["stats"]["latency_ms"]["breakdown"]}
+    workers = sorted(name for name in eval_run["stats"]["stages"] if name.startswith("infer"))
+    assert list(shown) == ["capture-0", "preprocess", *workers, "publish", "render"]
+    for stage, row in shown.items():
+        assert row["in_stage_p50"] == pytest.approx(latency[stage]["stage"]["median"], abs=1e-6), stage
+        assert row["queued_p50"] == pytest.approx(latency[stage]["queue"]["median"], abs=1e-6), stage
+        assert row["in_stage_p95"] == pytest.approx(latency[stage]["stage"]["p95"], abs=1e-6), stage
+        in_table = next(line for line in eval_run["output"].splitlines() if line.strip().startswith(stage + " "))
+        assert f"{row['in_stage_p50']:.1f}" in in_table and f"{row['queued_p50']:.1f}" in in_table
     empty = run_segstream("report", str(tmp_path))
     assert empty.returncode == 2 and "no stats.json" in empty.stderr
 
@@ -286,7 +301,7 @@ def test_prometheus_endpoint_during_a_run(tmp_path, fast_onnx):
         assert buckets[-1].labels["le"] == "+Inf" and buckets[-1].value == count >= 5
         assert all(a.value <= b.value for a, b in zip(buckets, buckets[1:]))  # cumulative
         stages = {s.labels["stage"] for s in families["segstream_stage_seconds"].samples}
-        assert {"capture", "preprocess", "infer", "publish", "render"} <= stages
+        assert {"capture-0", "preprocess", "publish", "render"} <= stages and any(s.startswith("infer") for s in stages)
         assert families["segstream_render_latency_seconds"].type == "histogram"
         assert families["segstream_run_info"].samples[0].labels["backend"] == "onnxruntime"
         with pytest.raises(urllib.error.HTTPError):

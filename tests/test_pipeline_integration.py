@@ -74,11 +74,18 @@ def test_lossless_run_on_the_dashcam_clip(tmp_path, espnet_onnx):
 
     overlay = video_frames(record / "overlay.mp4")
     assert len(overlay) == 30 and overlay[0].shape == (540, 960, 3)
+    import av  # H.264, which browsers play (PyAV's wheel ships libx264)
+
+    with av.open(str(record / "overlay.mp4")) as container:
+        assert container.streams.video[0].codec_context.name == "h264"
+    assert not list(record.glob(".*.part"))  # written under a temporary name, renamed when complete
+    assert read_stats(record)["stages"]["render"]["sinks"]["video"] == {"frames": 30, "folder": str(record)}
 
     stats = read_stats(record)
     assert stats["frames_in"] == stats["frames_published"] == stats["frames_rendered"] == 30
     assert stats["frames_skipped"]["total"] == 0 and stats["frames_unaccounted"] == 0
     assert stats["latency_ms"]["capture_to_publish"]["count"] == 30
+    assert stats["stages"]["publish"]["sinks"]["masks"] == {"written": 30, "folder": str(record)}
     stages = stats["stages"]
     assert {"capture-0", "preprocess", "publish", "render"} <= set(stages)
     workers = [name for name in stages if name.startswith("infer")]
@@ -158,6 +165,9 @@ def test_ctrl_c_stops_everything_within_two_seconds(tmp_path, espnet_onnx, when)
     assert session_processes(proc.pid) == []
     run_id = wait_for_log(log, r"run (\w+):").group(1)
     assert leftovers(run_id, tmpdir) == []
+    if when == "starting":  # stopped before any stage started: nothing written, no empty folder
+        assert not record.exists()
+        return
     stats = read_stats(record)
     assert stats["stopped"] is True
     for mask in record.glob("masks/*.png"):

@@ -248,3 +248,21 @@ def test_a_stalled_stream_is_reopened(rtsp_server):
     source.close()
     assert resumed == 10
     assert source.reconnects >= 1
+
+
+def test_stream_options_do_not_leak_into_later_captures(tmp_path):
+    """FFmpeg options for a stream (fflags nobuffer...) are set only while it opens: left in
+    the environment they made later video files of the process unreadable."""
+    import os
+
+    from segstream.pipeline.sources.streams import _OPTIONS_ENV, _open_with_options
+
+    os.environ.pop(_OPTIONS_ENV, None)
+    _open_with_options(str(tmp_path / "missing.mp4"), [], "rtsp_transport;tcp|fflags;nobuffer").release()
+    assert _OPTIONS_ENV not in os.environ
+    os.environ[_OPTIONS_ENV] = "mine"
+    try:
+        _open_with_options(str(tmp_path / "missing.mp4"), [], "rtsp_transport;udp").release()
+        assert os.environ[_OPTIONS_ENV] == "mine"  # a user's own setting is put back
+    finally:
+        del os.environ[_OPTIONS_ENV]

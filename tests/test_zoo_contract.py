@@ -35,6 +35,7 @@ def test_architecture_contract(name, tmp_path):
     spec = MODELS[name]
     assert all(size % spec.size_multiple == 0 for hw in SIZES for size in hw)
     net = spec.build().eval()
+    assert sum(p.numel() for p in net.parameters()) == spec.params  # what segstream models lists
     h, w = SIZES[0]
     with torch.inference_mode():
         out = net(_image(h, w, 0))

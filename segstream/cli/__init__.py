@@ -10,6 +10,8 @@
     segstream train MODEL --data DATASET [--epochs N] [--crop HxW] [--resume CKPT]
     segstream models
     segstream eval PRED_DIR GT_SOURCE | gt-from-color COLOR.png... | report RUN_DIR
+    segstream doctor
+    segstream --version
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import os
 import sys
 from typing import Callable
 
-from segstream.cli import evaluation, models, run
+from segstream.cli import doctor, evaluation, models, run
 
 logger = logging.getLogger(__name__)
 
@@ -31,13 +33,24 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=level, format="%(asctime)s supervisor %(levelname)s %(message)s", datefmt="%H:%M:%S")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("segstream")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``segstream``."""
     parser = argparse.ArgumentParser(prog="segstream", description="Streaming video segmentation over ZeroMQ.")
+    parser.add_argument("--version", action="version", version=f"segstream {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     run.add_parsers(sub)
     models.add_parsers(sub)
     evaluation.add_parsers(sub)
+    doctor.add_parsers(sub)
     return parser
 
 

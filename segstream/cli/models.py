@@ -58,17 +58,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    """``segstream models``: the zoo, one line per model."""
+    """``segstream models``: the zoo, one line per model (no torch import unless
+    ``--count-params`` builds every model to count its parameters)."""
     from segstream.engines.models.zoo import MODELS
 
-    print(f"{'name':<26} {'task':<14} {'input':>9} {'classes':>9} {'params':>11}  weights     description")
+    rows = [("name", "task", "input", "classes", "params", "weights", "description")]
     for spec in MODELS.values():
         meta = spec.metadata
-        params = f"{sum(p.numel() for p in spec.build().parameters()):,}" if not args.no_params else "-"
-        weights = "pretrained" if spec.weights_asset else "none"
+        params = sum(p.numel() for p in spec.build().parameters()) if args.count_params else spec.params
         classes = "+".join(str(n) for n in (meta.num_classes, len(meta.label_names)) if n)
-        print(f"{spec.name:<26} {spec.task:<14} {meta.input_width:>4}x{meta.input_height:<4} {classes:>9} "
-              f"{params:>11}  {weights:<11} {spec.description}")
+        rows.append((spec.name, spec.task, f"{meta.input_width}x{meta.input_height}", classes, f"{params:,}",
+                     "pretrained" if spec.weights_asset else "none", spec.description))
+    widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]) - 1)]
+    right = {2, 3, 4}  # numbers line up on the right
+    for row in rows:
+        cells = [cell.rjust(w) if k in right else cell.ljust(w) for k, (cell, w) in enumerate(zip(row, widths))]
+        print("  ".join([*cells, row[-1]]))
     return 0
 
 
@@ -117,6 +122,7 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("models", help="list the models segstream knows")
-    p.add_argument("--no-params", action="store_true", help="skip counting parameters (no torch import)")
+    p.add_argument("--count-params", action="store_true", help="build every model and count its parameters "
+                   "(imports torch; the listed counts come from the zoo table)")
     p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(func=cmd_models)

@@ -13,6 +13,7 @@ from segstream.pipeline.config import PipelineConfig, load_config
 from segstream.pipeline.settings import add_flags, overrides_from_args
 
 DEMO_RECORD = "segstream-demo"
+DEMO_MODEL = "espnet-cityscapes"
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -24,7 +25,12 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 def run_config(args: argparse.Namespace) -> PipelineConfig:
     """The config of ``segstream run``: the YAML file (or the defaults), then the flags."""
-    return load_config(args.config).with_overrides(**overrides_from_args(PipelineConfig, args))
+    overrides = overrides_from_args(PipelineConfig, args)
+    config = load_config(args.config).with_overrides(**overrides)
+    if "sources" not in overrides and config.sources == PipelineConfig().sources:
+        print(f"segstream run: no --source given: running the built-in {config.sources[0]} (synthetic, live, until "
+              f"Ctrl-C or --max-frames); pass --source FILE|DIR|GLOB|rtsp://...|camera:N", file=sys.stderr)
+    return config
 
 
 def _execute(config: PipelineConfig) -> int:
@@ -36,12 +42,12 @@ def _execute(config: PipelineConfig) -> int:
     model = resolve_inference(config.model, config.weights, config.confidence, config.backend, config.precision,
                               config.providers, config.cuda_graph)
     check_scorable(config, model.metadata)
-    if config.record:
-        Path(config.record).mkdir(parents=True, exist_ok=True)
     if config.view:
         print(f"live view: http://{config.view}/")
     result = Supervisor(config, model).run()
-    if config.record:
+    # The record folder is made by the first output written, or here for a run that
+    # started: a run that failed before it started leaves no empty folder behind.
+    if config.record and (result.started or Path(config.record).is_dir()):
         path = write_stats(result.stats, config.record)
         result.stats["stats_file"] = str(path)
     print(format_summary(result.stats))
@@ -60,11 +66,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """``segstream demo``: the sample dash-cam clip through the pretrained ESPNet."""
     from segstream.assets import resolve_asset
+    from segstream.engines.export import needs_weights
+    from segstream.errors import AssetError
 
-    clip = resolve_asset("solidWhiteRight.mp4")
-    config = PipelineConfig(sources=(str(clip),), model="espnet-cityscapes", record=args.record,
+    needed = ["solidWhiteRight.mp4", *filter(None, [needs_weights(DEMO_MODEL)])]
+    found, missing = {}, []
+    for name in needed:  # every missing file named at once, not one per try
+        try:
+            found[name] = resolve_asset(name)
+        except AssetError as exc:
+            missing.append(f"  - {exc}")
+    if missing:
+        raise AssetError(f"the demo needs {len(missing)} file(s) that are not here:\n" + "\n".join(missing))
+    clip = found["solidWhiteRight.mp4"]
+    config = PipelineConfig(sources=(str(clip),), model=DEMO_MODEL, record=args.record,
                             publish=args.publish or "", max_frames=args.max_frames or 0)
-    print(f"segstream demo: {clip.name} through espnet-cityscapes; recording to {args.record}/")
+    print(f"segstream demo: {clip.name} through {DEMO_MODEL}; recording to {args.record}/")
     return _execute(config)
 
 

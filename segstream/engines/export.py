@@ -187,6 +187,21 @@ def _dynamic_axes(meta: ModelMetadata) -> dict[str, dict[int, str]]:
     return axes
 
 
+def cached_onnx_path(name: str, key: str, confidence: bool = False) -> Path:
+    """Where the export of zoo model ``name`` with weights ``key`` lives in the cache."""
+    variant = "-conf" if confidence else ""
+    return cache_dir() / "models" / f"{name}-{key}{variant}-e{EXPORT_VERSION}.onnx"
+
+
+def needs_weights(name: str) -> str | None:
+    """The asset a zoo model still needs to be exported (None once its export is cached)."""
+    spec = get_model_spec(name)
+    if spec.weights_asset is None:
+        return None
+    cached = cached_onnx_path(name, ASSETS[spec.weights_asset].sha256[:12]).is_file()
+    return None if cached else spec.weights_asset
+
+
 def cached_onnx(name: str, weights: str | os.PathLike[str] | None = None, confidence: bool = False) -> Path:
     """Path of the exported ONNX for a zoo model, exporting it into the cache on first use.
 
@@ -202,8 +217,7 @@ def cached_onnx(name: str, weights: str | os.PathLike[str] | None = None, confid
         key = ASSETS[spec.weights_asset].sha256[:12]
     else:
         key = "random"
-    variant = "-conf" if confidence else ""
-    target = cache_dir() / "models" / f"{name}-{key}{variant}-e{EXPORT_VERSION}.onnx"
+    target = cached_onnx_path(name, key, confidence)
     if not target.is_file():
         if weights_path is None and spec.weights_asset is not None:
             weights_path = resolve_asset(spec.weights_asset)

@@ -87,7 +87,8 @@ def resolve_inference(model: str, weights: str | os.PathLike[str] | None = None,
         ModelError: the model, the backend and the options do not fit together.
     """
     choice = choose_backend(backend, model, providers)
-    logger.info("backend: %s on %s (%s)", choice.backend, choice.device, choice.reason)
+    logger.info("backend: %s on %s", choice.backend, choice.device)
+    logger.debug("backend chosen because: %s (segstream doctor checks the rest)", choice.reason)
     if precision not in PRECISIONS:
         raise ModelError(f"--precision must be one of {', '.join(PRECISIONS)}, found {precision!r} (INT8: build an "
                          f"engine with `segstream build --int8 --calib DIR` and run it with --model FILE.engine)")

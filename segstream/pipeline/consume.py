@@ -42,6 +42,10 @@ def consume(options: ConsumeOptions, out: TextIO = sys.stdout) -> int:
     KeyboardInterrupt (the CLI exits 130) after closing the socket."""
     received = 0
     subscriber = MaskSubscriber(options.endpoint, timeout_s=options.timeout_s or None, lossless=options.lossless)
+    channel = "lossless channel" if options.lossless else "PUB socket"
+    limit = f"; giving up after {options.timeout_s:g} s of silence" if options.timeout_s else "; Ctrl-C to stop"
+    print(f"segstream consume: waiting for masks on {options.endpoint} ({channel}){limit}", file=sys.stderr,
+          flush=True)
     try:
         for result in subscriber:
             shape = f" shape={result.mask.shape[1]}x{result.mask.shape[0]}" if result.mask is not None else ""

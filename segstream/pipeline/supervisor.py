@@ -33,6 +33,7 @@ from segstream.pipeline.telemetry.prometheus import MetricsServer, prometheus_te
 from segstream.pipeline.telemetry.run_stats import RunFacts, assemble_stats
 from segstream.pipeline.telemetry.stats import StageReport
 from segstream.pipeline.telemetry.status_line import StatusLine
+from segstream.pipeline.telemetry.timing import stage_latency
 from segstream.pipeline.wire.choices import FlowPolicy
 from segstream.pipeline.wire.shm_ring import SHM_PREFIX, sweep
 from segstream.pipeline.wire.transport import Role, make_socket
@@ -72,11 +73,13 @@ class StageProcess:
 
 @dataclass
 class RunResult:
-    """Outcome of a run: exit code, collected stats, and the error if any."""
+    """Outcome of a run: exit code, collected stats, the error if any, and whether every
+    stage started (a run that failed before has written nothing)."""
 
     exit_code: int
     stats: dict[str, Any]
     error: str = ""
+    started: bool = False
 
 
 def default_policy(sources: tuple[str, ...]) -> FlowPolicy:
@@ -134,6 +137,7 @@ class Supervisor:
         self.stages: list[StageProcess] = []
         self.failed_sources: dict[str, str] = {}  # source id -> why (the other sources carry on)
         self.malformed_events = 0  # control events refused on receipt
+        self._started = False  # every stage started
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if not self._stop_requested:
@@ -197,7 +201,7 @@ class Supervisor:
         else:
             code = 0
         stats["exit_code"] = code
-        return RunResult(code, stats, error)
+        return RunResult(code, stats, error, self._started)
 
     # -- starting ---------------------------------------------------------------------
 
@@ -297,6 +301,7 @@ class Supervisor:
                         last_start = now
                     if all(s.started for s in self.stages):
                         self.state = RunState.RUNNING
+                        self._started = True
                         logger.info("run %s: running", self.run_id)
                 elif time.monotonic() > deadline:
                     waiting = [s.spec.name for s in self.stages if not s.ready]
@@ -316,7 +321,7 @@ class Supervisor:
         return PipelineFigures(
             frames_in=stats["frames_in"],
             skipped=stats["frames_skipped"]["total"],
-            stages={name: float(r.process_ms.get("median", 0.0)) for name, r in self._reports().items()},
+            stages={name: float(parts["stage"]["median"]) for name, parts in stage_latency(stats).items()},
             miou=stats["eval"]["miou"] if "eval" in stats else None,
         )
 

@@ -45,6 +45,8 @@ class ModelSpec:
             ``segmentation``: (N, C, H, W) logits; ``classification``: (N, K) logits;
             ``joint``: both, as a tuple.
         architecture: the family, for listings.
+        params: trainable parameters of ``build()``'s module (listed without building it;
+            the zoo contract test checks the number).
     """
 
     name: str
@@ -55,6 +57,7 @@ class ModelSpec:
     size_multiple: int = 8
     task: str = "segmentation"
     architecture: str = "espnet"
+    params: int = 0
 
     def split_outputs(self, out: object) -> tuple[object, object]:
         """``(segmentation logits or None, classification logits or None)`` from what the
@@ -127,9 +130,9 @@ def _builder(module: str, cls: str, config: str, **kwargs: object) -> Callable[[
 
 
 def _segmenter(name: str, description: str, architecture: str, build: Callable[[], "nn.Module"],
-               size_multiple: int = 32) -> ModelSpec:
+               size_multiple: int = 32, params: int = 0) -> ModelSpec:
     return ModelSpec(name, description, build, None, _metadata(name, 1024, 512), size_multiple, "segmentation",
-                     architecture)
+                     architecture, params)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -139,6 +142,7 @@ MODELS: dict[str, ModelSpec] = {
         _espnet(8),
         "espnet_p_2_q_8.pth",
         _espnet_metadata("espnet-cityscapes"),
+        params=364_569,
     ),
     "espnet-cityscapes-q3": ModelSpec(
         "espnet-cityscapes-q3",
@@ -146,31 +150,38 @@ MODELS: dict[str, ModelSpec] = {
         _espnet(3),
         "espnet_p_2_q_3.pth",
         _espnet_metadata("espnet-cityscapes-q3"),
+        params=202_649,
     ),
     "fcn-resnet18": _segmenter("fcn-resnet18", "FCN, ResNet-18, output stride 8, Cityscapes 19 classes", "fcn",
-                               _builder("fcn", "FCN", "FCNConfig", backbone="resnet18", output_stride=8)),
+                               _builder("fcn", "FCN", "FCNConfig", backbone="resnet18", output_stride=8),
+                               params=11_769_043),
     "fcn-resnet18-os32": _segmenter("fcn-resnet18-os32", "FCN-32s, ResNet-18, output stride 32", "fcn",
-                                    _builder("fcn", "FCN", "FCNConfig", backbone="resnet18", output_stride=32)),
+                                    _builder("fcn", "FCN", "FCNConfig", backbone="resnet18", output_stride=32),
+                                    params=11_769_043),
     "fcn-resnet50": _segmenter("fcn-resnet50", "FCN, ResNet-50, output stride 8", "fcn",
-                               _builder("fcn", "FCN", "FCNConfig", backbone="resnet50", output_stride=8)),
-    "unet": _segmenter("unet", "U-Net, width 32, depth 4", "unet", _builder("unet", "UNet", "UNetConfig"), 16),
+                               _builder("fcn", "FCN", "FCNConfig", backbone="resnet50", output_stride=8),
+                               params=32_955_987),
+    "unet": _segmenter("unet", "U-Net, width 32, depth 4", "unet", _builder("unet", "UNet", "UNetConfig"), 16,
+                       params=7_850_195),
     "deeplabv3plus-resnet50": _segmenter(
         "deeplabv3plus-resnet50", "DeepLabV3+, ResNet-50, output stride 16, ASPP rates 6/12/18", "deeplabv3plus",
-        _builder("deeplabv3plus", "DeepLabV3Plus", "DeepLabV3PlusConfig", backbone="resnet50")),
+        _builder("deeplabv3plus", "DeepLabV3Plus", "DeepLabV3PlusConfig", backbone="resnet50"),
+        params=40_351_411),
     "deeplabv3plus-mobilenetv2": _segmenter(
         "deeplabv3plus-mobilenetv2", "DeepLabV3+, MobileNetV2, output stride 16, ASPP rates 6/12/18",
-        "deeplabv3plus", _builder("deeplabv3plus", "DeepLabV3Plus", "DeepLabV3PlusConfig", backbone="mobilenetv2")),
+        "deeplabv3plus", _builder("deeplabv3plus", "DeepLabV3Plus", "DeepLabV3PlusConfig", backbone="mobilenetv2"),
+        params=5_815_283),
     "ddrnet23-slim": _segmenter("ddrnet23-slim", "DDRNet-23-slim, real-time two-branch network for driving scenes",
-                                "ddrnet", _builder("ddrnet", "DDRNet", "DDRNetConfig"), 64),
+                                "ddrnet", _builder("ddrnet", "DDRNet", "DDRNetConfig"), 64, params=5_694_643),
     "resnet18-classifier": ModelSpec(
         "resnet18-classifier", "ResNet-18 image classifier (scene type: highway/urban/residential), top-k scores",
         _builder("classifier", "Classifier", "ClassifierConfig", classes=len(SCENE_LABELS)), None,
         _metadata("resnet18-classifier", 448, 224, segments=False, labels=SCENE_LABELS), 32, "classification",
-        "classifier"),
+        "classifier", 11_178_051),
     "joint-resnet18": ModelSpec(
         "joint-resnet18", "ResNet-18 shared encoder: Cityscapes segmentation + scene type in one call",
         _builder("joint", "JointSegClassifier", "JointConfig", labels=len(SCENE_LABELS)), None,
-        _metadata("joint-resnet18", 1024, 512, labels=SCENE_LABELS), 32, "joint", "joint"),
+        _metadata("joint-resnet18", 1024, 512, labels=SCENE_LABELS), 32, "joint", "joint", 13_518_262),
 }
 
 

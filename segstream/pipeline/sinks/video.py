@@ -1,8 +1,11 @@
 """``video:DIR``: the overlay as ``DIR[/<source>]/overlay.mp4``, one file per source, closed
-at its source's end of stream."""
+at its source's end of stream: H.264 where PyAV has libx264, else mp4v."""
 
 from __future__ import annotations
 
+import logging
+import os
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -13,38 +16,101 @@ from segstream.errors import OutputError
 from segstream.pipeline.sinks import BaseSink, SinkContext, SinkResult
 from segstream.pipeline.sinks.records import source_dir
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_FPS = 25.0
 VIDEO_NAME = "overlay.mp4"
 
 
+def h264_available() -> bool:
+    """True where PyAV (``av``, whose wheels ship FFmpeg with libx264) can encode H.264."""
+    try:
+        import av
+    except ImportError:
+        return False
+    return "libx264" in av.codecs_available
+
+
+def _even_size(width: int, height: int) -> tuple[int, int]:
+    """H.264 in yuv420p needs even sides of at least 2 pixels."""
+    return max(2, width + width % 2), max(2, height + height % 2)
+
+
 class VideoFile:
-    """An mp4 file written frame by frame; frames of another size are resized to the first."""
+    """An mp4 file written frame by frame: H.264 (``avc1``, through PyAV and libx264) where
+    that encoder is available, else MPEG-4 Part 2 (``mp4v``, through OpenCV) with a one-line
+    notice. Frames of another size are resized to the first; any size is accepted.
+
+    The file is written under a temporary name (``.overlay.mp4.part``) and renamed on
+    ``close``, so an ``overlay.mp4`` that exists is complete and plays.
+    """
+
+    notice_given = False
 
     def __init__(self, path: Path, fps: float) -> None:
         self.path = path
-        self.fps = fps
+        self.fps = fps if 0 < fps < 1000 else DEFAULT_FPS
         self.frames = 0
-        self._writer: cv2.VideoWriter | None = None
+        self.codec = "h264" if h264_available() else "mp4v"
+        self.partial = path.with_name(f".{path.name}.part")
         self._size: tuple[int, int] | None = None
+        self._container: Any = None
+        self._stream: Any = None
+        self._writer: cv2.VideoWriter | None = None
+
+    def _open(self, image: np.ndarray) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._size = _even_size(image.shape[1], image.shape[0])
+        if self.codec == "h264":
+            import av
+
+            self._container = av.open(str(self.partial), "w", format="mp4")
+            self._stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
+            self._stream.width, self._stream.height = self._size
+            self._stream.pix_fmt = "yuv420p"
+            self._stream.options = {"preset": "veryfast", "crf": "23"}
+            return
+        if not VideoFile.notice_given:
+            VideoFile.notice_given = True
+            logger.warning("no H.264 encoder here (pip install av); overlay videos are MPEG-4 Part 2 (mp4v), which "
+                           "browsers do not play")
+        self._writer = cv2.VideoWriter(str(self.partial), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self._size)
+        if not self._writer.isOpened():
+            raise OutputError(f"OpenCV cannot write {self.path} with the mp4v codec")
 
     def write(self, image: np.ndarray) -> None:
         """Append one frame (BGR uint8)."""
-        if self._writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._size = (image.shape[1], image.shape[0])
-            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self._size)
-            if not self._writer.isOpened():
-                raise OutputError(f"OpenCV cannot write {self.path} with the mp4v codec")
+        if self._size is None:
+            self._open(image)
+        assert self._size is not None
         if (image.shape[1], image.shape[0]) != self._size:
             image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
-        self._writer.write(image)
+        if self._stream is not None:
+            import av
+
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
+            frame.pts = self.frames
+            try:
+                self._container.mux(self._stream.encode(frame))
+            except (av.FFmpegError, OSError) as exc:
+                raise OutputError(f"cannot write {self.path}: {exc}") from None
+        elif self._writer is not None:
+            self._writer.write(image)
         self.frames += 1
 
     def close(self) -> None:
-        """Finish the file."""
+        """Finish the file and give it its name."""
+        if self._container is not None:
+            try:
+                self._container.mux(self._stream.encode(None))  # flush the encoder
+            finally:
+                self._container.close()
+                self._container = self._stream = None
         if self._writer is not None:
             self._writer.release()
             self._writer = None
+        if self.partial.exists():
+            os.replace(self.partial, self.path)
 
 
 class VideoFiles(BaseSink):

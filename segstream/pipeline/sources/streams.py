@@ -249,9 +249,29 @@ def open_stream(uri: str, source_id: str, options: LiveOptions) -> LatestFrameSo
             return cap
 
         return LatestFrameSource(source_id, f"camera {uri}", open_camera, options)
-    # FFmpeg options for OpenCV's backend: transport, and no input buffering.
-    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = f"rtsp_transport;{options.rtsp_transport.value}|fflags;nobuffer"
     params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(options.open_timeout_s * 1000),
               cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(options.stall_timeout_s * 1000)]
-    return LatestFrameSource(source_id, f"stream {uri}", lambda: cv2.VideoCapture(uri, cv2.CAP_FFMPEG, params),
+    ffmpeg_options = f"rtsp_transport;{options.rtsp_transport.value}|fflags;nobuffer"
+    return LatestFrameSource(source_id, f"stream {uri}", lambda: _open_with_options(uri, params, ffmpeg_options),
                              options)
+
+
+_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+_options_lock = threading.Lock()
+
+
+def _open_with_options(uri: str, params: list[int], ffmpeg_options: str) -> cv2.VideoCapture:
+    """Open ``uri`` with FFmpeg options for OpenCV's backend (transport, no input
+    buffering). OpenCV reads them from the environment when it opens, so they are set for
+    that moment only: left set, they would reach every later capture of the process (a
+    video file opened with ``nobuffer`` can return no frames at all)."""
+    with _options_lock:
+        previous = os.environ.get(_OPTIONS_ENV)
+        os.environ[_OPTIONS_ENV] = ffmpeg_options
+        try:
+            return cv2.VideoCapture(uri, cv2.CAP_FFMPEG, params)
+        finally:
+            if previous is None:
+                os.environ.pop(_OPTIONS_ENV, None)
+            else:
+                os.environ[_OPTIONS_ENV] = previous

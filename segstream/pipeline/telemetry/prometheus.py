@@ -12,6 +12,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable
 
+from segstream.pipeline.telemetry.timing import stage_latency
+
 logger = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -89,11 +91,7 @@ def prometheus_text(stats: dict[str, Any]) -> str:
               st.get("frames_in", 0))
         f.add("segstream_stage_frames_out", "counter", "Frames a stage sent on.", {"stage": name},
               st.get("frames_out", 0))
-    breakdown = dict(stats["latency_ms"].get("breakdown", {}))
-    render = stats["latency_ms"].get("breakdown_to_render", {}).get("render")
-    if render:
-        breakdown["render"] = render
-    for kind, parts in breakdown.items():
+    for kind, parts in stage_latency(stats).items():
         f.histogram("segstream_stage_seconds", "Time a frame spent in a stage (receive to send).", {"stage": kind},
                     parts["stage"]["histogram"])
         f.histogram("segstream_queue_seconds", "Time a frame waited before a stage (previous send to receive).",

@@ -1,7 +1,8 @@
 """``segstream report RUN_DIR``: plots of a recorded run as PNG.
 
-- ``latency_by_stage.png``: per stage, histograms of the work time and the queueing time
-  before it, and of the end-to-end latency;
+- ``latency_by_stage.png``: per stage, histograms of the time in the stage and the time
+  queued before it (``telemetry.timing``'s vocabulary, the end table's numbers), and of the
+  end-to-end latency; ``latency_by_stage.json`` holds the medians and p95s it shows;
 - ``latency_timeline.png``: per-frame latency split by stage, with skipped frames marked;
 - ``throughput.png``: frames published per second over the run;
 - for runs with ``--eval``: ``class_iou.png`` (per-class IoU) and ``confusion_matrix.png``
@@ -22,10 +23,10 @@ import numpy as np
 
 from segstream.errors import ReportError
 from segstream.pipeline.sinks.records import FRAMES_NAME
+from segstream.pipeline.telemetry.timing import pipeline_order, stage_kind, stage_latency
 
 logger = logging.getLogger(__name__)
 
-STAGE_ORDER = ("capture", "preprocess", "infer", "publish", "render")
 COLORS = {"capture": "#4C72B0", "preprocess": "#55A868", "infer": "#C44E52", "publish": "#8172B2",
           "render": "#CCB974", "queue": "#B0B0B0"}
 DPI = 110
@@ -45,8 +46,42 @@ def load_frames(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _stages(frames: list[dict[str, Any]]) -> list[str]:
-    seen = {k for f in frames for k in f["stages"]}
-    return [s for s in STAGE_ORDER if s in seen] + sorted(seen - set(STAGE_ORDER))
+    """The stage names the frames passed, in pipeline order."""
+    return sorted({k for f in frames for k in f["stages"]}, key=pipeline_order)
+
+
+def _colour(stage: str) -> str:
+    return COLORS.get(stage_kind(stage), "#333333")
+
+
+def latency_table(frames: list[dict[str, Any]], stats: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per stage, the p50 and p95 of its time in stage and queued before it: from the
+    frames' records, and for stages past publish (render) from stats.json. The end table
+    and stats.json show the same numbers."""
+    table = {}
+    for stage in _stages(frames):
+        work = [f["stages"][stage]["stage_ms"] for f in frames if stage in f["stages"]]
+        queue = [f["stages"][stage]["queue_ms"] for f in frames if stage in f["stages"]]
+        table[stage] = {"in_stage_p50": round(float(np.median(work)), 3),
+                        "in_stage_p95": round(float(np.percentile(work, 95)), 3),
+                        "queued_p50": round(float(np.median(queue)), 3),
+                        "queued_p95": round(float(np.percentile(queue, 95)), 3)}
+    for stage, parts in stage_latency(stats).items():
+        if stage not in table and parts.get("stage", {}).get("count"):
+            table[stage] = {"in_stage_p50": parts["stage"]["median"], "in_stage_p95": parts["stage"]["p95"],
+                            "queued_p50": parts["queue"]["median"], "queued_p95": parts["queue"]["p95"]}
+    return dict(sorted(table.items(), key=lambda kv: pipeline_order(kv[0])))
+
+
+def _bucket_bars(ax: Any, histogram: dict[str, Any], colour: str, label: str) -> None:
+    """A histogram kept as cumulative buckets (stats.json), drawn as bars per bucket."""
+    bounds = [b for b, _ in histogram["buckets"]]
+    cumulative = [n for _, n in histogram["buckets"]]
+    counts = np.diff([0, *cumulative])
+    names = [f"<={b:g}" if b != "+Inf" else ">" + f"{bounds[-2]:g}" for b in bounds]
+    keep = [k for k, n in enumerate(counts) if n]
+    ax.bar([names[k] for k in keep], [counts[k] for k in keep], color=colour, alpha=0.8, label=label)
+    ax.tick_params(axis="x", labelrotation=45, labelsize=7)
 
 
 def _pyplot():
@@ -70,10 +105,12 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def plot_latency_histograms(frames: list[dict[str, Any]], out: Path) -> Path:
+def plot_latency_histograms(frames: list[dict[str, Any]], stats: dict[str, Any], out: Path) -> Path:
     """``latency_by_stage.png``: per stage, time in it and queued before it; end to end."""
     plt = _pyplot()
-    stages = _stages(frames)
+    table = latency_table(frames, stats)
+    (out / "latency_by_stage.json").write_text(json.dumps(table, indent=2))
+    stages = list(table)
     cols = 3
     rows = -(-(len(stages) + 1) // cols)
     fig, grid = plt.subplots(rows, cols, figsize=(11, 3.3 * rows), squeeze=False)
@@ -82,13 +119,22 @@ def plot_latency_histograms(frames: list[dict[str, Any]], out: Path) -> Path:
         ax.set_visible(False)
     axes = axes[:len(stages) + 1]
     for ax, stage in zip(axes, stages):
+        row = table[stage]
+        title = (f"{stage}: in stage p50 {row['in_stage_p50']:.1f} ms, queued p50 {row['queued_p50']:.1f} ms")
+        if not any(stage in f["stages"] for f in frames):  # past publish: from stats.json's buckets
+            parts = stage_latency(stats)[stage]
+            _bucket_bars(ax, parts["queue"]["histogram"], COLORS["queue"], "queued before")
+            _bucket_bars(ax, parts["stage"]["histogram"], _colour(stage), "in stage")
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("ms (buckets)")
+            continue
         work = np.array([f["stages"][stage]["stage_ms"] for f in frames if stage in f["stages"]])
         queue = np.array([f["stages"][stage]["queue_ms"] for f in frames if stage in f["stages"]])
         top = max(float(np.percentile(np.concatenate([work, queue]), 99)), 1e-3)
         bins = np.linspace(0, top * 1.05, 30)
         ax.hist(np.clip(queue, 0, bins[-1]), bins=bins, color=COLORS["queue"], alpha=0.8, label="queued before")
-        ax.hist(np.clip(work, 0, bins[-1]), bins=bins, color=COLORS.get(stage, "#333"), alpha=0.8, label="in stage")
-        ax.set_title(f"{stage}: p50 {np.median(work):.1f} ms, queued p50 {np.median(queue):.1f} ms", fontsize=9)
+        ax.hist(np.clip(work, 0, bins[-1]), bins=bins, color=_colour(stage), alpha=0.8, label="in stage")
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("ms")
     for ax in axes[::cols]:
         ax.set_ylabel("frames")
@@ -123,7 +169,7 @@ def plot_latency_timeline(frames: list[dict[str, Any]], stats: dict[str, Any], o
         bottom = queued
         for stage in stages:
             part = np.array([f["stages"].get(stage, {}).get("stage_ms", 0.0) for f in rows])
-            ax.fill_between(index, bottom, bottom + part, step="mid", color=COLORS.get(stage, "#333"), alpha=0.85,
+            ax.fill_between(index, bottom, bottom + part, step="mid", color=_colour(stage), alpha=0.85,
                             label=stage)
             bottom = bottom + part
         ax.plot(index, [f["e2e_ms"] for f in rows], color="#222222", lw=0.8, label="end to end")
@@ -223,7 +269,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> list[Path]:
                           f"record the run again")
     out = out or run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    paths = [plot_latency_histograms(frames, out), plot_latency_timeline(frames, stats, out), plot_throughput(frames, out)]
+    paths = [plot_latency_histograms(frames, stats, out), plot_latency_timeline(frames, stats, out), plot_throughput(frames, out)]
     evaluation = stats.get("eval")
     if evaluation and evaluation.get("miou") is not None:
         paths += [plot_class_iou(evaluation, out), plot_confusion(evaluation, out)]

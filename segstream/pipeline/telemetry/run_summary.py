@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from segstream.evaluation.summary import format_scores
-from segstream.pipeline.telemetry.timing import stage_kind
+from segstream.pipeline.telemetry.timing import stage_latency
 
 logger = logging.getLogger(__name__)
 
@@ -26,27 +26,41 @@ def write_stats(stats: dict[str, Any], record: str | os.PathLike[str]) -> Path:
     return path
 
 
+def format_skips(skipped: dict[str, Any]) -> str:
+    """``by_stage`` as words: ``preprocess superseded 20, infer overwritten 1``."""
+    return ", ".join(f"{stage} {reason} {count}" for stage, reasons in skipped.items()
+                     for reason, count in reasons.items() if count)
+
+
 def format_summary(stats: dict[str, Any]) -> str:
-    """A short human summary of a run's stats."""
+    """A short human summary of a run's stats, in the vocabulary of ``telemetry.timing``
+    (in stage, queued, busy, end to end)."""
     lat = stats["latency_ms"]["capture_to_publish"] or {}
+    by_stage = stats["frames_skipped"]["by_stage"]
+    before = {stage: reasons for stage, reasons in by_stage.items() if stage != "render"}
+    rendered = by_stage.get("render", {})
+    skips = f" ({format_skips(before)})" if stats["frames_skipped"]["total"] else ""
+    if sum(rendered.values()):
+        skips += f"; render left {sum(rendered.values())} published frames undrawn ({format_skips({'render': rendered})})"
     lines = [
         f"run {stats['run_id']}: {stats['policy']} flow, model {stats['model']}, {stats['duration_s']:.1f} s",
         f"  frames in {stats['frames_in']}, published {stats['frames_published']}, "
-        f"skipped {stats['frames_skipped']['total']}"
-        + (f" {stats['frames_skipped']['by_stage']}" if stats["frames_skipped"]["total"] else "")
+        f"skipped {stats['frames_skipped']['total']}{skips}"
         + (f", unaccounted {stats['frames_unaccounted']}" if stats["frames_unaccounted"] else ""),
-        f"  throughput {stats['throughput_fps']:.2f} fps, latency capture->publish "
+        f"  throughput {stats['throughput_fps']:.2f} fps, end to end capture->publish "
         f"p50 {lat.get('median', 0):.0f} ms p95 {lat.get('p95', 0):.0f} ms",
-        "  stage          in    out  skipped   work p50 ms  p95 ms   queue p50 ms  p95 ms",
+        "  stage          in    out  skipped   in stage p50 ms  p95 ms   queued p50 ms  p95 ms   busy p50 ms",
     ]
-    breakdown = {**stats["latency_ms"].get("breakdown_to_render", {}), **stats["latency_ms"].get("breakdown", {})}
+    latency = stage_latency(stats)
     for name, st in stats["stages"].items():
-        pm = st.get("process_ms", {})
-        queue = breakdown.get(stage_kind(name), {}).get("queue")
-        queued = f" {queue['median']:>14.1f} {queue['p95']:>7.1f}" if queue else f" {'-':>14} {'-':>7}"
+        parts = latency.get(name, {})
+        cells = ""
+        for key in ("stage", "queue"):
+            series = parts.get(key)
+            cells += f" {series['median']:>15.1f} {series['p95']:>7.1f}" if series else f" {'-':>15} {'-':>7}"
+        busy = st.get("process_ms", {})
         lines.append(f"  {name:<12} {st.get('frames_in', 0):>5} {st.get('frames_out', 0):>6} "
-                     f"{sum(st.get('skipped', {}).values()):>8} {pm.get('median', 0):>12.1f} {pm.get('p95', 0):>7.1f}"
-                     + queued)
+                     f"{sum(st.get('skipped', {}).values()):>8}{cells} {busy.get('median', 0):>13.1f}")
     if "eval" in stats:
         lines.append(format_scores(stats["eval"]))
     return "\n".join(lines)

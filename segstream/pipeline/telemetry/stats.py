@@ -9,6 +9,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from segstream.pipeline.telemetry.timing import pipeline_order
+
 MAX_SAMPLES = 50_000  # per series; older samples fall off so long runs keep bounded memory
 RECENT = 200  # samples behind the live figures (latency "now", not since the start)
 # Histogram bucket upper bounds (ms) for the Prometheus endpoint.
@@ -181,8 +183,8 @@ class StageStats:
             per_source=dict(self.per_source),
             throughput_by_source_fps={sid: self.throughput_fps(sid) for sid in self.per_source},
             pacing_error_ms=summarize(self.pacing_error_ms) if self.pacing_error_ms else None,
-            breakdown_ms={kind: {name: series.to_json() for name, series in parts.items()}
-                          for kind, parts in self.breakdown.items()},
+            breakdown_ms={stage: {part: series.to_json() for part, series in self.breakdown[stage].items()}
+                          for stage in sorted(self.breakdown, key=pipeline_order)},
             latency_by_source_ms={sid: series.to_json() for sid, series in self.latency_by_source.items()},
             cpu_s=self.cpu_s,
             reconnects=self.reconnects,
