@@ -34,9 +34,25 @@ def test_rle_is_compact_for_segmentation_masks():
     ("raw", bytes(5), "raw mask has 5 bytes"),
     ("rle", bytes(6), "not a multiple of 4"),
     ("rle", np.array([(3 << 8) | 1], "<u4").tobytes(), "cover 3 pixels"),
-    ("png", b"not a png", "does not decode"),
+    ("png", b"not a png", "does not declare the shape"),
     ("jpeg", b"", "unknown mask encoding"),
 ])
 def test_bad_payloads_are_refused(encoding, payload, message):
     with pytest.raises(MaskCodecError, match=message):
         decode_mask(payload, encoding, (2, 3))
+
+
+@pytest.mark.parametrize("payload, encoding, shape, message", [
+    (np.array([(200000 << 8) | 1] * 2400, "<u4").tobytes(), "rle", (200000, 200000), "refused before decoding"),
+    (np.array([(5 << 8) | 1], "<u4").tobytes(), "rle", (5,), r"\(height, width\)"),
+    (b"", "raw", (), r"\(height, width\)"),
+    (b"", "raw", (0, 4), r"\(height, width\)"),
+    (b"\x89PNG\r\n\x1a\n" + bytes(8) + (4000).to_bytes(4, "big") + (4000).to_bytes(4, "big"), "png", (2, 2),
+     "does not declare the shape"),
+    (b"not a png at all, but long enough", "png", (2, 2), "does not declare the shape"),
+])
+def test_hostile_masks_are_refused_before_any_allocation(payload, encoding, shape, message):
+    """A 9.6 KB rle message that declares 200000x200000 pixels once made consumers allocate
+    37 GiB; a PNG is checked against its declared shape before it is decoded."""
+    with pytest.raises(MaskCodecError, match=message):
+        decode_mask(payload, encoding, shape)

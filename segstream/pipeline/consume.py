@@ -9,11 +9,10 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TextIO
 
 from segstream.pipeline.client import MaskSubscriber
-from segstream.pipeline.sinks.records import write_png
+from segstream.pipeline.sinks.records import frame_file, inside, write_png
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +54,7 @@ def consume(options: ConsumeOptions, out: TextIO = sys.stdout) -> int:
                       f"latency={result.latency_ms:.1f}ms" + (f" gap={result.gap}" if result.gap else "") + "\n")
             out.flush()
             if options.save and result.mask is not None:
-                write_png(Path(options.save) / result.source / f"{result.name}.png", result.mask)
+                write_png(frame_file(inside(options.save, result.source), result.name, ".png"), result.mask)
             received += 1
             if options.count and received >= options.count:
                 break

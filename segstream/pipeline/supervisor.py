@@ -170,6 +170,9 @@ class Supervisor:
             error = self._supervise(control, commands)
         except PipelineFailed as exc:
             error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug here must not cost the run its clean-up or stats
+            logger.exception("the supervisor failed")
+            error = f"internal error in the supervisor: {type(exc).__name__}: {exc}"
         finally:
             if self._status is not None:
                 if self.state is RunState.RUNNING:

@@ -118,9 +118,14 @@ class Trainer:
         self.out = Path(config.output)
 
     def _resume(self, path: Path) -> None:
-        state = self.torch.load(path, map_location="cpu", weights_only=False)
-        if state.get("model") != self.config.model:
-            raise ModelError(f"--resume {path} is a checkpoint of {state.get('model')!r}, not {self.config.model!r}")
+        try:  # tensors and plain data only: a checkpoint never runs code on load
+            state = self.torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - torch raises several kinds for a file it refuses
+            raise ModelError(f"--resume {path} is not a segstream checkpoint that loads safely (tensors and plain "
+                             f"data only): {str(exc).splitlines()[0]}") from None
+        if not isinstance(state, dict) or state.get("model") != self.config.model:
+            found = state.get("model") if isinstance(state, dict) else type(state).__name__
+            raise ModelError(f"--resume {path} is a checkpoint of {found!r}, not {self.config.model!r}")
         self.model.load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.start_epoch = int(state["epoch"])

@@ -6,7 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from segstream.pipeline.sinks import BaseSink, SinkContext, SinkResult
-from segstream.pipeline.sinks.records import CLASSIFICATIONS_NAME, FRAMES_NAME, append_jsonl, source_dir, write_png
+from segstream.pipeline.sinks.records import (
+    CLASSIFICATIONS_NAME,
+    FRAMES_NAME,
+    append_jsonl,
+    frame_file,
+    source_dir,
+    write_png,
+)
 
 
 class _RecordSink(BaseSink):
@@ -29,7 +36,7 @@ class MaskFiles(_RecordSink):
         if result.mask is None:
             return
         header = result.header
-        write_png(source_dir(self.folder, header.source, self.per_source) / "masks" / f"{header.name}.png",
+        write_png(frame_file(source_dir(self.folder, header.source, self.per_source) / "masks", header.name, ".png"),
                   result.mask)
         self.written += 1
 

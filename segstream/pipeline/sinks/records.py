@@ -16,11 +16,32 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from segstream.errors import OutputError
+
+
+def inside(root: str | os.PathLike[str], *parts: str) -> Path:
+    """``root/part/...``, refused unless it stays inside ``root`` (names from the wire are
+    checked where they enter; this is the writer's own guard).
+
+    Raises:
+        OutputError: a part is absolute, empty, or climbs out with ``..``.
+    """
+    base = Path(root).resolve()
+    target = base.joinpath(*parts).resolve()
+    if any(not part or Path(part).is_absolute() for part in parts) or not target.is_relative_to(base):
+        raise OutputError(f"refusing to write {'/'.join(parts)!r} outside {base}: names must stay inside the "
+                          f"output folder")
+    return target
+
 
 def source_dir(record: str | os.PathLike[str], source_id: str, per_source: bool) -> Path:
-    """The folder holding one source's outputs."""
-    root = Path(record)
-    return root / source_id if per_source else root
+    """The folder holding one source's outputs (inside ``record``)."""
+    return inside(record, source_id) if per_source else Path(record)
+
+
+def frame_file(folder: Path, name: str, suffix: str) -> Path:
+    """``folder/<name><suffix>``, inside ``folder``."""
+    return inside(folder, f"{name}{suffix}")
 
 
 CLASSIFICATIONS_NAME = "classifications.jsonl"

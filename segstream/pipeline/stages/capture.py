@@ -23,6 +23,7 @@ from segstream.pipeline.sources import FrameSource, SourceFrame, open_source, to
 from segstream.pipeline.spec import CaptureSettings, StageSpec
 from segstream.pipeline.telemetry.stats import SkipCounter, StageStats
 from segstream.pipeline.wire.messages import Header, Kind, Message, eos
+from segstream.pipeline.wire.names import sanitize_name
 from segstream.pipeline.wire.payloads import PayloadWriter
 from segstream.pipeline.wire.policies import Outbox
 
@@ -129,8 +130,8 @@ def _stream(source: FrameSource, settings: CaptureSettings, spec: StageSpec, run
             meta: dict[str, Any] = {"fps": source.fps, "seq": seq}
             if frame.gt is not None:
                 meta["gt_kind"] = source.gt_kind
-            message = Message(Header(Kind.FRAME, settings.source_id, this_index, frame.name, capture_ns, wall_ns,
-                                     meta=meta))
+            message = Message(Header(Kind.FRAME, settings.source_id, this_index, sanitize_name(frame.name),
+                                     capture_ns, wall_ns, meta=meta))
             seq += 1
             blocked_before = writer.blocked_ns
             if not writer.add(message, "frame", image, lambda: runtime.stopping):

@@ -24,6 +24,8 @@ from segstream.pipeline.wire.messages import ENCODINGS
 logger = logging.getLogger(__name__)
 
 _MAX_RUN = (1 << 24) - 1
+MAX_MASK_PIXELS = 1 << 26  # 67 M pixels (8192 x 8192): a bigger mask is refused before any allocation
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 
@@ -58,12 +60,21 @@ def decode_mask(payload: bytes | memoryview | np.ndarray, encoding: str, shape: 
     Raises:
         MaskCodecError: unknown encoding, or the payload does not fit ``shape``.
     """
+    if len(shape) != 2 or not all(isinstance(d, int) and 0 < d for d in shape):
+        raise MaskCodecError(f"a mask is (height, width) with both above 0, found shape {tuple(shape)}")
+    if shape[0] * shape[1] > MAX_MASK_PIXELS:
+        raise MaskCodecError(f"mask shape {tuple(shape)} has {shape[0] * shape[1]} pixels, limit {MAX_MASK_PIXELS}; "
+                             f"refused before decoding")
     buf = np.frombuffer(payload, np.uint8)
     if encoding == "raw":
         if buf.size != shape[0] * shape[1]:
             raise MaskCodecError(f"raw mask has {buf.size} bytes, shape {shape} needs {shape[0] * shape[1]}")
         return buf.reshape(shape)
     if encoding == "png":
+        if buf.size < 24 or bytes(buf[:8]) != _PNG_SIGNATURE or \
+                (int.from_bytes(bytes(buf[16:20]), "big"), int.from_bytes(bytes(buf[20:24]), "big")) != \
+                (shape[1], shape[0]):
+            raise MaskCodecError(f"PNG mask does not declare the shape {tuple(shape)} (checked before decoding)")
         mask = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
         if mask is None or mask.shape != tuple(shape):
             raise MaskCodecError(f"PNG mask does not decode to shape {shape}")

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from segstream.errors import MessageError
+from segstream.pipeline.wire import checks
 
 logger = logging.getLogger(__name__)
 
@@ -187,91 +188,93 @@ def encode(message: Message) -> list[Any]:
     return [message.header.source.encode(), header, *message.payload]
 
 
-def _require(data: dict[str, Any], key: str, types: type | tuple[type, ...]) -> Any:
+def _require(data: dict[str, Any], key: str) -> Any:
     if key not in data:
         raise MessageError("missing_field", f"header has no {key!r}")
-    value = data[key]
-    if not isinstance(value, types) or isinstance(value, bool) and types is not bool:
-        raise MessageError("bad_field", f"header field {key!r} is {type(value).__name__}, expected {types}")
-    return value
+    return data[key]
 
 
-def _part_from_json(raw: Any) -> Part:
+def _part_from_json(raw: Any, k: int) -> Part:
     if not isinstance(raw, dict):
-        raise MessageError("bad_part", f"part is {type(raw).__name__}, expected an object")
-    shape = tuple(_require(raw, "shape", list))
+        raise MessageError("bad_part", f"part {k} is {type(raw).__name__}, expected an object")
+    name = checks.text(_require(raw, "name"), f"part {k} name", 32)
+    dims = checks.shape(_require(raw, "shape"), f"part {name!r}")
+    dtype = _require(raw, "dtype")
+    if dtype not in _DTYPES:
+        raise MessageError("bad_part", f"part {name!r} has dtype {dtype!r:.40}; expected one of {sorted(_DTYPES)}")
+    encoding = raw.get("encoding", "raw")
+    if encoding not in ENCODINGS:
+        raise MessageError("bad_part", f"part {name!r} has encoding {encoding!r:.40}; expected one of {list(ENCODINGS)}")
     ref = raw.get("ref")
     if ref is not None:
-        if not isinstance(ref, dict) or not {"ring", "slot", "seq"} <= set(ref):
-            raise MessageError("bad_part", f"part ref {ref!r} needs ring, slot and seq")
-        ref = ShmRef(str(ref["ring"]), int(ref["slot"]), int(ref["seq"]))
+        if not isinstance(ref, dict) or set(ref) != {"ring", "slot", "seq"}:
+            raise MessageError("bad_ref", f"part {name!r} ref {ref!r:.80} needs exactly ring, slot and seq")
+        ref = ShmRef(checks.ring_name(ref["ring"], f"part {name!r}"),
+                     checks.integer(ref["slot"], f"part {name!r} ref slot", 0, checks.MAX_SLOTS, "bad_ref"),
+                     checks.integer(ref["seq"], f"part {name!r} ref seq", 0, checks.MAX_NS, "bad_ref"))
     inline = raw.get("inline")
-    if inline is not None and not isinstance(inline, int):
-        raise MessageError("bad_part", f"part inline index is {inline!r}, expected an int")
-    return Part(str(_require(raw, "name", str)), shape, str(_require(raw, "dtype", str)), inline, ref,
-                str(raw.get("encoding", "raw")))
+    if inline is not None:
+        inline = checks.integer(inline, f"part {name!r} inline index", 0, checks.MAX_PARTS, "bad_part")
+    return Part(name, dims, dtype, inline, ref, encoding)
 
 
 def decode(frames: Sequence[Any]) -> Message:
-    """Multipart frames to a validated ``Message``.
+    """Multipart frames to a validated ``Message`` (every field checked: ``checks.py``).
 
     Raises:
         MessageError: with a short ``reason`` (``too_few_parts``, ``bad_json``,
-            ``bad_version``, ``missing_field``, ``bad_field``, ``bad_part``,
-            ``topic_mismatch``, ``payload_mismatch``).
+            ``bad_version``, ``missing_field``, ``bad_field``, ``bad_name``, ``bad_meta``,
+            ``bad_part``, ``bad_ref``, ``too_large``, ``topic_mismatch``,
+            ``payload_mismatch``), and nothing else.
     """
-    if len(frames) < 2:
-        raise MessageError("too_few_parts", f"expected [topic, header, payload...], found {len(frames)} part(s)")
-    topic = bytes(frames[0]).decode("utf-8", "replace")
+    if not 2 <= len(frames) <= 2 + checks.MAX_PARTS:
+        raise MessageError("too_few_parts" if len(frames) < 2 else "bad_part",
+                           f"expected [topic, header, payload...] with at most {checks.MAX_PARTS} payloads, found "
+                           f"{len(frames)} part(s)")
     raw_header = bytes(frames[1])
     if len(raw_header) > MAX_HEADER_BYTES:
         raise MessageError("bad_json", f"header is {len(raw_header)} bytes, limit {MAX_HEADER_BYTES}")
-    try:
-        data = json.loads(raw_header)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MessageError("bad_json", f"header is not UTF-8 JSON ({exc})") from None
+    data = checks.parse_json(raw_header, "header")
     if not isinstance(data, dict):
         raise MessageError("bad_json", f"header is a JSON {type(data).__name__}, expected an object")
-    version = _require(data, "version", int)
-    if version != WIRE_VERSION:
-        raise MessageError("bad_version", f"wire version {version}, this reader understands {WIRE_VERSION}")
-    try:
-        kind = Kind(_require(data, "kind", str))
-    except ValueError:
-        raise MessageError("bad_field", f"unknown kind {data['kind']!r}; expected one of {[k.value for k in Kind]}") from None
-    source = _require(data, "source", str)
-    if source != topic:
-        raise MessageError("topic_mismatch", f"topic {topic!r} but header source {source!r}")
-    parts = [_part_from_json(p) for p in _require(data, "parts", list)]
+    version = _require(data, "version")
+    if version != WIRE_VERSION or isinstance(version, bool):
+        raise MessageError("bad_version", f"wire version {version!r:.20}, this reader understands {WIRE_VERSION}")
+    kind_value = _require(data, "kind")
+    if kind_value not in {k.value for k in Kind}:
+        raise MessageError("bad_field", f"unknown kind {kind_value!r:.40}; expected one of {[k.value for k in Kind]}")
+    source = checks.safe_name(_require(data, "source"), "source")
+    if bytes(frames[0]) != source.encode():
+        raise MessageError("topic_mismatch", f"topic {bytes(frames[0])[:80]!r} but header source {source!r}")
+    raw_parts = _require(data, "parts")
+    if not isinstance(raw_parts, list) or len(raw_parts) > checks.MAX_PARTS:
+        raise MessageError("bad_part", f"parts must be a list of at most {checks.MAX_PARTS}, found {raw_parts!r:.60}")
+    parts = [_part_from_json(p, k) for k, p in enumerate(raw_parts)]
+    if len({p.name for p in parts}) != len(parts):
+        raise MessageError("bad_part", f"part names repeat: {[p.name for p in parts]}")
     payload = list(frames[2:])
     for part in parts:
-        if part.inline is None or part.encoding != "raw":
+        if part.inline is None:
             continue
-        if not 0 <= part.inline < len(payload):
+        if not part.inline < len(payload):
             raise MessageError("payload_mismatch", f"part {part.name!r} points at payload {part.inline}, "
                                                    f"message has {len(payload)}")
+        if part.encoding != "raw":
+            continue
         size = memoryview(payload[part.inline]).nbytes
         if size != part.nbytes:
             raise MessageError("payload_mismatch", f"part {part.name!r} {part.shape} {part.dtype} needs "
                                                    f"{part.nbytes} bytes, payload has {size}")
-    stamps_raw = data.get("stamps", [])
-    try:
-        stamps = [Stamp(str(s[0]), int(s[1]), int(s[2])) for s in stamps_raw]
-    except (TypeError, ValueError, IndexError):
-        raise MessageError("bad_field", f"stamps must be [stage, in_ns, out_ns] triples, found {stamps_raw!r}") from None
-    meta = data.get("meta", {})
-    if not isinstance(meta, dict):
-        raise MessageError("bad_field", f"meta is {type(meta).__name__}, expected an object")
     header = Header(
-        kind=kind,
+        kind=Kind(kind_value),
         source=source,
-        index=int(_require(data, "index", int)),
-        name=str(data.get("name", "")),
-        capture_ns=int(_require(data, "capture_ns", int)),
-        wall_ns=int(_require(data, "wall_ns", int)),
+        index=checks.integer(_require(data, "index"), "index", -1),
+        name=checks.safe_name(data.get("name", ""), "name", allow_empty=True),
+        capture_ns=checks.integer(_require(data, "capture_ns"), "capture_ns"),
+        wall_ns=checks.integer(_require(data, "wall_ns"), "wall_ns"),
         parts=parts,
-        stamps=stamps,
-        meta=meta,
+        stamps=[Stamp(*s) for s in checks.stamps(data.get("stamps", []))],
+        meta=checks.meta(data.get("meta", {})),
         version=version,
     )
     return Message(header, payload)
