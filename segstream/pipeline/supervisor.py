@@ -24,7 +24,7 @@ from typing import Any
 import zmq
 
 from segstream.engines.resolve import InferenceModel
-from segstream.errors import MessageError, PipelineFailed
+from segstream.errors import MessageError, PipelineFailed, SegstreamError
 from segstream.pipeline.config import PipelineConfig
 from segstream.pipeline.control import Command, CommandMessage, EventKind, PipelineFigures, decode_event, encode
 from segstream.pipeline.graph import RunPlan, plan_run
@@ -170,6 +170,8 @@ class Supervisor:
             error = self._supervise(control, commands)
         except PipelineFailed as exc:
             error = str(exc)
+        except SegstreamError:
+            raise  # a refusal with its own message (a wrong setting found while planning): the CLI prints it
         except Exception as exc:  # noqa: BLE001 - a bug here must not cost the run its clean-up or stats
             logger.exception("the supervisor failed")
             error = f"internal error in the supervisor: {type(exc).__name__}: {exc}"
