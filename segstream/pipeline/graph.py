@@ -154,6 +154,7 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
         present.add(StageKind.RENDER)
     control, commands = endpoint("control"), endpoint("commands")
     rate = config.rate or ("native" if live else "max")
+    ids = tuple(source_ids(config.sources))
 
     def spec(name: str, kind: StageKind, settings: StageSettings, **kw: object) -> StageSpec:
         slots = RING_SLOTS.get(kind, (0, 0))[1 if live else 0]
@@ -163,12 +164,12 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
         ring = ring_spec(run_id, name, kind, slots, present) if outputs else None
         return StageSpec(name=name, kind=kind, run_id=run_id, policy=policy, settings=settings, control=control,
                          commands=commands, ring=ring, reads=reads_of(kind, present),
-                         nice=0 if full_priority else LIGHT_STAGE_NICE, sources=len(config.sources),
+                         nice=0 if full_priority else LIGHT_STAGE_NICE, sources=len(config.sources), source_ids=ids,
                          delay_ms=float(config.stage_delay_ms.get(kind.value, 0.0)), **kw)  # type: ignore[arg-type]
 
     stages: list[StageSpec] = []
     capture_outputs = []
-    for i, (uri, sid) in enumerate(zip(config.sources, source_ids(config.sources))):
+    for i, (uri, sid) in enumerate(zip(config.sources, ids)):
         out = endpoint(f"capture-{i}")
         capture_outputs.append(out)
         stages.append(spec(f"capture-{i}", StageKind.CAPTURE, CaptureSettings(

@@ -113,6 +113,9 @@ def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processo
             for message in messages:
                 in_ns = time.monotonic_ns()
                 source = message.header.source
+                if spec.source_ids and source not in spec.source_ids:
+                    runtime.refuse(None, "unknown_source", f"source {source!r} is not one of {list(spec.source_ids)}")
+                    continue
                 if message.header.kind is Kind.EOS:
                     eos_seen[source] += 1
                     if eos_seen[source] < spec.eos_per_source:

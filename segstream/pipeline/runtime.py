@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 STATS_INTERVAL_S = 1.0
 PARENT_CHECK_S = 0.5
+REFUSAL_LOG_S = 5.0
 STANDALONE_DRAIN_S = 5.0  # after end of stream, a stage running alone waits this long for its readers
 
 
@@ -56,6 +57,7 @@ class StageRuntime:
         self._finish = False
         self._last_report = time.monotonic()
         self._before_report: list[Callable[[], None]] = []
+        self._last_refusal: dict[str, float] = {}
         self._parent = os.getppid()
         self._last_parent_check = time.monotonic()
         signal.signal(signal.SIGINT, self._on_signal)
@@ -148,6 +150,15 @@ class StageRuntime:
                 self._read_commands()
             elif self.stopping:  # also notices a supervisor that is gone
                 break
+
+    def refuse(self, source: str | None, reason: str, detail: str) -> None:
+        """Skip a message this stage cannot use: counted by reason, logged at most once per
+        ``REFUSAL_LOG_S`` per reason (a flood of bad input cannot flood the log)."""
+        self.stats.skipped.add(reason, source)
+        now = time.monotonic()
+        if now - self._last_refusal.get(reason, -REFUSAL_LOG_S) >= REFUSAL_LOG_S:
+            self._last_refusal[reason] = now
+            logger.warning("%s: skipped a message (%s): %s", self.spec.name, reason, detail)
 
     def before_report(self, refresh: Callable[[], None]) -> None:
         """Call ``refresh`` before each report (to copy figures kept elsewhere into the stats)."""

@@ -208,6 +208,7 @@ class StageSpec:
         reader_in_order: this stage sees every frame of its upstream rings in order
             (False for one of several parallel workers).
         sources: number of sources.
+        source_ids: their ids (a message of another source is refused).
         eos_per_source: end-of-stream messages that end one source here (one per
             parallel worker upstream).
         reorder: put frames back in capture order (after parallel workers).
@@ -231,6 +232,7 @@ class StageSpec:
     reads: dict[str, int] = field(default_factory=dict)
     reader_in_order: bool = True
     sources: int = 1
+    source_ids: tuple[str, ...] = ()
     eos_per_source: int = 1
     reorder: bool = False
     delay_ms: float = 0.0

@@ -12,6 +12,7 @@ import numpy as np
 
 from segstream.engines.backends.base import labels_from_outputs, load_engine, top_labels
 from segstream.engines.metadata import OutputKind
+from segstream.pipeline.expect import IMAGE, TENSOR, part_problem
 from segstream.pipeline.loop import CARRIED, open_writer, run_middle_stage
 from segstream.pipeline.runtime import StageRuntime
 from segstream.pipeline.spec import InferSettings, StageSpec
@@ -35,6 +36,10 @@ class InferProcessor:
         self.writer = open_writer(spec)
         runtime.stats.extra["model"] = self.engine.metadata.name
         self._input: np.ndarray | None = None  # reused input buffer
+        meta = self.engine.metadata
+        self._takes_images = self.engine.takes_images
+        self._input_shape = ((meta.input_height, meta.input_width, 3) if self._takes_images
+                             else (1, 3, meta.input_height, meta.input_width))
         self._confidence = self.engine.metadata.output(OutputKind.CONFIDENCE) if settings.confidence else None
         # Live flow: capture overwrites its ring at the camera's rate, and render needs the
         # frame a good while later (after inference). Copy the frames that do get
@@ -42,6 +47,14 @@ class InferProcessor:
         self._frames = PayloadReader() if spec.policy is FlowPolicy.LIVE else None
 
     def process(self, message: Message) -> Message | None:
+        problem = part_problem(message, "input", IMAGE if self._takes_images else TENSOR)
+        part = message.header.part("input")
+        if not problem and part is not None and part.shape != self._input_shape:
+            problem = f"part 'input' has shape {part.shape}; this model takes {self._input_shape}"
+        if problem:
+            self.inputs.release(message, "input")
+            self.runtime.refuse(message.header.source, "bad_input", problem)
+            return None
         model_input = self._input = self.inputs.take(message, "input", self._input)
         if model_input is None:
             self.runtime.stats.skipped.add("overwritten", message.header.source)

@@ -13,6 +13,7 @@ import logging
 import numpy as np
 
 from segstream.engines.preprocess import Preprocessor
+from segstream.pipeline.expect import IMAGE, part_problem
 from segstream.pipeline.loop import CARRIED, open_writer, run_middle_stage
 from segstream.pipeline.runtime import StageRuntime
 from segstream.pipeline.spec import PreprocessSettings, StageSpec
@@ -38,6 +39,11 @@ class PreprocessProcessor:
         self.writer = open_writer(spec)
 
     def process(self, message: Message) -> Message | None:
+        problem = part_problem(message, "frame", IMAGE)
+        if problem:
+            self.frames.release(message, "frame")
+            self.runtime.refuse(message.header.source, "bad_input", problem)
+            return None
         frame = self.frames.take(message, "frame")
         if frame is None:
             self.runtime.stats.skipped.add("overwritten", message.header.source)

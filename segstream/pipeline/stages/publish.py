@@ -14,6 +14,7 @@ import time
 import cv2
 import numpy as np
 
+from segstream.pipeline.expect import IMAGE, LABELS, part_problem
 from segstream.pipeline.loop import CARRIED, open_writer, run_middle_stage
 from segstream.pipeline.overlay import class_counts
 from segstream.pipeline.runtime import StageRuntime
@@ -67,6 +68,13 @@ class PublishProcessor:
 
     def process(self, message: Message) -> Message | None:
         started_ns = time.monotonic_ns()
+        problem = part_problem(message, "labels", LABELS) if message.header.part("labels") else None
+        if not problem and message.header.part("frame") is not None:
+            problem = part_problem(message, "frame", IMAGE)
+        if problem:
+            self.discard(message)
+            self.runtime.refuse(message.header.source, "bad_input", problem)
+            return None
         labels = mask = None
         if message.header.part("labels") is not None:  # a classifier has no label map
             labels = self.labels.take(message, "labels")

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from segstream.pipeline.expect import IMAGE, LABELS, part_problem
 from segstream.pipeline.loop import run_middle_stage
 from segstream.pipeline.overlay import OverlayRenderer, OverlayStyle, class_counts
 from segstream.pipeline.runtime import StageRuntime
@@ -77,8 +78,15 @@ class RenderProcessor:
 
     def process(self, message: Message) -> Message | None:
         started_ns = time.monotonic_ns()
-        frame = self.frames.take(message, "frame")
         has_mask = message.header.part("mask") is not None  # a classifier's results have none
+        problem = part_problem(message, "frame", IMAGE) or (part_problem(message, "mask", LABELS) if has_mask else None)
+        if not problem and has_mask and message.header.part("mask").shape != message.header.part("frame").shape[:2]:
+            problem = "parts 'mask' and 'frame' differ in size"
+        if problem:
+            self.discard(message)
+            self.runtime.refuse(message.header.source, "bad_input", problem)
+            return None
+        frame = self.frames.take(message, "frame")
         mask = self.masks.take(message, "mask") if has_mask else None
         if frame is None or (has_mask and mask is None):
             self.runtime.stats.skipped.add("overwritten", message.header.source)

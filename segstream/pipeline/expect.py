@@ -1,0 +1,51 @@
+"""What a stage needs of a message it received: the part, its dtype and its shape. A message
+that decodes but does not fit is skipped and counted by reason, never fatal.
+
+    >>> from segstream.pipeline.wire.messages import Header, Kind, Message, Part
+    >>> message = Message(Header(Kind.FRAME, "cam", parts=[Part("frame", (4,), "uint8", inline=0)]))
+    >>> part_problem(message, "frame", IMAGE)
+    "part 'frame' has shape (4,); expected (H, W, 3) uint8"
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from segstream.pipeline.wire.messages import Message
+
+
+@dataclass(frozen=True)
+class PartShape:
+    """What a part must look like.
+
+    Attributes:
+        dtypes: the dtypes allowed.
+        ndim: the number of dimensions.
+        channels: the size of the last dimension, if fixed.
+        describe: the expected form, for messages.
+    """
+
+    dtypes: tuple[str, ...]
+    ndim: int
+    channels: int | None
+    describe: str
+
+
+IMAGE = PartShape(("uint8",), 3, 3, "(H, W, 3) uint8")
+LABELS = PartShape(("uint8",), 2, None, "(H, W) uint8")
+TENSOR = PartShape(("float32",), 4, None, "(1, 3, H, W) float32")
+
+
+def part_problem(message: Message, name: str, expected: PartShape) -> str | None:
+    """Why part ``name`` of ``message`` cannot be used as ``expected`` (None if it can)."""
+    part = message.header.part(name)
+    if part is None:
+        return f"message has no part {name!r}; it has {[p.name for p in message.header.parts]}"
+    if part.encoding != "raw":
+        return f"part {name!r} is {part.encoding}-encoded; stages exchange raw arrays"
+    shape = part.shape
+    if part.dtype not in expected.dtypes or len(shape) != expected.ndim or 0 in shape \
+            or (expected.channels is not None and shape[-1] != expected.channels):
+        return f"part {name!r} has shape {shape}{'' if part.dtype in expected.dtypes else ' ' + part.dtype}; " \
+               f"expected {expected.describe}"
+    return None
