@@ -9,7 +9,8 @@ view, Prometheus), per stage *process* (``capture-0``, ``infer-1``...):
   (lossless flow). The capture stage's runs from the capture timestamp (the scheduled time
   of a paced replay) to its send;
 - **busy** (stats.json ``stages.<name>.process_ms``): in stage minus that wait, the stage's
-  own work;
+  own work. Publish is the exception: its *in stage* ends when consumers are sent the mask,
+  and its sinks run after, so its busy includes them;
 - ``e2e_ms``, **end to end**: capture to the moment the last stage finished. By
   construction ``sum(queue_ms + stage_ms) == e2e_ms``.
 """
