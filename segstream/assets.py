@@ -31,8 +31,6 @@ DATA_ENV = "SEGSTREAM_DATA"
 URL_BASE_ENV = "SEGSTREAM_DOWNLOAD_BASE"  # replaces the upstream address prefix (mirrors, tests)
 
 
-
-
 @dataclass(frozen=True)
 class Asset:
     """A data file the project knows by name, address and checksum."""

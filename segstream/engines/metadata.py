@@ -27,8 +27,6 @@ METADATA_KEY = "segstream"
 METADATA_VERSION = 1
 
 
-
-
 class ChannelOrder(str, Enum):
     """Channel order the model expects (frames arrive as BGR from OpenCV)."""
 

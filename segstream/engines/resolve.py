@@ -18,7 +18,6 @@ from segstream.errors import ModelError
 logger = logging.getLogger(__name__)
 
 
-
 class EnginePrecision(str, Enum):
     """Engine precision of a run (INT8 engines are built with ``segstream build --int8``)."""
 

@@ -19,8 +19,6 @@ from segstream.evaluation.summary import eval_summary
 logger = logging.getLogger(__name__)
 
 
-
-
 @dataclass(frozen=True)
 class OfflineEval:
     """What ``segstream eval`` does.

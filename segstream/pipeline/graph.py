@@ -31,7 +31,6 @@ from segstream.pipeline.spec import (
     StageSpec,
 )
 from segstream.pipeline.wire.choices import FlowPolicy, Transport, ipc_endpoint
-from segstream.pipeline.wire.names import sanitize_name
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +67,7 @@ def source_ids(sources: tuple[str, ...]) -> list[str]:
 
     ids: list[str] = []
     for uri in sources:
-        base = sanitize_name(default_source_id(uri), "source")  # ids become folder names
+        base = default_source_id(uri)
         candidate, k = base, 1
         while candidate in ids:
             candidate = f"{base}-{k}"

@@ -6,9 +6,11 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from typing import Protocol
+from typing import Any, Callable, Protocol
 
+from segstream.engines.metadata import ModelMetadata
 from segstream.pipeline.runtime import StageRuntime
+from segstream.pipeline.sinks import SinkContext, SinkSet
 from segstream.pipeline.spec import StageSpec
 from segstream.pipeline.wire.messages import Kind, Message, Stamp
 from segstream.pipeline.wire.payloads import PayloadWriter, mode_for_endpoint
@@ -68,6 +70,19 @@ def open_outbox(spec: StageSpec, runtime: StageRuntime) -> Outbox | None:
             sock.close(linger=0)
         raise
     return Outbox(sockets, spec.policy, runtime.stats.skipped, lambda: runtime.stopping)
+
+
+def open_sinks(spec: StageSpec, runtime: StageRuntime, uris: tuple[str, ...], metadata: ModelMetadata,
+               per_source_dirs: bool, live_figures: Callable[[], dict[str, Any]] = dict) -> SinkSet:
+    """The sinks a stage drives, with the context they may use; their figures are copied
+    into every report the stage sends (the final one included)."""
+    sinks = SinkSet(uris, SinkContext(
+        per_source_dirs=per_source_dirs, sources=spec.sources, class_names=tuple(metadata.class_names),
+        palette=tuple(tuple(c) for c in metadata.palette), ignore_index=metadata.ignore_index,
+        zmq_context=runtime.context, stopping=lambda: runtime.stopping, skipped=runtime.stats.skipped,
+        live_figures=live_figures, model=metadata.name))
+    runtime.before_report(lambda: setattr(runtime.stats, "sinks", sinks.figures()))
+    return sinks
 
 
 def stamp(message: Message, stage: str, in_ns: int) -> None:

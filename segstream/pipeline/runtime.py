@@ -89,8 +89,7 @@ class StageRuntime:
             try:
                 self._apply(decode_command(raw))
             except MessageError as exc:
-                self.stats.skipped.add(f"control_{exc.reason}", None)
-                logger.warning("%s: ignored a malformed command: %s", self.spec.name, exc)
+                self.refuse(None, f"control_{exc.reason}", f"malformed command: {exc}")
 
     @property
     def stopping(self) -> bool:

@@ -55,8 +55,6 @@ class RunState(str, Enum):
     DONE = "done"
 
 
-
-
 @dataclass
 class StageProcess:
     """A started stage: its spec, process, and what it reported."""

@@ -34,8 +34,6 @@ logger = logging.getLogger(__name__)
 ARGMAX_KEY = "argmax"
 
 
-
-
 class Engine(Protocol):
     """A loaded model that turns input tensors into named outputs."""
 

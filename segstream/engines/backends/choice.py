@@ -21,7 +21,6 @@ from segstream.errors import BackendUnavailable, ModelError
 logger = logging.getLogger(__name__)
 
 
-
 class Backend(str, Enum):
     """The backends a run may ask for; ``auto`` picks the fastest this machine can run."""
 

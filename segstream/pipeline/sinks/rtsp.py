@@ -24,8 +24,6 @@ DEFAULT_FPS = 25.0
 logger = logging.getLogger(__name__)
 
 
-
-
 class RtspPublisher:
     """Encodes frames to H.264 and pushes them to an RTSP server.
 

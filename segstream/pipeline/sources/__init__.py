@@ -36,6 +36,7 @@ from segstream.errors import SourceError
 from segstream.pipeline.sources.base import FrameSource, SourceFrame, to_bgr
 from segstream.pipeline.sources.files import ImageListSource, TestPatternSource, VideoFileSource
 from segstream.pipeline.sources.streams import LiveOptions, is_camera_uri, is_stream_uri, open_stream
+from segstream.pipeline.wire.names import sanitize_name
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +176,12 @@ def is_live_uri(uri: str) -> bool:
 
 
 def default_source_id(uri: str) -> str:
-    """A readable id from a URI: the file or folder name, or ``test-pattern``."""
+    """A readable id from a URI: the file or folder name, or ``test-pattern``; always a safe
+    name (``wire.names``), since ids become folder names."""
+    return sanitize_name(_readable_id(uri), "source")
+
+
+def _readable_id(uri: str) -> str:
     if uri.startswith("test-pattern"):
         return "test-pattern"
     if uri.startswith("camera:"):

@@ -15,10 +15,10 @@ import cv2
 import numpy as np
 
 from segstream.pipeline.expect import IMAGE, LABELS, part_problem
-from segstream.pipeline.loop import CARRIED, open_writer, run_middle_stage
+from segstream.pipeline.loop import CARRIED, open_sinks, open_writer, run_middle_stage
 from segstream.pipeline.overlay import class_counts
 from segstream.pipeline.runtime import StageRuntime
-from segstream.pipeline.sinks import SinkContext, SinkResult, SinkSet
+from segstream.pipeline.sinks import SinkResult
 from segstream.pipeline.spec import MaskResolution, PublishSettings, StageSpec
 from segstream.pipeline.telemetry.timing import frame_timing
 from segstream.pipeline.wire.mask_codec import encode_mask
@@ -54,17 +54,9 @@ class PublishProcessor:
             # them time to connect and subscribe before this stage reports ready, so they
             # get the first mask too (PUB drops messages for subscriptions not yet known).
             time.sleep(SUBSCRIBER_GRACE_S)
-        self.sinks = SinkSet(settings.sinks, SinkContext(
-            per_source_dirs=settings.per_source_dirs, sources=spec.sources, class_names=tuple(meta.class_names),
-            palette=tuple(tuple(c) for c in meta.palette), ignore_index=meta.ignore_index,
-            zmq_context=runtime.context, stopping=lambda: runtime.stopping, skipped=runtime.stats.skipped,
-            model=meta.name))
-        runtime.before_report(self._note_sinks)
+        self.sinks = open_sinks(spec, runtime, settings.sinks, meta, settings.per_source_dirs)
         self.labels = PayloadReader(spec.reads.get("labels"))  # also reads the inline parts
         self.writer = open_writer(spec) if spec.outputs else None
-
-    def _note_sinks(self) -> None:
-        self.runtime.stats.sinks = self.sinks.figures()
 
     def process(self, message: Message) -> Message | None:
         started_ns = time.monotonic_ns()
@@ -153,7 +145,6 @@ class PublishProcessor:
 
     def close(self) -> None:
         self.sinks.close()
-        self._note_sinks()
         if self.pub is not None:
             self.pub.close(linger=0 if self.runtime.stopping else 1000)
         self.labels.close()

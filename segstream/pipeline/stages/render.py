@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 
 from segstream.pipeline.expect import IMAGE, LABELS, part_problem
-from segstream.pipeline.loop import run_middle_stage
+from segstream.pipeline.loop import open_sinks, run_middle_stage
 from segstream.pipeline.overlay import OverlayRenderer, OverlayStyle, class_counts
 from segstream.pipeline.runtime import StageRuntime
-from segstream.pipeline.sinks import SinkContext, SinkResult, SinkSet
+from segstream.pipeline.sinks import SinkResult
 from segstream.pipeline.spec import RenderSettings, StageSpec
 from segstream.pipeline.telemetry.stats import summarize
 from segstream.pipeline.telemetry.timing import frame_timing
@@ -42,17 +42,9 @@ class RenderProcessor:
         self.renderer = OverlayRenderer(meta.class_names, meta.palette, meta.ignore_index, style)
         self.frames = PayloadReader(spec.reads.get("frame"))
         self.masks = PayloadReader(spec.reads.get("mask"))
-        self.sinks = SinkSet(settings.sinks, SinkContext(
-            per_source_dirs=settings.per_source_dirs, sources=spec.sources, class_names=tuple(meta.class_names),
-            palette=tuple(tuple(c) for c in meta.palette), ignore_index=meta.ignore_index,
-            zmq_context=runtime.context, stopping=lambda: runtime.stopping, skipped=runtime.stats.skipped,
-            live_figures=self._live_figures, model=meta.name))
-        runtime.before_report(self._note_sinks)
+        self.sinks = open_sinks(spec, runtime, settings.sinks, meta, settings.per_source_dirs, self._live_figures)
         self._last_seen: dict[str, float] = {}
         self._rate: dict[str, float] = {}
-
-    def _note_sinks(self) -> None:
-        self.runtime.stats.sinks = self.sinks.figures()
 
     def _live_fps(self, source: str) -> float:
         """Frames per second rendered for ``source``, smoothed."""
@@ -113,7 +105,6 @@ class RenderProcessor:
 
     def close(self) -> None:
         self.sinks.close()
-        self._note_sinks()
         self.frames.close()
         self.masks.close()
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from segstream.errors import ReportError
 from segstream.pipeline.sinks.records import FRAMES_NAME
+from segstream.pipeline.telemetry.stats import summarize
 from segstream.pipeline.telemetry.timing import pipeline_order, stage_kind, stage_latency
 
 logger = logging.getLogger(__name__)
@@ -30,8 +31,6 @@ logger = logging.getLogger(__name__)
 COLORS = {"capture": "#4C72B0", "preprocess": "#55A868", "infer": "#C44E52", "publish": "#8172B2",
           "render": "#CCB974", "queue": "#B0B0B0"}
 DPI = 110
-
-
 
 
 def load_frames(run_dir: Path) -> list[dict[str, Any]]:
@@ -58,18 +57,17 @@ def latency_table(frames: list[dict[str, Any]], stats: dict[str, Any]) -> dict[s
     """Per stage, the p50 and p95 of its time in stage and queued before it: from the
     frames' records, and for stages past publish (render) from stats.json. The end table
     and stats.json show the same numbers."""
+    def row(in_stage: dict[str, Any], queued: dict[str, Any]) -> dict[str, float]:
+        return {"in_stage_p50": in_stage["median"], "in_stage_p95": in_stage["p95"],
+                "queued_p50": queued["median"], "queued_p95": queued["p95"]}
+
     table = {}
     for stage in _stages(frames):
-        work = [f["stages"][stage]["stage_ms"] for f in frames if stage in f["stages"]]
-        queue = [f["stages"][stage]["queue_ms"] for f in frames if stage in f["stages"]]
-        table[stage] = {"in_stage_p50": round(float(np.median(work)), 3),
-                        "in_stage_p95": round(float(np.percentile(work, 95)), 3),
-                        "queued_p50": round(float(np.median(queue)), 3),
-                        "queued_p95": round(float(np.percentile(queue, 95)), 3)}
+        mine = [f["stages"][stage] for f in frames if stage in f["stages"]]
+        table[stage] = row(summarize(p["stage_ms"] for p in mine), summarize(p["queue_ms"] for p in mine))
     for stage, parts in stage_latency(stats).items():
         if stage not in table and parts.get("stage", {}).get("count"):
-            table[stage] = {"in_stage_p50": parts["stage"]["median"], "in_stage_p95": parts["stage"]["p95"],
-                            "queued_p50": parts["queue"]["median"], "queued_p95": parts["queue"]["p95"]}
+            table[stage] = row(parts["stage"], parts["queue"])
     return dict(sorted(table.items(), key=lambda kv: pipeline_order(kv[0])))
 
 

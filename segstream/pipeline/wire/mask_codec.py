@@ -28,8 +28,6 @@ MAX_MASK_PIXELS = 1 << 26  # 67 M pixels (8192 x 8192): a bigger mask is refused
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-
-
 def encode_mask(mask: np.ndarray, encoding: str) -> np.ndarray:
     """Encode an (H, W) uint8 mask; returns the bytes as a uint8 (or uint32) array."""
     if encoding == "raw":

@@ -34,8 +34,6 @@ _DTYPES = {"uint8", "int8", "uint16", "int16", "int32", "int64", "float16", "flo
 MAX_HEADER_BYTES = 1 << 20
 
 
-
-
 class MaskEncoding(str, Enum):
     """How a part's bytes are laid out (see ``mask_codec``)."""
 

@@ -54,8 +54,6 @@ SOCKET_OPTIONS: dict[Role, tuple[int, dict[int, Any]]] = {
 }
 
 
-
-
 def make_socket(context: zmq.Context, role: Role, bind: str | None = None, connect: list[str] | str | None = None) -> zmq.Socket:
     """Create a socket for ``role`` with its table options, then bind and/or connect.
 
