@@ -250,6 +250,17 @@ def test_a_stalled_stream_is_reopened(rtsp_server):
     source.close()
     assert resumed == 10
     assert source.reconnects >= 1
+    assert source.stalls >= 1  # the watchdog saw it, not only a read that failed later
+
+
+def test_the_wait_between_attempts_doubles_to_its_cap_and_starts_over_once_a_stream_opens():
+    from segstream.pipeline.sources.streams import Backoff
+
+    backoff = Backoff(0.25, 2.0)
+    assert [backoff.next() for _ in range(6)] == [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]
+    backoff.reset()
+    assert backoff.next() == 0.25
+    assert LiveOptions().backoff_max_s == 2.0 and LiveOptions().stall_timeout_s == 5.0
 
 
 def test_stream_options_do_not_leak_into_later_captures(tmp_path):

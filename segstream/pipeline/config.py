@@ -29,7 +29,7 @@ from segstream.pipeline.settings import coerce_fields, from_mapping, setting
 from segstream.pipeline.sources.streams import LiveOptions
 from segstream.pipeline.spec import MaskResolution, StageKind
 from segstream.pipeline.typed_json import load_dataclass
-from segstream.pipeline.wire.choices import FlowPolicy, Transport
+from segstream.pipeline.wire.choices import FlowPolicy, RestartPolicy, Transport
 from segstream.pipeline.wire.messages import MaskEncoding
 
 logger = logging.getLogger(__name__)
@@ -88,6 +88,10 @@ class PipelineConfig:
     tcp_host: str = setting("127.0.0.1", "host the tcp endpoints bind on", section="flow")
     tcp_base_port: int = setting(5600, "first port of the stage endpoints over tcp", section="flow")
     ready_timeout_s: float = setting(120.0, "how long the stages may take to start (s)", section="flow")
+    restart: RestartPolicy = setting(RestartPolicy.ON_FAILURE, "restart a stage process that dies (the others go "
+                                     "on) or end the run", flag="--restart", section="flow")
+    max_restarts: int = setting(5, "restarts of one stage allowed per 10 minutes before the run fails",
+                                flag="--max-restarts", section="flow", metavar="N")
     stage_delay_ms: dict[str, float] = setting(help="artificial per-frame delay per stage kind (tests, demos)",
                                                section="flow", default_factory=dict)
     # -- outputs -------------------------------------------------------------------------
@@ -155,6 +159,8 @@ class PipelineConfig:
                 raise ConfigError(f"rate must be 'native', 'max' or frames per second (e.g. 10), found {self.rate!r}")
         if self.workers < 0 or self.workers > 8:
             raise ConfigError(f"workers must be between 0 (auto) and 8, found {self.workers}")
+        if self.max_restarts < 0:
+            raise ConfigError(f"max_restarts must be >= 0, found {self.max_restarts}")
         if self.max_frames < 0:
             raise ConfigError(f"max_frames must be >= 0, found {self.max_frames}")
         if not 0.0 <= self.opacity <= 1.0:

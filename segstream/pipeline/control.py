@@ -5,8 +5,9 @@ data-plane messages (``typed_json``): a malformed or forged message raises
 ``MessageError`` with a short reason, which the receiver counts and skips.
 
 - Commands (supervisor PUB -> every stage SUB): ``start``, ``stop``, ``finish`` (every
-  stage behind you is done: close your sockets) and ``figures`` (pipeline-wide numbers
-  for stages that show them, such as the live view).
+  stage behind you is done: close your sockets), ``figures`` (pipeline-wide numbers
+  for stages that show them, such as the live view) and ``resync`` (a stage was
+  restarted: frames it held are gone, stop waiting for them).
 - Events (stage PUSH -> supervisor PULL): ``ready``, ``started``, ``ended`` (sent its end
   of stream), ``stats`` (periodic report), ``done`` (final report and exit code),
   ``error`` and ``source_failed``.
@@ -38,6 +39,7 @@ class Command(str, Enum):
     STOP = "stop"
     FINISH = "finish"
     FIGURES = "figures"
+    RESYNC = "resync"
 
 
 class EventKind(str, Enum):

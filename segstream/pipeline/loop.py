@@ -12,7 +12,8 @@ from segstream.engines.metadata import ModelMetadata
 from segstream.pipeline.runtime import StageRuntime
 from segstream.pipeline.sinks import SinkContext, SinkSet
 from segstream.pipeline.spec import StageSpec
-from segstream.pipeline.wire.messages import Kind, Message, Stamp
+from segstream.pipeline.telemetry.stats import SkipCounter
+from segstream.pipeline.wire.messages import Kind, Message, Stamp, eos
 from segstream.pipeline.wire.payloads import PayloadWriter, mode_for_endpoint
 from segstream.pipeline.wire.policies import FlowPolicy, Inbox, Outbox, Reorderer
 from segstream.pipeline.wire.transport import Role, make_socket
@@ -24,7 +25,15 @@ EOS_LINGER_MS = 2000  # what is still queued at a normal close (after wait_until
 
 
 class Processor(Protocol):
-    """The per-frame work of a middle stage."""
+    """The per-frame work of a middle stage.
+
+    Attributes:
+        finishes_frames: a frame is done once ``process`` returned it (publish: the mask
+            is out); the stage counts it as sent on even if the stage behind does not
+            take it, which is counted apart (``handed_over_skipped``).
+    """
+
+    finishes_frames: bool
 
     def process(self, message: Message) -> Message | None:
         """Handle one frame message; returns what to send on, or None if skipped
@@ -56,8 +65,9 @@ def open_writer(spec: StageSpec) -> PayloadWriter:
                          len(spec.ring.readers), spec.ring.slots, lossless=spec.policy is FlowPolicy.LOSSLESS)
 
 
-def open_outbox(spec: StageSpec, runtime: StageRuntime) -> Outbox | None:
-    """Bind the stage's output sockets; None for the last stage."""
+def open_outbox(spec: StageSpec, runtime: StageRuntime, skipped: SkipCounter | None = None) -> Outbox | None:
+    """Bind the stage's output sockets; None for the last stage. Frames dropped on the
+    way count in ``skipped`` (default: the stage's skipped)."""
     if not spec.outputs:
         return None
     role = Role.STAGE_OUT_LIVE if spec.policy is FlowPolicy.LIVE else Role.STAGE_OUT_LOSSLESS
@@ -69,7 +79,8 @@ def open_outbox(spec: StageSpec, runtime: StageRuntime) -> Outbox | None:
         for sock in sockets:
             sock.close(linger=0)
         raise
-    return Outbox(sockets, spec.policy, runtime.stats.skipped, lambda: runtime.stopping)
+    return Outbox(sockets, spec.policy, runtime.stats.skipped if skipped is None else skipped,
+                  lambda: runtime.stopping)
 
 
 def open_sinks(spec: StageSpec, runtime: StageRuntime, uris: tuple[str, ...], metadata: ModelMetadata,
@@ -97,8 +108,9 @@ def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processo
     """
     in_role = Role.STAGE_IN_LIVE if spec.policy is FlowPolicy.LIVE else Role.STAGE_IN_LOSSLESS
     pull = make_socket(runtime.context, in_role, connect=list(spec.inputs))
-    outbox = open_outbox(spec, runtime)
     stats = runtime.stats
+    finishes = processor.finishes_frames
+    outbox = open_outbox(spec, runtime, stats.handed_over_skipped if finishes else None)
     inbox = Inbox(pull, spec.policy, stats.skipped)
     reorder = Reorderer(spec.policy, stats.skipped) if spec.reorder else None
     eos_seen: Counter[str] = Counter()
@@ -114,13 +126,24 @@ def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processo
         if not result.header.stamps or result.header.stamps[-1].stage != spec.name:  # publish and render stamp themselves
             stamp(result, spec.name, in_ns)
         stats.record_timing(in_ns, result.header.stamps[-1].out_ns, processor.blocked_ns() - blocked_before)
-        if outbox is None or outbox.send(result):
+        if finishes:
+            stats.record_out(message.header.source, time.monotonic_ns())
+            if outbox is not None:
+                outbox.send(result)
+        elif outbox is None or outbox.send(result):
             stats.record_out(message.header.source, time.monotonic_ns())
 
     try:
         if not runtime.ready_and_wait_for_start():
             return 0
+        for source in spec.ended_sources:  # ended before this process (a restart) started
+            ended.add(source)
+            if outbox is not None:
+                outbox.send(eos(source, restarted=True))
         while not runtime.stopping and len(ended) < spec.sources:
+            if runtime.take_resync() and reorder is not None:  # a restarted worker lost what it held
+                for held in reorder.resync():
+                    handle_frame(held, time.monotonic_ns())
             messages = inbox.receive()
             for old in inbox.superseded:
                 processor.discard(old)
@@ -132,6 +155,8 @@ def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processo
                     runtime.refuse(None, "unknown_source", f"source {source!r} is not one of {list(spec.source_ids)}")
                     continue
                 if message.header.kind is Kind.EOS:
+                    if source in ended:  # sent again by a restarted stage
+                        continue
                     eos_seen[source] += 1
                     if eos_seen[source] < spec.eos_per_source:
                         continue
@@ -145,7 +170,7 @@ def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processo
                     if outbox is not None:
                         outbox.send(message)
                     continue
-                stats.frames_in += 1
+                stats.count_in()
                 for ready in reorder.push(message) if reorder else [message]:
                     handle_frame(ready, in_ns)
             runtime.tick()

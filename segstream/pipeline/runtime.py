@@ -13,6 +13,7 @@ import os
 import resource
 import signal
 import time
+from pathlib import Path
 from typing import Callable
 
 import zmq
@@ -28,6 +29,7 @@ from segstream.pipeline.control import (
     encode,
 )
 from segstream.pipeline.spec import StageSpec
+from segstream.pipeline.telemetry.ledger import Ledger
 from segstream.pipeline.telemetry.stats import StageReport, StageStats
 from segstream.pipeline.wire.policies import POLL_MS
 from segstream.pipeline.wire.transport import Role, make_socket
@@ -45,16 +47,23 @@ class StageRuntime:
 
     Args:
         spec: the stage's spec.
+        ledger: where the stage keeps its counters for the supervisor (next to its spec
+            file); None when it runs alone.
     """
 
-    def __init__(self, spec: StageSpec) -> None:
+    def __init__(self, spec: StageSpec, ledger: Path | None = None) -> None:
         self.spec = spec
         self.context = zmq.Context()
         self.stats = StageStats(spec.name)
+        self.ledger = Ledger(ledger) if ledger is not None else None
+        if self.ledger is not None:
+            self.stats.keep_ledger(self.ledger)
         self.figures = PipelineFigures()  # the latest pipeline-wide figures from the supervisor
         self._stop = False
         self._start = False
         self._finish = False
+        self._resync = False
+        self.orphaned = False  # the supervisor died: clean up after it on the way out
         self._last_report = time.monotonic()
         self._before_report: list[Callable[[], None]] = []
         self._last_refusal: dict[str, float] = {}
@@ -79,6 +88,13 @@ class StageRuntime:
             self._finish = True
         elif message.command is Command.FIGURES and message.figures is not None:
             self.figures = message.figures
+        elif message.command is Command.RESYNC:
+            self._resync = True
+
+    def take_resync(self) -> bool:
+        """True once after the supervisor restarted a stage (frames it held are lost)."""
+        resync, self._resync = self._resync, False
+        return resync
 
     def _read_commands(self) -> None:
         while self.commands is not None:
@@ -103,6 +119,7 @@ class StageRuntime:
                 if os.getppid() != self._parent:
                     logger.error("%s: the supervisor is gone; stopping", self.spec.name)
                     self._stop = True
+                    self.orphaned = True
         return self._stop
 
     def emit(self, kind: EventKind, **fields: object) -> None:

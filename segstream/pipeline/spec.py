@@ -67,6 +67,9 @@ class CaptureSettings:
         rate: pacing of replays: ``native``, ``max`` or frames per second.
         loop: start a video file over at its end.
         live: how streams and cameras connect.
+        start_index: index of the first frame to send (a restarted capture goes on where
+            the one before it got to; a replay skips the frames before).
+        start_seq: sequence number of the first frame handed on (``meta.seq``).
     """
 
     source: str
@@ -75,6 +78,8 @@ class CaptureSettings:
     rate: str = "max"
     loop: bool = False
     live: LiveOptions = field(default_factory=LiveOptions)
+    start_index: int = 0
+    start_seq: int = 0
 
     def __post_init__(self) -> None:
         if self.rate not in ("native", "max") and not _positive_rate(self.rate):
@@ -216,6 +221,9 @@ class StageSpec:
         nice: scheduling niceness added to the process (light stages yield the cores to
             inference, whose parallel sections stall when one of their threads is
             preempted).
+        incarnation: 0 for the first process of this stage, k for its k-th restart.
+        ended_sources: sources that ended before this process started (a restart): it
+            passes their end of stream on at once.
     """
 
     name: str
@@ -237,6 +245,8 @@ class StageSpec:
     reorder: bool = False
     delay_ms: float = 0.0
     nice: int = 0
+    incarnation: int = 0
+    ended_sources: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         expected = SETTINGS[self.kind]

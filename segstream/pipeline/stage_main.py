@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     from segstream.pipeline.runtime import StageRuntime
     from segstream.pipeline.spec import StageSpec
 
-    spec = StageSpec.from_json(Path(argv[0]).read_text())
+    spec_path = Path(argv[0])
+    spec = StageSpec.from_json(spec_path.read_text())
     logging.basicConfig(
         level=os.environ.get("SEGSTREAM_LOG_LEVEL", "INFO").upper(),
         format=f"%(asctime)s {spec.name} %(levelname)s %(message)s",
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         import cv2
 
         cv2.setNumThreads(1)  # light stages stay single-threaded; the cores go to inference
-    runtime = StageRuntime(spec)
+    runtime = StageRuntime(spec, spec_path.with_suffix(".ledger") if spec.control else None)
     try:
         module = importlib.import_module(STAGE_MODULES[spec.kind.value])
         code = module.run(spec, runtime)
@@ -57,7 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         logger.debug("%s", traceback.format_exc())
         runtime.emit(EventKind.ERROR, message=f"{type(exc).__name__}: {exc}")
         code = 1
-    return runtime.finish(code)
+    code = runtime.finish(code)
+    if runtime.orphaned:
+        from segstream.pipeline.leftovers import sweep_after_supervisor
+
+        sweep_after_supervisor(spec_path, spec.run_id)
+    return code
 
 
 if __name__ == "__main__":

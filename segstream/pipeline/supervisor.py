@@ -1,8 +1,11 @@
 """The supervisor: starts every stage process, watches them, stops them, collects stats.
 
 Lifecycle: STARTING (stages load, report ready) -> RUNNING (start sent) -> STOPPING ->
-DONE. Any stage that dies stops the run with an error naming it. Whatever happens, at
-the end no stage process, ipc socket file or shared-memory segment of the run is left.
+DONE. A stage that dies while the run is running is restarted (``restarts.py``; the
+others go on) until its restart budget is spent; then, or with ``--restart never``, or
+before the run is running, the run stops with an error naming the stage. Whatever
+happens, at the end no stage process, ipc socket file or shared-memory segment of the run
+is left.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,13 +30,17 @@ from segstream.errors import MessageError, PipelineFailed, SegstreamError
 from segstream.pipeline.config import PipelineConfig
 from segstream.pipeline.control import Command, CommandMessage, EventKind, PipelineFigures, decode_event, encode
 from segstream.pipeline.graph import RunPlan, plan_run
-from segstream.pipeline.spec import CaptureSettings, StageKind, StageSpec
+from segstream.pipeline.leftovers import claim, sweep_orphans
+from segstream.pipeline.restarts import Restarter, next_incarnation
+from segstream.pipeline.spec import CaptureSettings, StageSpec
+from segstream.pipeline.stage_process import StageProcess, exit_reason, spawn
+from segstream.pipeline.telemetry.ledger import read_ledger
 from segstream.pipeline.telemetry.prometheus import MetricsServer, prometheus_text
 from segstream.pipeline.telemetry.run_stats import RunFacts, assemble_stats
 from segstream.pipeline.telemetry.stats import StageReport
 from segstream.pipeline.telemetry.status_line import StatusLine
 from segstream.pipeline.telemetry.timing import stage_latency
-from segstream.pipeline.wire.choices import FlowPolicy
+from segstream.pipeline.wire.choices import FlowPolicy, RestartPolicy
 from segstream.pipeline.wire.shm_ring import SHM_PREFIX, sweep
 from segstream.pipeline.wire.transport import Role, make_socket
 
@@ -53,20 +59,6 @@ class RunState(str, Enum):
     RUNNING = "running"
     STOPPING = "stopping"
     DONE = "done"
-
-
-@dataclass
-class StageProcess:
-    """A started stage: its spec, process, and what it reported."""
-
-    spec: StageSpec
-    process: subprocess.Popen[bytes]
-    ready: bool = False
-    started: bool = False
-    ended: bool = False  # sent its end of stream, waiting for the stages behind it
-    done: bool = False
-    report: StageReport | None = None
-    error: str = ""
 
 
 @dataclass
@@ -106,15 +98,6 @@ def _run_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="segstream-", dir=base))
 
 
-def _exit_reason(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exited with code {code}"
-
-
 class Supervisor:
     """Runs one pipeline to completion, failure or stop.
 
@@ -136,6 +119,9 @@ class Supervisor:
         self.failed_sources: dict[str, str] = {}  # source id -> why (the other sources carry on)
         self.malformed_events = 0  # control events refused on receipt
         self._started = False  # every stage started
+        self.restarter = Restarter(config.max_restarts)
+        self._run_dir = Path()
+        self._env: dict[str, str] = {}
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if not self._stop_requested:
@@ -147,6 +133,8 @@ class Supervisor:
         """Start the stages, supervise them and clean up; never leaves anything behind."""
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         run_dir = _run_dir()
+        sweep_orphans(run_dir.parent)  # what runs whose supervisor was killed left behind
+        claim(run_dir, self.run_id)
         context = zmq.Context()
         self._started_wall = started_wall = time.time()
         self._t0 = t0 = time.monotonic()
@@ -215,15 +203,12 @@ class Supervisor:
             # The status line on the terminal says what the stages' INFO lines would, and
             # their lines would break it; warnings and errors still show.
             env["SEGSTREAM_LOG_LEVEL"] = "WARNING"
-        # One inference process gets the cores; the light stages stay single-threaded.
-        for spec in plan.stages:
-            path = run_dir / f"{spec.name}.json"
-            path.write_text(spec.to_json())
-            stage_env = env if spec.kind is StageKind.INFER else {**env, "OMP_NUM_THREADS": "1"}
-            process = subprocess.Popen([sys.executable, "-m", "segstream.pipeline.stage_main", str(path)],
-                                       env=stage_env, stdin=subprocess.DEVNULL)
-            self.stages.append(StageProcess(spec, process))
+        self._run_dir, self._env = run_dir, env
+        self.stages.extend(self._spawn(spec) for spec in plan.stages)
         logger.info("run %s: %d stages started (%s flow)", self.run_id, len(self.stages), self.policy.value)
+
+    def _spawn(self, spec: StageSpec) -> StageProcess:
+        return spawn(spec, self._run_dir, self._env)
 
     # -- supervising ------------------------------------------------------------------
 
@@ -271,12 +256,34 @@ class Supervisor:
                 except zmq.Again:
                     break
 
-    def _check_deaths(self) -> str:
+    def _check_deaths(self, commands: zmq.Socket | None = None) -> str:
+        """The error that ends the run, if a stage died and is not to be restarted;
+        schedules the restart of the others (``commands`` given)."""
+        now = time.monotonic()
         for stage in self.stages:
             code = stage.process.poll()
-            if code is not None and code != 0:
-                detail = f": {stage.error}" if stage.error else ""
-                return f"stage '{stage.spec.name}' (pid {stage.process.pid}) {_exit_reason(code)}{detail}"
+            if code is None or code == 0 or stage.restart_at is not None:
+                continue
+            detail = f": {stage.error}" if stage.error else ""
+            death = f"stage '{stage.spec.name}' (pid {stage.process.pid}) {exit_reason(code)}{detail}"
+            if commands is None or self.state is not RunState.RUNNING or self.config.restart is RestartPolicy.NEVER:
+                return death
+            budget = self.restarter.budget(stage.spec.name)
+            wait = budget.take(now)
+            if wait is None:
+                return (f"{death}; it died {budget.limit + 1} times within {budget.window_s / 60:.0f} minutes "
+                        f"(--max-restarts {budget.limit}), so the run ends")
+            logger.warning("%s; restarting it in %.2f s", death, wait)
+            self.restarter.retire(stage, self.stages, self.policy)
+            stage.restart_at = now + wait
+            commands.send(encode(CommandMessage(Command.RESYNC)))
+        for k, stage in enumerate(self.stages):
+            if stage.restart_at is not None and now >= stage.restart_at:
+                ended = tuple(s.spec.settings.source_id for s in self.stages
+                              if isinstance(s.spec.settings, CaptureSettings) and (s.ended or s.process.poll() == 0))
+                spec = next_incarnation(stage.spec, read_ledger(stage.ledger_path), ended)
+                self.stages[k] = self._spawn(spec)
+                logger.info("stage %s restarted (pid %d)", spec.name, self.stages[k].process.pid)
         return ""
 
     def _supervise(self, control: zmq.Socket, commands: zmq.Socket) -> str:
@@ -291,11 +298,16 @@ class Supervisor:
                 self._status.update(self.snapshot)
             if self._stop_requested:
                 return ""
-            death = self._check_deaths()
+            death = self._check_deaths(commands)
             if death:
                 # Let the other stages' last events arrive, so the error names the cause.
                 self._drain_events(control, 0.1)
-                return self._check_deaths()
+                return self._check_deaths(commands) or death
+            if self.state is RunState.RUNNING and any(s.ready and not s.started for s in self.stages):
+                now = time.monotonic()  # a restarted stage is ready: let it start
+                if now - last_start >= START_RESEND_S:
+                    commands.send(encode(CommandMessage(Command.START)))
+                    last_start = now
             if self.state is RunState.STARTING:
                 if all(s.ready for s in self.stages):
                     now = time.monotonic()
@@ -359,16 +371,17 @@ class Supervisor:
 
     def snapshot(self) -> dict[str, Any]:
         """The stats so far (the stats.json schema), for the status line and metrics."""
-        return self._collect_stats(self._started_wall, time.monotonic() - self._t0, False, "")
+        return self._collect_stats(self._started_wall, time.monotonic() - self._t0, False, "", final=False)
 
     def _reports(self) -> dict[str, StageReport]:
-        return {s.spec.name: s.report for s in self.stages if s.report is not None}
+        return self.restarter.reports(self.stages)
 
-    def _collect_stats(self, started_wall: float, duration_s: float, stopped: bool, error: str) -> dict[str, Any]:
+    def _collect_stats(self, started_wall: float, duration_s: float, stopped: bool, error: str,
+                       final: bool = True) -> dict[str, Any]:
         facts = RunFacts(self.run_id, started_wall, duration_s, self.policy, self.model, tuple(self.config.sources),
                          tuple((s.spec.name, s.spec.settings) for s in self.stages
                                if isinstance(s.spec.settings, CaptureSettings)),
-                         dict(self.failed_sources), self.malformed_events)
+                         dict(self.failed_sources), self.malformed_events, self.restarter.restarts(), final)
         try:
             return assemble_stats(facts, self._reports(), stopped, error)
         except Exception as exc:  # noqa: BLE001 - a bug in the figures must not cost the run its clean-up

@@ -1,9 +1,10 @@
 """Live sources: RTSP streams and cameras, read by a thread that keeps only the newest frame.
 
 A reader thread owns the OpenCV capture: it opens it (retrying with capped exponential
-backoff), reads continuously, and keeps the newest frame, so the frame handed on is never
-one from a growing decoder buffer. A stream that ends, errors or delivers nothing for
-``stall_timeout_s`` is reopened (each attempt logged, reconnects counted). A stream that
+backoff that starts over once a stream opens), reads continuously, and keeps the newest
+frame, so the frame handed on is never one from a growing decoder buffer. A stream that
+ends, errors or delivers nothing for ``stall_timeout_s`` is reopened (each attempt logged,
+reconnects and stalls counted). A stream that
 never opens ends the source with a clear error after ``connect_attempts`` attempts.
 ``frames()`` yields None while no new frame is there, so the capture stage stays
 responsive to a stop in every state, connecting included.
@@ -31,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 WAIT_S = 0.05  # how long frames() waits for a new frame before yielding None
 FAILED_READ_S = 0.5  # reads failing for this long (no timeout involved) mean the stream ended
+READ_TIMEOUT_MARGIN_S = 1.0
+PROBE_US = 500_000  # how long FFmpeg may look at a stream to find its format
+PROBE_BYTES = 262_144
 
 
 class RtspTransport(str, Enum):
@@ -62,8 +66,10 @@ class LiveOptions:
     stall_timeout_s: float = setting(5.0, "a stream that delivers nothing for this long is reopened (s)")
     connect_attempts: int = setting(5, "attempts before a stream that never opened is given up",
                                     flag="--connect-attempts", metavar="N")
-    backoff_initial_s: float = setting(0.5, "first wait between attempts to open; doubles each time (s)")
-    backoff_max_s: float = setting(8.0, "longest wait between attempts to open (s)")
+    backoff_initial_s: float = setting(0.25, "first wait between attempts to open; doubles each time, and starts "
+                                       "over once a stream opens (s)")
+    backoff_max_s: float = setting(2.0, "longest wait between attempts to open: a stream that comes back is "
+                                   "found within this (s)")
     width: int = setting(0, "camera frame width to ask for (0: the device's default)", flag="--camera-size",
                          metavar="WxH", parse=parse_size, targets=("width", "height"))
     height: int = setting(0, "camera frame height to ask for (0: the device's default)")
@@ -79,8 +85,40 @@ class LiveOptions:
                 raise ConfigError(f"{name} must be above 0 s, found {getattr(self, name)}")
 
 
+class Backoff:
+    """Waits between attempts to open: doubling from ``initial`` up to ``cap``, and
+    starting over after ``reset`` (a stream that opened).
+
+        >>> b = Backoff(0.25, 1.0)
+        >>> [b.next() for _ in range(4)]
+        [0.25, 0.5, 1.0, 1.0]
+        >>> b.reset(); b.next()
+        0.25
+    """
+
+    def __init__(self, initial: float, cap: float) -> None:
+        self.initial = initial
+        self.cap = cap
+        self._wait = initial
+
+    def next(self) -> float:
+        """The wait before the next attempt."""
+        wait, self._wait = self._wait, min(self._wait * 2, self.cap)
+        return min(wait, self.cap)
+
+    def reset(self) -> None:
+        """Start over from the shortest wait."""
+        self._wait = self.initial
+
+
 class LatestFrameSource:
     """A live source read by a background thread that keeps only the newest frame.
+
+    A watchdog in ``frames()`` notices a stream that is open but delivers nothing for
+    ``stall_timeout_s`` (a paused server keeps the connection open, and FFmpeg's own read
+    timeout does not always fire): it abandons the reader thread, whose read may block for
+    long, and starts a new one that reopens the stream. The abandoned thread releases its
+    capture whenever its read returns.
 
     Args:
         source_id: the source id.
@@ -104,6 +142,7 @@ class LatestFrameSource:
         self.fps = 0.0
         self.reconnects = 0
         self.attempts = 0
+        self.stalls = 0
         self._opener = opener
         self._reconnect = reconnect
         self._lock = threading.Condition()
@@ -111,11 +150,23 @@ class LatestFrameSource:
         self._fresh = False
         self._error = ""
         self._ended = False
+        self._opened_once = False
+        self._streaming_since = 0.0  # when the current capture opened, or 0 while not open
+        self._last_frame = 0.0
+        self._generation = 0
         self._closing = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"reader-{source_id}", daemon=True)
-        self._thread.start()
+        self._thread = self._start_reader()
+
+    def _start_reader(self) -> threading.Thread:
+        thread = threading.Thread(target=self._run, args=(self._generation,), name=f"reader-{self.source_id}",
+                                  daemon=True)
+        thread.start()
+        return thread
 
     # -- reader thread ----------------------------------------------------------------
+
+    def _current(self, generation: int) -> bool:
+        return generation == self._generation and not self._closing.is_set()
 
     def _open(self) -> cv2.VideoCapture | None:
         self.attempts += 1
@@ -133,41 +184,51 @@ class LatestFrameSource:
         logger.info("%s: opened (attempt %d)", self.describe, self.attempts)
         return cap
 
-    def _run(self) -> None:
-        opened_once = False
-        backoff = self.options.backoff_initial_s
-        while not self._closing.is_set():
+    def _run(self, generation: int) -> None:
+        backoff = Backoff(self.options.backoff_initial_s, self.options.backoff_max_s)
+        while self._current(generation):
             cap = self._open()
+            if not self._current(generation):  # abandoned while opening
+                if cap is not None:
+                    cap.release()
+                return
             if cap is None:
-                if not opened_once and self.attempts >= self.options.connect_attempts:
+                if not self._opened_once and self.attempts >= self.options.connect_attempts:
                     self._fail(f"could not open {self.describe} after {self.attempts} attempts; check the address "
                                f"and that the server or device is up (attempts: connect_attempts)")
                     return
-                self._closing.wait(backoff)
-                backoff = min(backoff * 2, self.options.backoff_max_s)
+                self._closing.wait(backoff.next())
                 continue
-            if opened_once:
+            if self._opened_once:
                 self.reconnects += 1
-            opened_once = True
-            backoff = self.options.backoff_initial_s
-            self._read_until_failure(cap)
+            self._opened_once = True
+            backoff.reset()  # the next outage starts from the shortest wait
+            with self._lock:
+                self._streaming_since = self._last_frame = time.monotonic()
+            self._read_until_failure(cap, generation)
             cap.release()
+            if not self._current(generation):
+                return
+            with self._lock:
+                self._streaming_since = 0.0
             if not self._reconnect:
                 break
-            if not self._closing.is_set():
-                logger.warning("%s: stream lost; reconnecting", self.describe)
-        with self._lock:
-            self._ended = True
-            self._lock.notify_all()
+            logger.warning("%s: stream lost; reconnecting", self.describe)
+        if generation == self._generation:
+            with self._lock:
+                self._ended = True
+                self._lock.notify_all()
 
-    def _read_until_failure(self, cap: cv2.VideoCapture) -> None:
+    def _read_until_failure(self, cap: cv2.VideoCapture, generation: int) -> None:
         last_frame = time.monotonic()
-        while not self._closing.is_set():
+        while self._current(generation):
             ok, image = cap.read()
             now = time.monotonic()
+            if not self._current(generation):
+                return
             if not ok or image is None:
-                # A stall ends at OpenCV's read timeout (= stall_timeout_s); a read that
-                # fails at once (end of stream) ends after FAILED_READ_S of failures.
+                # A read that fails at once (end of stream) ends the capture after
+                # FAILED_READ_S of failures; a stall is the watchdog's (``frames``).
                 if not self._reconnect or now - last_frame > min(self.options.stall_timeout_s, FAILED_READ_S):
                     return
                 continue
@@ -175,6 +236,7 @@ class LatestFrameSource:
             with self._lock:
                 self._frame = image
                 self._fresh = True
+                self._last_frame = now
                 self._lock.notify_all()
 
     def _fail(self, message: str) -> None:
@@ -182,6 +244,19 @@ class LatestFrameSource:
             self._error = message
             self._ended = True
             self._lock.notify_all()
+
+    def _watch(self) -> None:
+        """Called with the lock held: reopen a stream that is open but silent."""
+        if not self._reconnect or not self._streaming_since or self._ended:
+            return
+        silent = time.monotonic() - self._last_frame
+        if silent < self.options.stall_timeout_s:
+            return
+        self.stalls += 1
+        logger.warning("%s: stalled (no frame for %.1f s); reopening", self.describe, silent)
+        self._streaming_since = 0.0
+        self._generation += 1  # the blocked reader finds itself abandoned when its read returns
+        self._thread = self._start_reader()
 
     # -- FrameSource ------------------------------------------------------------------
 
@@ -198,6 +273,7 @@ class LatestFrameSource:
                 if not self._fresh:
                     if self._ended:
                         return
+                    self._watch()
                     image = None
                 else:
                     image, self._fresh = self._frame, False
@@ -208,8 +284,8 @@ class LatestFrameSource:
             index += 1
 
     def connection(self) -> dict[str, int]:
-        """Reconnects so far and open attempts in all."""
-        return {"reconnects": self.reconnects, "connect_attempts": self.attempts}
+        """Reconnects so far, open attempts in all, and stalls detected."""
+        return {"reconnects": self.reconnects, "connect_attempts": self.attempts, "stalls": self.stalls}
 
     def close(self) -> None:
         """Stop the reader thread (it releases the capture itself)."""
@@ -250,8 +326,13 @@ def open_stream(uri: str, source_id: str, options: LiveOptions) -> LatestFrameSo
 
         return LatestFrameSource(source_id, f"camera {uri}", open_camera, options)
     params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(options.open_timeout_s * 1000),
-              cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(options.stall_timeout_s * 1000)]
-    ffmpeg_options = f"rtsp_transport;{options.rtsp_transport.value}|fflags;nobuffer"
+              # FFmpeg's own read timeout is the backstop that ends a read the watchdog
+              # (stall_timeout_s) has given up on
+              cv2.CAP_PROP_READ_TIMEOUT_MSEC, int((options.stall_timeout_s + READ_TIMEOUT_MARGIN_S) * 1000)]
+    # Probing the stream for at most half a second (FFmpeg's default is 5 s) makes a
+    # stream that comes back deliver frames again about a second sooner.
+    ffmpeg_options = (f"rtsp_transport;{options.rtsp_transport.value}|fflags;nobuffer|"
+                      f"analyzeduration;{PROBE_US}|probesize;{PROBE_BYTES}")
     return LatestFrameSource(source_id, f"stream {uri}", lambda: _open_with_options(uri, params, ffmpeg_options),
                              options)
 
@@ -266,6 +347,8 @@ def _open_with_options(uri: str, params: list[int], ffmpeg_options: str) -> cv2.
     that moment only: left set, they would reach every later capture of the process (a
     video file opened with ``nobuffer`` can return no frames at all)."""
     with _options_lock:
+        # Each failed attempt makes OpenCV print a warning of its own; ours say it better.
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
         previous = os.environ.get(_OPTIONS_ENV)
         os.environ[_OPTIONS_ENV] = ffmpeg_options
         try:

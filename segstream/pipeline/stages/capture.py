@@ -9,9 +9,10 @@ stay honest when the pipeline falls behind.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -21,7 +22,8 @@ from segstream.pipeline.loop import EOS_LINGER_MS, open_outbox, open_writer, sta
 from segstream.pipeline.runtime import StageRuntime
 from segstream.pipeline.sources import FrameSource, SourceFrame, open_source, to_bgr
 from segstream.pipeline.spec import CaptureSettings, StageSpec
-from segstream.pipeline.telemetry.stats import SkipCounter, StageStats
+from segstream.pipeline.telemetry.ledger import Entry
+from segstream.pipeline.telemetry.stats import StageStats
 from segstream.pipeline.wire.messages import Header, Kind, Message, eos
 from segstream.pipeline.wire.names import sanitize_name
 from segstream.pipeline.wire.payloads import PayloadWriter
@@ -62,20 +64,20 @@ def _note_connection(source: FrameSource, stats: StageStats) -> None:
     figures = source.connection()
     stats.reconnects = figures.get("reconnects", 0)
     stats.connect_attempts = figures.get("connect_attempts", 0)
+    if "stalls" in figures:
+        stats.extra["stalls"] = figures["stalls"]
 
 
-def _usable_image(frame: SourceFrame, source_id: str, skipped: SkipCounter) -> np.ndarray | None:
-    """The frame as BGR uint8, or None (counted and logged) if it cannot be used."""
+def _usable_image(frame: SourceFrame, source_id: str) -> tuple[np.ndarray | None, str]:
+    """The frame as BGR uint8, or None and the reason it cannot be used (logged)."""
     if frame.image is None:
-        skipped.add("unreadable", source_id)
         logger.warning("%s: skipped frame %s: %s", source_id, frame.name, frame.error)
-        return None
+        return None, "unreadable"
     try:
-        return to_bgr(frame.image)
+        return to_bgr(frame.image), ""
     except ValueError as exc:
-        skipped.add("bad_format", source_id)
         logger.warning("%s: skipped frame %s: %s", source_id, frame.name, exc)
-        return None
+        return None, "bad_format"
 
 
 def _wait_until(deadline_ns: int, stopping: Callable[[], bool]) -> None:
@@ -101,9 +103,21 @@ def _stream(source: FrameSource, settings: CaptureSettings, spec: StageSpec, run
     stats = runtime.stats
     schedule = make_schedule(settings.rate, source)
     start_ns, start_wall_ns = time.monotonic_ns(), time.time_ns()
-    index = 0
-    seq = 0  # frames handed to the pipeline; lets a later stage restore their order
+    index = settings.start_index
+    seq = settings.start_seq  # frames handed to the pipeline; lets a later stage restore their order
+    if settings.max_frames and index >= settings.max_frames:
+        return
     frames = source.frames()
+    if index and not source.live:
+        _skip_to(frames, index, runtime)
+        if schedule is not None:  # the resumed replay keeps its pace from here
+            first = next(frames, _END)
+            if first is _END:
+                return
+            due = schedule(index, first) or 0.0  # type: ignore[arg-type]
+            start_ns -= int(due * 1e9)
+            start_wall_ns -= int(due * 1e9)
+            frames = itertools.chain([first], frames)  # type: ignore[assignment]
     while not runtime.stopping:
         read_ns = time.monotonic_ns()
         frame = next(frames, _END)
@@ -122,10 +136,15 @@ def _stream(source: FrameSource, settings: CaptureSettings, spec: StageSpec, run
         if due is not None:
             capture_ns, wall_ns = start_ns + int(due * 1e9), start_wall_ns + int(due * 1e9)
             stats.pacing_error_ms.append(abs(in_ns - capture_ns) / 1e6)
-        stats.frames_in += 1
         this_index = index
         index += 1
-        image = _usable_image(frame, settings.source_id, stats.skipped)
+        image, unusable = _usable_image(frame, settings.source_id)
+        # Noted before the frame is counted and leaves: a restart after a death here
+        # leaves a gap (counted as lost), never a duplicate.
+        _note_position(runtime, index, seq + (image is not None))
+        stats.count_in()
+        if unusable:
+            stats.skipped.add(unusable, settings.source_id)
         if image is not None:
             meta: dict[str, Any] = {"fps": source.fps, "seq": seq}
             if frame.gt is not None:
@@ -147,6 +166,21 @@ def _stream(source: FrameSource, settings: CaptureSettings, spec: StageSpec, run
         if settings.max_frames and index >= settings.max_frames:
             break
         runtime.tick()
+
+
+def _note_position(runtime: StageRuntime, index: int, seq: int) -> None:
+    """Keep where the capture got to in its ledger (a restart goes on from there)."""
+    if runtime.ledger is not None:
+        runtime.ledger.set(Entry.NEXT_INDEX, index)
+        runtime.ledger.set(Entry.NEXT_SEQ, seq)
+
+
+def _skip_to(frames: Iterator[SourceFrame | None], index: int, runtime: StageRuntime) -> None:
+    """Read past the first ``index`` frames of a replay (a restarted capture)."""
+    for _ in range(index):
+        if runtime.stopping or next(frames, _END) is _END:
+            return
+    logger.info("resumed at frame %d", index)
 
 
 def run(spec: StageSpec, runtime: StageRuntime) -> int:

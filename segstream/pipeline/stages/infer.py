@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 class InferProcessor:
     """Runs the engine on each tensor and writes the label map."""
 
+    finishes_frames = False
+
     def __init__(self, spec: StageSpec, runtime: StageRuntime) -> None:
         self.spec = spec
         self.runtime = runtime

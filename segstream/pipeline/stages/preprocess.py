@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 class PreprocessProcessor:
     """Reads the frame, writes the tensor, carries the frame reference on for render."""
 
+    finishes_frames = False
+
     def __init__(self, spec: StageSpec, runtime: StageRuntime) -> None:
         self.spec = spec
         self.runtime = runtime

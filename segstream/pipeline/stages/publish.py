@@ -41,6 +41,8 @@ def class_shares(mask: np.ndarray, ignore_index: int) -> dict[str, float]:
 class PublishProcessor:
     """Resizes labels to the frame, publishes, drives the sinks and forwards to render."""
 
+    finishes_frames = True  # its frames are done once published
+
     def __init__(self, spec: StageSpec, runtime: StageRuntime) -> None:
         settings = spec.settings
         assert isinstance(settings, PublishSettings)  # StageSpec checks the kind's settings type

@@ -31,6 +31,8 @@ RECENT_FRAMES = 100  # frames behind the live latency figures
 class RenderProcessor:
     """Draws overlays and drives the render-side sinks."""
 
+    finishes_frames = False
+
     def __init__(self, spec: StageSpec, runtime: StageRuntime) -> None:
         settings = spec.settings
         assert isinstance(settings, RenderSettings)  # StageSpec checks the kind's settings type

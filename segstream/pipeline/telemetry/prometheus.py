@@ -91,6 +91,8 @@ def prometheus_text(stats: dict[str, Any]) -> str:
               st.get("frames_in", 0))
         f.add("segstream_stage_frames_out", "counter", "Frames a stage sent on.", {"stage": name},
               st.get("frames_out", 0))
+        f.add("segstream_stage_restarts", "counter", "Times the supervisor restarted a stage's process.",
+              {"stage": name}, stats.get("restarts", {}).get(name, 0))
     for kind, parts in stage_latency(stats).items():
         f.histogram("segstream_stage_seconds", "Time a frame spent in a stage (receive to send).", {"stage": kind},
                     parts["stage"]["histogram"])

@@ -7,7 +7,7 @@ Every frame that entered is accounted for: published, or skipped with a reason
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from segstream.engines.resolve import InferenceModel
@@ -32,6 +32,8 @@ class RunFacts:
         captures: each capture stage's name and settings.
         failed_sources: source id -> why it failed.
         events_refused: control events refused on receipt.
+        restarts: restarts by stage (stages that never died left out).
+        final: the run is over (frames still in flight are not counted as lost before).
     """
 
     run_id: str
@@ -43,6 +45,8 @@ class RunFacts:
     captures: tuple[tuple[str, CaptureSettings], ...]
     failed_sources: dict[str, str]
     events_refused: int
+    restarts: dict[str, int] = field(default_factory=dict)
+    final: bool = True
 
 
 def assemble_stats(facts: RunFacts, reports: dict[str, StageReport], stopped: bool, error: str) -> dict[str, Any]:
@@ -53,7 +57,20 @@ def assemble_stats(facts: RunFacts, reports: dict[str, StageReport], stopped: bo
     frames_in = sum(r.frames_in for r in captures)
     published = publish.frames_out if publish else 0
     by_stage = {name: dict(r.skipped) for name, r in reports.items() if r.skipped}
+    if publish is not None and publish.handed_over_skipped and render is not None:
+        # published, but render never got them: counted with what render left undrawn
+        drawn = by_stage.setdefault("render", {})
+        for reason, count in publish.handed_over_skipped.items():
+            drawn[reason] = drawn.get(reason, 0) + count
     before_publish = sum(r.skipped_total for name, r in reports.items() if name != "render")
+    lost = frames_in - published - before_publish
+    if facts.final and facts.restarts and lost > 0:
+        # Frames that were on their way through a stage process when it died: neither
+        # published nor skipped by anyone alive. Counted where the restarts were.
+        stage = max(facts.restarts, key=lambda name: facts.restarts[name])
+        by_stage.setdefault(stage, {})
+        by_stage[stage]["stage-restart"] = by_stage[stage].get("stage-restart", 0) + lost
+        before_publish += lost
     stats: dict[str, Any] = {
         "version": 1,
         "run_id": facts.run_id,
@@ -71,6 +88,7 @@ def assemble_stats(facts: RunFacts, reports: dict[str, StageReport], stopped: bo
         "frames_skipped": {"total": before_publish, "by_stage": by_stage},
         "frames_unaccounted": frames_in - published - before_publish,
         "control_events_refused": facts.events_refused,
+        "restarts": dict(facts.restarts),
         "per_source": _per_source(facts, reports, publish),
         "throughput_fps": publish.throughput_fps if publish else 0.0,
         "latency_ms": {

@@ -4,11 +4,12 @@ the typed report a stage sends to the supervisor (``StageReport``, checked on re
 from __future__ import annotations
 
 from collections import Counter, defaultdict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 import numpy as np
 
+from segstream.pipeline.telemetry.ledger import Entry, Ledger
 from segstream.pipeline.telemetry.timing import pipeline_order
 
 MAX_SAMPLES = 50_000  # per series; older samples fall off so long runs keep bounded memory
@@ -37,11 +38,14 @@ class SkipCounter(Counter):
     def __init__(self) -> None:
         super().__init__()
         self.by_source: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self.ledger: Ledger | None = None  # where the total also goes (``StageStats.keep_ledger``)
 
     def add(self, reason: str, source: str | None, count: int = 1) -> None:
         """Count ``count`` frames of ``source`` (None: unknown, e.g. an undecodable
         message) skipped for ``reason``."""
         self[reason] += count
+        if self.ledger is not None:
+            self.ledger.add(Entry.SKIPPED, count)
         if source is not None:
             self.by_source[source][reason] += count
 
@@ -95,6 +99,8 @@ class StageStats:
         frames_in: frames received (or read from the source, for capture).
         frames_out: frames sent on.
         skipped: frames dropped here, by reason.
+        handed_over_skipped: frames finished here that the stage behind did not take
+            (publish: published, but not drawn by render), by reason.
         process_ms: processing time per frame (waits for downstream excluded).
         blocked_ms: time per frame spent waiting for downstream (lossless flow control).
         latency_ms: end-to-end latency from capture to the end of this stage, per frame
@@ -113,12 +119,15 @@ class StageStats:
         error: why the stage's source or output failed, if it did.
         sinks: each sink's own figures, by sink name.
         extra: descriptive facts for stats.json (source, fps, model...).
+        ledger: where the counters accounting needs are kept as they change, for the
+            supervisor to read if this process dies (``keep_ledger``).
     """
 
     stage: str
     frames_in: int = 0
     frames_out: int = 0
     skipped: SkipCounter = field(default_factory=SkipCounter)
+    handed_over_skipped: SkipCounter = field(default_factory=SkipCounter)
     process_ms: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
     blocked_ms: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
     latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
@@ -136,10 +145,23 @@ class StageStats:
     error: str = ""
     sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    ledger: Ledger | None = None
+
+    def keep_ledger(self, ledger: Ledger) -> None:
+        """Keep the counters accounting needs in ``ledger`` too, as they change."""
+        self.ledger = self.skipped.ledger = ledger
+
+    def count_in(self) -> None:
+        """Count one frame received (read from the source, for capture)."""
+        self.frames_in += 1
+        if self.ledger is not None:
+            self.ledger.set(Entry.FRAMES_IN, self.frames_in)
 
     def record_out(self, source: str, now_ns: int) -> None:
         """Count one frame sent on."""
         self.frames_out += 1
+        if self.ledger is not None:
+            self.ledger.set(Entry.FRAMES_OUT, self.frames_out)
         self.per_source[source] += 1
         self.source_span.setdefault(source, [now_ns, now_ns])[1] = now_ns
         if not self.first_out_ns:
@@ -175,6 +197,7 @@ class StageStats:
             frames_out=self.frames_out,
             skipped=dict(self.skipped),
             skipped_by_source={sid: dict(c) for sid, c in self.skipped.by_source.items()},
+            handed_over_skipped=dict(self.handed_over_skipped),
             process_ms=summarize(self.process_ms),
             blocked_ms=summarize(self.blocked_ms),
             latency_ms=summarize(self.latency_ms),
@@ -209,6 +232,8 @@ class StageReport:
         frames_out: frames sent on.
         skipped: frames dropped here, by reason.
         skipped_by_source: the same per source.
+        handed_over_skipped: frames finished here that the stage behind did not take
+            (publish: published but not drawn), by reason.
         process_ms: processing time per frame, waits for downstream excluded.
         blocked_ms: time per frame spent waiting for downstream.
         latency_ms: capture to the end of this stage (publish and render).
@@ -226,6 +251,7 @@ class StageReport:
         error: why the stage's source or output failed.
         sinks: each sink's own figures, by sink name.
         extra: descriptive facts (source, fps, model...).
+        restarts: how often the supervisor restarted the stage (set by the supervisor).
     """
 
     stage: str
@@ -233,6 +259,7 @@ class StageReport:
     frames_out: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     skipped_by_source: dict[str, dict[str, int]] = field(default_factory=dict)
+    handed_over_skipped: dict[str, int] = field(default_factory=dict)
     process_ms: dict[str, float] = field(default_factory=lambda: summarize([]))
     blocked_ms: dict[str, float] = field(default_factory=lambda: summarize([]))
     latency_ms: dict[str, float] = field(default_factory=lambda: summarize([]))
@@ -250,6 +277,7 @@ class StageReport:
     error: str = ""
     sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    restarts: int = 0
 
     def __post_init__(self) -> None:
         counts = [self.frames_in, self.frames_out, *self.skipped.values(), *self.per_source.values()]
@@ -266,3 +294,41 @@ class StageReport:
         from segstream.pipeline.typed_json import dump
 
         return dump(self)
+
+
+def _add_counts(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in [*a, *(k for k in b if k not in a)]}
+
+
+def retire(report: StageReport | None, stage: str, ledger: dict[Entry, int] | None) -> StageReport:
+    """What a stage process that died had done: its last report, with the counters of its
+    ledger (which are never behind) where they are ahead.
+
+    Frames it skipped after its last report are counted as ``stage-restart`` (their reason
+    went with it).
+    """
+    report = report or StageReport(stage)
+    if ledger is None:
+        return report
+    skipped = dict(report.skipped)
+    unreported = ledger[Entry.SKIPPED] - report.skipped_total
+    if unreported > 0:
+        skipped["stage-restart"] = skipped.get("stage-restart", 0) + unreported
+    return replace(report, frames_in=max(report.frames_in, ledger[Entry.FRAMES_IN]),
+                   frames_out=max(report.frames_out, ledger[Entry.FRAMES_OUT]), skipped=skipped)
+
+
+def combine(earlier: StageReport, current: StageReport | None, restarts: int) -> StageReport:
+    """One stage's figures over its processes: counts added up, timings of the current one."""
+    if current is None:
+        return replace(earlier, restarts=restarts)
+    by_source = {sid: _add_counts(earlier.skipped_by_source.get(sid, {}), current.skipped_by_source.get(sid, {}))
+                 for sid in [*earlier.skipped_by_source, *current.skipped_by_source]}
+    return replace(current, frames_in=earlier.frames_in + current.frames_in,
+                   frames_out=earlier.frames_out + current.frames_out,
+                   skipped=_add_counts(earlier.skipped, current.skipped), skipped_by_source=by_source,
+                   handed_over_skipped=_add_counts(earlier.handed_over_skipped, current.handed_over_skipped),
+                   per_source=_add_counts(earlier.per_source, current.per_source),
+                   cpu_s=round(earlier.cpu_s + current.cpu_s, 3),
+                   reconnects=earlier.reconnects + current.reconnects,
+                   connect_attempts=earlier.connect_attempts + current.connect_attempts, restarts=restarts)

@@ -77,6 +77,9 @@ class StatusLine:
         parts.append(f"{fps:.1f} fps")
         parts.append(f"latency p50 {lat.get('median', 0):.0f} ms p95 {lat.get('p95', 0):.0f} ms")
         parts.append(f"skipped {stats['frames_skipped']['total']}")
+        restarts = stats.get("restarts") or {}
+        if restarts:
+            parts.append("restarted " + ", ".join(f"{name} x{n}" for name, n in restarts.items()))
         evaluation = stats.get("eval")
         if evaluation and evaluation.get("miou") is not None:
             parts.append(f"mIoU {evaluation['miou']:.3f}")

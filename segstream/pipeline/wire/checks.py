@@ -26,7 +26,7 @@ MAX_PARTS = 16
 MAX_STAMPS = 64
 MAX_SLOTS = 1 << 16
 MAX_TOP_LABELS = 100
-RING_NAME = re.compile(r"^segstream-[0-9a-f]{8}-[A-Za-z0-9_-]{1,64}-\d{1,6}$")
+RING_NAME = re.compile(r"^segstream-[0-9a-f]{8}-[A-Za-z0-9_-]{1,64}(\.r\d{1,6})?-\d{1,6}$")
 
 
 def _no_constant(text: str) -> float:
@@ -89,7 +89,7 @@ def ring_name(value: Any, what: str) -> str:
     """A shared-memory name of the form segstream rings have (never a path)."""
     if not isinstance(value, str) or not RING_NAME.match(value):
         raise MessageError("bad_ref", f"{what} ring {value!r:.80} is not a segstream ring name "
-                                      f"(segstream-<run id>-<stage>-<n>)")
+                                      f"(segstream-<run id>-<stage>[.r<restart>]-<n>)")
     return value
 
 

@@ -21,6 +21,13 @@ class Transport(str, Enum):
     TCP = "tcp"
 
 
+class RestartPolicy(str, Enum):
+    """What the supervisor does when a stage process dies: restart it, or end the run."""
+
+    NEVER = "never"
+    ON_FAILURE = "on-failure"
+
+
 def ipc_endpoint(folder: Path, name: str) -> str:
     """An ipc:// endpoint for ``name`` inside ``folder``."""
     return f"ipc://{folder / name}"

@@ -28,6 +28,8 @@ from segstream.pipeline.wire.messages import Kind, Message, decode, encode
 logger = logging.getLogger(__name__)
 
 POLL_MS = 50  # how long any blocking wait lasts before the stop flag is checked again
+MALFORMED_LOG_S = 5.0
+RESYNC_PENDING = 4  # frames a reorderer waits with after a worker restart (its ring has 8 slots)
 
 
 class Inbox:
@@ -44,6 +46,7 @@ class Inbox:
         self.policy = policy
         self.skipped = skipped
         self.superseded: list[Message] = []
+        self._last_log: dict[str, float] = {}
 
     def _recv_one(self) -> Message | None:
         frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -51,7 +54,11 @@ class Inbox:
             return decode([f.buffer for f in frames])
         except MessageError as exc:
             self.skipped.add(f"malformed_{exc.reason}", None)
-            logger.warning("dropped a malformed message: %s", exc)
+            now = time.monotonic()
+            if now - self._last_log.get(exc.reason, -MALFORMED_LOG_S) >= MALFORMED_LOG_S:
+                self._last_log[exc.reason] = now  # a flood of bad input cannot flood the log
+                logger.warning("dropped a malformed message: %s (counted; logged at most every %.0f s)",
+                               exc, MALFORMED_LOG_S)
             return None
 
     def receive(self, timeout_ms: int = POLL_MS) -> list[Message]:
@@ -189,6 +196,7 @@ class Reorderer:
         self.max_pending = max_pending
         self._next: dict[str, int] = {}
         self._pending: dict[str, dict[int, Message]] = {}
+        self._resynced = False
 
     def push(self, message: Message) -> list[Message]:
         """Messages now ready, in order."""
@@ -204,12 +212,14 @@ class Reorderer:
             self._next[source] = seq + 1
             return [message]
         if seq < expected:
+            if self._resynced:
+                return [message]
             self.skipped.add("duplicate", source)
             return []
         pending = self._pending.setdefault(source, {})
         pending[seq] = message
         ready = self._pop_ready(source)
-        if len(pending) > self.max_pending:
+        if len(pending) > (RESYNC_PENDING if self._resynced else self.max_pending):
             ready += self.flush(source)
         return ready
 
@@ -222,6 +232,14 @@ class Reorderer:
             expected += 1
         self._next[source] = expected
         return ready
+
+    def resync(self) -> list[Message]:
+        """A worker was restarted and the frames it held are gone: give up on every gap
+        now, and from now on pass a frame that comes after its successors on (lossless,
+        out of order) instead of dropping it, and wait for at most ``RESYNC_PENDING``
+        frames. Returns what was waiting, in order."""
+        self._resynced = True
+        return [m for source in list(self._pending) for m in self.flush(source)]
 
     def flush(self, source: str) -> list[Message]:
         """Everything waiting for ``source``, in order, giving up on the gaps."""

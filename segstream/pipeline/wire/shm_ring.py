@@ -293,3 +293,34 @@ def sweep(prefix: str) -> list[str]:
         if entry.name.startswith(prefix) and _unlink(entry.name):
             removed.append(entry.name)
     return removed
+
+
+def release_everything(ring: str, reader_id: int) -> int:
+    """Release, for reader ``reader_id``, every frame now in the segments of ``ring``.
+
+    The supervisor calls this when it restarts a reader in lossless flow: the frames the
+    dead process held will never be released by it, and the writer would wait for them
+    forever. Returns how many segments were touched.
+    """
+    shm_dir = Path("/dev/shm")
+    touched = 0
+    if not shm_dir.is_dir() or not 0 <= reader_id < MAX_READERS:
+        return 0
+    for entry in sorted(shm_dir.iterdir()):
+        if not entry.name.startswith(f"{ring}-"):
+            continue
+        try:
+            shm = shared_memory.SharedMemory(entry.name, create=False)
+        except (FileNotFoundError, ValueError):
+            continue
+        _untrack(shm)
+        try:
+            seg = _Segment(shm)
+            newest = int(seg.seq.max(initial=0))
+            seg.released[reader_id] = max(int(seg.released[reader_id]), newest)
+            np.maximum(seg.slot_released[reader_id], seg.seq, out=seg.slot_released[reader_id])
+            touched += 1
+            seg.close()
+        except ValueError:
+            shm.close()
+    return touched

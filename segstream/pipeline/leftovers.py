@@ -1,0 +1,91 @@
+"""What a run leaves when its supervisor is killed (SIGKILL, OOM killer), and who removes it.
+
+A run's folder (``segstream-*`` in the temp folder: spec files, ledgers, ipc sockets)
+holds an ``owner`` file with the supervisor's pid and the run id. Normally the supervisor
+removes the folder and the run's shared memory itself. When it was killed:
+
+- its stages notice (their parent is gone), stop, and on their way out remove the folder
+  and sweep the run's shared memory (``sweep_run``);
+- the next ``segstream run`` removes the folders, and the shared memory, of every run
+  whose supervisor is gone (``sweep_orphans``), never those of a live run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from segstream.pipeline.wire.shm_ring import SHM_PREFIX, sweep
+
+logger = logging.getLogger(__name__)
+
+OWNER = "owner"
+RUN_DIR_PREFIX = "segstream-"
+
+
+def claim(run_dir: Path, run_id: str) -> None:
+    """Mark ``run_dir`` as the folder of run ``run_id``, owned by this process."""
+    (run_dir / OWNER).write_text(f"{os.getpid()} {run_id}\n")
+
+
+def _owner(run_dir: Path) -> tuple[int, str] | None:
+    try:
+        pid, run_id = (run_dir / OWNER).read_text().split()
+        return int(pid), run_id
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    """A live process that is a segstream supervisor (a reused pid is not)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True  # no /proc: assume alive
+    return b"segstream" in cmdline
+
+
+def sweep_run(run_dir: Path, run_id: str) -> list[str]:
+    """Remove a run's folder and shared memory; returns what was removed."""
+    removed = sweep(f"{SHM_PREFIX}{run_id}-")
+    if run_dir.is_dir():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        removed.append(str(run_dir))
+    return removed
+
+
+def sweep_orphans(base: Path) -> list[str]:
+    """Remove what runs whose supervisor is gone left in ``base`` and in shared memory."""
+    removed: list[str] = []
+    try:
+        folders = [p for p in base.iterdir() if p.name.startswith(RUN_DIR_PREFIX) and p.is_dir()]
+    except OSError:
+        return removed
+    for folder in folders:
+        owner = _owner(folder)
+        if owner is None or _alive(owner[0]):
+            continue  # not ours to judge, or still running
+        removed += sweep_run(folder, owner[1])
+    if removed:
+        logger.info("removed what %d killed run(s) left: %s", len(folders), ", ".join(removed[:5]))
+    return removed
+
+
+def sweep_after_supervisor(spec_path: Path, run_id: str) -> None:
+    """Called by a stage whose supervisor is gone, as it exits: remove the run's folder
+    (the one holding its spec, if it belongs to ``run_id``) and shared memory."""
+    run_dir = spec_path.parent
+    owner = _owner(run_dir)
+    if owner is None or owner[1] != run_id or _alive(owner[0]):
+        return
+    removed = sweep_run(run_dir, run_id)
+    if removed:
+        logger.info("the supervisor is gone; removed %s", ", ".join(removed[:5]))

@@ -1,0 +1,137 @@
+"""Restarting a stage process that died, without stopping the others.
+
+A restarted stage rejoins the graph where the dead one was: it binds the same endpoints
+(ZeroMQ peers reconnect by themselves), writes a new shared-memory ring (the dead one's
+is swept; a reader whose frame went with it counts the frame as skipped), and a capture
+goes on from the frame its ledger says it got to. In lossless flow the supervisor
+releases, on the dead reader's behalf, every frame it held upstream, or the writer would
+wait for them forever.
+
+How often: ``max_restarts`` per ``RESTART_WINDOW_S`` per stage, each after a backoff that
+doubles from ``BACKOFF_MIN_S`` to ``BACKOFF_MAX_S``; past that the run fails.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field, replace
+
+from segstream.pipeline.spec import CaptureSettings, StageSpec
+from segstream.pipeline.stage_process import StageProcess
+from segstream.pipeline.telemetry.ledger import Entry, read_ledger
+from segstream.pipeline.telemetry.stats import StageReport, combine, retire
+from segstream.pipeline.wire.choices import FlowPolicy
+from segstream.pipeline.wire.shm_ring import release_everything, sweep
+
+logger = logging.getLogger(__name__)
+
+RESTART_WINDOW_S = 600.0
+BACKOFF_MIN_S = 0.25
+BACKOFF_MAX_S = 4.0
+
+
+@dataclass
+class RestartBudget:
+    """How many restarts one stage has had lately, and how long to wait before the next.
+
+    Args:
+        limit: restarts allowed within ``window_s``.
+        window_s: the sliding window.
+    """
+
+    limit: int
+    window_s: float = RESTART_WINDOW_S
+    times: deque[float] = field(default_factory=deque)
+    total: int = 0
+
+    def _recent(self, now: float) -> int:
+        while self.times and now - self.times[0] > self.window_s:
+            self.times.popleft()
+        return len(self.times)
+
+    def take(self, now: float) -> float | None:
+        """Count a restart at ``now`` and return the wait before it; None once the
+        budget is spent."""
+        recent = self._recent(now)
+        if recent >= self.limit:
+            return None
+        self.times.append(now)
+        self.total += 1
+        return min(BACKOFF_MIN_S * 2 ** recent, BACKOFF_MAX_S)
+
+
+def ring_name(spec: StageSpec, incarnation: int) -> str:
+    """The output ring name of a stage's ``incarnation`` (the first keeps the planned one)."""
+    assert spec.ring is not None
+    base = spec.ring.name.split(".r", 1)[0]
+    return base if incarnation == 0 else f"{base}.r{incarnation}"
+
+
+def next_incarnation(spec: StageSpec, ledger: dict[Entry, int] | None, ended_sources: tuple[str, ...]) -> StageSpec:
+    """The spec of the process that replaces a dead one.
+
+    Args:
+        spec: the dead process's spec.
+        ledger: the counters it left (a capture goes on from its position).
+        ended_sources: sources whose end of stream went through before the death.
+    """
+    incarnation = spec.incarnation + 1
+    changes: dict[str, object] = {"incarnation": incarnation, "ended_sources": ended_sources}
+    if spec.ring is not None:
+        changes["ring"] = replace(spec.ring, name=ring_name(spec, incarnation))
+    settings = spec.settings
+    if isinstance(settings, CaptureSettings) and ledger is not None:
+        changes["settings"] = replace(settings, start_index=max(settings.start_index, ledger[Entry.NEXT_INDEX]),
+                                      start_seq=max(settings.start_seq, ledger[Entry.NEXT_SEQ]))
+    return replace(spec, **changes)  # type: ignore[arg-type]
+
+
+class Restarter:
+    """The restart budgets of a run's stages and what their dead processes did.
+
+    Args:
+        limit: restarts allowed per stage within ``RESTART_WINDOW_S``.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.budgets: dict[str, RestartBudget] = {}
+        self.retired: dict[str, StageReport] = {}
+
+    def budget(self, stage: str) -> RestartBudget:
+        """The budget of ``stage``."""
+        return self.budgets.setdefault(stage, RestartBudget(self.limit))
+
+    def restarts(self) -> dict[str, int]:
+        """Restarts so far, by stage (stages that never died left out)."""
+        return {name: budget.total for name, budget in self.budgets.items() if budget.total}
+
+    def retire(self, dead: StageProcess, stages: list[StageProcess], policy: FlowPolicy) -> None:
+        """Keep what a dead process did, sweep its ring, and in lossless flow release
+        what it held upstream."""
+        name = dead.spec.name
+        done = retire(dead.report, name, read_ledger(dead.ledger_path))
+        earlier = self.retired.get(name)
+        self.retired[name] = combine(earlier, done, 0) if earlier is not None else done
+        if dead.spec.ring is not None:
+            sweep(f"{dead.spec.ring.name}-")
+        if policy is FlowPolicy.LOSSLESS:
+            for upstream in stages:
+                ring = upstream.spec.ring
+                reader = ring.reader_id(dead.spec.kind) if ring is not None else None
+                if ring is not None and reader is not None:
+                    release_everything(ring.name, reader)
+
+    def reports(self, stages: list[StageProcess]) -> dict[str, StageReport]:
+        """Each stage's figures over all its processes."""
+        reports = {}
+        for stage in stages:
+            name = stage.spec.name
+            earlier = self.retired.get(name)
+            current = None if stage.restart_at is not None else stage.report
+            if earlier is not None:
+                reports[name] = combine(earlier, current, self.budget(name).total)
+            elif current is not None:
+                reports[name] = current
+        return reports

@@ -1,0 +1,133 @@
+"""Chaos with real processes: stage processes SIGKILLed in the middle of a run.
+
+The run must go on (the supervisor restarts the dead stage), masks must flow again, and
+the accounting must stay exact: every frame read is published or skipped with a reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+from conftest import CLIP
+from pipeline_helpers import children_of, leftovers, read_stats, start_pipeline, wait_for_log
+
+
+def stage_pid(supervisor: int, stage: str) -> int:
+    """The pid of the live process of ``stage`` (any incarnation)."""
+    pattern = re.compile(rf"/{re.escape(stage)}(\.r\d+)?\.json\s*$")
+    pids = [pid for pid, cmd in children_of(supervisor).items() if pattern.search(cmd)]
+    assert len(pids) == 1, (stage, children_of(supervisor))
+    return pids[0]
+
+
+def wait_for_masks(folder: Path, more_than: int, timeout: float = 60.0) -> int:
+    """Wait until ``folder`` holds more than ``more_than`` mask files; return how many."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        count = len(list(folder.glob("*.png"))) if folder.is_dir() else 0
+        if count > more_than:
+            return count
+        time.sleep(0.1)
+    raise AssertionError(f"no new mask in {folder} within {timeout} s (still {more_than})")
+
+
+def kill_and_wait_for_restart(proc, log: Path, stage: str) -> None:
+    """SIGKILL the process of ``stage`` and wait until the supervisor restarted it."""
+    os.kill(stage_pid(proc.pid, stage), signal.SIGKILL)
+    wait_for_log(log, rf"stage {re.escape(stage)} restarted", timeout=60)
+
+
+def test_every_stage_kind_killed_during_a_live_run_is_restarted_and_masks_resume(tmp_path, fast_onnx):
+    record, log = tmp_path / "rec", tmp_path / "run.log"
+    proc = start_pipeline(["run", "--source", str(CLIP), "--loop", "--policy", "live", "--rate", "native",
+                           "--max-frames", "900", "--model", str(fast_onnx), "--record", str(record),
+                           "--publish", ""], log, tmp_path / "t")
+    run_id = wait_for_log(log, r"run (\w+): running").group(1)
+    masks = wait_for_masks(record / "masks", 0)
+    for stage in ("infer", "preprocess", "publish", "render", "capture-0"):
+        kill_and_wait_for_restart(proc, log, stage)
+        masks = wait_for_masks(record / "masks", masks)  # masks flow again
+    assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    stats = read_stats(record)
+    assert stats["restarts"] == {"infer": 1, "preprocess": 1, "publish": 1, "render": 1, "capture-0": 1}
+    assert stats["frames_unaccounted"] == 0
+    assert stats["frames_in"] == stats["frames_published"] + stats["frames_skipped"]["total"]
+    assert stats["frames_in"] <= 900 and stats["frames_published"] > 0
+    assert len(list((record / "masks").glob("*.png"))) == stats["frames_published"]
+    assert all(n >= 0 for reasons in stats["frames_skipped"]["by_stage"].values() for n in reasons.values())
+    assert "restarted" in log.read_text() and leftovers(run_id, tmp_path / "t") == []
+
+
+def test_a_worker_killed_in_lossless_flow_does_not_hold_the_run_and_every_frame_is_accounted(tmp_path, fast_onnx):
+    record, log = tmp_path / "rec", tmp_path / "run.log"
+    proc = start_pipeline(["run", "--source", str(CLIP), "--max-frames", "200", "--workers", "2",
+                           "--model", str(fast_onnx), "--record", str(record), "--publish", "", "--rate", "25"],
+                          log, tmp_path / "t")
+    wait_for_masks(record / "masks", 5)
+    kill_and_wait_for_restart(proc, log, "infer-1")
+    assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    stats = read_stats(record)
+    assert stats["restarts"] == {"infer-1": 1}
+    assert stats["frames_in"] == 200 and stats["frames_unaccounted"] == 0
+    assert stats["frames_published"] + stats["frames_skipped"]["total"] == 200
+    assert stats["frames_published"] >= 150  # only what the dead worker held is lost
+    assert len(list((record / "masks").glob("*.png"))) == stats["frames_published"]
+
+
+def test_a_stage_that_keeps_dying_ends_the_run_once_its_restarts_are_spent(tmp_path, fast_onnx):
+    log = tmp_path / "run.log"
+    proc = start_pipeline(["run", "--source", "test-pattern:320x240@15", "--model", str(fast_onnx),
+                           "--publish", "", "--max-restarts", "1"], log, tmp_path / "t")
+    run_id = wait_for_log(log, r"run (\w+): running").group(1)
+    kill_and_wait_for_restart(proc, log, "preprocess")
+    wait_for_log(log, r"run \w+: running")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # the new process is up once it is a child again
+        try:
+            os.kill(stage_pid(proc.pid, "preprocess"), signal.SIGKILL)
+            break
+        except AssertionError:
+            time.sleep(0.1)
+    assert proc.wait(timeout=30) == 1
+    text = log.read_text()
+    assert "stage 'preprocess'" in text and "--max-restarts 1" in text
+    assert leftovers(run_id, tmp_path / "t") == []
+
+
+def test_the_next_run_sweeps_what_runs_with_a_dead_supervisor_left_and_nothing_of_a_live_one(tmp_path):
+    import subprocess
+    import sys
+    from multiprocessing import shared_memory
+
+    from segstream.pipeline.leftovers import sweep_orphans
+    from segstream.pipeline.wire.shm_ring import _unlink, _untrack
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "segstream"])
+    try:
+        orphan, running = tmp_path / "segstream-orphan", tmp_path / "segstream-running"
+        for folder in (orphan, running):
+            folder.mkdir()
+            (folder / "control.sock").write_text("")
+        (orphan / "owner").write_text(f"{dead.pid} deadbeef\n")
+        (running / "owner").write_text(f"{live.pid} cafebabe\n")
+        segments = []
+        for name in ("segstream-deadbeef-capture-0-0", "segstream-cafebabe-capture-0-0"):
+            shm = shared_memory.SharedMemory(name, create=True, size=64)
+            _untrack(shm)
+            segments.append(shm)
+        removed = sweep_orphans(tmp_path)
+        assert sorted(removed) == sorted(["segstream-deadbeef-capture-0-0", str(orphan)])
+        assert not orphan.exists() and running.is_dir()
+        assert "segstream-cafebabe-capture-0-0" in os.listdir("/dev/shm")
+    finally:
+        live.kill()
+        live.wait()
+        for shm in segments:
+            shm.close()
+            _unlink(shm.name)
