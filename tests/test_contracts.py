@@ -89,7 +89,12 @@ def test_commands_and_events_round_trip_typed():
     (b'{"version": 1, "stage": 5, "kind": "ready"}', "bad_field"),
     (b'{"version": 1, "stage": "x", "kind": "stats", "report": {"stage": "x", "skipped": {"x": "y"}}}', "bad_field"),
     (b'{"version": 1, "stage": "x", "kind": "stats", "report": {"stage": "x", "frames_in": -4}}', "bad_field"),
-    (b'{"version": 1, "stage": "x", "kind": "stats", "report": {"stage": "x", "throughput_fps": NaN}}', "bad_field"),
+    (b'{"version": 1, "stage": "x", "kind": "stats", "report": {"stage": "x", "throughput_fps": NaN}}', "bad_json"),
+    # found by the fuzz suite (tests/test_fuzz.py): nesting that exhausted the stack, a boolean version
+    (b"[" * 100_000, "bad_json"),
+    (b'{"version": true, "stage": "x", "kind": "ready"}', "bad_version"),
+    (b'{"version": 1, "stage": "x", "kind": "stats", "report": {"stage": "x", "throughput_fps": 1' + b"0" * 400
+     + b"}}", "bad_field"),
     (b'{"version": 1, "stage": "x", "kind": "done", "exit_code": true}', "bad_field"),
     (b'{"version": 1, "stage": "x", "kind": "ready", "extra": 1}', "bad_field"),
 ])

@@ -125,6 +125,14 @@ def _raw(text: str) -> bytes:
     ([b"cam0", _header_bytes(meta=[]), bytes(12)], "bad_field"),
     ([b"cam0", _header_bytes(version=True), bytes(12)], "bad_version"),
     ([b"cam0", _header_bytes(), bytes(12), *[b""] * 20], "bad_part"),
+    # found by the fuzz suite (tests/test_fuzz.py): unhashable values where a name is expected
+    ([b"cam0", _header_bytes(kind={"x": "y"}), bytes(12)], "bad_field"),
+    ([b"cam0", _header_bytes(kind=[1]), bytes(12)], "bad_field"),
+    ([b"cam0", _header_bytes(meta={"fps": 10**400}), bytes(12)], "bad_field"),
+    ([b"cam0", _header_bytes(parts=[{"name": "m", "shape": [2, 6], "dtype": {}, "inline": 0}]), bytes(12)],
+     "bad_part"),
+    ([b"cam0", _header_bytes(parts=[{"name": "m", "shape": [2, 6], "dtype": "uint8", "inline": 0,
+                                     "encoding": []}]), bytes(12)], "bad_part"),
 ])
 def test_hostile_headers_are_refused_with_a_reason_and_nothing_else(frames, reason):
     """Every field with a wrong type, an out-of-range number, NaN/Infinity, a huge shape,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -17,11 +18,14 @@ import numpy as np
 import zmq
 
 from segstream.errors import MaskCodecError, MessageError
+from segstream.log_throttle import LogThrottle
 from segstream.pipeline.wire.mask_codec import decode_mask
 from segstream.pipeline.wire.messages import Kind, Part, decode, inline_array
 from segstream.pipeline.wire.transport import Role, make_socket
 
 logger = logging.getLogger(__name__)
+
+LOG_EVERY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -71,8 +75,10 @@ class MaskSubscriber:
             arrives, and a consumer that falls behind slows the pipeline.
 
     The socket reconnects on its own when the pipeline restarts; a subscriber that joins
-    late gets the next mask, not a backlog. Malformed messages are skipped and counted in
-    ``malformed``.
+    late gets the next mask, not a backlog. Every message that is neither a result handed
+    out nor an end of stream is counted in ``skipped`` by reason (``malformed_<reason>``,
+    ``bad_mask``, ``not_a_result``, ``other_source``); ``malformed`` is how many of them
+    were malformed.
     """
 
     def __init__(self, endpoint: str, sources: list[str] | None = None, timeout_s: float | None = None,
@@ -82,7 +88,8 @@ class MaskSubscriber:
         self.timeout_s = timeout_s
         self.until_end = until_end
         self.timed_out = False
-        self.malformed = 0
+        self.skipped: Counter[str] = Counter()
+        self._throttle = LogThrottle(LOG_EVERY_S)
         self.gaps: dict[str, int] = {}
         self.ended: set[str] = set()
         self._last: dict[str, int] = {}
@@ -115,30 +122,31 @@ class MaskSubscriber:
             try:
                 message = decode(self._socket.recv_multipart())
             except MessageError as exc:
-                self.malformed += 1
-                logger.warning("skipped a malformed message: %s", exc)
+                self._skip(f"malformed_{exc.reason}", f"skipped a malformed message: {exc}")
                 continue
             header = message.header
             if self.sources is not None and header.source not in self.sources:
+                self._skip("other_source")
                 continue
             if header.kind is Kind.EOS:
                 self.ended.add(header.source)
                 continue
             if header.kind is not Kind.RESULT:
+                self._skip("not_a_result", f"skipped a {header.kind.value} message: only results are published")
                 continue
             part = header.part("mask")
             classification = header.meta.get("classification")  # checked by decode
             mask = None
             if part is None or part.inline is None:
                 if classification is None:  # neither a mask nor labels: not a result
-                    self.malformed += 1
+                    self._skip("not_a_result", f"skipped frame {header.index} of {header.source}: no inline mask "
+                                               f"and no classification")
                     continue
             else:
                 try:
                     mask = decode_mask(message.payload[part.inline], part.encoding, part.shape)
                 except MaskCodecError as exc:
-                    self.malformed += 1
-                    logger.warning("skipped frame %d of %s: %s", header.index, header.source, exc)
+                    self._skip("bad_mask", f"skipped frame {header.index} of {header.source}: {exc}")
                     continue
             seen.add(header.source)
             gap = max(header.index - self._last.get(header.source, header.index - 1) - 1, 0)
@@ -161,6 +169,18 @@ class MaskSubscriber:
                 classification=classification,
                 header=header.to_json(),
             )
+
+    @property
+    def malformed(self) -> int:
+        """Messages skipped because they were malformed (any reason but ``other_source``)."""
+        return sum(n for reason, n in self.skipped.items() if reason != "other_source")
+
+    def _skip(self, reason: str, detail: str = "") -> None:
+        """Count a skipped message; log at most once every ``LOG_EVERY_S`` (a flood of bad
+        messages cannot flood the log)."""
+        self.skipped[reason] += 1
+        if detail and self._throttle.allow(reason):
+            logger.warning("%s (counted in skipped; logged at most every %.0f s)", detail, LOG_EVERY_S)
 
     def close(self) -> None:
         """Close the socket."""

@@ -60,6 +60,9 @@ def consume(options: ConsumeOptions, out: TextIO = sys.stdout) -> int:
                 break
         for source in sorted(subscriber.ended):
             out.write(f"source={source} end-of-stream\n")
+        if subscriber.skipped:
+            reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(subscriber.skipped.items()))
+            out.write(f"skipped {sum(subscriber.skipped.values())} messages ({reasons})\n")
         if subscriber.timed_out:
             out.write(f"no message for {options.timeout_s:.0f} s on {options.endpoint}\n")
             return 1

@@ -27,6 +27,7 @@ from typing import Any
 from segstream.errors import MessageError
 from segstream.pipeline.telemetry.stats import StageReport
 from segstream.pipeline.typed_json import dump, load_dataclass
+from segstream.pipeline.wire.checks import parse_json
 
 CONTROL_VERSION = 1
 MAX_CONTROL_BYTES = 4 << 20  # a stage report with its histograms is ~100 KB
@@ -112,13 +113,10 @@ def encode(message: CommandMessage | StageEvent) -> bytes:
 def _parse(raw: bytes, what: str) -> dict[str, Any]:
     if len(raw) > MAX_CONTROL_BYTES:
         raise MessageError("too_large", f"{what} is {len(raw)} bytes, limit {MAX_CONTROL_BYTES}")
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MessageError("bad_json", f"{what} is not UTF-8 JSON ({exc})") from None
+    data = parse_json(raw, what)  # strict: no NaN or Infinity, no nesting that exhausts the stack
     if not isinstance(data, dict):
         raise MessageError("bad_json", f"{what} is a JSON {type(data).__name__}, expected an object")
-    if data.get("version") != CONTROL_VERSION:
+    if data.get("version") != CONTROL_VERSION or isinstance(data.get("version"), bool):
         raise MessageError("bad_version", f"{what} version {data.get('version')!r}, this reader understands "
                                           f"{CONTROL_VERSION}")
     return data

@@ -19,6 +19,7 @@ from typing import Callable
 import zmq
 
 from segstream.errors import MessageError
+from segstream.log_throttle import LogThrottle
 from segstream.pipeline.control import (
     Command,
     CommandMessage,
@@ -66,7 +67,7 @@ class StageRuntime:
         self.orphaned = False  # the supervisor died: clean up after it on the way out
         self._last_report = time.monotonic()
         self._before_report: list[Callable[[], None]] = []
-        self._last_refusal: dict[str, float] = {}
+        self._refusals = LogThrottle(REFUSAL_LOG_S)
         self._parent = os.getppid()
         self._last_parent_check = time.monotonic()
         signal.signal(signal.SIGINT, self._on_signal)
@@ -171,9 +172,7 @@ class StageRuntime:
         """Skip a message this stage cannot use: counted by reason, logged at most once per
         ``REFUSAL_LOG_S`` per reason (a flood of bad input cannot flood the log)."""
         self.stats.skipped.add(reason, source)
-        now = time.monotonic()
-        if now - self._last_refusal.get(reason, -REFUSAL_LOG_S) >= REFUSAL_LOG_S:
-            self._last_refusal[reason] = now
+        if self._refusals.allow(reason):
             logger.warning("%s: skipped a message (%s): %s", self.spec.name, reason, detail)
 
     def before_report(self, refresh: Callable[[], None]) -> None:

@@ -27,6 +27,7 @@ import zmq
 
 from segstream.engines.resolve import InferenceModel
 from segstream.errors import MessageError, PipelineFailed, SegstreamError
+from segstream.log_throttle import LogThrottle
 from segstream.pipeline.config import PipelineConfig
 from segstream.pipeline.control import Command, CommandMessage, EventKind, PipelineFigures, decode_event, encode
 from segstream.pipeline.graph import RunPlan, plan_run
@@ -118,6 +119,7 @@ class Supervisor:
         self.stages: list[StageProcess] = []
         self.failed_sources: dict[str, str] = {}  # source id -> why (the other sources carry on)
         self.malformed_events = 0  # control events refused on receipt
+        self._refusals = LogThrottle()
         self._started = False  # every stage started
         self.restarter = Restarter(config.max_restarts)
         self._run_dir = Path()
@@ -220,12 +222,15 @@ class Supervisor:
             event = decode_event(raw)
         except MessageError as exc:
             self.malformed_events += 1
-            logger.warning("ignored a malformed control event: %s", exc)
+            if self._refusals.allow(exc.reason):
+                logger.warning("ignored a malformed control event (counted; logged at most every %.0f s): %s",
+                               self._refusals.every_s, exc)
             return
         stage = self._by_name(event.stage)
         if stage is None:
             self.malformed_events += 1
-            logger.warning("ignored a control event from unknown stage %r", event.stage[:80])
+            if self._refusals.allow("unknown_stage"):
+                logger.warning("ignored a control event from unknown stage %r", event.stage[:80])
             return
         kind = event.kind
         if kind is EventKind.READY:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import types
 import typing
 from enum import Enum
@@ -54,6 +55,12 @@ def dump(value: Any) -> Any:
 @lru_cache(maxsize=None)
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+def _finite(value: int | float) -> bool:
+    """A number a float can hold (an int of 400 digits is not; ``math.isfinite`` would
+    raise OverflowError on it)."""
+    return math.isfinite(value) if isinstance(value, float) else abs(value) <= sys.float_info.max
 
 
 def _describe(value: Any) -> str:
@@ -116,7 +123,7 @@ def load(tp: Any, value: Any, where: str, error: type[Exception] = ValueError, d
             raise error(f"{where}: expected an integer, found {_describe(value)}")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
             raise error(f"{where}: expected a finite number, found {_describe(value)}")
         return float(value)
     if tp is str:

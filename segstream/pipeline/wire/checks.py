@@ -50,8 +50,8 @@ def integer(value: Any, what: str, low: int = 0, high: int = MAX_NS, reason: str
 
 def number(value: Any, what: str, low: float = 0.0, high: float = math.inf) -> float:
     """``value`` if it is a finite int or float in ``[low, high]``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not low <= value <= high:
+    finite = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))  # a huge int is finite
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not finite or not low <= value <= high:
         raise MessageError("bad_field", f"{what} must be a finite number in [{low}, {high}], found {value!r:.60}")
     return float(value)
 

@@ -198,10 +198,10 @@ def _part_from_json(raw: Any, k: int) -> Part:
     name = checks.text(_require(raw, "name"), f"part {k} name", 32)
     dims = checks.shape(_require(raw, "shape"), f"part {name!r}")
     dtype = _require(raw, "dtype")
-    if dtype not in _DTYPES:
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
         raise MessageError("bad_part", f"part {name!r} has dtype {dtype!r:.40}; expected one of {sorted(_DTYPES)}")
     encoding = raw.get("encoding", "raw")
-    if encoding not in ENCODINGS:
+    if not isinstance(encoding, str) or encoding not in ENCODINGS:
         raise MessageError("bad_part", f"part {name!r} has encoding {encoding!r:.40}; expected one of {list(ENCODINGS)}")
     ref = raw.get("ref")
     if ref is not None:
@@ -239,7 +239,7 @@ def decode(frames: Sequence[Any]) -> Message:
     if version != WIRE_VERSION or isinstance(version, bool):
         raise MessageError("bad_version", f"wire version {version!r:.20}, this reader understands {WIRE_VERSION}")
     kind_value = _require(data, "kind")
-    if kind_value not in {k.value for k in Kind}:
+    if not isinstance(kind_value, str) or kind_value not in {k.value for k in Kind}:
         raise MessageError("bad_field", f"unknown kind {kind_value!r:.40}; expected one of {[k.value for k in Kind]}")
     source = checks.safe_name(_require(data, "source"), "source")
     if bytes(frames[0]) != source.encode():

@@ -21,6 +21,7 @@ from typing import Callable
 import zmq
 
 from segstream.errors import MessageError
+from segstream.log_throttle import LogThrottle
 from segstream.pipeline.telemetry.stats import SkipCounter
 from segstream.pipeline.wire.choices import FlowPolicy
 from segstream.pipeline.wire.messages import Kind, Message, decode, encode
@@ -46,7 +47,7 @@ class Inbox:
         self.policy = policy
         self.skipped = skipped
         self.superseded: list[Message] = []
-        self._last_log: dict[str, float] = {}
+        self._throttle = LogThrottle(MALFORMED_LOG_S)
 
     def _recv_one(self) -> Message | None:
         frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -54,9 +55,7 @@ class Inbox:
             return decode([f.buffer for f in frames])
         except MessageError as exc:
             self.skipped.add(f"malformed_{exc.reason}", None)
-            now = time.monotonic()
-            if now - self._last_log.get(exc.reason, -MALFORMED_LOG_S) >= MALFORMED_LOG_S:
-                self._last_log[exc.reason] = now  # a flood of bad input cannot flood the log
+            if self._throttle.allow(exc.reason):
                 logger.warning("dropped a malformed message: %s (counted; logged at most every %.0f s)",
                                exc, MALFORMED_LOG_S)
             return None

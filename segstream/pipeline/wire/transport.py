@@ -50,7 +50,8 @@ SOCKET_OPTIONS: dict[Role, tuple[int, dict[int, Any]]] = {
     Role.CONTROL_OUT: (zmq.PUSH, {zmq.SNDHWM: 1000, zmq.LINGER: 1000}),
     Role.CONTROL_IN: (zmq.PULL, {zmq.RCVHWM: 10000, zmq.LINGER: 0}),
     Role.COMMANDS_PUB: (zmq.PUB, {zmq.SNDHWM: 100, zmq.LINGER: 0}),
-    Role.COMMANDS_SUB: (zmq.SUB, {zmq.RCVHWM: 100, zmq.LINGER: 0}),
+    # A stage busy for a while (loading a model, a long frame) must not lose a command.
+    Role.COMMANDS_SUB: (zmq.SUB, {zmq.RCVHWM: 10000, zmq.LINGER: 0}),
 }
 
 
