@@ -50,3 +50,24 @@ def test_c_consumer_receives_every_mask_in_order(tmp_path, fast_onnx, c_consumer
     assert lines[-1] == "received 3 masks from 1 source(s), 0 error(s)"
     assert [line.split()[:2] for line in lines[:-1]] == [["kitti", str(k)] for k in range(3)]
     assert lines[0].split()[2] == "1224x370" and lines[0].split()[3] == str(1224 * 370)
+
+
+def test_c_consumer_with_a_client_key_reads_an_endpoint_published_with_keys(tmp_path, fast_onnx, c_consumer):
+    from conftest import CLIP, segstream_cmd
+
+    keys = tmp_path / "keys"
+    subprocess.run(segstream_cmd("keys", str(keys), "--client", "c"), check=True, capture_output=True)
+    endpoint = f"tcp://127.0.0.1:{23000 + __import__('os').getpid() % 9000}"
+    consumer = subprocess.Popen([str(c_consumer), endpoint, "5", str(keys / "server.key"), str(keys / "c.key_secret")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        proc = start_pipeline(["run", "--source", str(CLIP), "--max-frames", "30", "--rate", "15", "--model",
+                               str(fast_onnx), "--publish", endpoint, "--publish-keys", str(keys)],
+                              tmp_path / "run.log", tmp_path / "t")
+        out, err = consumer.communicate(timeout=120)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        consumer.kill()
+    assert consumer.returncode == 0, err
+    assert out.splitlines()[-1] == "received 5 masks from 1 source(s), 0 error(s)"

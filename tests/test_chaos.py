@@ -103,7 +103,7 @@ def test_the_next_run_sweeps_what_runs_with_a_dead_supervisor_left_and_nothing_o
     import sys
     from multiprocessing import shared_memory
 
-    from segstream.pipeline.leftovers import sweep_orphans
+    from segstream.pipeline.run_folder import sweep_orphans
     from segstream.pipeline.wire.shm_ring import _unlink, _untrack
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

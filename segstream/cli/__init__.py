@@ -4,7 +4,8 @@
 
     segstream run  [--config FILE] [--source SRC]... [--model NAME|FILE] [--sink URI]... (segstream run --help)
     segstream demo [--record DIR]
-    segstream consume ENDPOINT [--count N] [--save DIR]
+    segstream consume ENDPOINT [--count N] [--save DIR] [--server-key FILE --client-key FILE]
+    segstream keys DIR [--client NAME]
     segstream export MODEL -o FILE.onnx
     segstream build MODEL.onnx [--fp16|--int8 --calib DIR] [--shapes MIN:OPT:MAX] [--workspace GB] [-o FILE]
     segstream train MODEL --data DATASET [--epochs N] [--crop HxW] [--resume CKPT]

@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from segstream.errors import ConfigError
 from segstream.pipeline.config import PipelineConfig, load_config
 from segstream.pipeline.settings import add_flags, overrides_from_args
 
@@ -88,8 +89,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_consume(args: argparse.Namespace) -> int:
     """``segstream consume``."""
     from segstream.pipeline.consume import ConsumeOptions, consume
+    from segstream.pipeline.wire.keys import load_client
 
-    return consume(ConsumeOptions(args.endpoint, args.count, args.save, args.timeout, args.lossless))
+    if bool(args.server_key) != bool(args.client_key):
+        raise ConfigError("--server-key and --client-key go together (the server's public key file and this "
+                          "consumer's .key_secret file, from 'segstream keys DIR --client NAME')")
+    curve = load_client(args.server_key, args.client_key) if args.server_key else None
+    return consume(ConsumeOptions(args.endpoint, args.count, args.save, args.timeout, args.lossless, curve))
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """``segstream keys``."""
+    from segstream.pipeline.wire.keys import write_keys
+
+    for path in write_keys(args.folder, args.client or ""):
+        print(path)
+    return 0
 
 
 def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -111,5 +126,13 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
     p.add_argument("--save", metavar="DIR", help="write masks as DIR/<source>/<frame>.png")
     p.add_argument("--timeout", type=float, default=0.0, metavar="S", help="give up after S s of silence")
     p.add_argument("--lossless", action="store_true", help="ENDPOINT is a pipeline's --publish-lossless channel")
+    p.add_argument("--server-key", metavar="FILE", help="the pipeline's public key (server.key) for a tcp:// "
+                   "endpoint published with --publish-keys")
+    p.add_argument("--client-key", metavar="FILE", help="this consumer's key pair (NAME.key_secret)")
     p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(func=cmd_consume)
+
+    p = sub.add_parser("keys", help="create CURVE keys for --publish-keys (server, and a consumer with --client)")
+    p.add_argument("folder", help="the keys folder (server.key, server.key_secret, authorized/)")
+    p.add_argument("--client", metavar="NAME", help="also a consumer's key pair, authorised in the folder")
+    p.set_defaults(func=cmd_keys)

@@ -19,6 +19,7 @@ import zmq
 
 from segstream.errors import MaskCodecError, MessageError
 from segstream.log_throttle import LogThrottle
+from segstream.pipeline.wire.keys import CurveClient
 from segstream.pipeline.wire.mask_codec import decode_mask
 from segstream.pipeline.wire.messages import Kind, Part, decode, inline_array
 from segstream.pipeline.wire.transport import Role, make_socket
@@ -73,6 +74,8 @@ class MaskSubscriber:
         until_end: end the iteration once every source seen has sent end of stream.
         lossless: connect to a pipeline's ``--publish-lossless`` channel (PULL): every mask
             arrives, and a consumer that falls behind slows the pipeline.
+        curve: this consumer's keys for a tcp:// endpoint published with
+            ``--publish-keys`` (``security.load_client``).
 
     The socket reconnects on its own when the pipeline restarts; a subscriber that joins
     late gets the next mask, not a backlog. Every message that is neither a result handed
@@ -82,7 +85,7 @@ class MaskSubscriber:
     """
 
     def __init__(self, endpoint: str, sources: list[str] | None = None, timeout_s: float | None = None,
-                 until_end: bool = True, lossless: bool = False) -> None:
+                 until_end: bool = True, lossless: bool = False, curve: CurveClient | None = None) -> None:
         self.endpoint = endpoint
         self.sources = set(sources) if sources else None
         self.timeout_s = timeout_s
@@ -95,7 +98,7 @@ class MaskSubscriber:
         self._last: dict[str, int] = {}
         self._context = zmq.Context()
         self._socket = make_socket(self._context, Role.RESULTS_PULL if lossless else Role.RESULTS_SUB,
-                                   connect=endpoint)
+                                   connect=endpoint, client=curve)
         if self.sources and not lossless:
             self._socket.setsockopt(zmq.UNSUBSCRIBE, b"")
             for source in self.sources:  # prefix filter in ZeroMQ, exact match below

@@ -102,6 +102,9 @@ class PipelineConfig:
     publish_lossless: str = setting("", "also a PUSH channel for one consumer that must get every mask "
                                     "(backpressure)", flag="--publish-lossless", section="outputs",
                                     metavar="ENDPOINT")
+    publish_keys: str = setting("", "CURVE keys for the tcp:// publish endpoints: DIR/server.key_secret and the "
+                                "consumers allowed in DIR/authorized/*.key (segstream keys DIR --client NAME)",
+                                flag="--publish-keys", section="outputs", metavar="DIR")
     mask_encoding: MaskEncoding = setting(MaskEncoding.RAW, "published mask encoding", flag="--mask-encoding",
                                           section="outputs")
     mask_resolution: MaskResolution = setting(MaskResolution.FRAME, "publish masks at frame or model resolution",

@@ -13,6 +13,7 @@ from typing import TextIO
 
 from segstream.pipeline.client import MaskSubscriber
 from segstream.pipeline.sinks.records import frame_file, inside, write_png
+from segstream.pipeline.wire.keys import CurveClient
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ class ConsumeOptions:
         save: folder to write ``<source>/<frame>.png`` into, or None.
         timeout_s: exit with an error after this long without a message (0 = wait forever).
         lossless: read a ``--publish-lossless`` channel instead of the PUB socket.
+        curve: this consumer's keys for an endpoint published with ``--publish-keys``.
     """
 
     endpoint: str
@@ -34,13 +36,15 @@ class ConsumeOptions:
     save: str | None = None
     timeout_s: float = 0.0
     lossless: bool = False
+    curve: CurveClient | None = None
 
 
 def consume(options: ConsumeOptions, out: TextIO = sys.stdout) -> int:
     """Receive and print masks; returns the exit code (0 ok, 1 timeout). Ctrl-C raises
     KeyboardInterrupt (the CLI exits 130) after closing the socket."""
     received = 0
-    subscriber = MaskSubscriber(options.endpoint, timeout_s=options.timeout_s or None, lossless=options.lossless)
+    subscriber = MaskSubscriber(options.endpoint, timeout_s=options.timeout_s or None, lossless=options.lossless,
+                                curve=options.curve)
     channel = "lossless channel" if options.lossless else "PUB socket"
     limit = f"; giving up after {options.timeout_s:g} s of silence" if options.timeout_s else "; Ctrl-C to stop"
     print(f"segstream consume: waiting for masks on {options.endpoint} ({channel}){limit}", file=sys.stderr,

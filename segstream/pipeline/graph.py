@@ -31,6 +31,7 @@ from segstream.pipeline.spec import (
     StageSpec,
 )
 from segstream.pipeline.wire.choices import FlowPolicy, Transport, ipc_endpoint
+from segstream.pipeline.wire.keys import CurveServer, RunKeys, load_publish_keys
 
 logger = logging.getLogger(__name__)
 
@@ -134,8 +135,9 @@ def reads_of(kind: StageKind, present: set[StageKind]) -> dict[str, int]:
     return out
 
 
-def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: Path, model: InferenceModel) -> RunPlan:
-    """Lay out the stages of one run."""
+def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: Path, model: InferenceModel,
+             keys: RunKeys | None = None) -> RunPlan:
+    """Lay out the stages of one run (``keys``: CURVE keys of its tcp:// sockets)."""
     metadata = model.metadata
     port = iter(range(config.tcp_base_port, config.tcp_base_port + 100))
 
@@ -164,7 +166,8 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
         return StageSpec(name=name, kind=kind, run_id=run_id, policy=policy, settings=settings, control=control,
                          commands=commands, ring=ring, reads=reads_of(kind, present),
                          nice=0 if full_priority else LIGHT_STAGE_NICE, sources=len(config.sources), source_ids=ids,
-                         delay_ms=float(config.stage_delay_ms.get(kind.value, 0.0)), **kw)  # type: ignore[arg-type]
+                         delay_ms=float(config.stage_delay_ms.get(kind.value, 0.0)), keys=keys,
+                         **kw)  # type: ignore[arg-type]
 
     stages: list[StageSpec] = []
     capture_outputs = []
@@ -189,7 +192,8 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
             reader_in_order=workers == 1))
     stages.append(spec("publish", StageKind.PUBLISH, PublishSettings(
         metadata=metadata, endpoint=config.publish, mask_encoding=config.mask_encoding,
-        mask_resolution=config.mask_resolution, sinks=publish_uris, per_source_dirs=per_source),
+        mask_resolution=config.mask_resolution, sinks=publish_uris, per_source_dirs=per_source,
+        publish_keys=public_keys(config)),
         inputs=infer_outs, outputs=publish_out, eos_per_source=workers, reorder=workers > 1))
     if render:
         stages.append(spec("render", StageKind.RENDER, RenderSettings(
@@ -197,6 +201,17 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
             classes=class_ids(config.render_classes, metadata), sinks=render_uris, per_source_dirs=per_source),
             inputs=publish_out))
     return RunPlan(run_id, policy, tuple(stages), control, commands, per_source)
+
+
+def public_keys(config: PipelineConfig) -> CurveServer | None:
+    """The CURVE keys of the public endpoints (``--publish-keys``), checked."""
+    if not config.publish_keys:
+        return None
+    endpoints = [e for e in (config.publish, config.publish_lossless) if e]
+    if not any(e.startswith("tcp://") for e in endpoints):
+        raise ConfigError(f"--publish-keys protects tcp:// endpoints, and none is published on tcp ({endpoints}); "
+                          f"ipc:// endpoints are protected by their folder's permissions")
+    return load_publish_keys(config.publish_keys)
 
 
 def class_ids(names: tuple[str, ...], metadata: ModelMetadata) -> tuple[int, ...] | None:

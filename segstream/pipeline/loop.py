@@ -13,6 +13,7 @@ from segstream.pipeline.runtime import StageRuntime
 from segstream.pipeline.sinks import SinkContext, SinkSet
 from segstream.pipeline.spec import StageSpec
 from segstream.pipeline.telemetry.stats import SkipCounter
+from segstream.pipeline.wire.keys import CurveServer
 from segstream.pipeline.wire.messages import Kind, Message, Stamp, eos
 from segstream.pipeline.wire.payloads import PayloadWriter, mode_for_endpoint
 from segstream.pipeline.wire.policies import FlowPolicy, Inbox, Outbox, Reorderer
@@ -74,7 +75,8 @@ def open_outbox(spec: StageSpec, runtime: StageRuntime, skipped: SkipCounter | N
     sockets = []
     try:
         for endpoint in spec.outputs:
-            sockets.append(make_socket(runtime.context, role, bind=endpoint))
+            sockets.append(make_socket(runtime.context, role, bind=endpoint,
+                                       server=spec.keys.server if spec.keys else None, guard=runtime.guard))
     except Exception:
         for sock in sockets:
             sock.close(linger=0)
@@ -84,14 +86,15 @@ def open_outbox(spec: StageSpec, runtime: StageRuntime, skipped: SkipCounter | N
 
 
 def open_sinks(spec: StageSpec, runtime: StageRuntime, uris: tuple[str, ...], metadata: ModelMetadata,
-               per_source_dirs: bool, live_figures: Callable[[], dict[str, Any]] = dict) -> SinkSet:
+               per_source_dirs: bool, live_figures: Callable[[], dict[str, Any]] = dict,
+               publish_keys: CurveServer | None = None) -> SinkSet:
     """The sinks a stage drives, with the context they may use; their figures are copied
     into every report the stage sends (the final one included)."""
     sinks = SinkSet(uris, SinkContext(
         per_source_dirs=per_source_dirs, sources=spec.sources, class_names=tuple(metadata.class_names),
         palette=tuple(tuple(c) for c in metadata.palette), ignore_index=metadata.ignore_index,
         zmq_context=runtime.context, stopping=lambda: runtime.stopping, skipped=runtime.stats.skipped,
-        live_figures=live_figures, model=metadata.name))
+        live_figures=live_figures, model=metadata.name, publish_keys=publish_keys, guard=runtime.guard))
     runtime.before_report(lambda: setattr(runtime.stats, "sinks", sinks.figures()))
     return sinks
 
@@ -107,7 +110,8 @@ def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processo
     Returns the process exit code (0 on end of stream and on a requested stop).
     """
     in_role = Role.STAGE_IN_LIVE if spec.policy is FlowPolicy.LIVE else Role.STAGE_IN_LOSSLESS
-    pull = make_socket(runtime.context, in_role, connect=list(spec.inputs))
+    pull = make_socket(runtime.context, in_role, connect=list(spec.inputs),
+                       client=spec.keys.client if spec.keys else None)
     stats = runtime.stats
     finishes = processor.finishes_frames
     outbox = open_outbox(spec, runtime, stats.handed_over_skipped if finishes else None)

@@ -33,6 +33,7 @@ from segstream.pipeline.spec import StageSpec
 from segstream.pipeline.telemetry.ledger import Ledger
 from segstream.pipeline.telemetry.stats import StageReport, StageStats
 from segstream.pipeline.wire.policies import POLL_MS
+from segstream.pipeline.wire.security import PeerGuard
 from segstream.pipeline.wire.transport import Role, make_socket
 
 logger = logging.getLogger(__name__)
@@ -72,8 +73,12 @@ class StageRuntime:
         self._last_parent_check = time.monotonic()
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
-        self.control = make_socket(self.context, Role.CONTROL_OUT, connect=spec.control) if spec.control else None
-        self.commands = make_socket(self.context, Role.COMMANDS_SUB, connect=spec.commands) if spec.commands else None
+        self.guard = PeerGuard(self.context)  # refuses tcp peers without the run's key, and counts them
+        client = spec.keys.client if spec.keys else None
+        self.control = make_socket(self.context, Role.CONTROL_OUT, connect=spec.control,
+                                   client=client) if spec.control else None
+        self.commands = make_socket(self.context, Role.COMMANDS_SUB, connect=spec.commands,
+                                    client=client) if spec.commands else None
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if not self._stop:
@@ -180,6 +185,9 @@ class StageRuntime:
         self._before_report.append(refresh)
 
     def _report(self) -> StageReport:
+        refused = self.guard.refused()
+        if refused:
+            self.stats.extra["peers_refused"] = refused
         for refresh in self._before_report:
             refresh()
         return self.stats.report()
@@ -200,6 +208,7 @@ class StageRuntime:
             self.control.close(linger=1000)
         if self.commands is not None:
             self.commands.close(linger=0)
+        self.guard.close()
         # Closes whatever a failed stage left open (term() alone would wait for it forever).
         self.context.destroy(linger=0)
         return exit_code

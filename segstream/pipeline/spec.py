@@ -21,6 +21,7 @@ from segstream.pipeline.overlay import RenderMode
 from segstream.pipeline.sources.streams import LiveOptions
 from segstream.pipeline.typed_json import dump, load, load_dataclass
 from segstream.pipeline.wire.choices import FlowPolicy
+from segstream.pipeline.wire.keys import CurveServer, RunKeys
 from segstream.pipeline.wire.messages import MaskEncoding
 
 
@@ -128,6 +129,7 @@ class PublishSettings:
         mask_resolution: frame or model resolution.
         sinks: the sink URIs publish drives (``pipeline.sinks``).
         per_source_dirs: outputs under ``<folder>/<source id>/`` (several sources).
+        publish_keys: CURVE keys of the public tcp:// endpoints (``--publish-keys``).
     """
 
     metadata: ModelMetadata
@@ -136,6 +138,7 @@ class PublishSettings:
     mask_resolution: MaskResolution = MaskResolution.FRAME
     sinks: tuple[str, ...] = ()
     per_source_dirs: bool = False
+    publish_keys: CurveServer | None = None
 
 
 @dataclass(frozen=True)
@@ -224,6 +227,7 @@ class StageSpec:
         incarnation: 0 for the first process of this stage, k for its k-th restart.
         ended_sources: sources that ended before this process started (a restart): it
             passes their end of stream on at once.
+        keys: the run's CURVE keys for its tcp:// sockets (None on ipc://).
     """
 
     name: str
@@ -247,6 +251,7 @@ class StageSpec:
     nice: int = 0
     incarnation: int = 0
     ended_sources: tuple[str, ...] = ()
+    keys: RunKeys | None = None
 
     def __post_init__(self) -> None:
         expected = SETTINGS[self.kind]

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         code = 1
     code = runtime.finish(code)
     if runtime.orphaned:
-        from segstream.pipeline.leftovers import sweep_after_supervisor
+        from segstream.pipeline.run_folder import sweep_after_supervisor
 
         sweep_after_supervisor(spec_path, spec.run_id)
     return code

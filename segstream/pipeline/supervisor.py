@@ -16,7 +16,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -31,8 +30,8 @@ from segstream.log_throttle import LogThrottle
 from segstream.pipeline.config import PipelineConfig
 from segstream.pipeline.control import Command, CommandMessage, EventKind, PipelineFigures, decode_event, encode
 from segstream.pipeline.graph import RunPlan, plan_run
-from segstream.pipeline.leftovers import claim, sweep_orphans
 from segstream.pipeline.restarts import Restarter, next_incarnation
+from segstream.pipeline.run_folder import make_run_dir
 from segstream.pipeline.spec import CaptureSettings, StageSpec
 from segstream.pipeline.stage_process import StageProcess, exit_reason, spawn
 from segstream.pipeline.telemetry.ledger import read_ledger
@@ -41,7 +40,9 @@ from segstream.pipeline.telemetry.run_stats import RunFacts, assemble_stats
 from segstream.pipeline.telemetry.stats import StageReport
 from segstream.pipeline.telemetry.status_line import StatusLine
 from segstream.pipeline.telemetry.timing import stage_latency
-from segstream.pipeline.wire.choices import FlowPolicy, RestartPolicy
+from segstream.pipeline.wire.choices import FlowPolicy, RestartPolicy, Transport
+from segstream.pipeline.wire.keys import RunKeys
+from segstream.pipeline.wire.security import PeerGuard
 from segstream.pipeline.wire.shm_ring import SHM_PREFIX, sweep
 from segstream.pipeline.wire.transport import Role, make_socket
 
@@ -50,7 +51,6 @@ logger = logging.getLogger(__name__)
 STOP_GRACE_S = 1.2  # after a stop request, stages get this long before SIGKILL
 START_RESEND_S = 0.1
 BROADCAST_S = 1.0  # how often the supervisor sends pipeline-wide figures to the stages
-MAX_IPC_DIR = 80  # ipc:// paths must fit in sun_path (108 bytes) with the socket name
 
 
 class RunState(str, Enum):
@@ -92,13 +92,6 @@ def default_policy(sources: tuple[str, ...]) -> FlowPolicy:
     return FlowPolicy.LIVE if live else FlowPolicy.LOSSLESS
 
 
-def _run_dir() -> Path:
-    base = tempfile.gettempdir()
-    if len(base) > MAX_IPC_DIR - 30:
-        base = "/tmp"
-    return Path(tempfile.mkdtemp(prefix="segstream-", dir=base))
-
-
 class Supervisor:
     """Runs one pipeline to completion, failure or stop.
 
@@ -120,6 +113,7 @@ class Supervisor:
         self.failed_sources: dict[str, str] = {}  # source id -> why (the other sources carry on)
         self.malformed_events = 0  # control events refused on receipt
         self._refusals = LogThrottle()
+        self._guard: PeerGuard | None = None  # refuses tcp peers without the run's key
         self._started = False  # every stage started
         self.restarter = Restarter(config.max_restarts)
         self._run_dir = Path()
@@ -134,9 +128,7 @@ class Supervisor:
     def run(self) -> RunResult:
         """Start the stages, supervise them and clean up; never leaves anything behind."""
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        run_dir = _run_dir()
-        sweep_orphans(run_dir.parent)  # what runs whose supervisor was killed left behind
-        claim(run_dir, self.run_id)
+        run_dir = make_run_dir(self.run_id)
         context = zmq.Context()
         self._started_wall = started_wall = time.time()
         self._t0 = t0 = time.monotonic()
@@ -151,9 +143,12 @@ class Supervisor:
                                             lambda: prometheus_text(self.snapshot()))
                 except OSError as exc:
                     raise PipelineFailed(str(exc)) from None
-            plan = plan_run(self.config, self.policy, self.run_id, run_dir, self.model)
-            control = make_socket(context, Role.CONTROL_IN, bind=plan.control)
-            commands = make_socket(context, Role.COMMANDS_PUB, bind=plan.commands)
+            keys = RunKeys.generate() if self.config.transport is Transport.TCP else None
+            plan = plan_run(self.config, self.policy, self.run_id, run_dir, self.model, keys)
+            self._guard = PeerGuard(context)
+            server = keys.server if keys else None
+            control = make_socket(context, Role.CONTROL_IN, bind=plan.control, server=server, guard=self._guard)
+            commands = make_socket(context, Role.COMMANDS_PUB, bind=plan.commands, server=server, guard=self._guard)
             self._start(plan, run_dir)
             error = self._supervise(control, commands)
         except PipelineFailed as exc:
@@ -174,6 +169,8 @@ class Supervisor:
                 control.close(linger=0)
             if commands is not None:
                 commands.close(linger=0)
+            if self._guard is not None:
+                self._guard.close()
             context.term()
             removed = sweep(f"{SHM_PREFIX}{self.run_id}-")
             if removed:
@@ -386,7 +383,8 @@ class Supervisor:
         facts = RunFacts(self.run_id, started_wall, duration_s, self.policy, self.model, tuple(self.config.sources),
                          tuple((s.spec.name, s.spec.settings) for s in self.stages
                                if isinstance(s.spec.settings, CaptureSettings)),
-                         dict(self.failed_sources), self.malformed_events, self.restarter.restarts(), final)
+                         dict(self.failed_sources), self.malformed_events, self.restarter.restarts(), final,
+                         self._guard.refused() if self._guard is not None else 0)
         try:
             return assemble_stats(facts, self._reports(), stopped, error)
         except Exception as exc:  # noqa: BLE001 - a bug in the figures must not cost the run its clean-up

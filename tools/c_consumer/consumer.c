@@ -3,7 +3,11 @@
  * format (docs/wire-format.md). It proves the format is language-neutral.
  *
  *   cc consumer.c -lzmq -o segstream-consumer
- *   ./segstream-consumer tcp://127.0.0.1:5560 [COUNT]
+ *   ./segstream-consumer tcp://127.0.0.1:5560 [COUNT [SERVER_KEY CLIENT_KEY_SECRET]]
+ *
+ * With key files (from `segstream keys DIR --client NAME`: DIR/server.key and
+ * DIR/NAME.key_secret) it connects as a CURVE client, for endpoints published with
+ * --publish-keys.
  *
  * Prints one line per mask ("source index WxH bytes") and a summary; exits 0 when every
  * raw mask's payload matches its declared shape and frame indices of each source increase,
@@ -53,14 +57,45 @@ static int mask_part(const char *json, long *height, long *width, long *inline_i
     return *inline_index >= 0;
 }
 
+/* The Z85 text of `public-key = "..."` or `secret-key = "..."` in a ZeroMQ key file. */
+static int read_key(const char *path, const char *name, char out[41]) {
+    FILE *file = fopen(path, "r");
+    if (!file) return 0;
+    char line[256], pattern[32];
+    snprintf(pattern, sizeof pattern, "%s = \"", name);
+    int found = 0;
+    while (!found && fgets(line, sizeof line, file)) {
+        const char *at = strstr(line, pattern);
+        if (at && strlen(at + strlen(pattern)) >= 41 && at[strlen(pattern) + 40] == '"') {
+            memcpy(out, at + strlen(pattern), 40);
+            out[40] = '\0';
+            found = 1;
+        }
+    }
+    fclose(file);
+    return found;
+}
+
 int main(int argc, char **argv) {
-    if (argc < 2) {
-        fprintf(stderr, "usage: %s ENDPOINT [COUNT]\n", argv[0]);
+    if (argc < 2 || argc == 4 || argc > 5) {
+        fprintf(stderr, "usage: %s ENDPOINT [COUNT [SERVER_KEY CLIENT_KEY_SECRET]]\n", argv[0]);
         return 2;
     }
     long wanted = argc > 2 ? strtol(argv[2], NULL, 10) : 0;
     void *context = zmq_ctx_new();
     void *sub = zmq_socket(context, ZMQ_SUB);
+    if (argc == 5) {
+        char server[41], public_key[41], secret[41];
+        if (!read_key(argv[3], "public-key", server) || !read_key(argv[4], "public-key", public_key) ||
+            !read_key(argv[4], "secret-key", secret)) {
+            fprintf(stderr, "cannot read the keys in %s and %s (segstream keys DIR --client NAME)\n", argv[3],
+                    argv[4]);
+            return 2;
+        }
+        zmq_setsockopt(sub, ZMQ_CURVE_SERVERKEY, server, 40);
+        zmq_setsockopt(sub, ZMQ_CURVE_PUBLICKEY, public_key, 40);
+        zmq_setsockopt(sub, ZMQ_CURVE_SECRETKEY, secret, 40);
+    }
     int timeout_ms = 120000;
     zmq_setsockopt(sub, ZMQ_RCVTIMEO, &timeout_ms, sizeof timeout_ms);
     zmq_setsockopt(sub, ZMQ_SUBSCRIBE, "", 0);

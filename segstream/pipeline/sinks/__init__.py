@@ -95,6 +95,8 @@ class SinkContext:
         skipped: the stage's skip counter (a sink that drops a frame counts it here).
         live_figures: pipeline-wide figures for display (the live view).
         model: the model's name.
+        publish_keys: CURVE keys for public tcp:// endpoints a sink binds (``--publish-keys``).
+        guard: the stage's ``security.PeerGuard`` (counts the peers it refuses).
     """
 
     per_source_dirs: bool = False
@@ -107,6 +109,8 @@ class SinkContext:
     skipped: SkipCounter = field(default_factory=SkipCounter)
     live_figures: Callable[[], dict[str, Any]] = dict
     model: str = ""
+    publish_keys: Any = None
+    guard: Any = None
 
 
 class Sink(Protocol):

@@ -21,7 +21,8 @@ class LosslessChannel(BaseSink):
         self.endpoint = endpoint
         self.sent = 0
         self._stopping = context.stopping
-        self._outbox = Outbox([make_socket(context.zmq_context, Role.RESULTS_PUSH, bind=endpoint)],
+        self._outbox = Outbox([make_socket(context.zmq_context, Role.RESULTS_PUSH, bind=endpoint,
+                                           server=context.publish_keys, guard=context.guard)],
                               FlowPolicy.LOSSLESS, context.skipped, context.stopping)
 
     def write(self, result: SinkResult) -> None:

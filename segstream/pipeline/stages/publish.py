@@ -50,13 +50,15 @@ class PublishProcessor:
         self.settings = settings
         self.runtime = runtime
         meta = settings.metadata
-        self.pub = make_socket(runtime.context, Role.RESULTS_PUB, bind=settings.endpoint) if settings.endpoint else None
+        self.pub = make_socket(runtime.context, Role.RESULTS_PUB, bind=settings.endpoint, server=settings.publish_keys,
+                               guard=runtime.guard) if settings.endpoint else None
         if self.pub is not None:
             # Subscribers already waiting for the pipeline reconnect every 100 ms; give
             # them time to connect and subscribe before this stage reports ready, so they
             # get the first mask too (PUB drops messages for subscriptions not yet known).
             time.sleep(SUBSCRIBER_GRACE_S)
-        self.sinks = open_sinks(spec, runtime, settings.sinks, meta, settings.per_source_dirs)
+        self.sinks = open_sinks(spec, runtime, settings.sinks, meta, settings.per_source_dirs,
+                                publish_keys=settings.publish_keys)
         self.labels = PayloadReader(spec.reads.get("labels"))  # also reads the inline parts
         self.writer = open_writer(spec) if spec.outputs else None
 

@@ -34,6 +34,7 @@ class RunFacts:
         events_refused: control events refused on receipt.
         restarts: restarts by stage (stages that never died left out).
         final: the run is over (frames still in flight are not counted as lost before).
+        peers_refused: tcp peers the supervisor's own sockets refused (no key, wrong key).
     """
 
     run_id: str
@@ -47,6 +48,7 @@ class RunFacts:
     events_refused: int
     restarts: dict[str, int] = field(default_factory=dict)
     final: bool = True
+    peers_refused: int = 0
 
 
 def assemble_stats(facts: RunFacts, reports: dict[str, StageReport], stopped: bool, error: str) -> dict[str, Any]:
@@ -89,6 +91,7 @@ def assemble_stats(facts: RunFacts, reports: dict[str, StageReport], stopped: bo
         "frames_unaccounted": frames_in - published - before_publish,
         "control_events_refused": facts.events_refused,
         "restarts": dict(facts.restarts),
+        "peers_refused": facts.peers_refused + sum(int(r.extra.get("peers_refused", 0)) for r in reports.values()),
         "per_source": _per_source(facts, reports, publish),
         "throughput_fps": publish.throughput_fps if publish else 0.0,
         "latency_ms": {

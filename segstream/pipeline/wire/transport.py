@@ -14,6 +14,8 @@ from typing import Any
 import zmq
 
 from segstream.errors import EndpointError
+from segstream.pipeline.wire.keys import CurveClient, CurveServer
+from segstream.pipeline.wire.security import PeerGuard, is_tcp, make_client, make_server
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +57,15 @@ SOCKET_OPTIONS: dict[Role, tuple[int, dict[int, Any]]] = {
 }
 
 
-def make_socket(context: zmq.Context, role: Role, bind: str | None = None, connect: list[str] | str | None = None) -> zmq.Socket:
+def make_socket(context: zmq.Context, role: Role, bind: str | None = None, connect: list[str] | str | None = None,
+                server: CurveServer | None = None, client: CurveClient | None = None,
+                guard: PeerGuard | None = None) -> zmq.Socket:
     """Create a socket for ``role`` with its table options, then bind and/or connect.
 
-    SUB sockets subscribe to every topic; filter with ``setsockopt(zmq.SUBSCRIBE, ...)``
-    after unsubscribing from ``b""`` if needed.
+    On tcp:// a socket that binds with ``server`` keys is a CURVE server (watched by
+    ``guard``, whose ZAP handler admits only ``server.authorized``), and one that connects
+    with ``client`` keys a CURVE client (``security.py``). SUB sockets subscribe to every
+    topic; filter with ``setsockopt(zmq.SUBSCRIBE, ...)`` after unsubscribing from ``b""``.
     """
     sock_type, options = SOCKET_OPTIONS[role]
     sock = context.socket(sock_type)
@@ -67,10 +73,18 @@ def make_socket(context: zmq.Context, role: Role, bind: str | None = None, conne
         sock.setsockopt(option, value)
     if sock_type == zmq.SUB:
         sock.setsockopt(zmq.SUBSCRIBE, b"")
+    endpoints = [connect] if isinstance(connect, str) else connect or []
+    if bind and is_tcp(bind) and server is not None:
+        if guard is not None:
+            guard.protect(sock, server)
+        else:
+            make_server(sock, server)
+    elif client is not None and any(is_tcp(e) for e in endpoints):
+        make_client(sock, client)
     try:
         if bind:
             sock.bind(bind)
-        for endpoint in [connect] if isinstance(connect, str) else connect or []:
+        for endpoint in endpoints:
             sock.connect(endpoint)
     except zmq.ZMQError as exc:
         sock.close(linger=0)

@@ -1,4 +1,4 @@
-"""What a run leaves when its supervisor is killed (SIGKILL, OOM killer), and who removes it.
+"""A run's folder, and what a run leaves when its supervisor is killed (SIGKILL, OOM killer).
 
 A run's folder (``segstream-*`` in the temp folder: spec files, ledgers, ipc sockets)
 holds an ``owner`` file with the supervisor's pid and the run id. Normally the supervisor
@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from segstream.pipeline.wire.shm_ring import SHM_PREFIX, sweep
@@ -23,6 +24,19 @@ logger = logging.getLogger(__name__)
 
 OWNER = "owner"
 RUN_DIR_PREFIX = "segstream-"
+MAX_IPC_DIR = 80  # ipc:// paths must fit in sun_path (108 bytes) with the socket name
+
+
+def make_run_dir(run_id: str) -> Path:
+    """A new private (0700) run folder in the temp folder, owned by this process; first
+    removes what runs whose supervisor is gone left there (``sweep_orphans``)."""
+    base = tempfile.gettempdir()
+    if len(base) > MAX_IPC_DIR - 30:
+        base = "/tmp"
+    sweep_orphans(Path(base))
+    run_dir = Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX, dir=base))
+    claim(run_dir, run_id)
+    return run_dir
 
 
 def claim(run_dir: Path, run_id: str) -> None:
