@@ -76,3 +76,24 @@ def test_grey_and_bgra_images_become_bgr():
     assert to_bgr(np.zeros((4, 5, 3), np.uint16)).dtype == np.uint8
     with pytest.raises(ValueError, match="expected a grey, BGR or BGRA image"):
         to_bgr(np.zeros((4, 5, 2), np.uint8))
+
+
+def test_a_video_cut_short_is_warned_about_and_its_missing_frames_counted(tmp_path, caplog):
+    import subprocess
+
+    from conftest import CLIP
+
+    from segstream.pipeline.sources.files import VideoFileSource
+
+    whole = tmp_path / "whole.mp4"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(CLIP), "-frames:v", "50", "-c:v", "libx264",
+                    "-preset", "ultrafast", "-movflags", "+faststart", str(whole)], check=True)
+    cut = tmp_path / "cut.mp4"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.6)])  # an interrupted download: the index says 50 frames
+    complete = VideoFileSource(whole, "whole")
+    assert len(list(complete.frames())) == 50 and complete.connection() == {}
+    source = VideoFileSource(cut, "cut")
+    read = len(list(source.frames()))
+    assert 0 < read < 50 and source.connection() == {"frames_missing": 50 - read}
+    assert "cut short" in caplog.text

@@ -165,7 +165,7 @@ class Supervisor:
                 self._status.close()
             self._shutdown(commands)
             if control is not None:
-                self._drain_events(control, 0.2)
+                self._drain_events(control, 0.2, until_all_done=True)
                 control.close(linger=0)
             if commands is not None:
                 commands.close(linger=0)
@@ -244,9 +244,10 @@ class Supervisor:
         elif kind is EventKind.SOURCE_FAILED:
             self.failed_sources[event.source or stage.spec.name] = event.message
 
-    def _drain_events(self, control: zmq.Socket, timeout_s: float) -> None:
+    def _drain_events(self, control: zmq.Socket, timeout_s: float, until_all_done: bool = False) -> None:
+        """Handle events for ``timeout_s`` (or until every stage sent its final report)."""
         deadline = time.monotonic() + timeout_s
-        while True:
+        while not (until_all_done and all(s.done for s in self.stages)):
             remaining = int(max(deadline - time.monotonic(), 0) * 1000)
             if not control.poll(min(remaining, 50)):
                 if time.monotonic() >= deadline:
@@ -257,6 +258,8 @@ class Supervisor:
                     self._handle_event(control.recv(zmq.NOBLOCK))
                 except zmq.Again:
                     break
+            if time.monotonic() >= deadline:  # a flood of events cannot hold the supervisor here
+                return
 
     def _check_deaths(self, commands: zmq.Socket | None = None) -> str:
         """The error that ends the run, if a stage died and is not to be restarted;

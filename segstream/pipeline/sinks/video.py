@@ -68,7 +68,9 @@ class VideoFile:
             self._stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
             self._stream.width, self._stream.height = self._size
             self._stream.pix_fmt = "yuv420p"
-            self._stream.options = {"preset": "veryfast", "crf": "23"}
+            # zerolatency: no lookahead and no B-frames, so nothing waits in the encoder and
+            # closing (a stop) does not have to encode a backlog
+            self._stream.options = {"preset": "veryfast", "tune": "zerolatency", "crf": "23"}
             return
         if not VideoFile.notice_given:
             VideoFile.notice_given = True

@@ -46,7 +46,8 @@ class FrameSource(Protocol):
         ...
 
     def connection(self) -> dict[str, int]:
-        """Connection counters of live sources (``reconnects``, ``connect_attempts``); {} for files."""
+        """Health counters: a live source's ``reconnects``, ``connect_attempts`` and
+        ``stalls``; a video file cut short, ``frames_missing``; {} when there is nothing to say."""
         ...
 
     def close(self) -> None:

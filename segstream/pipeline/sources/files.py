@@ -37,23 +37,37 @@ class VideoFileSource:
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = fps if fps and math.isfinite(fps) and fps < 1000 else 0.0
         self.frame_count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.frames_missing = 0  # the container holds more frames than could be read: cut short
 
     def frames(self) -> Iterator[SourceFrame]:
-        index = 0
+        index = in_pass = 0
         while True:
             ok, image = self._cap.read()
             if not ok:
+                self._check_complete(in_pass)
                 if not self.loop or index == 0:
                     return
                 self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                in_pass = 0
                 ok, image = self._cap.read()
                 if not ok:
                     return
             yield SourceFrame(image, f"{index:06d}")
             index += 1
+            in_pass += 1
+
+    def _check_complete(self, read: int) -> None:
+        """Warn (once) about a file that ends before the frame count its container gives."""
+        if self.frames_missing or not 0 < read < self.frame_count:
+            return
+        self.frames_missing = self.frame_count - read
+        logger.warning("%s ended after %d of the %d frames its container lists: the file is cut short (an "
+                       "interrupted download or recording?); %d frames are missing", self.path, read,
+                       self.frame_count, self.frames_missing)
 
     def connection(self) -> dict[str, int]:
-        return {}
+        """``frames_missing`` for a file cut short, else {}."""
+        return {"frames_missing": self.frames_missing} if self.frames_missing else {}
 
     def close(self) -> None:
         self._cap.release()

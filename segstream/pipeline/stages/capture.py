@@ -64,8 +64,9 @@ def _note_connection(source: FrameSource, stats: StageStats) -> None:
     figures = source.connection()
     stats.reconnects = figures.get("reconnects", 0)
     stats.connect_attempts = figures.get("connect_attempts", 0)
-    if "stalls" in figures:
-        stats.extra["stalls"] = figures["stalls"]
+    for key in ("stalls", "frames_missing"):  # a stream's stalls; a video file cut short
+        if key in figures:
+            stats.extra[key] = figures[key]
 
 
 def _usable_image(frame: SourceFrame, source_id: str) -> tuple[np.ndarray | None, str]:

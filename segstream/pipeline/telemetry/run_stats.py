@@ -130,6 +130,8 @@ def _per_source(facts: RunFacts, reports: dict[str, StageReport], publish: Stage
             "skipped_by_stage": {name: r.skipped_by_source[sid] for name, r in reports.items()
                                  if sid in r.skipped_by_source},
             "reconnects": capture.reconnects,
+            "stalls": int(capture.extra.get("stalls", 0)),
+            "frames_missing": int(capture.extra.get("frames_missing", 0)),  # a video file cut short
             "latency_ms": {k: v for k, v in latency.get(sid, summarize([])).items() if k != "histogram"},
             "throughput_fps": throughput.get(sid, 0.0),
             "error": facts.failed_sources.get(sid, ""),
