@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from conftest import ROOT, segstream_cmd
 
+from segstream.pipeline.process_table import children_of, session_processes  # noqa: F401 - used by tests
 from segstream.pipeline.sources.files import VideoFileSource
 
 STARTED: list[subprocess.Popen[bytes]] = []
@@ -55,38 +56,6 @@ def wait_for_log(log: Path, pattern: str, timeout: float = 90.0) -> re.Match[str
             return match
         time.sleep(0.1)
     raise AssertionError(f"{pattern!r} not in log after {timeout} s:\n{log.read_text(errors='replace')[-3000:]}")
-
-
-def session_processes(sid: int) -> list[int]:
-    """Pids of live processes in session ``sid`` (zombies excluded)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if fields[0] != "Z" and int(fields[3]) == sid:
-            pids.append(int(entry.name))
-    return pids
-
-
-def children_of(pid: int) -> dict[int, str]:
-    """Child pids of ``pid`` with their command lines."""
-    out = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
-            out[int(entry.name)] = cmdline
-    return out
 
 
 def leftovers(run_id: str, tmpdir: Path) -> list[str]:

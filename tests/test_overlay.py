@@ -77,3 +77,21 @@ def test_label_shadow_covers_the_text_on_this_opencv():
     assert not (around_text & background).any()
     # and a label at the image's edge is clipped, not an error
     draw_label(image, "frame 1", (400, 5), 0.8, 2)
+
+
+def test_the_video_writer_takes_any_frame_size_and_names_the_file_only_when_complete(tmp_path):
+    """A 1x1 first frame (H.264 needs even sides of at least 2) and frames of other sizes
+    after it; until it is closed the video exists only under its temporary name."""
+    from segstream.pipeline.sinks.video import VideoFile
+    from segstream.pipeline.sources.files import VideoFileSource
+
+    path = tmp_path / "overlay.mp4"
+    video = VideoFile(path, 25.0)
+    video.write(np.full((1, 1, 3), 200, np.uint8))
+    for k in range(4):
+        video.write(np.full((17 + k, 31, 3), 40 * k, np.uint8))
+    assert not path.exists() and video.partial.exists()
+    video.close()
+    assert path.exists() and not video.partial.exists()
+    frames = list(VideoFileSource(path, "overlay").frames())
+    assert len(frames) == 5 and frames[0].image.shape == (2, 2, 3)

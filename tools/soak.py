@@ -22,28 +22,22 @@ import tempfile
 import time
 from pathlib import Path
 
+from segstream.pipeline.process_table import processes
 
-def processes(session: int) -> dict[str, int]:
+
+def run_processes(session: int) -> dict[str, int]:
     """Name -> pid of the run's processes (``supervisor``, ``capture-0``, ``infer``...)."""
     out = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    for proc in processes():
+        if proc.session != session:
             continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if fields[0] == "Z" or int(fields[3]) != session:
-            continue
-        match = re.search(r"/([\w-]+)(\.r\d+)?\.json\s*$", cmdline)
+        match = re.search(r"/([\w-]+)(\.r\d+)?\.json\s*$", proc.cmdline)
         if match:
-            out[match.group(1)] = int(entry.name)
-        elif "segstream run" in cmdline or "-m segstream run" in cmdline:
-            out["supervisor"] = int(entry.name)
-        elif "resource_tracker" in cmdline:
-            out[f"tracker-{entry.name}"] = int(entry.name)
+            out[match.group(1)] = proc.pid
+        elif "segstream run" in proc.cmdline:
+            out["supervisor"] = proc.pid
+        elif "resource_tracker" in proc.cmdline:
+            out[f"tracker-{proc.pid}"] = proc.pid
     return out
 
 
@@ -85,7 +79,7 @@ def main() -> int:
                 found = re.search(r"run (\w+): ", (folder / "run.log").read_text(errors="replace"))
                 run_id = found.group(1) if found else ""
             now = {}
-            for name, pid in processes(run.pid).items():
+            for name, pid in run_processes(run.pid).items():
                 try:
                     now[name] = sample(pid)
                 except OSError:

@@ -21,19 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def session_alive(sid: int) -> int:
-    alive = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        alive += fields[0] != "Z" and int(fields[3]) == sid
-    return alive
+from segstream.pipeline.process_table import session_processes
 
 
 def one_stop(args: argparse.Namespace, folder: Path) -> tuple[float, int, int]:
@@ -56,7 +44,7 @@ def one_stop(args: argparse.Namespace, folder: Path) -> tuple[float, int, int]:
     start = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)
     proc.wait(timeout=60)
-    while session_alive(proc.pid):
+    while session_processes(proc.pid):
         time.sleep(0.01)
     took = time.monotonic() - start
     shm = [n for n in os.listdir("/dev/shm") if n.startswith(f"segstream-{run_id}")]

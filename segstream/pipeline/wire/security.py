@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
 
 from segstream.pipeline.wire.keys import CurveClient, CurveServer
 
@@ -76,7 +76,7 @@ class PeerGuard:
     def __init__(self, context: zmq.Context) -> None:
         self.context = context
         self._keys = _Keys(set())
-        self._auth: ThreadAuthenticator | None = None
+        self._auth: Any = None  # a zmq ThreadAuthenticator, started with the first protected socket
         self._monitors: list[zmq.Socket] = []
         self._failed = 0
         self._lock = threading.Lock()
@@ -85,6 +85,8 @@ class PeerGuard:
         """Make ``sock`` a CURVE server accepting ``server.authorized``, watched for refusals."""
         with self._lock:
             if self._auth is None:
+                from zmq.auth.thread import ThreadAuthenticator  # asyncio and more: only on tcp
+
                 self._auth = ThreadAuthenticator(self.context, log=logging.getLogger(f"{__name__}.zap"))
                 self._auth.start()
                 self._auth.configure_curve_callback(domain="*", credentials_provider=self._keys)
