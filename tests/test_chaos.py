@@ -131,3 +131,42 @@ def test_the_next_run_sweeps_what_runs_with_a_dead_supervisor_left_and_nothing_o
         for shm in segments:
             shm.close()
             _unlink(shm.name)
+
+
+def test_a_ledger_outlives_its_killed_process_and_corrects_the_last_report(tmp_path):
+    """The counters a stage wrote after its last report survive a SIGKILL."""
+    import subprocess
+    import sys
+
+    from segstream.pipeline.telemetry.ledger import Entry, read_ledger
+    from segstream.pipeline.telemetry.stats import StageReport, StageStats, combine, retire
+
+    path = tmp_path / "infer.ledger"
+    child = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+from pathlib import Path
+from segstream.pipeline.telemetry.ledger import Ledger
+from segstream.pipeline.telemetry.stats import StageStats
+stats = StageStats("infer")
+stats.keep_ledger(Ledger(Path({str(path)!r})))
+for k in range(7):
+    stats.count_in()
+for k in range(5):
+    stats.record_out("cam", k)
+stats.skipped.add("superseded", "cam")
+print("ready", flush=True)
+time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    child.kill()
+    child.wait()
+    ledger = read_ledger(path)
+    assert ledger is not None and ledger[Entry.FRAMES_IN] == 7 and ledger[Entry.FRAMES_OUT] == 5
+    last_report = StageReport("infer", frames_in=3, frames_out=2)  # sent a second before it died
+    dead = retire(last_report, "infer", ledger)
+    assert (dead.frames_in, dead.frames_out, dead.skipped) == (7, 5, {"stage-restart": 1})
+    successor = StageStats("infer")
+    successor.count_in()
+    successor.record_out("cam", 1)
+    both = combine(dead, successor.report(), restarts=1)
+    assert (both.frames_in, both.frames_out, both.restarts) == (8, 6, 1)
