@@ -95,3 +95,36 @@ def test_the_video_writer_takes_any_frame_size_and_names_the_file_only_when_comp
     assert path.exists() and not video.partial.exists()
     frames = list(VideoFileSource(path, "overlay").frames())
     assert len(frames) == 5 and frames[0].image.shape == (2, 2, 3)
+
+
+def test_what_a_killed_video_writer_left_plays_and_is_kept_by_the_next_writer(tmp_path):
+    """A render process SIGKILLed mid-video (then restarted): its file plays up to its last
+    fragment and is kept as overlay.salvaged-1.mp4; the new writer starts its own."""
+    import subprocess
+    import sys
+
+    from segstream.pipeline.sinks.video import VideoFile
+    from segstream.pipeline.sources.files import VideoFileSource
+
+    path = tmp_path / "overlay.mp4"
+    writer = subprocess.Popen([sys.executable, "-c", f"""
+import time
+import numpy as np
+from pathlib import Path
+from segstream.pipeline.sinks.video import VideoFile
+video = VideoFile(Path({str(path)!r}), 25.0)
+for k in range(80):
+    video.write(np.full((48, 64, 3), k, np.uint8))
+print("ready", flush=True)
+time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "ready"
+    writer.kill()
+    writer.wait()
+    assert not path.exists()
+    video = VideoFile(path, 25.0)
+    assert video.salvaged == tmp_path / "overlay.salvaged-1.mp4"
+    assert 50 <= len(list(VideoFileSource(video.salvaged, "x").frames())) <= 80  # all but the last fragment
+    video.write(np.zeros((48, 64, 3), np.uint8))
+    video.close()
+    assert len(list(VideoFileSource(path, "x").frames())) == 1

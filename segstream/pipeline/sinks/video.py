@@ -42,7 +42,10 @@ class VideoFile:
     notice. Frames of another size are resized to the first; any size is accepted.
 
     The file is written under a temporary name (``.overlay.mp4.part``) and renamed on
-    ``close``, so an ``overlay.mp4`` that exists is complete and plays.
+    ``close``, so an ``overlay.mp4`` that exists is complete and plays. H.264 files are
+    fragmented MP4 with a key frame every second, so what a killed process left under the
+    temporary name plays too, up to its last second: a writer that finds such a file (a
+    restarted render) keeps it as ``overlay.salvaged-N.mp4`` before it starts its own.
     """
 
     notice_given = False
@@ -53,10 +56,22 @@ class VideoFile:
         self.frames = 0
         self.codec = "h264" if h264_available() else "mp4v"
         self.partial = path.with_name(f".{path.name}.part")
+        self.salvaged = self._salvage()
         self._size: tuple[int, int] | None = None
         self._container: Any = None
         self._stream: Any = None
         self._writer: cv2.VideoWriter | None = None
+
+    def _salvage(self) -> Path | None:
+        """Keep what a killed writer of this file left (it plays up to its last fragment)."""
+        if not self.partial.is_file() or self.partial.stat().st_size == 0:
+            return None
+        k = 1
+        while (kept := self.path.with_name(f"{self.path.stem}.salvaged-{k}{self.path.suffix}")).exists():
+            k += 1
+        os.replace(self.partial, kept)
+        logger.warning("kept the video a stopped writer left as %s", kept)
+        return kept
 
     def _open(self, image: np.ndarray) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,10 +79,14 @@ class VideoFile:
         if self.codec == "h264":
             import av
 
-            self._container = av.open(str(self.partial), "w", format="mp4")
+            # fragmented: a file cut short (a killed process) plays up to its last fragment
+            self._container = av.open(str(self.partial), "w", format="mp4",
+                                      options={"movflags": "frag_keyframe+empty_moov+default_base_moof",
+                                               "flush_packets": "1"})
             self._stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
             self._stream.width, self._stream.height = self._size
             self._stream.pix_fmt = "yuv420p"
+            self._stream.gop_size = max(1, round(self.fps))  # a key frame, so a fragment, every second
             # zerolatency: no lookahead and no B-frames, so nothing waits in the encoder and
             # closing (a stop) does not have to encode a backlog
             self._stream.options = {"preset": "veryfast", "tune": "zerolatency", "crf": "23"}
