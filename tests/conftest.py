@@ -34,6 +34,15 @@ def espnet_onnx() -> Path:
     return cached_onnx("espnet-cityscapes")
 
 
+@pytest.fixture(autouse=True)
+def _stop_what_the_test_started():
+    """Whatever pipeline a test started is gone after it, passed or failed."""
+    yield
+    from pipeline_helpers import stop_started_pipelines
+
+    stop_started_pipelines()
+
+
 def segstream_cmd(*args: str) -> list[str]:
     """Command line that runs the segstream CLI of this checkout."""
     return [sys.executable, "-m", "segstream", *args]

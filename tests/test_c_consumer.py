@@ -9,17 +9,12 @@ from pathlib import Path
 
 import pytest
 from conftest import KITTI_FRAMES, ROOT
-from pipeline_helpers import start_pipeline, stop_started_pipelines
+from pipeline_helpers import start_pipeline
 
 pytestmark = pytest.mark.integration
 
 SOURCE = ROOT / "tools" / "c_consumer" / "consumer.c"
 
-
-@pytest.fixture(autouse=True)
-def _stop_what_the_test_started():
-    yield
-    stop_started_pipelines()
 
 
 @pytest.fixture(scope="module")

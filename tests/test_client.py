@@ -9,17 +9,12 @@ import cv2
 import numpy as np
 import pytest
 from conftest import KITTI_FRAMES
-from pipeline_helpers import start_pipeline, stop_started_pipelines, wait_for_log
+from pipeline_helpers import start_pipeline, wait_for_log
 
 from segstream.pipeline.client import MaskSubscriber
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture(autouse=True)
-def _stop_what_the_test_started():
-    yield
-    stop_started_pipelines()
 
 
 def test_subscriber_filters_sources_and_ends_with_the_stream(tmp_path, fast_onnx):

@@ -8,15 +8,10 @@ import json
 import numpy as np
 import pytest
 from dataset_trees import SEQUENCE, cityscapes_tree, kitti360_tree, kitti_raw_tree, kitti_semantics_tree, synthetic_gt
-from pipeline_helpers import ResultCollector, read_stats, start_pipeline, stop_started_pipelines
+from pipeline_helpers import ResultCollector, read_stats, start_pipeline
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture(autouse=True)
-def _stop_what_the_test_started():
-    yield
-    stop_started_pipelines()
 
 
 def replay(tmp_path, uri: str, model, *extra: str) -> tuple[list, dict]:

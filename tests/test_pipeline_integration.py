@@ -19,7 +19,6 @@ from pipeline_helpers import (
     run_config_to_end,
     session_processes,
     start_pipeline,
-    stop_started_pipelines,
     video_frames,
     wait_for_log,
 )
@@ -29,11 +28,6 @@ from segstream.engines.preprocess import Preprocessor
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture(autouse=True)
-def _stop_what_the_test_started():
-    yield
-    stop_started_pipelines()
 
 
 def reference_masks(espnet_onnx: Path, frames: list[np.ndarray]) -> list[np.ndarray]:

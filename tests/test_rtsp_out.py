@@ -8,7 +8,7 @@ import subprocess
 import cv2
 import pytest
 from conftest import CLIP
-from pipeline_helpers import start_pipeline, stop_started_pipelines
+from pipeline_helpers import start_pipeline
 from test_streams import free_port
 
 pytestmark = pytest.mark.integration
@@ -22,11 +22,6 @@ def _has_x264() -> bool:
     encoders = subprocess.run([FFMPEG, "-hide_banner", "-encoders"], capture_output=True, text=True).stdout
     return "libx264" in encoders
 
-
-@pytest.fixture(autouse=True)
-def _stop_what_the_test_started():
-    yield
-    stop_started_pipelines()
 
 
 @pytest.mark.skipif(not _has_x264(), reason="needs Debian's ffmpeg (with libx264): apt-get install ffmpeg")

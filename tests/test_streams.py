@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import CLIP, ROOT
-from pipeline_helpers import ResultCollector, read_stats, start_pipeline, stop_started_pipelines
+from pipeline_helpers import ResultCollector, read_stats, start_pipeline
 
 from segstream.errors import ConfigError, SourceError
 from segstream.pipeline.sources import default_source_id, is_live_uri, open_source
@@ -70,11 +70,6 @@ def rtsp_server():
     yield server
     server.stop()
 
-
-@pytest.fixture(autouse=True)
-def _stop_what_the_test_started():
-    yield
-    stop_started_pipelines()
 
 
 def test_live_uris_and_ids():

@@ -9,20 +9,13 @@ import subprocess
 import threading
 import time
 
-import pytest
 import zmq
 from conftest import CLIP, segstream_cmd
-from pipeline_helpers import read_stats, start_pipeline, stop_started_pipelines, wait_for_log
+from pipeline_helpers import read_stats, start_pipeline, wait_for_log
 
 from segstream.pipeline.control import EventKind, StageEvent
 from segstream.pipeline.control import encode as encode_control
 from segstream.pipeline.wire.messages import encode, eos
-
-
-@pytest.fixture(autouse=True)
-def _stop_what_the_test_started():
-    yield
-    stop_started_pipelines()
 
 
 def _port_block() -> int:

@@ -13,7 +13,7 @@ import time
 import urllib.request
 
 import pytest
-from pipeline_helpers import start_pipeline, stop_started_pipelines, wait_for_log
+from pipeline_helpers import start_pipeline, wait_for_log
 from test_streams import free_port
 
 pytestmark = pytest.mark.integration
@@ -21,11 +21,6 @@ pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
 
-
-@pytest.fixture(autouse=True)
-def _stop_what_the_test_started():
-    yield
-    stop_started_pipelines()
 
 
 def chromium(tmp_path, url: str, *args: str) -> str:

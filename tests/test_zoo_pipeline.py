@@ -10,7 +10,7 @@ import subprocess
 import cv2
 import pytest
 from conftest import CLIP, segstream_cmd
-from pipeline_helpers import start_pipeline, stop_started_pipelines
+from pipeline_helpers import start_pipeline
 
 from segstream.engines.export import export_onnx
 from segstream.engines.models.zoo import SCENE_LABELS
@@ -19,11 +19,6 @@ from segstream.pipeline.client import MaskSubscriber
 pytestmark = pytest.mark.integration
 FRAMES = 3
 
-
-@pytest.fixture(autouse=True)
-def _stop_what_the_test_started():
-    yield
-    stop_started_pipelines()
 
 
 def _check_labels(classification):

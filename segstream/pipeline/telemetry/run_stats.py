@@ -66,9 +66,10 @@ def assemble_stats(facts: RunFacts, reports: dict[str, StageReport], stopped: bo
             drawn[reason] = drawn.get(reason, 0) + count
     before_publish = sum(r.skipped_total for name, r in reports.items() if name != "render")
     lost = frames_in - published - before_publish
-    if facts.final and facts.restarts and lost > 0:
+    if facts.final and not stopped and facts.restarts and lost > 0:
         # Frames that were on their way through a stage process when it died: neither
-        # published nor skipped by anyone alive. Counted where the restarts were.
+        # published nor skipped by anyone alive. Counted where the restarts were. (A run
+        # that was stopped also has frames in flight at the stop: those stay unaccounted.)
         stage = max(facts.restarts, key=lambda name: facts.restarts[name])
         by_stage.setdefault(stage, {})
         by_stage[stage]["stage-restart"] = by_stage[stage].get("stage-restart", 0) + lost
