@@ -45,13 +45,13 @@ def test_lossless_run_on_the_dashcam_clip(tmp_path, espnet_onnx):
     record = tmp_path / "rec"
     saved = tmp_path / "consumed"
     endpoint = f"ipc://{tmp_path}/masks.sock"
-    consumer = subprocess.Popen(segstream_cmd("consume", endpoint, "--count", "30", "--save", str(saved),
+    consumer = subprocess.Popen(segstream_cmd("consume", endpoint, "--count", "16", "--save", str(saved),
                                               "--timeout", "240"),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(1.0)  # the subscriber is up and connecting before the pipeline starts
         log = tmp_path / "run.log"
-        proc = start_pipeline(["run", "--source", str(CLIP), "--policy", "lossless", "--max-frames", "30",
+        proc = start_pipeline(["run", "--source", str(CLIP), "--policy", "lossless", "--max-frames", "16",
                                "--workers", "2", "--record", str(record), "--publish", endpoint], log, tmp_path / "t")
         assert proc.wait(timeout=300) == 0, log.read_text()
         out, err = consumer.communicate(timeout=60)
@@ -59,35 +59,35 @@ def test_lossless_run_on_the_dashcam_clip(tmp_path, espnet_onnx):
         consumer.kill()
     assert consumer.returncode == 0, err
 
-    names = [f"{i:06d}" for i in range(30)]
+    names = [f"{i:06d}" for i in range(16)]
     masks = sorted(record.glob("masks/*.png"))
     assert [p.stem for p in masks] == names
     lines = [line for line in out.splitlines() if line.startswith("source=solidWhiteRight frame=")]
-    assert [int(line.split()[1].split("=")[1]) for line in lines] == list(range(30))
+    assert [int(line.split()[1].split("=")[1]) for line in lines] == list(range(16))
     assert all("shape=960x540" in line and "latency=" in line for line in lines)
 
     overlay = video_frames(record / "overlay.mp4")
-    assert len(overlay) == 30 and overlay[0].shape == (540, 960, 3)
+    assert len(overlay) == 16 and overlay[0].shape == (540, 960, 3)
     import av  # H.264, which browsers play (PyAV's wheel ships libx264)
 
     with av.open(str(record / "overlay.mp4")) as container:
         assert container.streams.video[0].codec_context.name == "h264"
     assert not list(record.glob(".*.part"))  # written under a temporary name, renamed when complete
-    assert read_stats(record)["stages"]["render"]["sinks"]["video"] == {"frames": 30, "folder": str(record)}
+    assert read_stats(record)["stages"]["render"]["sinks"]["video"] == {"frames": 16, "folder": str(record)}
 
     stats = read_stats(record)
-    assert stats["frames_in"] == stats["frames_published"] == stats["frames_rendered"] == 30
+    assert stats["frames_in"] == stats["frames_published"] == stats["frames_rendered"] == 16
     assert stats["frames_skipped"]["total"] == 0 and stats["frames_unaccounted"] == 0
-    assert stats["latency_ms"]["capture_to_publish"]["count"] == 30
-    assert stats["stages"]["publish"]["sinks"]["masks"] == {"written": 30, "folder": str(record)}
+    assert stats["latency_ms"]["capture_to_publish"]["count"] == 16
+    assert stats["stages"]["publish"]["sinks"]["masks"] == {"written": 16, "folder": str(record)}
     stages = stats["stages"]
     assert {"capture-0", "preprocess", "publish", "render"} <= set(stages)
     workers = [name for name in stages if name.startswith("infer")]
-    assert workers == ["infer-0", "infer-1"] and sum(stages[w]["frames_out"] for w in workers) == 30
+    assert workers == ["infer-0", "infer-1"] and sum(stages[w]["frames_out"] for w in workers) == 16
     for stage in stages.values():
         assert stage["process_ms"]["median"] > 0
 
-    frames = video_frames(CLIP)[:30]
+    frames = video_frames(CLIP)[:16]
     expected = reference_masks(espnet_onnx, frames)
     for name, want in zip(names, expected):
         recorded = cv2.imread(str(record / "masks" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
@@ -254,9 +254,9 @@ def test_published_messages_decode_with_only_what_the_wire_format_document_says(
 def test_end_of_stream_reaches_every_stage_behind_a_long_queue(tmp_path, espnet_onnx):
     """A slow stage leaves seconds of frames queued before the end-of-stream message;
     every stage must still get it and exit on its own (no message dropped at close)."""
-    stats = run_config_to_end(tmp_path, f"sources: ['{CLIP}']\npolicy: lossless\npublish: ''\nmax_frames: 16\n"
-                                        "workers: 1\nstage_delay_ms: {infer: 500}\n", timeout=120)
-    assert stats["frames_published"] == stats["frames_rendered"] == 16
+    stats = run_config_to_end(tmp_path, f"sources: ['{CLIP}']\npolicy: lossless\npublish: ''\nmax_frames: 12\n"
+                                        "workers: 1\nstage_delay_ms: {infer: 400}\n", timeout=120)
+    assert stats["frames_published"] == stats["frames_rendered"] == 12
     # the source really was held back: frames queued for seconds before infer took them
     assert stats["latency_ms"]["capture_to_publish"]["max"] > 2500
 
