@@ -101,10 +101,9 @@ def test_a_stage_that_keeps_dying_ends_the_run_once_its_restarts_are_spent(tmp_p
 def test_the_next_run_sweeps_what_runs_with_a_dead_supervisor_left_and_nothing_of_a_live_one(tmp_path):
     import subprocess
     import sys
-    from multiprocessing import shared_memory
 
     from segstream.pipeline.run_folder import sweep_orphans
-    from segstream.pipeline.wire.shm_ring import _unlink, _untrack
+    from segstream.pipeline.wire.shm_ring import Segment, _unlink
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -118,9 +117,7 @@ def test_the_next_run_sweeps_what_runs_with_a_dead_supervisor_left_and_nothing_o
         (running / "owner").write_text(f"{live.pid} cafebabe\n")
         segments = []
         for name in ("segstream-deadbeef-capture-0-0", "segstream-cafebabe-capture-0-0"):
-            shm = shared_memory.SharedMemory(name, create=True, size=64)
-            _untrack(shm)
-            segments.append(shm)
+            segments.append(Segment(name, create=True, size=64))
         removed = sweep_orphans(tmp_path)
         assert sorted(removed) == sorted(["segstream-deadbeef-capture-0-0", str(orphan)])
         assert not orphan.exists() and running.is_dir()

@@ -25,9 +25,9 @@ killed stage left behind (``sweep``).
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import time
-from multiprocessing import resource_tracker, shared_memory
 from multiprocessing.shared_memory import _posixshmem  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Callable
@@ -47,22 +47,45 @@ WAIT_MIN_S = 0.0002  # a writer waiting for a free slot polls from this interval
 WAIT_MAX_S = 0.005  # ...backing off to this one
 
 
-def _untrack(shm: shared_memory.SharedMemory) -> None:
-    # Python < 3.13 registers every attach with the resource tracker, which would unlink
-    # the segment when a *reader* exits. Lifetime is ours: the writer unlinks, the
-    # supervisor sweeps.
-    try:
-        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - tracker internals differ between versions
-        pass
+class Segment:
+    """One POSIX shared-memory segment, mapped: ``shm_open`` and ``mmap``, nothing more.
+
+    Not ``multiprocessing.shared_memory.SharedMemory``: that starts a resource-tracker
+    process in every process that touches a segment (one more process and ~15 MB per
+    stage) and would unlink a segment when a *reader* exits. Lifetime is ours: the writer
+    unlinks, the supervisor sweeps. Segments are created 0600 (this user only).
+
+    Args:
+        name: the segment's name (no leading slash).
+        create: create it (fails if it exists) instead of attaching to it.
+        size: its size in bytes when created.
+    """
+
+    def __init__(self, name: str, create: bool = False, size: int = 0) -> None:
+        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+        fd = _posixshmem.shm_open("/" + name, flags, mode=0o600)
+        try:
+            if create:
+                os.ftruncate(fd, size)
+            else:
+                size = os.fstat(fd).st_size
+            self._mmap = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self.name = name
+        self.size = size
+        self.buf: memoryview | None = memoryview(self._mmap)
+
+    def close(self) -> None:
+        """Unmap (raises BufferError while numpy views of it are alive)."""
+        if self.buf is not None:
+            self.buf.release()
+            self.buf = None
+        self._mmap.close()
 
 
 def _unlink(name: str) -> bool:
-    """Remove a segment by name; False if it was already gone.
-
-    Not ``SharedMemory.unlink``: that also unregisters from the resource tracker, which
-    we already did (``_untrack``), and the tracker would complain.
-    """
+    """Remove a segment by name; False if it was already gone."""
     try:
         _posixshmem.shm_unlink("/" + name)
         return True
@@ -92,18 +115,23 @@ def _control_bytes(slots: int) -> int:
 class _Segment:
     """One mapped ring segment and numpy views of its control block."""
 
-    def __init__(self, shm: shared_memory.SharedMemory) -> None:
+    def __init__(self, shm: Segment) -> None:
         self.shm = shm
+        if shm.size < _FIXED * 8:
+            raise ValueError(f"shared memory {shm.name} is too small to be a segstream ring")
         head = np.ndarray((_FIXED,), np.int64, shm.buf, 0)
         if int(head[0]) != MAGIC:
             raise ValueError(f"shared memory {shm.name} is not a segstream ring")
         self.slots, self.slot_bytes, self.readers = int(head[1]), int(head[2]), int(head[3])
+        control = _control_bytes(self.slots)
+        self.data_offset = (control + _ALIGN - 1) // _ALIGN * _ALIGN
+        if not 0 < self.slots <= 1 << 16 or self.slot_bytes < 0 or \
+                self.data_offset + self.slots * self.slot_bytes > shm.size:
+            raise ValueError(f"shared memory {shm.name} does not hold the ring its header describes")
         self.seq = np.ndarray((self.slots,), np.int64, shm.buf, _FIXED * 8)
         self.released = np.ndarray((MAX_READERS,), np.int64, shm.buf, (_FIXED + self.slots) * 8)
         self.slot_released = np.ndarray((MAX_READERS, self.slots), np.int64, shm.buf,
                                         (_FIXED + self.slots + MAX_READERS) * 8)
-        control = _control_bytes(self.slots)
-        self.data_offset = (control + _ALIGN - 1) // _ALIGN * _ALIGN
 
     def slot_view(self, slot: int, part: Part) -> np.ndarray:
         offset = self.data_offset + slot * self.slot_bytes
@@ -136,7 +164,7 @@ class RingWriter:
         self.readers = readers
         self.wait = wait and readers > 0
         self._segment: _Segment | None = None
-        self._owned: list[shared_memory.SharedMemory] = []
+        self._owned: list[Segment] = []
         self._seq = 0
         self.last_wait_ns = 0  # how long the last put waited for a free slot
 
@@ -145,8 +173,7 @@ class RingWriter:
         control = _control_bytes(self.slots)
         size = (control + _ALIGN - 1) // _ALIGN * _ALIGN + self.slots * slot_bytes
         _check_room(size)
-        shm = shared_memory.SharedMemory(f"{self.name}-{len(self._owned)}", create=True, size=size)
-        _untrack(shm)
+        shm = Segment(f"{self.name}-{len(self._owned)}", create=True, size=size)
         self._owned.append(shm)
         head = np.ndarray((_FIXED,), np.int64, shm.buf, 0)
         head[:] = (MAGIC, self.slots, slot_bytes, self.readers)
@@ -231,11 +258,14 @@ class RingReader:
         seg = self._segments.get(ring)
         if seg is None:
             try:
-                shm = shared_memory.SharedMemory(ring, create=False)
-            except FileNotFoundError:
+                shm = Segment(ring)
+            except (FileNotFoundError, ValueError, OSError):
                 return None
-            _untrack(shm)
-            seg = self._segments[ring] = _Segment(shm)
+            try:
+                seg = self._segments[ring] = _Segment(shm)
+            except ValueError:  # not a segstream ring
+                shm.close()
+                return None
         return seg
 
     def read(self, part: Part, out: np.ndarray | None = None) -> np.ndarray | None:
@@ -310,10 +340,9 @@ def release_everything(ring: str, reader_id: int) -> int:
         if not entry.name.startswith(f"{ring}-"):
             continue
         try:
-            shm = shared_memory.SharedMemory(entry.name, create=False)
-        except (FileNotFoundError, ValueError):
+            shm = Segment(entry.name)
+        except (FileNotFoundError, ValueError, OSError):
             continue
-        _untrack(shm)
         try:
             seg = _Segment(shm)
             newest = int(seg.seq.max(initial=0))
