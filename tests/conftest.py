@@ -34,6 +34,12 @@ def espnet_onnx() -> Path:
     return cached_onnx("espnet-cityscapes")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first: the two workers then share out the short ones and finish
+    together, instead of one of them ending on a long tail."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def _stop_what_the_test_started():
     """Whatever pipeline a test started is gone after it, passed or failed."""

@@ -170,6 +170,7 @@ def test_tensorrt_without_tensorrt_or_gpu_is_a_clear_error(args):
     assert missing in out.stderr
 
 
+@pytest.mark.slow
 def test_pipeline_masks_agree_across_backends(tmp_path):
     """The real pipeline on the dash-cam clip: ``auto`` (ONNX Runtime CPU here) and ``torch``
     publish the same masks, and stats.json says which backend ran and why."""

@@ -12,6 +12,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from conftest import CLIP
 from pipeline_helpers import children_of, leftovers, read_stats, start_pipeline, wait_for_log
 
@@ -41,6 +42,7 @@ def kill_and_wait_for_restart(proc, log: Path, stage: str) -> None:
     wait_for_log(log, rf"stage {re.escape(stage)} restarted", timeout=60)
 
 
+@pytest.mark.slow
 def test_every_stage_kind_killed_during_a_live_run_is_restarted_and_masks_resume(tmp_path, fast_onnx):
     record, log = tmp_path / "rec", tmp_path / "run.log"
     proc = start_pipeline(["run", "--source", str(CLIP), "--loop", "--policy", "live", "--rate", "native",
@@ -62,6 +64,7 @@ def test_every_stage_kind_killed_during_a_live_run_is_restarted_and_masks_resume
     assert "restarted" in log.read_text() and leftovers(run_id, tmp_path / "t") == []
 
 
+@pytest.mark.slow
 def test_a_worker_killed_in_lossless_flow_does_not_hold_the_run_and_every_frame_is_accounted(tmp_path, fast_onnx):
     record, log = tmp_path / "rec", tmp_path / "run.log"
     proc = start_pipeline(["run", "--source", str(CLIP), "--max-frames", "200", "--workers", "2",

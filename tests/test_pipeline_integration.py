@@ -41,6 +41,7 @@ def reference_masks(espnet_onnx: Path, frames: list[np.ndarray]) -> list[np.ndar
     return out
 
 
+@pytest.mark.slow
 def test_lossless_run_on_the_dashcam_clip(tmp_path, espnet_onnx):
     record = tmp_path / "rec"
     saved = tmp_path / "consumed"
@@ -251,6 +252,7 @@ def test_published_messages_decode_with_only_what_the_wire_format_document_says(
         assert meta["model"] == "espnet-cityscapes" and meta["ignore_index"] == 255
 
 
+@pytest.mark.slow
 def test_end_of_stream_reaches_every_stage_behind_a_long_queue(tmp_path, espnet_onnx):
     """A slow stage leaves seconds of frames queued before the end-of-stream message;
     every stage must still get it and exit on its own (no message dropped at close)."""

@@ -23,6 +23,8 @@ from segstream.engines.preprocess import Preprocessor
 from segstream.engines.training.trainer import TrainConfig, Trainer
 from segstream.errors import ModelError
 
+pytestmark = pytest.mark.slow  # started first, so the two workers finish together
+
 
 def espnet_labelled_tree(root: Path) -> Path:
     """``leftImg8bit/train`` and ``gtFine/train`` label ids from ESPNet's predictions."""
