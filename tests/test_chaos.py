@@ -170,3 +170,32 @@ time.sleep(60)
     successor.record_out("cam", 1)
     both = combine(dead, successor.report(), restarts=1)
     assert (both.frames_in, both.frames_out, both.restarts) == (8, 6, 1)
+
+
+def test_restarts_and_lost_frames_reach_stats_prometheus_and_the_status_line():
+    """The figures a run with one restarted stage reports, assembled as the supervisor does."""
+    from segstream.engines.backends.choice import BackendChoice
+    from segstream.engines.metadata import ModelMetadata
+    from segstream.engines.resolve import InferenceModel
+    from segstream.pipeline.spec import CaptureSettings
+    from segstream.pipeline.telemetry.prometheus import prometheus_text
+    from segstream.pipeline.telemetry.run_stats import RunFacts, assemble_stats
+    from segstream.pipeline.telemetry.stats import StageReport
+    from segstream.pipeline.telemetry.status_line import StatusLine
+    from segstream.pipeline.wire.choices import FlowPolicy
+
+    model = InferenceModel("m.onnx", ModelMetadata.example(), BackendChoice("onnxruntime", "cpu"))
+    facts = RunFacts("0a1b2c3d", 0.0, 10.0, FlowPolicy.LIVE, model, ("clip.mp4",),
+                     (("capture-0", CaptureSettings("clip.mp4", "clip")),), {}, 0, {"infer": 1}, True, 2)
+    reports = {"capture-0": StageReport("capture-0", 100, 100),
+               "infer": StageReport("infer", 95, 90, skipped={"superseded": 5}, restarts=1),
+               "publish": StageReport("publish", 90, 88, skipped={"superseded": 2}, per_source={"clip": 88})}
+    stats = assemble_stats(facts, reports, stopped=False, error="")
+    # 100 in = 88 published + 7 skipped + 5 that died with the infer process
+    assert stats["restarts"] == {"infer": 1} and stats["peers_refused"] == 2
+    assert stats["frames_skipped"]["by_stage"]["infer"] == {"superseded": 5, "stage-restart": 5}
+    assert stats["frames_unaccounted"] == 0
+    assert 'segstream_stage_restarts_total{stage="infer"} 1.0' in prometheus_text(stats)
+    assert "restarted infer x1" in StatusLine().text(stats, 1.0)
+    stopped = assemble_stats(facts, reports, stopped=True, error="")  # in flight at a stop: not a restart loss
+    assert stopped["frames_unaccounted"] == 5 and "stage-restart" not in stopped["frames_skipped"]["by_stage"]["infer"]
