@@ -58,6 +58,30 @@ def wait_for_log(log: Path, pattern: str, timeout: float = 90.0) -> re.Match[str
     raise AssertionError(f"{pattern!r} not in log after {timeout} s:\n{log.read_text(errors='replace')[-3000:]}")
 
 
+def free_port_block(size: int = 16) -> int:
+    """The first of ``size`` consecutive tcp ports on 127.0.0.1 that are free now (tests on
+    two workers must not pick the same ports)."""
+    import random
+    import socket
+
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 60000 - size)
+        socks = []
+        try:
+            for port in range(base, base + size):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise AssertionError(f"no {size} consecutive free tcp ports")
+
+
 def leftovers(run_id: str, tmpdir: Path) -> list[str]:
     """Shared memory segments and run folders (ipc sockets) a run left behind."""
     shm = [n for n in os.listdir("/dev/shm") if n.startswith(f"segstream-{run_id}")]

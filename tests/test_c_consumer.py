@@ -52,7 +52,9 @@ def test_c_consumer_with_a_client_key_reads_an_endpoint_published_with_keys(tmp_
 
     keys = tmp_path / "keys"
     subprocess.run(segstream_cmd("keys", str(keys), "--client", "c"), check=True, capture_output=True)
-    endpoint = f"tcp://127.0.0.1:{23000 + __import__('os').getpid() % 9000}"
+    from pipeline_helpers import free_port_block
+
+    endpoint = f"tcp://127.0.0.1:{free_port_block(1)}"
     consumer = subprocess.Popen([str(c_consumer), endpoint, "5", str(keys / "server.key"), str(keys / "c.key_secret")],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

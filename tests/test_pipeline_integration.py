@@ -14,6 +14,7 @@ import pytest
 from conftest import CITYSCAPES_FRAMES, CLIP, KITTI_FRAMES, segstream_cmd
 from pipeline_helpers import (
     children_of,
+    free_port_block,
     leftovers,
     read_stats,
     run_config_to_end,
@@ -102,7 +103,7 @@ def test_lossless_run_on_the_dashcam_clip(tmp_path, espnet_onnx):
 def test_tcp_transport_inline_payloads_and_changing_frame_size(tmp_path, espnet_onnx):
     """tcp:// endpoints carry payloads inline; KITTI frames change size mid-stream."""
     config = tmp_path / "tcp.yaml"
-    port = 20000 + os.getpid() % 20000
+    port = free_port_block()
     config.write_text(f"transport: tcp\ntcp_base_port: {port}\npublish: ''\nrender: true\n")
     record = tmp_path / "rec"
     log = tmp_path / "run.log"

@@ -4,22 +4,17 @@ inject messages, nor reach the control sockets; the public endpoints with
 
 from __future__ import annotations
 
-import os
 import subprocess
 import threading
 import time
 
 import zmq
 from conftest import CLIP, segstream_cmd
-from pipeline_helpers import read_stats, start_pipeline, wait_for_log
+from pipeline_helpers import free_port_block, read_stats, start_pipeline, wait_for_log
 
 from segstream.pipeline.control import EventKind, StageEvent
 from segstream.pipeline.control import encode as encode_control
 from segstream.pipeline.wire.messages import encode, eos
-
-
-def _port_block() -> int:
-    return 21000 + (os.getpid() * 7) % 15000
 
 
 class Intruder:
@@ -62,7 +57,7 @@ class Intruder:
 
 
 def test_a_tcp_run_refuses_peers_without_its_keys_and_loses_nothing_to_them(tmp_path, fast_onnx):
-    port = _port_block()
+    port = free_port_block()
     config = tmp_path / "tcp.yaml"
     config.write_text(f"transport: tcp\ntcp_base_port: {port}\npublish: ''\n")
     record, log = tmp_path / "rec", tmp_path / "run.log"
@@ -87,7 +82,7 @@ def test_published_masks_over_tcp_reach_only_authorised_consumers(tmp_path, fast
     made = subprocess.run(segstream_cmd("keys", str(keys), "--client", "planner"), capture_output=True, text=True)
     assert made.returncode == 0, made.stderr
     assert (keys / "server.key_secret").stat().st_mode & 0o077 == 0
-    endpoint = f"tcp://127.0.0.1:{_port_block() + 50}"
+    endpoint = f"tcp://127.0.0.1:{free_port_block(1)}"
     authorised = subprocess.Popen(segstream_cmd("consume", endpoint, "--server-key", str(keys / "server.key"),
                                                 "--client-key", str(keys / "planner.key_secret"), "--timeout", "90"),
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
