@@ -304,16 +304,18 @@ def retire(report: StageReport | None, stage: str, ledger: dict[Entry, int] | No
     """What a stage process that died had done: its last report, with the counters of its
     ledger (which are never behind) where they are ahead.
 
-    Frames it skipped after its last report are counted as ``stage-restart`` (their reason
-    went with it).
+    Counted as ``stage-restart``: the frames it skipped after its last report (their
+    reason went with it) and the frames it held when it died (received, neither sent on
+    nor skipped).
     """
     report = report or StageReport(stage)
     if ledger is None:
         return report
     skipped = dict(report.skipped)
-    unreported = ledger[Entry.SKIPPED] - report.skipped_total
-    if unreported > 0:
-        skipped["stage-restart"] = skipped.get("stage-restart", 0) + unreported
+    unreported = max(ledger[Entry.SKIPPED] - report.skipped_total, 0)
+    held = max(ledger[Entry.FRAMES_IN] - ledger[Entry.FRAMES_OUT] - ledger[Entry.SKIPPED], 0)
+    if unreported + held > 0:
+        skipped["stage-restart"] = skipped.get("stage-restart", 0) + unreported + held
     return replace(report, frames_in=max(report.frames_in, ledger[Entry.FRAMES_IN]),
                    frames_out=max(report.frames_out, ledger[Entry.FRAMES_OUT]), skipped=skipped)
 
