@@ -130,12 +130,16 @@ def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processo
         if not result.header.stamps or result.header.stamps[-1].stage != spec.name:  # publish and render stamp themselves
             stamp(result, spec.name, in_ns)
         stats.record_timing(in_ns, result.header.stamps[-1].out_ns, processor.blocked_ns() - blocked_before)
-        if finishes:
+        if finishes or outbox is None:
             stats.record_out(message.header.source, time.monotonic_ns())
             if outbox is not None:
                 outbox.send(result)
-        elif outbox is None or outbox.send(result):
+            return
+        stats.leaving()
+        if outbox.send(result):
             stats.record_out(message.header.source, time.monotonic_ns())
+        else:
+            stats.stayed()
 
     try:
         if not runtime.ready_and_wait_for_start():

@@ -162,8 +162,11 @@ def _stream(source: FrameSource, settings: CaptureSettings, spec: StageSpec, run
             # own work: decoding plus handing over, not the wait for the time slot
             stats.record_timing(in_ns - (decoded_ns - read_ns), message.header.stamps[-1].out_ns,
                                 writer.blocked_ns - blocked_before)
+            stats.leaving()
             if outbox.send(message):
                 stats.record_out(settings.source_id, time.monotonic_ns())
+            else:
+                stats.stayed()
         if settings.max_frames and index >= settings.max_frames:
             break
         runtime.tick()

@@ -157,6 +157,18 @@ class StageStats:
         if self.ledger is not None:
             self.ledger.set(Entry.FRAMES_IN, self.frames_in)
 
+    def leaving(self) -> None:
+        """A frame is about to be sent on: the ledger counts it out already, so a death
+        during the send never counts it as held as well (``retire``); ``record_out`` or
+        ``stayed`` settles it."""
+        if self.ledger is not None:
+            self.ledger.set(Entry.FRAMES_OUT, self.frames_out + 1)
+
+    def stayed(self) -> None:
+        """The frame announced by ``leaving`` was not sent (dropped, or a stop)."""
+        if self.ledger is not None:
+            self.ledger.set(Entry.FRAMES_OUT, self.frames_out)
+
     def record_out(self, source: str, now_ns: int) -> None:
         """Count one frame sent on."""
         self.frames_out += 1
