@@ -92,6 +92,10 @@ class PublishProcessor:
         timing = frame_timing(public.header, time.monotonic_ns())
         self.runtime.stats.record_frame(timing)
         self.sinks.write(SinkResult(message.header, mask, gt, public, timing))
+        # Published from here on (consumers have it, files are written): counted out in the
+        # ledger at once, so a death before this frame is recorded never leaves a mask on
+        # disk that frames_published does not count.
+        self.runtime.stats.leaving()
         # The stage's own time includes its sinks' work (consumers already have the mask).
         done = Stamp(self.spec.name, started_ns, time.monotonic_ns())
         if self.writer is None:
