@@ -26,8 +26,6 @@ from segstream.pipeline.wire.transport import Role, make_socket
 
 logger = logging.getLogger(__name__)
 
-LOG_EVERY_S = 5.0
-
 
 @dataclass(frozen=True)
 class MaskResult:
@@ -75,7 +73,7 @@ class MaskSubscriber:
         lossless: connect to a pipeline's ``--publish-lossless`` channel (PULL): every mask
             arrives, and a consumer that falls behind slows the pipeline.
         curve: this consumer's keys for a tcp:// endpoint published with
-            ``--publish-keys`` (``security.load_client``).
+            ``--publish-keys`` (``keys.load_client``).
 
     The socket reconnects on its own when the pipeline restarts; a subscriber that joins
     late gets the next mask, not a backlog. Every message that is neither a result handed
@@ -92,7 +90,7 @@ class MaskSubscriber:
         self.until_end = until_end
         self.timed_out = False
         self.skipped: Counter[str] = Counter()
-        self._throttle = LogThrottle(LOG_EVERY_S)
+        self._throttle = LogThrottle()
         self.gaps: dict[str, int] = {}
         self.ended: set[str] = set()
         self._last: dict[str, int] = {}
@@ -179,11 +177,11 @@ class MaskSubscriber:
         return sum(n for reason, n in self.skipped.items() if reason != "other_source")
 
     def _skip(self, reason: str, detail: str = "") -> None:
-        """Count a skipped message; log at most once every ``LOG_EVERY_S`` (a flood of bad
+        """Count a skipped message; log at most once per reason every few seconds (a flood of bad
         messages cannot flood the log)."""
         self.skipped[reason] += 1
         if detail and self._throttle.allow(reason):
-            logger.warning("%s (counted in skipped; logged at most every %.0f s)", detail, LOG_EVERY_S)
+            logger.warning("%s (counted in skipped; logged at most every %.0f s)", detail, self._throttle.every_s)
 
     def close(self) -> None:
         """Close the socket."""

@@ -83,13 +83,15 @@ def sweep_orphans(base: Path) -> list[str]:
         folders = [p for p in base.iterdir() if p.name.startswith(RUN_DIR_PREFIX) and p.is_dir()]
     except OSError:
         return removed
+    runs = 0
     for folder in folders:
         owner = _owner(folder)
         if owner is None or _alive(owner[0]):
             continue  # not ours to judge, or still running
         removed += sweep_run(folder, owner[1])
+        runs += 1
     if removed:
-        logger.info("removed what %d killed run(s) left: %s", len(folders), ", ".join(removed[:5]))
+        logger.info("removed what %d killed run(s) left: %s", runs, ", ".join(removed[:5]))
     return removed
 
 

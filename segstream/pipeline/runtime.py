@@ -40,7 +40,6 @@ logger = logging.getLogger(__name__)
 
 STATS_INTERVAL_S = 1.0
 PARENT_CHECK_S = 0.5
-REFUSAL_LOG_S = 5.0
 STANDALONE_DRAIN_S = 5.0  # after end of stream, a stage running alone waits this long for its readers
 
 
@@ -68,7 +67,7 @@ class StageRuntime:
         self.orphaned = False  # the supervisor died: clean up after it on the way out
         self._last_report = time.monotonic()
         self._before_report: list[Callable[[], None]] = []
-        self._refusals = LogThrottle(REFUSAL_LOG_S)
+        self._refusals = LogThrottle()
         self._parent = os.getppid()
         self._last_parent_check = time.monotonic()
         signal.signal(signal.SIGINT, self._on_signal)
@@ -175,7 +174,7 @@ class StageRuntime:
 
     def refuse(self, source: str | None, reason: str, detail: str) -> None:
         """Skip a message this stage cannot use: counted by reason, logged at most once per
-        ``REFUSAL_LOG_S`` per reason (a flood of bad input cannot flood the log)."""
+        ``LogThrottle.every_s`` per reason (a flood of bad input cannot flood the log)."""
         self.stats.skipped.add(reason, source)
         if self._refusals.allow(reason):
             logger.warning("%s: skipped a message (%s): %s", self.spec.name, reason, detail)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import time
@@ -31,7 +30,7 @@ from segstream.pipeline.config import PipelineConfig
 from segstream.pipeline.control import Command, CommandMessage, EventKind, PipelineFigures, decode_event, encode
 from segstream.pipeline.graph import RunPlan, plan_run
 from segstream.pipeline.restarts import Restarter, next_incarnation
-from segstream.pipeline.run_folder import make_run_dir
+from segstream.pipeline.run_folder import make_run_dir, sweep_run
 from segstream.pipeline.spec import CaptureSettings, StageSpec
 from segstream.pipeline.stage_process import StageProcess, exit_reason, spawn
 from segstream.pipeline.telemetry.ledger import read_ledger
@@ -43,7 +42,6 @@ from segstream.pipeline.telemetry.timing import stage_latency
 from segstream.pipeline.wire.choices import FlowPolicy, RestartPolicy, Transport
 from segstream.pipeline.wire.keys import RunKeys
 from segstream.pipeline.wire.security import PeerGuard
-from segstream.pipeline.wire.shm_ring import SHM_PREFIX, sweep
 from segstream.pipeline.wire.transport import Role, make_socket
 
 logger = logging.getLogger(__name__)
@@ -172,10 +170,7 @@ class Supervisor:
             if self._guard is not None:
                 self._guard.close()
             context.term()
-            removed = sweep(f"{SHM_PREFIX}{self.run_id}-")
-            if removed:
-                logger.debug("swept shared memory: %s", removed)
-            shutil.rmtree(run_dir, ignore_errors=True)
+            logger.debug("removed the run's folder and shared memory: %s", sweep_run(run_dir, self.run_id))
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             if metrics is not None:

@@ -151,8 +151,8 @@ class LatestFrameSource:
         self._error = ""
         self._ended = False
         self._opened_once = False
-        self._streaming_since = 0.0  # when the current capture opened, or 0 while not open
-        self._last_frame = 0.0
+        self._streaming = False  # a capture is open and reading
+        self._last_frame = 0.0  # when it last delivered a frame (or opened)
         self._generation = 0
         self._closing = threading.Event()
         self._thread = self._start_reader()
@@ -204,13 +204,13 @@ class LatestFrameSource:
             self._opened_once = True
             backoff.reset()  # the next outage starts from the shortest wait
             with self._lock:
-                self._streaming_since = self._last_frame = time.monotonic()
+                self._streaming, self._last_frame = True, time.monotonic()
             self._read_until_failure(cap, generation)
             cap.release()
             if not self._current(generation):
                 return
             with self._lock:
-                self._streaming_since = 0.0
+                self._streaming = False
             if not self._reconnect:
                 break
             logger.warning("%s: stream lost; reconnecting", self.describe)
@@ -220,7 +220,6 @@ class LatestFrameSource:
                 self._lock.notify_all()
 
     def _read_until_failure(self, cap: cv2.VideoCapture, generation: int) -> None:
-        last_frame = time.monotonic()
         while self._current(generation):
             ok, image = cap.read()
             now = time.monotonic()
@@ -229,10 +228,9 @@ class LatestFrameSource:
             if not ok or image is None:
                 # A read that fails at once (end of stream) ends the capture after
                 # FAILED_READ_S of failures; a stall is the watchdog's (``frames``).
-                if not self._reconnect or now - last_frame > min(self.options.stall_timeout_s, FAILED_READ_S):
+                if not self._reconnect or now - self._last_frame > min(self.options.stall_timeout_s, FAILED_READ_S):
                     return
                 continue
-            last_frame = now
             with self._lock:
                 self._frame = image
                 self._fresh = True
@@ -247,14 +245,14 @@ class LatestFrameSource:
 
     def _watch(self) -> None:
         """Called with the lock held: reopen a stream that is open but silent."""
-        if not self._reconnect or not self._streaming_since or self._ended:
+        if not self._reconnect or not self._streaming or self._ended:
             return
         silent = time.monotonic() - self._last_frame
         if silent < self.options.stall_timeout_s:
             return
         self.stalls += 1
         logger.warning("%s: stalled (no frame for %.1f s); reopening", self.describe, silent)
-        self._streaming_since = 0.0
+        self._streaming = False
         self._generation += 1  # the blocked reader finds itself abandoned when its read returns
         self._thread = self._start_reader()
 

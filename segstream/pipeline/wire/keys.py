@@ -16,7 +16,6 @@ from segstream.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 SERVER_CERT = "server.key_secret"
-SERVER_PUBLIC = "server.key"
 AUTHORIZED = "authorized"
 
 

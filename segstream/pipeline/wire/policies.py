@@ -29,7 +29,6 @@ from segstream.pipeline.wire.messages import Kind, Message, decode, encode
 logger = logging.getLogger(__name__)
 
 POLL_MS = 50  # how long any blocking wait lasts before the stop flag is checked again
-MALFORMED_LOG_S = 5.0
 RESYNC_PENDING = 4  # frames a reorderer waits with after a worker restart (its ring has 8 slots)
 
 
@@ -47,7 +46,7 @@ class Inbox:
         self.policy = policy
         self.skipped = skipped
         self.superseded: list[Message] = []
-        self._throttle = LogThrottle(MALFORMED_LOG_S)
+        self._throttle = LogThrottle()
 
     def _recv_one(self) -> Message | None:
         frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -57,7 +56,7 @@ class Inbox:
             self.skipped.add(f"malformed_{exc.reason}", None)
             if self._throttle.allow(exc.reason):
                 logger.warning("dropped a malformed message: %s (counted; logged at most every %.0f s)",
-                               exc, MALFORMED_LOG_S)
+                               exc, self._throttle.every_s)
             return None
 
     def receive(self, timeout_ms: int = POLL_MS) -> list[Message]:

@@ -259,7 +259,7 @@ class RingReader:
         if seg is None:
             try:
                 shm = Segment(ring)
-            except (FileNotFoundError, ValueError, OSError):
+            except (OSError, ValueError):
                 return None
             try:
                 seg = self._segments[ring] = _Segment(shm)
@@ -308,21 +308,23 @@ class RingReader:
         self._segments.clear()
 
 
+def _segment_names(prefix: str) -> list[str]:
+    """The names of the shared-memory segments starting with ``prefix``, sorted. Only Linux
+    lists segments (``/dev/shm``); elsewhere none are found."""
+    shm_dir = Path("/dev/shm")
+    if not shm_dir.is_dir():
+        return []
+    return sorted(entry.name for entry in shm_dir.iterdir() if entry.name.startswith(prefix))
+
+
 def sweep(prefix: str) -> list[str]:
     """Unlink every shared-memory segment whose name starts with ``prefix``.
 
     Used by the supervisor after the stages ended, to remove what a killed stage left.
-    Returns the names removed. Only Linux lists segments (``/dev/shm``); elsewhere this
-    returns an empty list and relies on the writers' own clean-up.
+    Returns the names removed (none where segments cannot be listed: there the writers'
+    own clean-up is relied on).
     """
-    shm_dir = Path("/dev/shm")
-    removed = []
-    if not shm_dir.is_dir():
-        return removed
-    for entry in shm_dir.iterdir():
-        if entry.name.startswith(prefix) and _unlink(entry.name):
-            removed.append(entry.name)
-    return removed
+    return [name for name in _segment_names(prefix) if _unlink(name)]
 
 
 def release_everything(ring: str, reader_id: int) -> int:
@@ -332,16 +334,13 @@ def release_everything(ring: str, reader_id: int) -> int:
     dead process held will never be released by it, and the writer would wait for them
     forever. Returns how many segments were touched.
     """
-    shm_dir = Path("/dev/shm")
     touched = 0
-    if not shm_dir.is_dir() or not 0 <= reader_id < MAX_READERS:
+    if not 0 <= reader_id < MAX_READERS:
         return 0
-    for entry in sorted(shm_dir.iterdir()):
-        if not entry.name.startswith(f"{ring}-"):
-            continue
+    for name in _segment_names(f"{ring}-"):
         try:
-            shm = Segment(entry.name)
-        except (FileNotFoundError, ValueError, OSError):
+            shm = Segment(name)
+        except (OSError, ValueError):
             continue
         try:
             seg = _Segment(shm)
