@@ -16,11 +16,12 @@ import pytest
 from conftest import CLIP
 from pipeline_helpers import children_of, leftovers, read_stats, start_pipeline, wait_for_log
 
+from segstream.pipeline.process_table import stage_name
+
 
 def stage_pid(supervisor: int, stage: str) -> int:
     """The pid of the live process of ``stage`` (any incarnation)."""
-    pattern = re.compile(rf"/{re.escape(stage)}(\.r\d+)?\.json\s*$")
-    pids = [pid for pid, cmd in children_of(supervisor).items() if pattern.search(cmd)]
+    pids = [pid for pid, cmd in children_of(supervisor).items() if stage_name(cmd) == stage]
     assert len(pids) == 1, (stage, children_of(supervisor))
     return pids[0]
 

@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -91,12 +92,18 @@ def _ends_the_receiver(header: dict) -> bool:
     return header.get("kind") == "eos" or (isinstance(source, str) and source != SOURCE and is_safe_name(source))
 
 
-def _stopping_command(variant: dict) -> bool:
+def _decoded(decoder: Callable[[Any], Any], raw: Any) -> Any:
+    """What ``decoder`` makes of ``raw``, or None where it refuses it (what the receiver
+    counts as malformed)."""
     try:
-        command = decode_command(json.dumps(variant).encode())
+        return decoder(raw)
     except MessageError:
-        return False
-    return command.command in (Command.STOP, Command.FINISH)
+        return None
+
+
+def _stopping_command(variant: dict) -> bool:
+    command = _decoded(decode_command, json.dumps(variant).encode())
+    return command is not None and command.command in (Command.STOP, Command.FINISH)
 
 
 class StageUnderFuzz:
@@ -156,10 +163,7 @@ class StageUnderFuzz:
         malformed = 0
         for k in range(count):
             raw = mutate_json(rng.choice(bases), rng, _stopping_command)
-            try:
-                decode_command(raw)
-            except MessageError:
-                malformed += 1
+            malformed += _decoded(decode_command, raw) is None
             self.commands.send(raw)
             if k % 500 == 499:
                 time.sleep(0.05)  # the stage reads commands between frames
@@ -245,10 +249,7 @@ def test_a_stage_fed_ten_thousand_mutations_lives_counts_each_and_writes_nowhere
         malformed = commands_malformed = 0
         for k in range(FUZZ_MESSAGES):
             frames = mutate(base, rng, _ends_the_receiver)
-            try:
-                decode(frames)
-            except MessageError:
-                malformed += 1
+            malformed += _decoded(decode, frames) is None
             harness.feed.send_multipart(frames)
             if k % 10 == 9:
                 commands_malformed += harness.fuzz_commands(1, rng)
@@ -301,10 +302,7 @@ def _fuzz_results(push: zmq.Socket, rng: random.Random) -> int:
     malformed = 0
     for _ in range(FUZZ_MESSAGES):
         frames = mutate(_result(0), rng, _ends_the_receiver)
-        try:
-            decode(frames)
-        except MessageError:
-            malformed += 1
+        malformed += _decoded(decode, frames) is None
         push.send_multipart(frames)
     push.send_multipart(_result(1))
     push.send_multipart([bytes(f) for f in encode(eos(SOURCE))])
@@ -380,12 +378,9 @@ def test_the_supervisor_fed_ten_thousand_forged_events_runs_on_and_counts_each(t
     bases = [json.loads(encode_control(StageEvent("infer", EventKind.STATS, report=StageReport("infer", 5, 5)))),
              json.loads(encode_control(StageEvent("capture-0", EventKind.READY)))]
 
-    def harmless(variant: dict) -> bool:  # a valid end, error or failure of a real stage would end the run
-        try:
-            event = decode_event(json.dumps(variant).encode())
-        except MessageError:
-            return False
-        return event.kind not in (EventKind.STATS, EventKind.READY, EventKind.STARTED) and event.stage in stages
+    def ends_the_run(variant: dict) -> bool:  # a valid end, error or failure of a real stage
+        event = _decoded(decode_event, json.dumps(variant).encode())
+        return event is not None and event.kind not in (EventKind.STATS, EventKind.READY, EventKind.STARTED) and event.stage in stages
 
     context = zmq.Context()
     push = context.socket(zmq.PUSH)
@@ -394,11 +389,9 @@ def test_the_supervisor_fed_ten_thousand_forged_events_runs_on_and_counts_each(t
     refused = 0
     try:
         for _ in range(FUZZ_MESSAGES):
-            raw = mutate_json(rng.choice(bases), rng, harmless)
-            try:
-                refused += decode_event(raw).stage not in stages
-            except MessageError:
-                refused += 1
+            raw = mutate_json(rng.choice(bases), rng, ends_the_run)
+            event = _decoded(decode_event, raw)
+            refused += event is None or event.stage not in stages
             push.send(raw)
         push.close(linger=30_000)
         time.sleep(1.5)

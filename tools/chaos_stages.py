@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import statistics
 import subprocess
@@ -22,14 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from segstream.pipeline.process_table import children_of
+from segstream.pipeline.process_table import children_of, stage_name
 
 STAGES = ("infer", "preprocess", "publish", "render", "capture-0")
 
 
 def stage_pid(supervisor: int, stage: str) -> int | None:
-    pattern = re.compile(rf"/{re.escape(stage)}(\.r\d+)?\.json\s*$")
-    return next((pid for pid, cmd in children_of(supervisor).items() if pattern.search(cmd)), None)
+    return next((pid for pid, cmd in children_of(supervisor).items() if stage_name(cmd) == stage), None)
 
 
 def newest_mask(folder: Path) -> float:

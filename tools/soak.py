@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from segstream.pipeline.process_table import processes
+from segstream.pipeline.process_table import processes, stage_name
 
 
 def run_processes(session: int) -> dict[str, int]:
@@ -31,9 +31,9 @@ def run_processes(session: int) -> dict[str, int]:
     for proc in processes():
         if proc.session != session:
             continue
-        match = re.search(r"/([\w-]+)(\.r\d+)?\.json\s*$", proc.cmdline)
-        if match:
-            out[match.group(1)] = proc.pid
+        stage = stage_name(proc.cmdline)
+        if stage:
+            out[stage] = proc.pid
         elif "segstream run" in proc.cmdline:
             out["supervisor"] = proc.pid
         elif "resource_tracker" in proc.cmdline:

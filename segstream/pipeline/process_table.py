@@ -3,8 +3,12 @@ session, with their command lines (for tests and tools that watch or kill stages
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+# A stage process runs ``python -m segstream.pipeline.stage_main RUN_DIR/<stage>[.r<k>].json``.
+_STAGE_SPEC = re.compile(r"/([\w-]+)(?:\.r\d+)?\.json\s*$")
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,13 @@ def processes() -> list[ProcessInfo]:
         if fields[0] != "Z":
             out.append(ProcessInfo(int(entry.name), int(fields[1]), int(fields[3]), cmdline))
     return out
+
+
+def stage_name(cmdline: str) -> str | None:
+    """The stage a process runs (``capture-0``, ``infer``...), from its command line;
+    None for a process that is not a stage."""
+    match = _STAGE_SPEC.search(cmdline) if "segstream.pipeline.stage_main" in cmdline else None
+    return match.group(1) if match else None
 
 
 def children_of(pid: int) -> dict[int, str]:
