@@ -88,6 +88,9 @@ def test_lossless_run_on_the_dashcam_clip(tmp_path, espnet_onnx):
     assert workers == ["infer-0", "infer-1"] and sum(stages[w]["frames_out"] for w in workers) == 16
     for stage in stages.values():
         assert stage["process_ms"]["median"] > 0
+        # CPU time: start-up (imports, the model) is told apart from the work on frames
+        assert 0 < stage["cpu_setup_s"] <= stage["cpu_s"]
+    assert stages["infer-0"]["cpu_s"] - stages["infer-0"]["cpu_setup_s"] > 0
 
     frames = video_frames(CLIP)[:16]
     expected = reference_masks(espnet_onnx, frames)

@@ -43,6 +43,12 @@ PARENT_CHECK_S = 0.5
 STANDALONE_DRAIN_S = 5.0  # after end of stream, a stage running alone waits this long for its readers
 
 
+def cpu_seconds() -> float:
+    """CPU time this process used so far (user and system, every thread), seconds."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return round(usage.ru_utime + usage.ru_stime, 3)
+
+
 class StageRuntime:
     """Signals, control channel and stats of one stage process.
 
@@ -141,6 +147,7 @@ class StageRuntime:
 
         Returns False if a stop came first.
         """
+        self.stats.cpu_setup_s = cpu_seconds()
         self.emit(EventKind.READY)
         if self.commands is None:
             return not self.stopping
@@ -200,8 +207,7 @@ class StageRuntime:
 
     def finish(self, exit_code: int) -> int:
         """Send final stats, close sockets; returns ``exit_code``."""
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        self.stats.cpu_s = round(usage.ru_utime + usage.ru_stime, 3)
+        self.stats.cpu_s = cpu_seconds()
         self.emit(EventKind.DONE, report=self._report(), exit_code=exit_code, stopped=self._stop)
         if self.control is not None:
             self.control.close(linger=1000)

@@ -113,6 +113,8 @@ class StageStats:
         latency_by_source: end-to-end latency series per source (kept by publish).
         source_span: first and last time a frame went out, per source (ns).
         cpu_s: CPU time the stage used (set at its end).
+        cpu_setup_s: of that, what it used before its first frame could come (imports,
+            model loading), so that ``cpu_s - cpu_setup_s`` is the work on frames.
         reconnects: reopened streams (capture).
         connect_attempts: attempts to open a stream (capture).
         frame_count: frames the source says it holds (capture; 0 when unknown).
@@ -139,6 +141,7 @@ class StageStats:
     first_out_ns: int = 0
     last_out_ns: int = 0
     cpu_s: float = 0.0
+    cpu_setup_s: float = 0.0
     reconnects: int = 0
     connect_attempts: int = 0
     frame_count: int = 0
@@ -222,6 +225,7 @@ class StageStats:
                           for stage in sorted(self.breakdown, key=pipeline_order)},
             latency_by_source_ms={sid: series.to_json() for sid, series in self.latency_by_source.items()},
             cpu_s=self.cpu_s,
+            cpu_setup_s=self.cpu_setup_s,
             reconnects=self.reconnects,
             connect_attempts=self.connect_attempts,
             frame_count=self.frame_count,
@@ -257,6 +261,7 @@ class StageReport:
         breakdown_ms: per stage kind, ``queue`` and ``stage`` series (publish, render).
         latency_by_source_ms: end-to-end series per source (publish, render).
         cpu_s: CPU time used (in the final report).
+        cpu_setup_s: of ``cpu_s``, what was used before the stage started on frames.
         reconnects: reopened streams (capture).
         connect_attempts: attempts to open a stream (capture).
         frame_count: frames the source holds (capture; 0 when unknown).
@@ -283,6 +288,7 @@ class StageReport:
     breakdown_ms: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     latency_by_source_ms: dict[str, dict[str, Any]] = field(default_factory=dict)
     cpu_s: float = 0.0
+    cpu_setup_s: float = 0.0
     reconnects: int = 0
     connect_attempts: int = 0
     frame_count: int = 0
@@ -344,5 +350,6 @@ def combine(earlier: StageReport, current: StageReport | None, restarts: int) ->
                    handed_over_skipped=_add_counts(earlier.handed_over_skipped, current.handed_over_skipped),
                    per_source=_add_counts(earlier.per_source, current.per_source),
                    cpu_s=round(earlier.cpu_s + current.cpu_s, 3),
+                   cpu_setup_s=round(earlier.cpu_setup_s + current.cpu_setup_s, 3),
                    reconnects=earlier.reconnects + current.reconnects,
                    connect_attempts=earlier.connect_attempts + current.connect_attempts, restarts=restarts)
