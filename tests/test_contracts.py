@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,3 +182,40 @@ def test_publish_settings_carry_the_model_metadata():
     settings = PublishSettings(ModelMetadata.example(), endpoint="tcp://127.0.0.1:1")
     spec = StageSpec("publish", StageKind.PUBLISH, "r", FlowPolicy.LOSSLESS, settings)
     assert StageSpec.from_json(spec.to_json()).settings.metadata == settings.metadata
+
+
+def _plan(sources: tuple[str, ...], policy: FlowPolicy, workers: int = 1):
+    from segstream.engines.backends.choice import BackendChoice
+    from segstream.engines.resolve import InferenceModel
+    from segstream.pipeline.graph import plan_run
+
+    model = InferenceModel("model.onnx", ModelMetadata.example(), BackendChoice("onnxruntime", "cpu"))
+    config = PipelineConfig(sources=sources, publish="", workers=workers)
+    return plan_run(config, policy, "0a1b2c3d", Path("/tmp/segstream-plan"), model)
+
+
+def test_lossless_runs_share_one_read_ahead_window_among_their_sources():
+    """A lossless capture's ring is its read-ahead window: one window per run, shared out,
+    so four sources keep about as many frames in flight as one (not four times)."""
+    def capture_slots(plan) -> list[int]:
+        return [s.ring.slots for s in plan.stages if s.kind is StageKind.CAPTURE]
+
+    assert capture_slots(_plan(("a.mp4",), FlowPolicy.LOSSLESS)) == [8]
+    assert capture_slots(_plan(("a.mp4", "b.mp4"), FlowPolicy.LOSSLESS)) == [4, 4]
+    assert capture_slots(_plan(tuple(f"{k}.mp4" for k in range(4)), FlowPolicy.LOSSLESS)) == [2] * 4
+    assert capture_slots(_plan(tuple(f"{k}.mp4" for k in range(8)), FlowPolicy.LOSSLESS)) == [2] * 8
+    assert capture_slots(_plan(tuple(f"{k}.mp4" for k in range(4)), FlowPolicy.LIVE)) == [32] * 4  # live: no window
+
+
+def test_live_runs_preprocess_in_the_workers_and_every_worker_hears_every_source():
+    plan = _plan(("a.mp4", "b.mp4"), FlowPolicy.LIVE, workers=2)
+    kinds = [s.kind for s in plan.stages]
+    assert StageKind.PREPROCESS not in kinds
+    captures = [s for s in plan.stages if s.kind is StageKind.CAPTURE]
+    workers = [s for s in plan.stages if s.kind is StageKind.INFER]
+    assert all(len(c.outputs) == 2 for c in captures)  # one endpoint per worker: end of stream reaches both
+    assert [w.inputs for w in workers] == [tuple(c.outputs[k] for c in captures) for k in range(2)]
+    assert all(w.settings.preprocess for w in workers)
+    lossless = _plan(("a.mp4",), FlowPolicy.LOSSLESS, workers=2)
+    assert StageKind.PREPROCESS in [s.kind for s in lossless.stages]
+    assert not any(s.settings.preprocess for s in lossless.stages if s.kind is StageKind.INFER)

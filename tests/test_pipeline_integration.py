@@ -269,7 +269,8 @@ def test_end_of_stream_reaches_every_stage_behind_a_long_queue(tmp_path, espnet_
 
 def test_stages_do_not_outlive_a_killed_supervisor(tmp_path, espnet_onnx):
     log = tmp_path / "run.log"
-    proc = start_pipeline(["run", "--source", "test-pattern", "--publish", ""], log, tmp_path / "t")
+    proc = start_pipeline(["run", "--source", "test-pattern", "--publish", "", "--policy", "lossless", "--workers",
+                           "1"], log, tmp_path / "t")
     run_id = wait_for_log(log, r"run (\w+): running").group(1)
     stages = list(children_of(proc.pid))
     assert len(stages) == 4  # capture, preprocess, infer, publish (no render without --record)

@@ -60,3 +60,36 @@ def test_rgb_scale_then_standardize_matches_reference():
 def test_rejects_a_frame_that_is_not_bgr():
     with pytest.raises(ValueError, match=r"expected a BGR frame of shape \(H, W, 3\)"):
         Preprocessor(MODELS["espnet-cityscapes"].metadata)(np.zeros((4, 4), np.uint8))
+
+
+def test_an_8bit_resize_where_the_metadata_allows_it_matches_its_reference():
+    """``resize_precision: uint8`` resizes the 8-bit frame, then normalises (the zoo's
+    ImageNet-normalised models, trained on 8-bit resized images); ESPNet keeps float."""
+    frame = _frames()[0]
+    meta = MODELS["ddrnet23-slim"].metadata
+    assert meta.resize_precision == "uint8"
+    assert MODELS["espnet-cityscapes"].metadata.resize_precision == "float"
+    ours = Preprocessor(meta)(frame)
+    rgb = cv2.resize(frame, (meta.input_width, meta.input_height))[:, :, ::-1].astype(np.float32)
+    ref = ((rgb / 255.0 - np.array(meta.mean)) / np.array(meta.std)).astype(np.float32).transpose(2, 0, 1)[None]
+    assert np.abs(ours - ref).max() < 1e-5
+    float_path = Preprocessor(dataclasses.replace(meta, resize_precision="float"))(frame)
+    assert not np.array_equal(ours, float_path)  # the two paths do differ: the choice is the metadata's
+
+
+def test_nearest_resizing_takes_the_8bit_path_and_gives_the_float_paths_result():
+    frame = _frames()[1]
+    meta = dataclasses.replace(MODELS["espnet-cityscapes"].metadata, resize_interpolation="nearest",
+                               input_width=333, input_height=171)
+    ours = Preprocessor(meta)(frame)
+    image = cv2.resize(frame.astype(np.float32), (333, 171), interpolation=cv2.INTER_NEAREST)
+    gain = meta.scale / np.array(meta.std, np.float64)
+    ref = (image * gain.astype(np.float32) - np.array(meta.mean) * gain).astype(np.float32).transpose(2, 0, 1)[None]
+    assert np.abs(ours - ref).max() < 1e-5
+
+
+def test_metadata_refuses_an_unknown_resize_precision():
+    from segstream.errors import ModelError
+
+    with pytest.raises(ModelError, match="resize_precision must be one of float, uint8, found 'int4'"):
+        dataclasses.replace(MODELS["espnet-cityscapes"].metadata, resize_precision="int4")

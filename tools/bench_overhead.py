@@ -44,7 +44,7 @@ from segstream.pipeline.sinks.video import VideoFile
 from segstream.pipeline.supervisor import Supervisor
 from segstream.pipeline.wire.choices import FlowPolicy
 from segstream.pipeline.wire.messages import Header, Kind, Message, decode, encode
-from segstream.pipeline.wire.payloads import PayloadReader, PayloadWriter, PayloadMode
+from segstream.pipeline.wire.payloads import PayloadMode, PayloadReader, PayloadWriter
 
 SIZES = ((960, 540), (1920, 1080), (2048, 1024))
 

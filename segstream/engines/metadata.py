@@ -17,7 +17,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from segstream.errors import ModelError
 
@@ -67,6 +67,9 @@ class OutputSpec:
         object.__setattr__(self, "kind", OutputKind(self.kind))
 
 
+RESIZE_PRECISIONS = ("float", "uint8")
+
+
 @dataclass(frozen=True)
 class ModelMetadata:
     """How to feed a model and how to read what it returns.
@@ -83,6 +86,11 @@ class ModelMetadata:
         scale: multiplicative factor (e.g. 1/255).
         normalize_order: where ``scale`` is applied, see ``NormalizeOrder``.
         resize_interpolation: ``bilinear`` or ``nearest`` (resize to the input size).
+        resize_precision: ``float``: the frame is converted to float and then resized
+            (as ESPNet's own code does; needed to match it bit for bit); ``uint8``: the
+            8-bit frame is resized first, as OpenCV or PIL pipelines that train on 8-bit
+            images do, which costs several times less on large frames. ``nearest``
+            resizing is the same either way and always takes the 8-bit path.
         class_names: one name per class id.
         palette: one BGR colour per class id.
         ignore_index: label value meaning "no class" (painted transparent).
@@ -109,6 +117,7 @@ class ModelMetadata:
     ignore_index: int = 255
     ignore_channel: int | None = None
     resize_interpolation: str = "bilinear"
+    resize_precision: str = "float"
     label_names: tuple[str, ...] = ()
     top_k: int = 5
     version: int = METADATA_VERSION
@@ -124,6 +133,9 @@ class ModelMetadata:
         set_(self, "label_names", tuple(str(n) for n in self.label_names))
         set_(self, "palette", tuple(tuple(int(c) for c in rgb) for rgb in self.palette))
         set_(self, "outputs", tuple(o if isinstance(o, OutputSpec) else OutputSpec(**o) for o in self.outputs))
+        if self.resize_precision not in RESIZE_PRECISIONS:
+            raise ModelError(f"resize_precision must be one of {', '.join(RESIZE_PRECISIONS)}, "
+                             f"found {self.resize_precision!r}")
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ModelError(f"mean and std need 3 values each, found {len(self.mean)} and {len(self.std)}")
         if any(s == 0 for s in self.std):
@@ -226,8 +238,14 @@ def sidecar_path(model_path: Path) -> Path:
     return model_path.with_name(model_path.name + ".json")
 
 
-def read_onnx_metadata(model_path: Path) -> ModelMetadata:
+def read_onnx_metadata(model_path: Path, properties: Mapping[str, str] | None = None) -> ModelMetadata:
     """Read metadata from an ONNX file's ``segstream`` property or its sidecar JSON.
+
+    Args:
+        model_path: the model file.
+        properties: the file's metadata properties when the caller already has them (an
+            ONNX Runtime session's ``custom_metadata_map``): the file is then not parsed
+            again, and the ``onnx`` package (about a second to import) is not needed.
 
     Raises:
         ModelError: the file is missing, is not ONNX, or carries no segstream metadata.
@@ -242,15 +260,16 @@ def read_onnx_metadata(model_path: Path) -> ModelMetadata:
     if model_path.suffix == ".engine":
         raise ModelError(f"TensorRT engine {model_path} has no metadata sidecar {sidecar.name}; build engines with "
                          f"`segstream build MODEL.onnx`, which writes it, or copy the sidecar along with the engine")
-    import onnx  # lazy: only the supervisor and tools read model files
+    if properties is None:
+        import onnx  # lazy: only the supervisor and tools parse model files themselves
 
-    try:
-        model = onnx.load(str(model_path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and friends with no common base
-        raise ModelError(f"{model_path} is not a readable ONNX model ({exc})") from exc
-    for prop in model.metadata_props:
-        if prop.key == METADATA_KEY:
-            return ModelMetadata.from_json(prop.value)
+        try:
+            model = onnx.load(str(model_path), load_external_data=False)
+        except Exception as exc:  # onnx raises DecodeError and friends with no common base
+            raise ModelError(f"{model_path} is not a readable ONNX model ({exc})") from exc
+        properties = {prop.key: prop.value for prop in model.metadata_props}
+    if METADATA_KEY in properties:
+        return ModelMetadata.from_json(properties[METADATA_KEY])
     raise ModelError(
         f"{model_path} carries no segstream metadata (no '{METADATA_KEY}' metadata property and no sidecar "
         f"{sidecar.name}). Export it with `segstream export`, or write the sidecar JSON next to it "

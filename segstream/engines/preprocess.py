@@ -3,6 +3,12 @@
 Resizing is linear in the pixel values, so it commutes with the per-channel affine
 standardisation: we resize first (fewer pixels to normalise when frames are larger than
 the model input) and then apply mean, std and scale in the order the metadata names.
+
+What is resized is the metadata's choice (``resize_precision``): the frame converted to
+float (ESPNet's own order, which its bit-exact masks need), or the 8-bit frame itself,
+which is 3-4x cheaper at 1024x512 and up to 30x for a small model input on a 1080p frame.
+Nearest-neighbour resizing picks pixels and computes nothing, so it always takes the 8-bit
+path: the result is the same.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ class Preprocessor:
         self._size = (metadata.input_width, metadata.input_height)
         self._interp = _INTERPOLATION[metadata.resize_interpolation]
         self._swap = metadata.channel_order is ChannelOrder.RGB
+        self._resize_8bit = metadata.resize_precision == "uint8" or self._interp == cv2.INTER_NEAREST
 
     def resize(self, frame: np.ndarray) -> np.ndarray:
         """Only the resize: a BGR uint8 (h, w, 3) image at the model's input size, for
@@ -69,7 +76,7 @@ class Preprocessor:
         """
         if frame.ndim != 3 or frame.shape[2] != 3:
             raise ValueError(f"expected a BGR frame of shape (H, W, 3), found shape {frame.shape}")
-        image = frame.astype(np.float32)
+        image = frame if self._resize_8bit else frame.astype(np.float32)
         if (image.shape[1], image.shape[0]) != self._size:
             image = cv2.resize(image, self._size, interpolation=self._interp)
         if self._swap:

@@ -4,6 +4,8 @@
         \\                                    |
          `------- frame (by reference) ----> render --> overlay.mp4
 
+(In live flow the inference workers preprocess: capture-i --> infer.)
+
 Pure planning: no processes, no sockets. The supervisor turns the plan into processes.
 """
 
@@ -45,6 +47,7 @@ RING_SLOTS: dict[StageKind, tuple[int, int]] = {
 }
 
 
+MIN_CAPTURE_WINDOW = 2  # lossless slots of one capture's ring when the run's window is shared out
 LIGHT_STAGE_NICE = 10  # light stages yield the cores to inference (see StageSpec.nice)
 GPU_AUTO_WORKERS = 2
 MAX_AUTO_WORKERS = 4
@@ -150,7 +153,11 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
     publish_uris, render_uris = publish_sinks(config), render_sinks(config)
     render = config.render if config.render is not None else bool(render_uris)
     per_source = len(config.sources) > 1
-    present = {StageKind.CAPTURE, StageKind.PREPROCESS, StageKind.INFER, StageKind.PUBLISH}
+    # Live flow preprocesses inside the inference workers: a stage of its own would
+    # preprocess every frame the camera sends, at the camera's rate, although a worker
+    # takes only the newest when it is free (the rest is thrown away), and it would steal
+    # the CPU inference needs. A worker preprocesses only what it infers.
+    present = {StageKind.CAPTURE, StageKind.INFER, StageKind.PUBLISH} | (set() if live else {StageKind.PREPROCESS})
     if render:
         present.add(StageKind.RENDER)
     control, commands = endpoint("control"), endpoint("commands")
@@ -159,6 +166,11 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
 
     def spec(name: str, kind: StageKind, settings: StageSettings, **kw: object) -> StageSpec:
         slots = RING_SLOTS.get(kind, (0, 0))[1 if live else 0]
+        if kind is StageKind.CAPTURE and not live:
+            # A lossless capture's ring is its read-ahead window. One window per run, shared
+            # out evenly: with a window per source, N sources would keep N times the frames
+            # in flight, and their latency would grow N-fold for no more throughput.
+            slots = max(MIN_CAPTURE_WINDOW, slots // len(config.sources))
         # Inference keeps its priority; so does a paced capture, whose timing counts.
         full_priority = kind is StageKind.INFER or (kind is StageKind.CAPTURE and rate != "max")
         outputs = kw.get("outputs", ())
@@ -170,25 +182,32 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
                          **kw)  # type: ignore[arg-type]
 
     stages: list[StageSpec] = []
-    capture_outputs = []
+    workers, threads = worker_layout(config, policy, model.choice.device)
+    # Live: each capture sends to every worker straight (one endpoint per worker, so end of
+    # stream reaches them all); lossless: every capture sends to the preprocess stage.
+    per_capture = workers if live else 1
+    capture_outputs: list[tuple[str, ...]] = []
     for i, (uri, sid) in enumerate(zip(config.sources, ids)):
-        out = endpoint(f"capture-{i}")
-        capture_outputs.append(out)
+        outs = tuple(endpoint(f"capture-{i}" if per_capture == 1 else f"capture-{i}-{k}") for k in range(per_capture))
+        capture_outputs.append(outs)
         stages.append(spec(f"capture-{i}", StageKind.CAPTURE, CaptureSettings(
             source=uri, source_id=sid, max_frames=config.max_frames, rate=rate, loop=config.loop, live=config.live),
-            outputs=(out,)))
-    workers, threads = worker_layout(config, policy, model.choice.device)
-    pre_outs = tuple(endpoint(f"preprocess-{k}") for k in range(workers))
+            outputs=outs))
+    if live:
+        infer_inputs = [tuple(outs[k] for outs in capture_outputs) for k in range(workers)]
+    else:
+        pre_outs = tuple(endpoint(f"preprocess-{k}") for k in range(workers))
+        infer_inputs = [(out,) for out in pre_outs]
+        stages.append(spec("preprocess", StageKind.PREPROCESS,
+                           PreprocessSettings(metadata=metadata, images=model.choice.takes_images),
+                           inputs=tuple(outs[0] for outs in capture_outputs), outputs=pre_outs))
     infer_outs = tuple(endpoint(f"infer-{k}") for k in range(workers))
     publish_out = (endpoint("publish"),) if render else ()
-    stages.append(spec("preprocess", StageKind.PREPROCESS,
-                       PreprocessSettings(metadata=metadata, images=model.choice.takes_images),
-                       inputs=tuple(capture_outputs), outputs=pre_outs))
     for k in range(workers):
         # The workers share one reader id of the tensor ring; each writes a labels ring.
         stages.append(spec("infer" if workers == 1 else f"infer-{k}", StageKind.INFER, InferSettings(
             model=str(model.path), backend=model.choice.backend, engine=model.engine_options(threads),
-            confidence=config.confidence), inputs=(pre_outs[k],), outputs=(infer_outs[k],),
+            confidence=config.confidence, preprocess=live), inputs=infer_inputs[k], outputs=(infer_outs[k],),
             reader_in_order=workers == 1))
     stages.append(spec("publish", StageKind.PUBLISH, PublishSettings(
         metadata=metadata, endpoint=config.publish, mask_encoding=config.mask_encoding,

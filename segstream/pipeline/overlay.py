@@ -20,6 +20,29 @@ def class_counts(mask: np.ndarray) -> np.ndarray:
     return cv2.calcHist([mask], [0], None, [256], [0, 256]).ravel().astype(np.int64)
 
 
+COUNTS_KEY = "class_counts"  # header meta of publish's messages to render: the mask's class counts
+
+
+def counts_to_meta(counts: np.ndarray) -> list[list[int]]:
+    """``class_counts`` as JSON for a message's meta: ``[[class_id, pixels], ...]``, the
+    classes present only."""
+    return [[int(i), int(counts[i])] for i in np.flatnonzero(counts)]
+
+
+def counts_from_meta(value: object, pixels: int) -> np.ndarray | None:
+    """The counts ``counts_to_meta`` wrote, or None unless they are well formed and add up
+    to ``pixels`` (the receiver then counts the mask itself)."""
+    if not isinstance(value, list) or len(value) > 256:
+        return None
+    counts = np.zeros(256, np.int64)
+    for item in value:
+        if not (isinstance(item, list) and len(item) == 2 and all(type(v) is int for v in item)
+                and 0 <= item[0] < 256 and item[1] >= 0):
+            return None
+        counts[item[0]] = item[1]
+    return counts if int(counts.sum()) == pixels else None
+
+
 def draw_label(image: np.ndarray, text: str, org: tuple[int, int], font_scale: float, thickness: int,
                shadow: int = 2) -> None:
     """White text with a black shadow ``shadow`` pixels wide around every stroke, at
@@ -108,17 +131,26 @@ class OverlayRenderer:
         self._hidden[ignore_index] = 1
         if style.classes is not None:
             self._hidden[[c for c in range(256) if c not in set(style.classes)]] = 1
+        self._scratch: tuple[np.ndarray, np.ndarray] | None = None
 
     def blend(self, frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """The frame with class colours blended in (ignored and filtered-out pixels
         untouched); in ``mask`` mode the colours alone (those pixels black)."""
-        colours = cv2.LUT(cv2.cvtColor(mask, cv2.COLOR_GRAY2BGR), self._lut)
-        hidden = self._hidden[mask]
+        # OpenCV's own table look-ups: a quarter of the time of a grey-to-BGR conversion
+        # followed by a 3-channel LUT, and of numpy's fancy indexing (3.3 and 1.4 ms
+        # against 13.7 and 6.4 at 1080p here)
         if self.style.mode is RenderMode.MASK:
-            colours[hidden.astype(bool)] = 0
+            colours = cv2.applyColorMap(mask, self._lut)
+            colours[cv2.LUT(mask, self._hidden).astype(bool)] = 0
             return colours
+        # scratch images kept from frame to frame: fresh ones cost a page fault per 4 kB
+        if self._scratch is None or self._scratch[1].shape != mask.shape:
+            self._scratch = (np.empty((*mask.shape, 3), np.uint8), np.empty(mask.shape, np.uint8))
+        colours, hidden = self._scratch
+        cv2.applyColorMap(mask, self._lut, dst=colours)
+        cv2.LUT(mask, self._hidden, dst=hidden)
         out = cv2.addWeighted(frame, 1.0 - self.style.opacity, colours, self.style.opacity, 0.0)
-        if hidden.any():
+        if cv2.countNonZero(hidden):
             cv2.copyTo(frame, hidden, out)
         return out
 

@@ -110,12 +110,15 @@ class InferSettings:
         backend: the backend chosen for this run.
         engine: keyword arguments of the backend's loader.
         confidence: pass the model's confidence output on.
+        preprocess: the worker makes the model input from the frame itself (live flow:
+            only the frames it will infer are preprocessed, with no stage in between).
     """
 
     model: str
     backend: str
     engine: dict[str, Any] = field(default_factory=dict)
     confidence: bool = False
+    preprocess: bool = False
 
 
 @dataclass(frozen=True)

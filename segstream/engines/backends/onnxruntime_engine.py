@@ -69,7 +69,8 @@ class OnnxRuntimeEngine:
         import onnxruntime as ort
 
         self.model_path = Path(model_path)
-        self.metadata: ModelMetadata = read_onnx_metadata(self.model_path)
+        if not self.model_path.is_file():
+            read_onnx_metadata(self.model_path)  # raises its clear error
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -81,8 +82,14 @@ class OnnxRuntimeEngine:
             logger.warning("onnxruntime %s has no %s here (available: %s); using the others", ort.__version__,
                            ", ".join(dropped), ", ".join(sorted(available)))
         chosen = [p for p in dict.fromkeys([*wanted, "CPUExecutionProvider"]) if p in available]
-        self._session = ort.InferenceSession(str(self.model_path), options, providers=chosen,
-                                             provider_options=[provider_options(p, precision) for p in chosen])
+        try:
+            self._session = ort.InferenceSession(str(self.model_path), options, providers=chosen,
+                                                 provider_options=[provider_options(p, precision) for p in chosen])
+        except Exception as exc:  # ONNX Runtime raises its own Fail/InvalidGraph/... kinds
+            raise ModelError(f"ONNX Runtime could not load {self.model_path}: {exc}") from exc
+        # The session has parsed the file already: its metadata comes from there.
+        self.metadata: ModelMetadata = read_onnx_metadata(
+            self.model_path, self._session.get_modelmeta().custom_metadata_map)
         inputs = [i.name for i in self._session.get_inputs()]
         if self.metadata.input_name not in inputs:
             raise ModelError(

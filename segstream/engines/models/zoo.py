@@ -114,6 +114,7 @@ def _metadata(name: str, width: int, height: int, segments: bool = True, labels:
         class_names=cityscapes.CLASS_NAMES if segments else (), palette=cityscapes.PALETTE_BGR if segments else (),
         outputs=outputs, ignore_index=cityscapes.IGNORE_INDEX, label_names=labels, top_k=min(5, len(labels) or 5),
         extra={"dataset": "cityscapes", "label_space": "cityscapes-train-ids"} if segments else {},
+        resize_precision="uint8",  # the trainer (training/data.py) resizes 8-bit images too
     )
 
 

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from segstream.errors import OutputError
+from segstream.pipeline.wire.mask_codec import png_params
 
 
 def inside(root: str | os.PathLike[str], *parts: str) -> Path:
@@ -59,6 +60,6 @@ def write_png(path: Path, image: np.ndarray, compression: int = 1) -> None:
     """Write ``image`` as PNG atomically (fast compression by default)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
-    if not cv2.imwrite(str(tmp), image, [cv2.IMWRITE_PNG_COMPRESSION, compression]):
+    if not cv2.imwrite(str(tmp), image, png_params(compression)):
         raise OSError(f"OpenCV could not write {tmp}")
     os.replace(tmp, path)

@@ -12,6 +12,7 @@ import numpy as np
 
 from segstream.engines.backends.base import labels_from_outputs, load_engine, top_labels
 from segstream.engines.metadata import OutputKind
+from segstream.engines.preprocess import Preprocessor
 from segstream.pipeline.expect import IMAGE, TENSOR, part_problem
 from segstream.pipeline.loop import CARRIED, open_writer, run_middle_stage
 from segstream.pipeline.runtime import StageRuntime
@@ -37,7 +38,6 @@ class InferProcessor:
         self.inputs = PayloadReader(spec.reads.get("input"), spec.reader_in_order)
         self.writer = open_writer(spec)
         runtime.stats.extra["model"] = self.engine.metadata.name
-        self._input: np.ndarray | None = None  # reused input buffer
         meta = self.engine.metadata
         self._takes_images = self.engine.takes_images
         self._input_shape = ((meta.input_height, meta.input_width, 3) if self._takes_images
@@ -47,37 +47,72 @@ class InferProcessor:
         # frame a good while later (after inference). Copy the frames that do get
         # inferred, at inference rate, into this stage's own ring.
         self._frames = PayloadReader() if spec.policy is FlowPolicy.LIVE else None
+        self._preprocess = Preprocessor(meta) if settings.preprocess else None
+        self._tensor: np.ndarray | None = None  # the model input this worker makes (settings.preprocess)
 
     def process(self, message: Message) -> Message | None:
-        problem = part_problem(message, "input", IMAGE if self._takes_images else TENSOR)
-        part = message.header.part("input")
-        if not problem and part is not None and part.shape != self._input_shape:
-            problem = f"part 'input' has shape {part.shape}; this model takes {self._input_shape}"
+        if self._preprocess is not None:
+            problem = part_problem(message, "frame", IMAGE)
+        else:
+            problem = part_problem(message, "input", IMAGE if self._takes_images else TENSOR)
+            part = message.header.part("input")
+            if not problem and part is not None and part.shape != self._input_shape:
+                problem = f"part 'input' has shape {part.shape}; this model takes {self._input_shape}"
         if problem:
             self.inputs.release(message, "input")
             self.runtime.refuse(message.header.source, "bad_input", problem)
             return None
-        model_input = self._input = self.inputs.take(message, "input", self._input)
-        if model_input is None:
+        out = derive(message, Kind.RESULT)
+        pinned = self._pin_frame(message, out)  # before inference: the camera's ring moves on meanwhile
+        if pinned is None:
+            self.inputs.release(message, "input")
+            return None
+        # The engine reads the input where preprocess wrote it (no copy); in live flow the
+        # slot may be reused meanwhile, so the result is kept only if the input stayed.
+        if self._preprocess is not None:
+            return self._infer_frame(message, out, pinned)
+        model_input = self.inputs.view(message, "input")
+        try:
+            if model_input is None:
+                outputs = None
+            elif model_input.dtype == np.uint8:
+                outputs = self.engine.infer_image(model_input)
+            else:
+                outputs = self.engine.infer(model_input)
+            torn = not self.inputs.intact(message, "input")
+        finally:
+            self.inputs.release(message, "input")
+        if outputs is None or torn:
             self.runtime.stats.skipped.add("overwritten", message.header.source)
             return None
-        frame = self._pinned_frame(message)
-        if model_input.dtype == np.uint8:
-            outputs = self.engine.infer_image(model_input)
-        else:
-            outputs = self.engine.infer(model_input)
+        return self._result(message, out, pinned, outputs)
+
+    def _infer_frame(self, message: Message, out: Message, pinned: bool) -> Message | None:
+        """Preprocess the frame where capture left it, then infer (live flow)."""
+        assert self._frames is not None
+        frame = self._frames.view(message, "frame")
+        model_input = None if frame is None else self._model_input(frame)
+        if model_input is None or not self._frames.intact(message, "frame"):  # capture reused the slot meanwhile
+            self.runtime.stats.skipped.add("overwritten", message.header.source)
+            return None
+        outputs = self.engine.infer_image(model_input) if self._takes_images else self.engine.infer(model_input)
+        return self._result(message, out, pinned, outputs)
+
+    def _model_input(self, frame: np.ndarray) -> np.ndarray:
+        assert self._preprocess is not None
+        if self._takes_images:
+            return self._preprocess.resize(frame)
+        if self._tensor is None:
+            self._tensor = np.empty(self._input_shape, np.float32)
+        return self._preprocess(frame, self._tensor)
+
+    def _result(self, message: Message, out: Message, pinned: bool, outputs: dict[str, np.ndarray]) -> Message | None:
         meta = self.engine.metadata
         labels = labels_from_outputs(outputs, meta) if meta.segments else None
-        out = derive(message, Kind.RESULT)
         classification = top_labels(outputs, meta)
         if classification is not None:  # image-level labels travel in the header
             out.header.meta["classification"] = classification
-        if frame is None:
-            self.inputs.forward(message, out, *CARRIED)
-        else:
-            self.inputs.forward(message, out, *(name for name in CARRIED if name != "frame"))
-            if not self.writer.add(out, "frame", frame, lambda: self.runtime.stopping):
-                return None
+        self.inputs.forward(message, out, *(name for name in CARRIED if not (pinned and name == "frame")))
         if labels is not None and not self.writer.add(out, "labels", labels, lambda: self.runtime.stopping):
             return None
         if self._confidence is not None:
@@ -86,12 +121,22 @@ class InferProcessor:
                 return None
         return out
 
-    def _pinned_frame(self, message: Message) -> np.ndarray | None:
-        """In live flow, a copy of a frame held by reference (None: forward as it is)."""
+    def _pin_frame(self, message: Message, out: Message) -> bool | None:
+        """In live flow, copy a frame held by reference in capture's ring into this stage's
+        own ring (``out`` gets the part): True when pinned, False when there is nothing to
+        pin (it is forwarded as it is), None when the stage stops while waiting."""
         part = message.header.part("frame")
         if self._frames is None or part is None or part.ref is None:
+            return False
+        frame = self._frames.view(message, "frame")
+        if frame is None:
+            return False  # already overwritten: render will count it
+        if not self.writer.add(out, "frame", frame, lambda: self.runtime.stopping):
             return None
-        return self._frames.get(message, "frame")
+        if not self._frames.intact(message, "frame"):  # reused while copied: the copy is torn
+            out.header.parts.pop()
+            return False
+        return True
 
     def blocked_ns(self) -> int:
         return self.writer.blocked_ns

@@ -36,7 +36,6 @@ class PreprocessProcessor:
         meta = settings.metadata
         self.preprocess = Preprocessor(meta)
         self._images = settings.images
-        self._tensor = np.empty((1, 3, meta.input_height, meta.input_width), np.float32)
         self.frames = PayloadReader(spec.reads.get("frame"))
         self.writer = open_writer(spec)
 
@@ -46,16 +45,35 @@ class PreprocessProcessor:
             self.frames.release(message, "frame")
             self.runtime.refuse(message.header.source, "bad_input", problem)
             return None
-        frame = self.frames.take(message, "frame")
+        # Read in place (no copy of the frame) and write the model input straight into
+        # this stage's ring slot (no copy of the tensor).
+        frame = self.frames.view(message, "frame")
         if frame is None:
+            self.frames.release(message, "frame")
             self.runtime.stats.skipped.add("overwritten", message.header.source)
             return None
         out = derive(message, Kind.TENSOR)
         self.frames.forward(message, out, *CARRIED)
-        model_input = self.preprocess.resize(frame) if self._images else self.preprocess(frame, self._tensor)
-        if not self.writer.add(out, "input", model_input, lambda: self.runtime.stopping):
+        meta = self.preprocess.metadata
+
+        def fill(slot: np.ndarray) -> None:
+            if self._images:
+                np.copyto(slot, self.preprocess.resize(frame))
+            else:
+                self.preprocess(frame, slot)
+
+        shape = (meta.input_height, meta.input_width, 3) if self._images else (1, 3, meta.input_height,
+                                                                              meta.input_width)
+        try:
+            added = self.writer.add_with(out, "input", shape, np.uint8 if self._images else np.float32, fill,
+                                         lambda: self.runtime.stopping)
+            torn = not self.frames.intact(message, "frame")  # live flow: capture may have reused the slot
+        finally:
+            self.frames.release(message, "frame")
+        if torn:
+            self.runtime.stats.skipped.add("overwritten", message.header.source)
             return None
-        return out
+        return out if added else None
 
     def blocked_ns(self) -> int:
         return self.writer.blocked_ns

@@ -16,7 +16,7 @@ import numpy as np
 
 from segstream.pipeline.expect import IMAGE, LABELS, part_problem
 from segstream.pipeline.loop import CARRIED, open_sinks, open_writer, run_middle_stage
-from segstream.pipeline.overlay import class_counts
+from segstream.pipeline.overlay import COUNTS_KEY, class_counts, counts_to_meta
 from segstream.pipeline.runtime import StageRuntime
 from segstream.pipeline.sinks import SinkResult
 from segstream.pipeline.spec import MaskResolution, PublishSettings, StageSpec
@@ -31,11 +31,10 @@ logger = logging.getLogger(__name__)
 SUBSCRIBER_GRACE_S = 0.5
 
 
-def class_shares(mask: np.ndarray, ignore_index: int) -> dict[str, float]:
-    """Share of the frame's pixels per class id present (ignore label left out)."""
-    counts = class_counts(mask)
-    total = mask.size
-    return {str(i): round(int(c) / total, 5) for i, c in enumerate(counts) if c and i != ignore_index}
+def class_shares(counts: np.ndarray, pixels: int, ignore_index: int) -> dict[str, float]:
+    """Share of the frame's pixels per class id present (ignore label left out), from the
+    mask's ``class_counts``."""
+    return {str(i): round(int(c) / pixels, 5) for i, c in enumerate(counts) if c and i != ignore_index}
 
 
 class PublishProcessor:
@@ -83,7 +82,9 @@ class PublishProcessor:
             if labels.shape != (height, width):
                 mask = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
         gt = self.labels.get(message, "gt") if message.header.part("gt") else None
-        public = self._public_message(message, labels, mask, gt)
+        # One histogram per frame: the published shares and render's legend both use it.
+        counts = class_counts(mask) if mask is not None else None
+        public = self._public_message(message, labels, mask, counts, gt)
         public.header.stamps.append(Stamp(self.spec.name, started_ns, time.monotonic_ns()))
         if self.pub is not None:
             # PUB never blocks: a subscriber that falls behind its HWM loses messages on
@@ -103,13 +104,15 @@ class PublishProcessor:
             return public
         out = derive(public, Kind.RESULT)
         out.header.stamps[-1] = done
+        if counts is not None:
+            out.header.meta[COUNTS_KEY] = counts_to_meta(counts)
         self.labels.forward(message, out, *CARRIED)
         if mask is not None and not self.writer.add(out, "mask", mask, lambda: self.runtime.stopping):
             return None
         return out
 
     def _public_message(self, message: Message, labels: np.ndarray | None, mask: np.ndarray | None,
-                        gt: np.ndarray | None) -> Message:
+                        counts: np.ndarray | None, gt: np.ndarray | None) -> Message:
         """The result consumers get: the mask (frame or model resolution, encoded), its
         class shares, the confidence and ground truth when there are any, and the
         classification (header ``classification``) of models that classify."""
@@ -119,7 +122,9 @@ class PublishProcessor:
         if labels is None or mask is None:
             return public
         published = labels if self.settings.mask_resolution is MaskResolution.MODEL else mask
-        public.header.meta.update({"classes": class_shares(published, meta.ignore_index),
+        if published is not mask or counts is None:
+            counts = class_counts(published)
+        public.header.meta.update({"classes": class_shares(counts, published.size, meta.ignore_index),
                                    "ignore_index": meta.ignore_index})
         encoding = self.settings.mask_encoding.value
         public.header.parts.append(Part("mask", tuple(published.shape), "uint8", inline=0, encoding=encoding))

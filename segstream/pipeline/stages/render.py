@@ -14,7 +14,7 @@ import numpy as np
 
 from segstream.pipeline.expect import IMAGE, LABELS, part_problem
 from segstream.pipeline.loop import open_sinks, run_middle_stage
-from segstream.pipeline.overlay import OverlayRenderer, OverlayStyle, class_counts
+from segstream.pipeline.overlay import COUNTS_KEY, OverlayRenderer, OverlayStyle, class_counts, counts_from_meta
 from segstream.pipeline.runtime import StageRuntime
 from segstream.pipeline.sinks import SinkResult
 from segstream.pipeline.spec import RenderSettings, StageSpec
@@ -80,15 +80,28 @@ class RenderProcessor:
             self.discard(message)
             self.runtime.refuse(message.header.source, "bad_input", problem)
             return None
-        frame = self.frames.take(message, "frame")
-        mask = self.masks.take(message, "mask") if has_mask else None
-        if frame is None or (has_mask and mask is None):
+        # Frame and mask are read where they lie (no copies); the overlay is a new image.
+        header = message.header
+        try:
+            frame = self.frames.view(message, "frame")
+            mask = self.masks.view(message, "mask") if has_mask else None
+            image = counts = fps = None
+            if frame is not None and (mask is not None or not has_mask):
+                counts = np.zeros(1, np.int64) if mask is None else \
+                    counts_from_meta(header.meta.get(COUNTS_KEY), mask.size)
+                if counts is None:  # publish counted them already; a message without them is counted here
+                    counts = class_counts(mask)
+                fps = self._live_fps(header.source)
+                image = self.renderer.annotate(frame, mask, header.index, fps, counts,
+                                               header.meta.get("classification"))
+                mask = None if mask is None else mask.copy()  # sinks get their own: the slot is released below
+            # live flow: a slot reused while it was drawn from makes a torn overlay
+            intact = self.frames.intact(message, "frame") and (not has_mask or self.masks.intact(message, "mask"))
+        finally:
+            self.discard(message)
+        if image is None or not intact:
             self.runtime.stats.skipped.add("overwritten", message.header.source)
             return None
-        header = message.header
-        counts = class_counts(mask) if mask is not None else np.zeros(1, np.int64)
-        fps = self._live_fps(header.source)
-        image = self.renderer.annotate(frame, mask, header.index, fps, counts, header.meta.get("classification"))
         self.sinks.write(SinkResult(header, mask, image=image, counts=counts, fps=fps))
         # capture to rendered (recorded, viewed, streamed): the breakdown up to here
         header.stamps.append(Stamp(self.spec.name, started_ns, time.monotonic_ns()))

@@ -77,6 +77,25 @@ class PayloadWriter:
         message.payload.append(array)
         return True
 
+    def add_with(self, message: Message, name: str, shape: tuple[int, ...], dtype: np.dtype | str,
+                 fill: Callable[[np.ndarray], object], stop: Callable[[], bool] = lambda: False) -> bool:
+        """Attach an array of ``shape`` and ``dtype`` that ``fill`` writes in place: straight
+        into a shared-memory slot (no copy of a finished array), or into a new array that
+        travels inline. Returns False only if a wait for a free slot was ended by ``stop``.
+        """
+        if self._ring is not None:
+            part = self._ring.put_with(name, shape, dtype, fill, stop)
+            self.blocked_ns += self._ring.last_wait_ns
+            if part is None:
+                return False
+            message.header.parts.append(part)
+            return True
+        array = np.empty(shape, dtype)
+        fill(array)
+        message.header.parts.append(Part(name, tuple(array.shape), array.dtype.name, inline=len(message.payload)))
+        message.payload.append(array)
+        return True
+
     def close(self, unlink: bool = True) -> None:
         """Close the ring (if any); ``unlink=False`` leaves its segments in place."""
         if self._ring is not None:
@@ -104,12 +123,36 @@ class PayloadReader:
         Raises:
             KeyError: the message has no such part.
         """
-        part = message.header.part(name)
-        if part is None:
-            raise KeyError(f"message has no part {name!r}; it has {[p.name for p in message.header.parts]}")
+        part = self._part(message, name)
         if part.inline is not None:
             return inline_array(part, message.payload)
         return self._rings.read(part, out)
+
+    @staticmethod
+    def _part(message: Message, name: str) -> Part:
+        part = message.header.part(name)
+        if part is None:
+            raise KeyError(f"message has no part {name!r}; it has {[p.name for p in message.header.parts]}")
+        return part
+
+    def view(self, message: Message, name: str) -> np.ndarray | None:
+        """The array of part ``name`` where it lies, read-only and not copied; None if a
+        shared-memory slot was reused before it could be read. Use it, check ``intact``
+        (live flow lets the writer reuse the slot at any time), then ``release``.
+
+        Raises:
+            KeyError: the message has no such part.
+        """
+        part = self._part(message, name)
+        if part.inline is not None:
+            return inline_array(part, message.payload)
+        return self._rings.view(part)
+
+    def intact(self, message: Message, name: str) -> bool:
+        """Whether what ``view`` returned for part ``name`` is still the frame's (an
+        inline part always is; a shared-memory slot may have been reused meanwhile)."""
+        part = message.header.part(name)
+        return part is not None and (part.inline is not None or self._rings.intact(part))
 
     def take(self, message: Message, name: str, out: np.ndarray | None = None) -> np.ndarray | None:
         """``get`` then ``release``: for a stage that is done with the slot once it has

@@ -191,11 +191,23 @@ class RingWriter:
         In lossless flow (``readers > 0``) this waits until the slot is free; returns
         None only if ``stop()`` turned true while waiting.
         """
-        array = np.ascontiguousarray(array)
-        if self._segment is None or array.nbytes > self._segment.slot_bytes:
+        array = np.asarray(array)
+        return self.put_with(name, array.shape, array.dtype, lambda slot: np.copyto(slot, array), stop)
+
+    def put_with(self, name: str, shape: tuple[int, ...], dtype: np.dtype | str,
+                 fill: Callable[[np.ndarray], object], stop: Callable[[], bool] = lambda: False) -> Part | None:
+        """Let ``fill`` write an array of ``shape`` and ``dtype`` straight into the next
+        slot (no copy of a finished array) and return the part that references it.
+
+        Waits for a free slot like ``put``; returns None only if ``stop()`` turned true
+        while waiting. A ``fill`` that raises leaves the slot marked busy and unpublished.
+        """
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if self._segment is None or nbytes > self._segment.slot_bytes:
             # First frame, or a bigger one: a new segment (old ones stay until close,
             # readers may still hold references into them).
-            self._segment = self._new_segment(int(array.nbytes * 1.25) + _ALIGN)
+            self._segment = self._new_segment(int(nbytes * 1.25) + _ALIGN)
         seg = self._segment
         seq = self._seq + 1
         slot = seq % self.slots
@@ -210,10 +222,10 @@ class RingWriter:
                 pause = min(pause * 2, WAIT_MAX_S)  # back off: waiting must not eat the cores
             self.last_wait_ns = time.monotonic_ns() - waited_from
         seg.seq[slot] = -1
-        np.copyto(np.ndarray(array.shape, array.dtype, seg.shm.buf, seg.data_offset + slot * seg.slot_bytes), array)
+        fill(np.ndarray(tuple(shape), dtype, seg.shm.buf, seg.data_offset + slot * seg.slot_bytes))
         seg.seq[slot] = seq
         self._seq = seq
-        return Part(name, tuple(array.shape), array.dtype.name, ref=ShmRef(seg.shm.name, slot, seq))
+        return Part(name, tuple(shape), dtype.name, ref=ShmRef(seg.shm.name, slot, seq))
 
     def _slot_free(self, seg: _Segment, slot: int) -> bool:
         occupant = int(seg.seq[slot])
@@ -268,10 +280,13 @@ class RingReader:
                 return None
         return seg
 
-    def read(self, part: Part, out: np.ndarray | None = None) -> np.ndarray | None:
-        """A private copy of the referenced array, or None if the slot was reused.
+    def view(self, part: Part) -> np.ndarray | None:
+        """The referenced array in place, read-only, without a copy; None if the slot was
+        reused already.
 
-        ``out``, if given and of the right shape and dtype, receives the copy.
+        In lossless flow the writer does not reuse the slot before this reader releases
+        it, so the view holds until ``release``. In live flow it may reuse it at any time:
+        check ``intact`` once done with the view, and drop what was made from it if not.
         """
         assert part.ref is not None
         seg = self._segment(part.ref.ring)
@@ -280,13 +295,28 @@ class RingReader:
         if int(seg.seq[part.ref.slot]) != part.ref.seq:
             return None
         view = seg.slot_view(part.ref.slot, part)
+        view.flags.writeable = False
+        return view
+
+    def intact(self, part: Part) -> bool:
+        """Whether the referenced slot still holds the frame (it was not reused)."""
+        assert part.ref is not None
+        seg = self._segments.get(part.ref.ring)
+        return seg is not None and 0 <= part.ref.slot < seg.slots and int(seg.seq[part.ref.slot]) == part.ref.seq
+
+    def read(self, part: Part, out: np.ndarray | None = None) -> np.ndarray | None:
+        """A private copy of the referenced array, or None if the slot was reused.
+
+        ``out``, if given and of the right shape and dtype, receives the copy.
+        """
+        view = self.view(part)
+        if view is None:
+            return None
         if out is not None and out.shape == view.shape and out.dtype == view.dtype:
             np.copyto(out, view)
         else:
             out = view.copy()
-        if int(seg.seq[part.ref.slot]) != part.ref.seq:
-            return None
-        return out
+        return out if self.intact(part) else None
 
     def release(self, part: Part) -> None:
         """Tell the writer this reader is done with the frame (and every earlier one)."""
