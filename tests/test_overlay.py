@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -109,6 +111,8 @@ def test_what_a_killed_video_writer_left_plays_and_is_kept_by_the_next_writer(tm
     path = tmp_path / "overlay.mp4"
     writer = subprocess.Popen([sys.executable, "-c", f"""
 import time
+import json
+
 import numpy as np
 from pathlib import Path
 from segstream.pipeline.sinks.video import VideoFile
@@ -128,3 +132,16 @@ time.sleep(60)
     video.write(np.zeros((48, 64, 3), np.uint8))
     video.close()
     assert len(list(VideoFileSource(path, "x").frames())) == 1
+
+
+def test_class_counts_travel_in_a_message_and_malformed_ones_are_refused():
+    from segstream.pipeline.overlay import class_counts, counts_from_meta, counts_to_meta
+
+    mask = np.array([[0, 0, 3], [3, 3, 255]], np.uint8)
+    counts = class_counts(mask)
+    sent = json.loads(json.dumps(counts_to_meta(counts)))  # as the header carries it
+    assert sent == [[0, 2], [3, 3], [255, 1]]
+    np.testing.assert_array_equal(counts_from_meta(sent, mask.size), counts)
+    for bad in (None, "x", [[0, 2]], [[0, 2], [3, 3], [255, 2]], [[256, 6]], [[0, -1], [3, 7]], [[0, 6.0]],
+                [[0, True], [1, 5]], [[0]] * 6, [[0, 1]] * 300, [["0", 6]]):
+        assert counts_from_meta(bad, mask.size) is None, bad

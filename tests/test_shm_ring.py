@@ -139,3 +139,63 @@ def test_parallel_workers_sharing_a_reader_id_release_their_own_frames(ring_name
     worker_a.close()
     worker_b.close()
     writer.close()
+
+
+def test_a_view_reads_in_place_read_only_and_tells_when_the_writer_reused_the_slot(ring_name):
+    writer = RingWriter(ring_name, slots=2, readers=1, wait=False)  # live flow: the writer never waits
+    reader = RingReader(0)
+    data = np.random.default_rng(1).integers(0, 255, (4, 6, 3), dtype=np.uint8)
+    part = writer.put("frame", data)
+    view = reader.view(part)
+    np.testing.assert_array_equal(view, data)
+    assert not view.flags.writeable  # nobody writes into another stage's ring
+    with pytest.raises(ValueError):
+        view[0, 0, 0] = 1
+    assert reader.intact(part)
+    writer.put("frame", data)
+    writer.put("frame", np.zeros_like(data))  # reuses the viewed slot: the view now shows another frame
+    assert not reader.intact(part) and reader.view(part) is None
+    np.testing.assert_array_equal(view, 0)  # in place indeed: what was made from it must be dropped
+    del view
+    reader.close()
+    writer.close()
+
+
+def test_a_lossless_view_holds_until_released(ring_name):
+    writer = RingWriter(ring_name, slots=2, readers=1, wait=True)
+    reader = RingReader(0)
+    first = writer.put("frame", np.full(8, 7, np.uint8))
+    view = reader.view(first)
+    writer.put("frame", np.ones(8, np.uint8))
+    stopped = []
+    assert writer.put("frame", np.zeros(8, np.uint8), lambda: stopped.append(1) or len(stopped) > 20) is None
+    np.testing.assert_array_equal(view, 7)  # the writer waited instead of reusing the slot
+    assert reader.intact(first)
+    reader.release(first)
+    assert writer.put("frame", np.zeros(8, np.uint8)) is not None
+    del view
+    reader.close()
+    writer.close()
+
+
+@pytest.mark.parametrize("mode", list(PayloadMode))
+def test_add_with_lets_the_producer_write_straight_into_the_payload(ring_name, mode):
+    writer = PayloadWriter(mode, ring_name, readers=1)
+    reader = PayloadReader(0)
+    message = Message(Header(Kind.TENSOR, "cam0", 0))
+    slots = []
+
+    def fill(slot: np.ndarray) -> None:
+        slots.append(slot)
+        slot[:] = np.arange(6, dtype=np.float32).reshape(2, 3)
+
+    assert writer.add_with(message, "input", (2, 3), np.float32, fill)
+    got = reader.view(message, "input")
+    np.testing.assert_array_equal(got, np.arange(6, dtype=np.float32).reshape(2, 3))
+    slots[0][0, 0] = 42.0  # no copy in between: the reader sees where the producer wrote
+    assert got[0, 0] == 42.0
+    assert reader.intact(message, "input")
+    reader.release(message, "input")
+    got = slots[0] = None
+    reader.close()
+    writer.close()
