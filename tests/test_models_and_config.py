@@ -130,3 +130,32 @@ def test_cli_bad_input_exits_2_with_a_clear_message(args, message):
     result = run_segstream(*args, timeout=120)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_metadata_is_read_from_the_protobuf_without_the_onnx_package(tmp_path, fast_onnx):
+    """The supervisor and the workers read a model's metadata straight from the file's
+    protobuf encoding: the same properties as onnx.load, and no onnx import (a second of
+    start-up and its memory in every process)."""
+    from segstream.engines.metadata import onnx_metadata_props
+
+    model = onnx.load(str(fast_onnx))
+    assert onnx_metadata_props(fast_onnx) == {p.key: p.value for p in model.metadata_props}
+    prop = model.metadata_props.add()
+    prop.key, prop.value = "note", "héllo"  # several entries, non-ASCII
+    changed = tmp_path / "changed.onnx"
+    onnx.save(model, str(changed))
+    assert onnx_metadata_props(changed)["note"] == "héllo"
+    data = changed.read_bytes()
+    for bad in (b"", data[:7], data[: len(data) // 2], b"\x0f" * 64, b"\x0a\xff\xff\xff\xff\x0f", b"\x82" * 20):
+        (tmp_path / "bad.onnx").write_bytes(bad)
+        with pytest.raises(ModelError, match="is not a readable ONNX model"):
+            onnx_metadata_props(tmp_path / "bad.onnx")
+    code = ("import sys; from segstream.engines.resolve import resolve_inference; "
+            "from segstream.engines.backends.base import load_engine; "
+            f"m = resolve_inference({str(fast_onnx)!r}); load_engine(m.path, 'onnxruntime'); "
+            "print('onnx' in sys.modules)")
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
+import os
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from segstream.errors import ModelError
 
@@ -261,13 +263,7 @@ def read_onnx_metadata(model_path: Path, properties: Mapping[str, str] | None = 
         raise ModelError(f"TensorRT engine {model_path} has no metadata sidecar {sidecar.name}; build engines with "
                          f"`segstream build MODEL.onnx`, which writes it, or copy the sidecar along with the engine")
     if properties is None:
-        import onnx  # lazy: only the supervisor and tools parse model files themselves
-
-        try:
-            model = onnx.load(str(model_path), load_external_data=False)
-        except Exception as exc:  # onnx raises DecodeError and friends with no common base
-            raise ModelError(f"{model_path} is not a readable ONNX model ({exc})") from exc
-        properties = {prop.key: prop.value for prop in model.metadata_props}
+        properties = onnx_metadata_props(model_path)
     if METADATA_KEY in properties:
         return ModelMetadata.from_json(properties[METADATA_KEY])
     raise ModelError(
@@ -275,6 +271,69 @@ def read_onnx_metadata(model_path: Path, properties: Mapping[str, str] | None = 
         f"{sidecar.name}). Export it with `segstream export`, or write the sidecar JSON next to it "
         f"(see ModelMetadata in segstream/engines/metadata.py for the fields)"
     )
+
+
+_MODEL_METADATA_PROPS = 14  # ModelProto.metadata_props (onnx.proto); its entries: key = 1, value = 2
+_MAX_VARINT_BYTES = 10
+
+
+def _varint(data: bytes | mmap.mmap, pos: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    for k in range(_MAX_VARINT_BYTES):
+        if pos + k >= end:
+            break
+        byte = data[pos + k]
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos + k + 1
+    raise ValueError(f"a truncated or overlong varint at byte {pos}")
+
+
+def _fields(data: bytes | mmap.mmap, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """The fields of the protobuf message in ``data[start:end]``, in order, as (field
+    number, start, end) of each length-delimited value; other wire types are skipped."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(data, pos, end)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            _, pos = _varint(data, pos, end)
+        elif wire == 2:
+            length, pos = _varint(data, pos, end)
+            if pos + length > end:
+                raise ValueError(f"field {number} runs {pos + length - end} bytes past its end")
+            yield number, pos, pos + length
+            pos += length
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"wire type {wire} before byte {pos} (not a protobuf message)")
+
+
+def onnx_metadata_props(model_path: Path) -> dict[str, str]:
+    """An ONNX file's metadata properties, read straight from its protobuf encoding.
+
+    The ``onnx`` package would parse the whole graph (and takes about a second to import,
+    and its memory stays in the process): the properties are one top-level field, and the
+    graph is skipped over by its length without being read.
+
+    Raises:
+        ModelError: the file is not a protobuf message such as an ONNX model.
+    """
+    try:
+        with open(model_path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                raise ValueError("the file is empty")
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                props: dict[str, str] = {}
+                for number, begin, end in _fields(data, 0, len(data)):
+                    if number == _MODEL_METADATA_PROPS:
+                        entry = {n: data[a:b].decode() for n, a, b in _fields(data, begin, end)}
+                        props[entry.get(1, "")] = entry.get(2, "")
+                return props
+    except (ValueError, UnicodeDecodeError, OSError) as exc:
+        raise ModelError(f"{model_path} is not a readable ONNX model ({exc})") from exc
 
 
 def write_onnx_metadata(model_path: Path, metadata: ModelMetadata) -> None:

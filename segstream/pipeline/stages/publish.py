@@ -51,11 +51,11 @@ class PublishProcessor:
         meta = settings.metadata
         self.pub = make_socket(runtime.context, Role.RESULTS_PUB, bind=settings.endpoint, server=settings.publish_keys,
                                guard=runtime.guard) if settings.endpoint else None
-        if self.pub is not None:
-            # Subscribers already waiting for the pipeline reconnect every 100 ms; give
-            # them time to connect and subscribe before this stage reports ready, so they
-            # get the first mask too (PUB drops messages for subscriptions not yet known).
-            time.sleep(SUBSCRIBER_GRACE_S)
+        # Subscribers already waiting for the pipeline reconnect every 100 ms; they get
+        # time to connect and subscribe before the first mask goes out, so they get it too
+        # (PUB drops messages for subscriptions not yet known). The grace runs from the
+        # bind, while the rest of the pipeline starts, not before this stage reports ready.
+        self._grace_ends = time.monotonic() + SUBSCRIBER_GRACE_S if self.pub is not None else 0.0
         self.sinks = open_sinks(spec, runtime, settings.sinks, meta, settings.per_source_dirs,
                                 publish_keys=settings.publish_keys)
         self.labels = PayloadReader(spec.reads.get("labels"))  # also reads the inline parts
@@ -87,6 +87,7 @@ class PublishProcessor:
         public = self._public_message(message, labels, mask, counts, gt)
         public.header.stamps.append(Stamp(self.spec.name, started_ns, time.monotonic_ns()))
         if self.pub is not None:
+            self._wait_for_subscribers()
             # PUB never blocks: a subscriber that falls behind its HWM loses messages on
             # its side (it sees the gap in frame indices); the pipeline never waits for it.
             self.pub.send_multipart(encode(public), copy=False)
@@ -110,6 +111,12 @@ class PublishProcessor:
         if mask is not None and not self.writer.add(out, "mask", mask, lambda: self.runtime.stopping):
             return None
         return out
+
+    def _wait_for_subscribers(self) -> None:
+        """Before the first message, whatever is left of the subscribers' grace."""
+        if self._grace_ends:
+            time.sleep(max(0.0, self._grace_ends - time.monotonic()))
+            self._grace_ends = 0.0
 
     def _public_message(self, message: Message, labels: np.ndarray | None, mask: np.ndarray | None,
                         counts: np.ndarray | None, gt: np.ndarray | None) -> Message:
@@ -153,6 +160,7 @@ class PublishProcessor:
         final = derive(message, Kind.EOS)
         final.header.meta["published"] = self.runtime.stats.per_source.get(message.header.source, 0)
         if self.pub is not None:
+            self._wait_for_subscribers()
             self.pub.send_multipart(encode(final), copy=False)
         self.sinks.end_source(SinkResult(message.header, public=final))
 
