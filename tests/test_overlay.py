@@ -145,3 +145,55 @@ def test_class_counts_travel_in_a_message_and_malformed_ones_are_refused():
     for bad in (None, "x", [[0, 2]], [[0, 2], [3, 3], [255, 2]], [[256, 6]], [[0, -1], [3, 7]], [[0, 6.0]],
                 [[0, True], [1, 5]], [[0]] * 6, [[0, 1]] * 300, [["0", 6]]):
         assert counts_from_meta(bad, mask.size) is None, bad
+
+
+def test_background_work_runs_in_order_and_brings_a_failure_back():
+    import threading
+
+    from segstream.errors import OutputError
+    from segstream.pipeline.sinks.background import BackgroundWork
+
+    work = BackgroundWork("test", depth=2)
+    order, threads = [], set()
+
+    def job(k: int) -> None:
+        order.append(k)
+        threads.add(threading.current_thread().name)
+
+    for k in range(20):
+        work.submit(lambda k=k: job(k))
+    work.wait()
+    assert order == list(range(20)) and threads == {"test"}  # in order, off the caller's thread
+
+    def fails() -> None:
+        raise OutputError("disk full")
+
+    work.submit(fails)
+    work.submit(lambda: order.append("after"))  # dropped: the sink has failed
+    with pytest.raises(OutputError, match="disk full"):
+        work.wait()
+    work.submit(lambda: 1 / 0)  # a bug in a job comes back as the sink's error too
+    with pytest.raises(OutputError, match="ZeroDivisionError"):
+        work.close()
+    assert "after" not in order
+
+
+def test_the_video_sink_encodes_on_its_own_thread_and_a_file_is_complete_at_end_of_stream(tmp_path):
+    from segstream.pipeline.sinks import SinkContext, SinkResult
+    from segstream.pipeline.sinks.video import VideoFiles
+    from segstream.pipeline.sources.files import VideoFileSource
+    from segstream.pipeline.wire.messages import Header, Kind
+
+    sink = VideoFiles(str(tmp_path), SinkContext(per_source_dirs=True))
+    for k in range(6):
+        for source in ("a", "b"):
+            sink.write(SinkResult(Header(Kind.RESULT, source, k, f"{k:06d}"),
+                                  image=np.full((48, 64, 3), 30 * k, np.uint8)))
+    sink.end_source(SinkResult(Header(Kind.EOS, "a")))
+    assert (tmp_path / "a" / "overlay.mp4").exists()  # complete the moment end_source returned
+    assert not (tmp_path / "b" / "overlay.mp4").exists()  # b goes on
+    sink.close()
+    assert sink.frames == 12
+    for source in ("a", "b"):
+        frames = list(VideoFileSource(tmp_path / source / "overlay.mp4", source).frames())
+        assert len(frames) == 6 and abs(int(frames[-1].image.mean()) - 150) <= 3

@@ -12,6 +12,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime = StageRuntime(spec, spec_path.with_suffix(".ledger") if spec.control else None)
     try:
         module = importlib.import_module(STAGE_MODULES[spec.kind.value])
-        code = module.run(spec, runtime)
+        code = _profiled(spec.name, lambda: module.run(spec, runtime))
     except KeyboardInterrupt:
         code = 0
     except Exception as exc:  # noqa: BLE001 - report any failure to the supervisor, then exit non-zero
@@ -64,6 +65,22 @@ def main(argv: list[str] | None = None) -> int:
 
         sweep_after_supervisor(spec_path, spec.run_id)
     return code
+
+
+def _profiled(name: str, work: Callable[[], int]) -> int:
+    """Run ``work``; under ``SEGSTREAM_PROFILE_DIR`` with cProfile, its statistics written
+    to ``<dir>/<stage>.prof`` (for ``python -m pstats``): where a stage's time goes."""
+    folder = os.environ.get("SEGSTREAM_PROFILE_DIR")
+    if not folder:
+        return work()
+    import cProfile
+
+    profile = cProfile.Profile()
+    try:
+        return profile.runcall(work)
+    finally:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        profile.dump_stats(str(Path(folder) / f"{name}.prof"))
 
 
 def _exit(code: int) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from segstream.errors import OutputError
 from segstream.pipeline.sinks import BaseSink, SinkContext, SinkResult
+from segstream.pipeline.sinks.background import BackgroundWork
 from segstream.pipeline.sinks.records import source_dir
 
 logger = logging.getLogger(__name__)
@@ -139,34 +140,49 @@ class VideoFile:
 
 
 class VideoFiles(BaseSink):
-    """One ``VideoFile`` per source."""
+    """One ``VideoFile`` per source, encoded on a thread of its own: the stage draws the
+    next overlay while this one is converted and encoded. A source's file is complete when
+    ``end_source`` returns."""
 
     def __init__(self, folder: str, context: SinkContext) -> None:
         self.folder = folder
         self.per_source = context.per_source_dirs
         self.files: dict[str, VideoFile] = {}
         self.frames = 0
+        self._work = BackgroundWork("video-encoder")
 
     def write(self, result: SinkResult) -> None:
         if result.image is None:
             return
         source = result.header.source
+        path = source_dir(self.folder, source, self.per_source) / VIDEO_NAME
+        fps = float(result.header.meta.get("fps") or DEFAULT_FPS)
+        self._work.submit(lambda: self._encode(source, path, fps, result.image))
+
+    def _encode(self, source: str, path: Path, fps: float, image: np.ndarray) -> None:
         video = self.files.get(source)
         if video is None:
-            path = source_dir(self.folder, source, self.per_source) / VIDEO_NAME
-            video = self.files[source] = VideoFile(path, float(result.header.meta.get("fps") or DEFAULT_FPS))
-        video.write(result.image)
+            video = self.files[source] = VideoFile(path, fps)
+        video.write(image)
         self.frames += 1
 
     def end_source(self, final: SinkResult) -> None:
-        video = self.files.pop(final.header.source, None)
+        source = final.header.source
+        self._work.submit(lambda: self._close(source))
+        self._work.wait()
+
+    def _close(self, source: str) -> None:
+        video = self.files.pop(source, None)
         if video is not None:
             video.close()
 
     def close(self) -> None:
-        for video in self.files.values():
-            video.close()
-        self.files.clear()
+        try:
+            self._work.close()
+        finally:
+            for video in self.files.values():
+                video.close()
+            self.files.clear()
 
     def figures(self) -> dict[str, Any]:
         return {"frames": self.frames, "folder": self.folder}
