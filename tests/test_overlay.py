@@ -197,3 +197,25 @@ def test_the_video_sink_encodes_on_its_own_thread_and_a_file_is_complete_at_end_
     for source in ("a", "b"):
         frames = list(VideoFileSource(tmp_path / source / "overlay.mp4", source).frames())
         assert len(frames) == 6 and abs(int(frames[-1].image.mean()) - 150) <= 3
+
+
+@pytest.mark.parametrize("small, big", [((64, 128), (1080, 1920)), ((7, 13), (1080, 1920)), ((100, 100), (37, 53)),
+                                        ((512, 1024), (540, 960)), ((32, 64), (1024, 2048)), ((1, 1), (5, 3))])
+def test_class_counts_of_a_resized_label_map_are_those_of_the_resize(small, big):
+    from segstream.pipeline.overlay import class_counts, resized_class_counts
+
+    labels = np.random.default_rng(sum(small)).integers(0, 20, small).astype(np.uint8)
+    labels[labels == 19] = 255
+    resized = cv2.resize(labels, (big[1], big[0]), interpolation=cv2.INTER_NEAREST)
+    counts = resized_class_counts(labels, resized)
+    assert counts.dtype == np.int64 and np.array_equal(counts, class_counts(resized))
+
+
+def test_the_blend_is_the_same_whether_or_not_it_is_told_the_class_counts():
+    from segstream.pipeline.overlay import class_counts
+
+    renderer = _renderer(classes=(0, 2))
+    frame = np.random.default_rng(3).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    for values in ((0, 2), (0, 1, 2), (0, 2, 255)):  # nothing hidden; a filtered-out class; the ignore label
+        mask = np.random.default_rng(len(values)).choice(values, (40, 60)).astype(np.uint8)
+        assert np.array_equal(renderer.blend(frame, mask, class_counts(mask)), renderer.blend(frame, mask))

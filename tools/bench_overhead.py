@@ -166,13 +166,18 @@ def section_live(model: Path, tmp: Path, seconds: float) -> None:
               for f in lines]
     skipped = stats["frames_skipped"]
     print("\n### Live flow, near-free model, test-pattern:1920x1080@30, overlay video recorded\n")
-    print("| frames in | published | rendered | skipped (by reason) | latency p50 ms | latency minus inference "
-          "p50 ms |")
+    print("| frames in | published | rendered (left undrawn) | not published (by stage and reason) | latency p50 ms | "
+          "latency minus inference p50 ms |")
     print("|---:|---:|---:|---|---:|---:|")
-    reasons = ", ".join(f"{k} {v}" for k, v in skipped.items() if k != "total") or "none"
-    print(f"| {stats['frames_in']} | {stats['frames_published']} | {stats.get('frames_rendered', '-')} | "
+    reasons = ", ".join(f"{stage} {reason} {n}" for stage, by in skipped.get("by_stage", {}).items()
+                        for reason, n in by.items()) or "none"
+    undrawn = ", ".join(f"{reason} {n}" for reason, n in
+                        stats["stages"].get("render", {}).get("skipped", {}).items()) or "none"
+    print(f"| {stats['frames_in']} | {stats['frames_published']} | {stats.get('frames_rendered', '-')} ({undrawn}) | "
           f"{skipped['total']} ({reasons}) | {stats['latency_ms']['capture_to_publish']['median']:.1f} | "
           f"**{np.median(beyond):.1f}** |")
+    costs = stage_costs(stats)
+    print("\nCPU time per frame taken: " + ", ".join(f"{k} {v:.1f} ms" for k, v in costs.items()))
 
 
 def section_hop(iterations: int) -> None:
@@ -203,7 +208,7 @@ def section_hop(iterations: int) -> None:
             t3 = time.perf_counter()
             np.copyto(target, frame)
             t4 = time.perf_counter()
-            hops.append(t3 - t0)
+            hops.append(t3 - t1)
             puts.append(t1 - t0)
             messages.append(t2 - t1)
             reads.append(t3 - t2)
@@ -219,10 +224,11 @@ def section_hop(iterations: int) -> None:
         return f"{np.median(values[5:]) * 1000:.3f}"
 
     print(f"\n### One hop of a 2048x1024x3 uint8 frame (p50 of {iterations}, ms)\n")
-    print("| hop | ring write | message (encode, ipc send/recv, decode) | ring read (in place, release) | "
+    print("| hop: message + ring read | message (encode, ipc send/recv, decode) | ring read (in place, release) | "
+          "writing the frame into the ring (a copy; none where the producer writes into the slot) | "
           "one memcpy of the frame |")
     print("|---:|---:|---:|---:|---:|")
-    print(f"| **{p50(hops)}** | {p50(puts)} | {p50(messages)} | {p50(reads)} | {p50(copies)} |")
+    print(f"| **{p50(hops)}** | {p50(messages)} | {p50(reads)} | {p50(puts)} | {p50(copies)} |")
 
 
 def section_sources(model: Path, clip: Path, frames: int, tmp: Path) -> None:

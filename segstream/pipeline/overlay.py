@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from enum import Enum
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -18,6 +19,30 @@ _FONT = cv2.FONT_HERSHEY_SIMPLEX
 def class_counts(mask: np.ndarray) -> np.ndarray:
     """Pixels per label value 0-255 of a uint8 mask (int64, 256 entries)."""
     return cv2.calcHist([mask], [0], None, [256], [0, 256]).ravel().astype(np.int64)
+
+
+@lru_cache(maxsize=16)
+def _nearest_weights(height: int, width: int, out_height: int, out_width: int) -> np.ndarray:
+    """How many pixels of a ``(out_height, out_width)`` nearest-neighbour resize each pixel of
+    a ``(height, width)`` image becomes, as OpenCV resizes (its own mapping, read back)."""
+    rows = cv2.resize(np.arange(height, dtype=np.float32).reshape(height, 1), (1, out_height),
+                      interpolation=cv2.INTER_NEAREST).ravel().astype(np.int64)
+    cols = cv2.resize(np.arange(width, dtype=np.float32).reshape(1, width), (out_width, 1),
+                      interpolation=cv2.INTER_NEAREST).ravel().astype(np.int64)
+    weights = np.outer(np.bincount(rows, minlength=height), np.bincount(cols, minlength=width)).ravel()
+    weights.flags.writeable = False
+    return weights.astype(np.float64)
+
+
+def resized_class_counts(labels: np.ndarray, resized: np.ndarray) -> np.ndarray:
+    """``class_counts(resized)`` where ``resized`` is ``labels`` resized by OpenCV with
+    nearest-neighbour interpolation, exactly, counted on the small label map: a 64x128 map
+    counts in 0.3 ms what its 1920x1080 resize takes 2 ms to count. A label map not much
+    smaller than its resize is not worth it: the resize is counted."""
+    if labels.size * 16 > resized.size:
+        return class_counts(resized)
+    weights = _nearest_weights(labels.shape[0], labels.shape[1], resized.shape[0], resized.shape[1])
+    return np.bincount(labels.ravel(), weights=weights, minlength=256).astype(np.int64)
 
 
 COUNTS_KEY = "class_counts"  # header meta of publish's messages to render: the mask's class counts
@@ -133,9 +158,10 @@ class OverlayRenderer:
             self._hidden[[c for c in range(256) if c not in set(style.classes)]] = 1
         self._scratch: tuple[np.ndarray, np.ndarray] | None = None
 
-    def blend(self, frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def blend(self, frame: np.ndarray, mask: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
         """The frame with class colours blended in (ignored and filtered-out pixels
-        untouched); in ``mask`` mode the colours alone (those pixels black)."""
+        untouched); in ``mask`` mode the colours alone (those pixels black). ``counts``
+        (the mask's ``class_counts``, if known) tells when no pixel is left out."""
         # OpenCV's own table look-ups: a quarter of the time of a grey-to-BGR conversion
         # followed by a 3-channel LUT, and of numpy's fancy indexing (3.3 and 1.4 ms
         # against 13.7 and 6.4 at 1080p here)
@@ -148,8 +174,10 @@ class OverlayRenderer:
             self._scratch = (np.empty((*mask.shape, 3), np.uint8), np.empty(mask.shape, np.uint8))
         colours, hidden = self._scratch
         cv2.applyColorMap(mask, self._lut, dst=colours)
-        cv2.LUT(mask, self._hidden, dst=hidden)
         out = cv2.addWeighted(frame, 1.0 - self.style.opacity, colours, self.style.opacity, 0.0)
+        if counts is not None and not counts[self._hidden.astype(bool)].any():
+            return out  # no pixel to leave untouched
+        cv2.LUT(mask, self._hidden, dst=hidden)
         if cv2.countNonZero(hidden):
             cv2.copyTo(frame, hidden, out)
         return out
@@ -161,7 +189,7 @@ class OverlayRenderer:
         that classifies (``mask`` is None for a pure classifier)."""
         if mask is not None and mask.shape != frame.shape[:2]:
             raise ValueError(f"mask shape {mask.shape} does not match frame shape {frame.shape[:2]}")
-        out = frame.copy() if mask is None else self.blend(frame, mask)
+        out = frame.copy() if mask is None else self.blend(frame, mask, counts)
         if self.style.mode is RenderMode.SIDE_BY_SIDE:
             out = np.hstack([frame, out])
         scale = max(frame.shape[0] / 720.0, 0.5)

@@ -7,6 +7,7 @@ The input part is a float tensor, or a uint8 image for engines that take images.
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 
@@ -22,6 +23,8 @@ from segstream.pipeline.wire.messages import Kind, Message, derive
 from segstream.pipeline.wire.payloads import PayloadReader
 
 logger = logging.getLogger(__name__)
+
+PIN_MARGIN = 4  # frame times of this stage a frame must have left in capture's ring to go unpinned
 
 
 class InferProcessor:
@@ -49,6 +52,7 @@ class InferProcessor:
         self._frames = PayloadReader() if spec.policy is FlowPolicy.LIVE else None
         self._preprocess = Preprocessor(meta) if settings.preprocess else None
         self._tensor: np.ndarray | None = None  # the model input this worker makes (settings.preprocess)
+        self._last_ns = self._cycle_ns = 0  # when the last frame came, and the time between frames, smoothed
 
     def process(self, message: Message) -> Message | None:
         if self._preprocess is not None:
@@ -62,6 +66,11 @@ class InferProcessor:
             self.inputs.release(message, "input")
             self.runtime.refuse(message.header.source, "bad_input", problem)
             return None
+        now = time.monotonic_ns()
+        if self._last_ns:  # this stage's time from one frame to the next, smoothed
+            cycle = now - self._last_ns
+            self._cycle_ns = cycle if not self._cycle_ns else int(0.8 * self._cycle_ns + 0.2 * cycle)
+        self._last_ns = now
         out = derive(message, Kind.RESULT)
         pinned = self._pin_frame(message, out)  # before inference: the camera's ring moves on meanwhile
         if pinned is None:
@@ -73,12 +82,7 @@ class InferProcessor:
             return self._infer_frame(message, out, pinned)
         model_input = self.inputs.view(message, "input")
         try:
-            if model_input is None:
-                outputs = None
-            elif model_input.dtype == np.uint8:
-                outputs = self.engine.infer_image(model_input)
-            else:
-                outputs = self.engine.infer(model_input)
+            outputs = None if model_input is None else self._run_engine(model_input)
             torn = not self.inputs.intact(message, "input")
         finally:
             self.inputs.release(message, "input")
@@ -95,8 +99,12 @@ class InferProcessor:
         if model_input is None or not self._frames.intact(message, "frame"):  # capture reused the slot meanwhile
             self.runtime.stats.skipped.add("overwritten", message.header.source)
             return None
-        outputs = self.engine.infer_image(model_input) if self._takes_images else self.engine.infer(model_input)
-        return self._result(message, out, pinned, outputs)
+        return self._result(message, out, pinned, self._run_engine(model_input))
+
+    def _run_engine(self, model_input: np.ndarray) -> dict[str, np.ndarray]:
+        if model_input.dtype == np.uint8:
+            return self.engine.infer_image(model_input)
+        return self.engine.infer(model_input)
 
     def _model_input(self, frame: np.ndarray) -> np.ndarray:
         assert self._preprocess is not None
@@ -126,7 +134,7 @@ class InferProcessor:
         own ring (``out`` gets the part): True when pinned, False when there is nothing to
         pin (it is forwarded as it is), None when the stage stops while waiting."""
         part = message.header.part("frame")
-        if self._frames is None or part is None or part.ref is None:
+        if self._frames is None or part is None or part.ref is None or self._ring_outlasts(message):
             return False
         frame = self._frames.view(message, "frame")
         if frame is None:
@@ -137,6 +145,20 @@ class InferProcessor:
             out.header.parts.pop()
             return False
         return True
+
+    def _ring_outlasts(self, message: Message) -> bool:
+        """Whether capture's ring will still hold the frame when render draws it, with a
+        wide margin: then it goes on by reference and is not copied (6 MB at 1080p). The
+        ring lasts its slots over the source's frame rate; the frame is this old already,
+        and inference, publish and render are still to come (``PIN_MARGIN`` times this
+        stage's time between frames; the first frames, with none measured, are copied)."""
+        fps = message.header.meta.get("fps")
+        slots = self._frames.ring_slots(message, "frame") if self._frames is not None else 0
+        if not (isinstance(fps, (int, float)) and 0 < fps < 1000 and slots and self._cycle_ns):
+            return False
+        lifetime_ns = slots / fps * 1e9
+        age_ns = time.monotonic_ns() - message.header.capture_ns
+        return age_ns + PIN_MARGIN * self._cycle_ns < lifetime_ns / 2
 
     def blocked_ns(self) -> int:
         return self.writer.blocked_ns

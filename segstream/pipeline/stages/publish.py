@@ -16,7 +16,7 @@ import numpy as np
 
 from segstream.pipeline.expect import IMAGE, LABELS, part_problem
 from segstream.pipeline.loop import CARRIED, open_sinks, open_writer, run_middle_stage
-from segstream.pipeline.overlay import COUNTS_KEY, class_counts, counts_to_meta
+from segstream.pipeline.overlay import COUNTS_KEY, class_counts, counts_to_meta, resized_class_counts
 from segstream.pipeline.runtime import StageRuntime
 from segstream.pipeline.sinks import SinkResult
 from segstream.pipeline.spec import MaskResolution, PublishSettings, StageSpec
@@ -82,8 +82,9 @@ class PublishProcessor:
             if labels.shape != (height, width):
                 mask = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
         gt = self.labels.get(message, "gt") if message.header.part("gt") else None
-        # One histogram per frame: the published shares and render's legend both use it.
-        counts = class_counts(mask) if mask is not None else None
+        # One histogram per frame, from the small label map: the published shares and
+        # render's legend both use it.
+        counts = resized_class_counts(labels, mask) if labels is not None and mask is not None else None
         public = self._public_message(message, labels, mask, counts, gt)
         public.header.stamps.append(Stamp(self.spec.name, started_ns, time.monotonic_ns()))
         if self.pub is not None:

@@ -148,6 +148,11 @@ class PayloadReader:
             return inline_array(part, message.payload)
         return self._rings.view(part)
 
+    def ring_slots(self, message: Message, name: str) -> int:
+        """Slots of the ring that holds part ``name`` (0 for an inline part)."""
+        part = self._part(message, name)
+        return 0 if part.ref is None else self._rings.slots(part)
+
     def intact(self, message: Message, name: str) -> bool:
         """Whether what ``view`` returned for part ``name`` is still the frame's (an
         inline part always is; a shared-memory slot may have been reused meanwhile)."""

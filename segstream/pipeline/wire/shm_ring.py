@@ -298,6 +298,12 @@ class RingReader:
         view.flags.writeable = False
         return view
 
+    def slots(self, part: Part) -> int:
+        """How many slots the referenced ring has (0 if it cannot be attached)."""
+        assert part.ref is not None
+        seg = self._segment(part.ref.ring)
+        return 0 if seg is None else seg.slots
+
     def intact(self, part: Part) -> bool:
         """Whether the referenced slot still holds the frame (it was not reused)."""
         assert part.ref is not None
