@@ -33,6 +33,19 @@ def start_pipeline(args: list[str], log: Path, tmpdir: Path) -> subprocess.Popen
     return proc
 
 
+def wait_for_exit(proc: subprocess.Popen[bytes], log: Path, timeout: float) -> int:
+    """The pipeline's exit code; a run that does not end in ``timeout`` seconds fails the
+    test with its log and the stages still alive (what a hang needs to be understood)."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        from segstream.pipeline.process_table import children_of
+
+        alive = sorted(children_of(proc.pid).values())
+        raise AssertionError(f"the run did not end in {timeout:.0f} s; stages alive: {alive}\n"
+                             f"{log.read_text()[-6000:]}") from None
+
+
 def stop_started_pipelines() -> None:
     """Kill every process of the sessions tests started (a failed test leaves none)."""
     while STARTED:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CLIP
-from pipeline_helpers import children_of, leftovers, read_stats, start_pipeline, wait_for_log
+from pipeline_helpers import children_of, leftovers, read_stats, start_pipeline, wait_for_exit, wait_for_log
 
 from segstream.pipeline.process_table import stage_name
 
@@ -54,7 +54,7 @@ def test_every_stage_kind_killed_during_a_live_run_is_restarted_and_masks_resume
     for stage in ("infer", "publish", "render", "capture-0"):  # live flow preprocesses in the worker
         kill_and_wait_for_restart(proc, log, stage)
         masks = wait_for_masks(record / "masks", masks)  # masks flow again
-    assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    assert wait_for_exit(proc, log, 120) == 0, log.read_text()[-3000:]
     stats = read_stats(record)
     assert stats["restarts"] == {"infer": 1, "publish": 1, "render": 1, "capture-0": 1}
     assert stats["frames_unaccounted"] == 0
@@ -69,13 +69,13 @@ def test_every_stage_kind_killed_during_a_live_run_is_restarted_and_masks_resume
 def test_a_worker_killed_in_lossless_flow_does_not_hold_the_run_and_every_frame_is_accounted(tmp_path, fast_onnx):
     record, log = tmp_path / "rec", tmp_path / "run.log"
     proc = start_pipeline(["run", "--source", str(CLIP), "--max-frames", "200", "--workers", "2",
-                           "--model", str(fast_onnx), "--record", str(record), "--publish", "", "--rate", "25"],
+                           "--model", str(fast_onnx), "--record", str(record), "--publish", "", "--rate", "25", "-v"],
                           log, tmp_path / "t")
     wait_for_masks(record / "masks", 5)
     kill_and_wait_for_restart(proc, log, "infer-1")
     wait_for_masks(record / "masks", 10)
     kill_and_wait_for_restart(proc, log, "preprocess")
-    assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    assert wait_for_exit(proc, log, 120) == 0, log.read_text()[-3000:]
     stats = read_stats(record)
     assert stats["restarts"] == {"infer-1": 1, "preprocess": 1}
     assert stats["frames_in"] == 200 and stats["frames_unaccounted"] == 0

@@ -6,6 +6,7 @@ import os
 import secrets
 import threading
 import time
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -198,4 +199,29 @@ def test_add_with_lets_the_producer_write_straight_into_the_payload(ring_name, m
     reader.release(message, "input")
     got = slots[0] = None
     reader.close()
+    writer.close()
+
+
+def test_a_dead_readers_lost_frames_are_released_for_the_readers_behind_it_too(ring_name):
+    """Capture's ring, read by preprocess (0) and render (1, which gets frames only through
+    preprocess). Preprocess dies holding frames 3 and 4: they will never reach render, so
+    they are released for render too; frames 1 and 2, already past preprocess, stay held
+    for render (it is still to draw them). Found by the chaos test: without it, a ring full
+    of such frames stalled the run."""
+    from segstream.pipeline.wire.shm_ring import release_everything
+
+    writer = RingWriter(ring_name, slots=4, readers=2, wait=True)
+    preprocess, render = RingReader(0), RingReader(1)
+    parts = [writer.put("frame", np.full(4, k, np.uint8)) for k in range(4)]  # seqs 1-4, the ring is full
+    preprocess.release(parts[1])  # preprocess passed frames 1 and 2 on (in order: 2 covers 1)
+    assert release_everything(f"{ring_name}", 0, downstream=(1,)) == 1
+    def give_up() -> Callable[[], bool]:  # a put that would wait for good ends instead
+        tries = iter(range(50))
+        return lambda: next(tries, 49) >= 49
+
+    assert writer.put("frame", np.zeros(4, np.uint8), give_up()) is None  # frame 1's slot: render holds it
+    render.release(parts[1])  # render draws frames 1 and 2
+    assert [writer.put("frame", np.zeros(4, np.uint8), give_up()) is not None for _ in range(4)] == [True] * 4
+    preprocess.close()
+    render.close()
     writer.close()

@@ -109,7 +109,9 @@ def render_sinks(config: PipelineConfig) -> tuple[str, ...]:
 
 
 # Which stage kinds read (and release) each kind's output ring, in reader-id order, and
-# which parts each reader takes from it. The one place ring readers are decided.
+# which parts each reader takes from it. The one place ring readers are decided. Readers are
+# listed in pipeline order: a later reader gets the ring's frames through the earlier ones
+# (render through preprocess), which a restart relies on (restarts.Restarter.retire).
 RING_READERS: dict[StageKind, tuple[tuple[StageKind, tuple[str, ...]], ...]] = {
     StageKind.CAPTURE: ((StageKind.PREPROCESS, ("frame",)), (StageKind.RENDER, ("frame",))),
     StageKind.PREPROCESS: ((StageKind.INFER, ("input",)),),

@@ -121,7 +121,8 @@ class Restarter:
                 ring = upstream.spec.ring
                 reader = ring.reader_id(dead.spec.kind) if ring is not None else None
                 if ring is not None and reader is not None:
-                    release_everything(ring.name, reader)
+                    # readers after it on the ring are downstream of it (RING_READERS order)
+                    release_everything(ring.name, reader, tuple(range(reader + 1, len(ring.readers))))
 
     def reports(self, stages: list[StageProcess]) -> dict[str, StageReport]:
         """Each stage's figures over all its processes."""

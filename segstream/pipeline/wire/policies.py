@@ -184,7 +184,8 @@ class Reorderer:
 
     Frames carry ``meta["seq"]``, a per-source count of frames sent by capture. Lossless:
     frames wait until their predecessors arrived (a gap left by a frame lost upstream is
-    given up at end of stream or when ``max_pending`` frames wait, counted as ``lost``).
+    given up at end of stream or when ``max_pending`` frames wait, counted as ``lost``;
+    after a restart's ``resync`` not counted here: the restart's accounting has them).
     Live: a frame older than one already passed on is dropped as ``late``.
     """
 
@@ -245,7 +246,11 @@ class Reorderer:
         ready = []
         expected = self._next.get(source, 0)
         for seq in sorted(pending):
-            self.skipped.add("lost", source, seq - expected)
+            if not self._resynced:
+                # After a restart the gaps are frames that died with a process: the
+                # restart's own accounting counts them (its ledger, and what is missing at
+                # the end), and counting them here too would count them twice.
+                self.skipped.add("lost", source, seq - expected)
             ready.append(pending[seq])
             expected = seq + 1
         self._next[source] = expected
