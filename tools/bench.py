@@ -19,14 +19,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from bench_overhead import naive_loop  # the same loop (and writers) as the overhead benchmark
 
 from segstream.assets import resolve_asset
-from segstream.engines.backends.base import labels_from_outputs, load_engine
+from segstream.engines.backends.base import load_engine
 from segstream.engines.preprocess import Preprocessor
 from segstream.engines.resolve import resolve_inference, resolve_model
 from segstream.pipeline.config import PipelineConfig
-from segstream.pipeline.overlay import OverlayRenderer
-from segstream.pipeline.sinks.records import write_png
 from segstream.pipeline.sources.files import VideoFileSource
 from segstream.pipeline.supervisor import Supervisor
 from segstream.pipeline.wire.choices import FlowPolicy
@@ -83,40 +82,6 @@ def bare_sessions(model_path: Path, frames: list[np.ndarray], sessions: int) -> 
     return done / (max(end for _, _, end in results) - min(start for _, start, _ in results))
 
 
-def naive_loop(model_path: Path, clip: Path, count: int, out_dir: Path, threads: int) -> tuple[float, list[float]]:
-    """Read, preprocess, infer, overlay and write in one loop; fps and per-frame latency."""
-    engine = load_engine(model_path, "onnxruntime", threads=threads)
-    meta = engine.metadata
-    pre = Preprocessor(meta)
-    renderer = OverlayRenderer(meta.class_names, meta.palette, meta.ignore_index)
-    cap = cv2.VideoCapture(str(clip))
-    writer = None
-    latencies = []
-    engine.infer(pre(np.zeros((540, 960, 3), np.uint8)))  # warm-up
-    start = time.perf_counter()
-    n = 0
-    while n < count:
-        t0 = time.perf_counter()
-        ok, frame = cap.read()
-        if not ok:
-            break
-        labels = labels_from_outputs(engine.infer(pre(frame)), meta)
-        mask = cv2.resize(labels, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST)
-        write_png(out_dir / "masks" / f"{n:06d}.png", mask)
-        image = renderer.annotate(frame, mask, n)
-        if writer is None:
-            writer = cv2.VideoWriter(str(out_dir / "overlay.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 25,
-                                     (frame.shape[1], frame.shape[0]))
-        writer.write(image)
-        latencies.append((time.perf_counter() - t0) * 1000)
-        n += 1
-    elapsed = time.perf_counter() - start
-    if writer is not None:
-        writer.release()
-    cap.release()
-    return n / elapsed, latencies
-
-
 def pipeline(model: str, clip: Path, count: int, out_dir: Path, workers: int,
              policy: FlowPolicy = FlowPolicy.LOSSLESS) -> dict:
     config = PipelineConfig(sources=(str(clip),), model=model, record=str(out_dir), publish="", max_frames=count,
@@ -149,7 +114,7 @@ def main() -> int:
         auto = pipeline(args.model, clip, len(frames), tmp_path / "pipeline-auto", 0)
         single = pipeline(args.model, clip, len(frames), tmp_path / "pipeline-1", 1)
         live = pipeline(args.model, clip, len(frames), tmp_path / "pipeline-live", 0, FlowPolicy.LIVE)
-        naive_fps, naive_lat = naive_loop(model_path, clip, len(frames), tmp_path / "naive", args.threads)
+        naive_fps, naive_lat = naive_loop(model_path, clip, len(frames), tmp_path / "naive", args.threads)  # H.264
         bare2 = bare_inference(model_path, frames, args.threads)
         split2 = bare_sessions(model_path, frames, sessions)
     # The baseline is the better way to use the cores: one session with N threads, or N

@@ -75,10 +75,11 @@ def scaled_clip(clip: Path, size: tuple[int, int], frames: int, folder: Path) ->
     return path
 
 
-def naive_loop(model: Path, clip: Path, count: int, out_dir: Path | None) -> tuple[float, float]:
+def naive_loop(model: Path, clip: Path, count: int, out_dir: Path | None, threads: int = 0) -> tuple[float, list[float]]:
     """Read, preprocess, infer, resize the mask (and with ``out_dir``: write its PNG, draw
-    the overlay, encode it) in one loop on both cores. (fps, latency p50 ms)."""
-    engine = load_engine(model, "onnxruntime", threads=os.cpu_count() or 1)
+    the overlay, encode it) in one loop, with the project's own writers; ``threads`` for
+    the session (0: one per core). (fps, per-frame latencies in ms)."""
+    engine = load_engine(model, "onnxruntime", threads=threads or os.cpu_count() or 1)
     meta = engine.metadata
     pre = Preprocessor(meta)
     renderer = OverlayRenderer(meta.class_names, meta.palette, meta.ignore_index)
@@ -104,7 +105,7 @@ def naive_loop(model: Path, clip: Path, count: int, out_dir: Path | None) -> tup
         video.close()
     cap.release()
     engine.close()
-    return n / elapsed, float(np.median(latencies))
+    return n / elapsed, latencies
 
 
 def pipeline(config: PipelineConfig, model: Path) -> dict:
