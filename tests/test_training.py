@@ -54,15 +54,15 @@ def scene_folders(root: Path, masks: bool = False) -> Path:
     return root
 
 
-def test_segmentation_training_learns_checkpoints_export_and_resume(tmp_path):
-    """DDRNet-23-slim from scratch learns the six frames: 90 steps at 64x128 on one thread
-    lower the epoch loss and lift pixel accuracy by 20 points (0.16 -> 0.54 here). How far
+def test_segmentation_training_learns(tmp_path):
+    """DDRNet-23-slim from scratch learns the six frames: 66 steps at 64x128 on one thread
+    lower the epoch loss and lift pixel accuracy by 20 points (0.16 -> 0.50 here). How far
     it gets with 900 steps at 128x256 (>= 90 % pixel accuracy) is tools/bench_training.py's
     figure, in BENCHMARKS.md. One thread: two threads beside another busy process thrash
     (3x slower on the loaded 2-core machine)."""
     data = f"cityscapes:{espnet_labelled_tree(tmp_path / 'tree')}:train"
     out = tmp_path / "run"
-    config = TrainConfig(model="ddrnet23-slim", data=data, epochs=2, repeat=15, crop=(64, 128), batch_size=2,
+    config = TrainConfig(model="ddrnet23-slim", data=data, epochs=2, repeat=11, crop=(64, 128), batch_size=2,
                          lr=5e-3, scale=(1.0, 1.0), jitter=0.0, output=str(out), threads=1)
     trainer = Trainer(config)
     before = trainer.validate()
@@ -75,7 +75,17 @@ def test_segmentation_training_learns_checkpoints_export_and_resume(tmp_path):
     assert after["pixel_accuracy"] >= before["pixel_accuracy"] + 0.2 and after["miou"] > before["miou"]
     assert (out / "last.pt").is_file() and (out / "best.pt").is_file()
 
-    # The checkpoint feeds export; ONNX Runtime runs the trained model.
+
+def test_a_training_checkpoint_exports_runs_and_resumes(tmp_path):
+    """A checkpoint (one short epoch is enough) feeds export, ONNX Runtime runs the trained
+    model, and ``--resume`` continues where the checkpoint stopped."""
+    data = f"cityscapes:{espnet_labelled_tree(tmp_path / 'tree')}:train"
+    out = tmp_path / "run"
+    config = TrainConfig(model="ddrnet23-slim", data=data, epochs=1, repeat=1, crop=(64, 128), batch_size=2,
+                         lr=5e-3, scale=(1.0, 1.0), jitter=0.0, output=str(out), threads=1)
+    trainer = Trainer(config)
+    assert len(trainer.run()) == 1 and (out / "best.pt").is_file()
+
     onnx_path = export_onnx("ddrnet23-slim", tmp_path / "trained.onnx", weights=out / "best.pt", height=128,
                             width=256)
     meta = trainer.spec.metadata
@@ -84,12 +94,12 @@ def test_segmentation_training_learns_checkpoints_export_and_resume(tmp_path):
     labels = ort.InferenceSession(str(onnx_path)).run(None, {"image": tensor})[0]
     assert labels.shape == (1, 128, 256) and labels.max() < 19
 
-    # --resume continues where the checkpoint stopped (one more epoch, not three).
-    result = run_segstream("train", "ddrnet23-slim", "--data", data, "--epochs", "3", "--crop", "64x128",
+    # --resume continues where the checkpoint stopped (one more epoch, not two).
+    result = run_segstream("train", "ddrnet23-slim", "--data", data, "--epochs", "2", "--crop", "64x128",
                            "--batch-size", "6", "--threads", "1", "--resume", str(out / "last.pt"), "-o", str(out),
                            timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert [line.split(":")[0] for line in result.stdout.splitlines() if line.startswith("epoch")] == ["epoch 3"]
+    assert [line.split(":")[0] for line in result.stdout.splitlines() if line.startswith("epoch")] == ["epoch 2"]
     with pytest.raises(ModelError, match="checkpoint of 'ddrnet23-slim'"):
         export_onnx("unet", tmp_path / "wrong.onnx", weights=out / "best.pt")
 
