@@ -23,7 +23,7 @@ from pathlib import Path
 
 from segstream.pipeline.process_table import children_of, stage_name
 
-STAGES = ("infer", "preprocess", "publish", "render", "capture-0")
+STAGES = ("infer", "publish", "render", "capture-0")  # live flow: the worker preprocesses
 
 
 def stage_pid(supervisor: int, stage: str) -> int | None:

@@ -1,7 +1,9 @@
 """Inference stage: model input -> label map at model resolution.
 
 Settings: ``spec.InferSettings``.
-The input part is a float tensor, or a uint8 image for engines that take images.
+The input part is a float tensor, or a uint8 image for engines that take images. In live
+flow (``InferSettings.preprocess``) there is no preprocess stage: the input is the frame
+itself, preprocessed here, so only the frames this worker infers are preprocessed.
 """
 
 from __future__ import annotations
