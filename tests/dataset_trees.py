@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -13,9 +14,12 @@ SEQUENCE = "2013_05_28_drive_0000_sync"
 DRIVE = "2011_09_26_drive_0001_sync"
 
 
+@lru_cache(maxsize=32)
 def espnet_train_ids(src: Path, model: str = "espnet-cityscapes") -> np.ndarray:
     """A pretrained ESPNet's train ids for a frame, run at the frame's own aspect ratio
-    (height 512 for Cityscapes-sized frames, 384 for smaller ones), at frame resolution."""
+    (height 512 for Cityscapes-sized frames, 384 for smaller ones), at frame resolution.
+    Computed once per frame and test process (several tests label the same frames: the
+    model at 1024x512 on the CPU is a second or more a frame), read-only."""
     import torch
 
     from segstream.engines.export import inference_module
@@ -27,7 +31,9 @@ def espnet_train_ids(src: Path, model: str = "espnet-cityscapes") -> np.ndarray:
     net, meta = inference_module(model, height=h, width=w)
     with torch.inference_mode():
         labels = net(torch.from_numpy(Preprocessor(meta)(frame)))[0].numpy()
-    return cv2.resize(labels, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST)
+    out = cv2.resize(labels, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST)
+    out.flags.writeable = False
+    return out
 
 
 def synthetic_gt(shape: tuple[int, int], seed: int) -> np.ndarray:

@@ -120,7 +120,7 @@ def test_joint_training_learns_both_heads(tmp_path):
     """The joint model trains its mask and its scene label from one folder layout, and
     validation reports both the segmentation and the classification figures."""
     root = scene_folders(tmp_path / "scenes", masks=True)
-    config = TrainConfig(model="joint-resnet18", data=str(root), epochs=4, repeat=4, crop=(64, 128), batch_size=3,
+    config = TrainConfig(model="joint-resnet18", data=str(root), epochs=4, repeat=3, crop=(64, 128), batch_size=3,
                          lr=2e-3, scale=(1.0, 1.0), jitter=0.0, output=str(tmp_path / "run"), threads=1)
     trainer = Trainer(config)
     before = trainer.validate()
