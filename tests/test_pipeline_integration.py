@@ -198,11 +198,13 @@ def test_live_flow_with_a_slow_stage_skips_instead_of_queueing(tmp_path, espnet_
     frames instead of queueing them, latency stays bounded, and render still draws every
     published mask although capture's ring has long been overwritten (1.3 s at 25 fps)."""
     stats = run_config_to_end(tmp_path, "sources: ['test-pattern:960x540@25']\npolicy: live\npublish: ''\n"
-                                        "max_frames: 150\nstage_delay_ms: {infer: 1500}\n", timeout=300)
+                                        "max_frames: 200\nstage_delay_ms: {infer: 1500}\n", timeout=300)
     published = stats["frames_published"]
     skipped = stats["frames_skipped"]["total"]
-    assert stats["frames_in"] == 150 and published + skipped == 150 and stats["frames_unaccounted"] == 0
-    assert published >= 3 and skipped >= 100
+    assert stats["frames_in"] == 200 and published + skipped == 200 and stats["frames_unaccounted"] == 0
+    # 8 s of camera against 1.5 s a frame: a handful published (how many depends on the
+    # machine's load: no count is asserted beyond "more than one"), the rest skipped
+    assert published >= 2 and skipped >= 150
     assert sum(by.get("superseded", 0) for by in stats["frames_skipped"]["by_stage"].values()) >= 100
     # A queue would make the last frame wait for all earlier ones (minutes at 1.5 s each).
     infer_ms = stats["stages"]["infer"]["process_ms"]["p95"]

@@ -127,6 +127,6 @@ def test_joint_training_learns_both_heads(tmp_path):
     history = trainer.run()
     after = history[-1].metrics
     print(f"joint: loss {history[0].loss:.3f} -> {history[-1].loss:.3f}; {before} -> {after}")
-    assert history[-1].loss < 0.75 * history[0].loss  # 0.57x here
+    assert history[-1].loss < 0.75 * history[0].loss  # 0.44x here
     assert after["accuracy"] >= 0.9
     assert after["pixel_accuracy"] > before["pixel_accuracy"] + 0.2
