@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import warnings
 from pathlib import Path
 from typing import Protocol
 
@@ -113,3 +114,12 @@ def top_labels(outputs: dict[str, np.ndarray], metadata: ModelMetadata) -> list[
         scores /= scores.sum()
     order = np.argsort(scores)[::-1][: metadata.top_k]
     return [{"label": metadata.label_names[i], "id": int(i), "score": round(float(scores[i]), 4)} for i in order]
+
+
+def input_tensor(torch: object, array: np.ndarray) -> object:
+    """A torch tensor over ``array`` without a copy. Stages hand engines their input where it
+    lies in shared memory, read-only; engines only read it, so it is wrapped as it is
+    (torch would warn about every non-writable array)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)  # type: ignore[attr-defined]

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from segstream.engines.backends.base import input_tensor
 from segstream.engines.backends.cuda_probe import probe_cuda
 from segstream.engines.backends.device_io import DevicePreprocessor
 from segstream.engines.metadata import ModelMetadata
@@ -132,7 +133,7 @@ class TorchEngine:
 
     def infer(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
         """Run one preprocessed (1, 3, H, W) float32 batch; outputs as the ONNX export's."""
-        return self._run(self._torch.from_numpy(tensor).to(self._device, self._dtype))
+        return self._run(input_tensor(self._torch, tensor).to(self._device, self._dtype))
 
     def infer_image(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """Run one BGR uint8 image at the model's input size, normalised on the device."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from segstream.engines.backends.base import ARGMAX_KEY
+from segstream.engines.backends.base import ARGMAX_KEY, input_tensor
 from segstream.engines.backends.device_io import DevicePreprocessor, device_labels
 from segstream.engines.backends.tensorrt.cache import ENGINE_SUFFIX
 from segstream.engines.backends.tensorrt.versions import Precision, import_tensorrt
@@ -124,7 +124,7 @@ class TensorRTEngine:
         """Run one preprocessed (1, 3, H, W) float32 batch."""
         self._bind(tuple(tensor.shape))
         with self._torch.cuda.stream(self._stream):
-            self._buffers[self.metadata.input_name].copy_(self._torch.from_numpy(tensor), non_blocking=False)
+            self._buffers[self.metadata.input_name].copy_(input_tensor(self._torch, tensor), non_blocking=False)
         return self._run()
 
     def infer_image(self, image: np.ndarray) -> dict[str, np.ndarray]:
