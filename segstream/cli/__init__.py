@@ -6,6 +6,7 @@
     segstream demo [--record DIR]
     segstream consume ENDPOINT [--count N] [--save DIR] [--server-key FILE --client-key FILE]
     segstream keys DIR [--client NAME]
+    segstream sources list|add URI|remove ID --api URL [--id ID] [--option KEY=VALUE]...
     segstream export MODEL -o FILE.onnx
     segstream build MODEL.onnx [--fp16|--int8 --calib DIR] [--shapes MIN:OPT:MAX] [--workspace GB] [-o FILE]
     segstream train MODEL --data DATASET [--epochs N] [--crop HxW] [--resume CKPT]
@@ -23,7 +24,7 @@ import os
 import sys
 from typing import Callable
 
-from segstream.cli import doctor, evaluation, models, run
+from segstream.cli import doctor, evaluation, models, run, sources
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"segstream {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     run.add_parsers(sub)
+    sources.add_parsers(sub)
     models.add_parsers(sub)
     evaluation.add_parsers(sub)
     doctor.add_parsers(sub)

@@ -28,6 +28,8 @@ def run_config(args: argparse.Namespace) -> PipelineConfig:
     """The config of ``segstream run``: the YAML file (or the defaults), then the flags."""
     overrides = overrides_from_args(PipelineConfig, args)
     config = load_config(args.config).with_overrides(**overrides)
+    if "sources" not in overrides and config.sources == PipelineConfig().sources and config.api:
+        return config.with_overrides(sources=())  # a service: sources come through the API
     if "sources" not in overrides and config.sources == PipelineConfig().sources:
         print(f"segstream run: no --source given: running the built-in {config.sources[0]} (synthetic, live, until "
               f"Ctrl-C or --max-frames); pass --source FILE|DIR|GLOB|rtsp://...|camera:N", file=sys.stderr)
@@ -45,6 +47,12 @@ def _execute(config: PipelineConfig) -> int:
     check_scorable(config, model.metadata)
     if config.view:
         print(f"live view: http://{config.view}/")
+    if config.api:
+        from segstream.pipeline.config import api_address
+
+        host, port = api_address(config.api, config.api_token)
+        if port:
+            print(f"control API: http://{host}:{port}/api/sources (segstream sources list --api {host}:{port})")
     result = Supervisor(config, model).run()
     # The record folder is made by the first output written, or here for a run that
     # started: a run that failed before it started leaves no empty folder behind.

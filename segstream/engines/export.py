@@ -21,7 +21,7 @@ from segstream.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
-EXPORT_VERSION = 1  # bump when the exported graph changes, to invalidate caches
+EXPORT_VERSION = 2  # bump when the exported graph changes, to invalidate caches (2: dynamic batch)
 OPSET = 17
 
 
@@ -140,7 +140,8 @@ def export_onnx(name: str, output: str | os.PathLike[str], weights: str | os.Pat
         confidence: add a ``confidence`` output (the winning class's softmax probability
             x 255, uint8); it costs a softmax over every pixel.
         dynamic: input height and width are dynamic axes (the metadata's size stays the
-            default the pipeline resizes to); for TensorRT profiles and other sizes.
+            default the pipeline resizes to); for TensorRT profiles and other sizes. The
+            batch axis is dynamic in every export.
 
     Returns:
         The written path.
@@ -165,7 +166,7 @@ def export_onnx(name: str, output: str | os.PathLike[str], weights: str | os.Pat
                 tmp,
                 input_names=[meta.input_name],
                 output_names=[o.name for o in meta.outputs],
-                dynamic_axes=_dynamic_axes(meta) if dynamic else None,
+                dynamic_axes=_dynamic_axes(meta, dynamic),
                 opset_version=OPSET,
                 dynamo=False,
             )
@@ -179,11 +180,14 @@ def export_onnx(name: str, output: str | os.PathLike[str], weights: str | os.Pat
     return output
 
 
-def _dynamic_axes(meta: ModelMetadata) -> dict[str, dict[int, str]]:
-    axes = {meta.input_name: {2: "height", 3: "width"}}
+def _dynamic_axes(meta: ModelMetadata, spatial: bool) -> dict[str, dict[int, str]]:
+    """The batch axis is always dynamic (the pipeline batches frames of several sources);
+    height and width are with ``spatial``."""
+    axes = {meta.input_name: {0: "batch", **({2: "height", 3: "width"} if spatial else {})}}
     for out in meta.outputs:
-        if out.kind in (OutputKind.CLASS_IDS, OutputKind.CONFIDENCE):
-            axes[out.name] = {1: "height", 2: "width"}
+        axes[out.name] = {0: "batch"}
+        if spatial and out.kind in (OutputKind.CLASS_IDS, OutputKind.CONFIDENCE):
+            axes[out.name].update({1: "height", 2: "width"})
     return axes
 
 

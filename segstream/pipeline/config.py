@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from segstream.engines.backends.base import MAX_BATCH
 from segstream.engines.backends.choice import Backend
 from segstream.engines.resolve import EnginePrecision
 from segstream.errors import ConfigError
@@ -80,6 +81,11 @@ class PipelineConfig:
                            "one in live flow)", flag="--workers", section="engine")
     threads: int = setting(0, "threads per inference process (0: the cores divided among workers)",
                            flag="--threads", section="engine")
+    batch: int = setting(0, "frames of different sources inferred together (0: auto, 1 on CPU, up to 8 on a GPU)",
+                         flag="--batch", section="engine", metavar="N")
+    batch_timeout_ms: float | None = setting(None, "how long inference waits to fill a batch (default: a third of "
+                                             "the fastest source's frame interval)", flag="--batch-timeout-ms",
+                                             section="engine", metavar="T")
     # -- flow ----------------------------------------------------------------------------
     policy: FlowPolicy | None = setting(None, "flow policy (default: lossless for files, live for live sources)",
                                         flag="--policy", section="flow")
@@ -137,6 +143,12 @@ class PipelineConfig:
                                 flag="--metrics-port", section="telemetry", metavar="N")
     metrics_host: str = setting("127.0.0.1", "the host the metrics endpoint binds on", section="telemetry")
     quiet: bool = setting(False, "no live status line", flag="--quiet", section="telemetry")
+    # -- control -------------------------------------------------------------------------
+    api: str = setting("", "HTTP control API: add and remove sources while the pipeline runs (JSON; see "
+                       "docs/api.md); with no --source the run waits for sources until stopped",
+                       flag="--api", section="control", metavar="[HOST:]PORT")
+    api_token: str = setting("", "bearer token the control API requires (required for a non-loopback --api)",
+                             flag="--api-token", section="control", metavar="TOKEN")
 
     def __post_init__(self) -> None:
         coerce_fields(self)
@@ -146,8 +158,15 @@ class PipelineConfig:
         set_(self, "render_classes", tuple(str(c) for c in self.render_classes))
         if isinstance(self.live, dict):
             set_(self, "live", load_dataclass(LiveOptions, self.live, "live", ConfigError))
-        if not self.sources:
-            raise ConfigError("sources is empty; give at least one --source (a video, a folder, a glob or test-pattern)")
+        if not self.sources and not self.api:
+            raise ConfigError("sources is empty; give at least one --source (a video, a folder, a glob or "
+                              "test-pattern), or --api PORT to add sources while the pipeline runs")
+        if self.api:
+            api_address(self.api, self.api_token)
+        if self.batch < 0 or self.batch > MAX_BATCH:
+            raise ConfigError(f"batch must be between 0 (auto) and {MAX_BATCH}, found {self.batch}")
+        if self.batch_timeout_ms is not None and not 0 <= self.batch_timeout_ms <= 10_000:
+            raise ConfigError(f"batch_timeout_ms must be between 0 and 10000 ms, found {self.batch_timeout_ms}")
         if self.rtsp_out and not self.rtsp_out.startswith("rtsp://"):
             raise ConfigError(f"rtsp_out takes rtsp://HOST:PORT/PATH, found {self.rtsp_out!r}")
         if self.display:
@@ -189,6 +208,30 @@ class PipelineConfig:
         if unknown:
             raise ConfigError(f"unknown settings {unknown}; known: {sorted(self.__dataclass_fields__)}")
         return apply(self, changes)
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def api_address(text: str, token: str = "") -> tuple[str, int]:
+    """``[HOST:]PORT`` of ``--api`` as ``(host, port)`` (host 127.0.0.1 by default).
+
+    Raises:
+        ConfigError: not of that form, or a non-loopback host without a token (anyone on
+            the network could add sources to the pipeline).
+    """
+    host, _, port_text = text.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--api takes [HOST:]PORT, e.g. 8081 or 127.0.0.1:8081 (0: any free port), found {text!r}")
+    if host not in LOOPBACK and not token:
+        raise ConfigError(f"--api {text} listens beyond this machine: give --api-token TOKEN too, which every "
+                          f"request must then send as 'Authorization: Bearer TOKEN'")
+    return host, port
 
 
 def check_display() -> None:

@@ -5,12 +5,18 @@ data-plane messages (``typed_json``): a malformed or forged message raises
 ``MessageError`` with a short reason, which the receiver counts and skips.
 
 - Commands (supervisor PUB -> every stage SUB): ``start``, ``stop``, ``finish`` (every
-  stage behind you is done: close your sockets), ``figures`` (pipeline-wide numbers
-  for stages that show them, such as the live view) and ``resync`` (a stage was
-  restarted: frames it held are gone, stop waiting for them).
+  stage behind you is done: close your sockets; with a ``source``, only that source's
+  capture), ``figures`` (pipeline-wide numbers for stages that show them, such as the
+  live view), ``resync`` (a stage was restarted: frames it held are gone, stop waiting
+  for them), ``add_source`` (a source joined the running pipeline: take its frames, from
+  the endpoints ``connect`` names for you) and ``end_source`` (its capture ends the
+  stream now, as if the source had ended).
 - Events (stage PUSH -> supervisor PULL): ``ready``, ``started``, ``ended`` (sent its end
   of stream), ``stats`` (periodic report), ``done`` (final report and exit code),
-  ``error`` and ``source_failed``.
+  ``error``, ``source_failed``, ``source_ended`` (a source's end of stream went
+  through this stage) and ``source_joined`` (this stage takes a source that joined: the
+  supervisor repeats ``add_source`` until every stage said so, since a stage still
+  starting may not have heard it).
 
     >>> raw = encode(CommandMessage(Command.STOP))
     >>> decode_command(raw).command is Command.STOP
@@ -41,6 +47,8 @@ class Command(str, Enum):
     FINISH = "finish"
     FIGURES = "figures"
     RESYNC = "resync"
+    ADD_SOURCE = "add_source"
+    END_SOURCE = "end_source"
 
 
 class EventKind(str, Enum):
@@ -53,6 +61,8 @@ class EventKind(str, Enum):
     DONE = "done"
     ERROR = "error"
     SOURCE_FAILED = "source_failed"
+    SOURCE_ENDED = "source_ended"
+    SOURCE_JOINED = "source_joined"
 
 
 @dataclass(frozen=True)
@@ -74,10 +84,20 @@ class PipelineFigures:
 
 @dataclass(frozen=True)
 class CommandMessage:
-    """One command; ``figures`` only with ``Command.FIGURES``."""
+    """One command.
+
+    Attributes:
+        command: what to do.
+        figures: the numbers of ``figures``.
+        source: the source a command is about (``add_source``, ``end_source``, and a
+            ``finish`` meant for one capture only).
+        connect: ``add_source``: per stage name, the endpoints its input connects to.
+    """
 
     command: Command
     figures: PipelineFigures | None = None
+    source: str = ""
+    connect: dict[str, tuple[str, ...]] = field(default_factory=dict)
     version: int = CONTROL_VERSION
 
 
@@ -92,7 +112,8 @@ class StageEvent:
         exit_code: the stage's exit code (``done``).
         stopped: the stage ended on a stop request (``done``).
         message: what went wrong (``error``, ``source_failed``).
-        source: the source that failed (``source_failed``).
+        source: the source that failed, ended or joined (``source_failed``,
+            ``source_ended``, ``source_joined``).
     """
 
     stage: str

@@ -15,12 +15,15 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from segstream.engines.metadata import ModelMetadata
 from segstream.engines.resolve import InferenceModel
 from segstream.errors import ConfigError
+from segstream.pipeline.batching import auto_batch
 from segstream.pipeline.config import PipelineConfig
 from segstream.pipeline.sinks import SinkStage, parse_sink
+from segstream.pipeline.source_options import SourceOptions, capture_fields
 from segstream.pipeline.spec import (
     CaptureSettings,
     InferSettings,
@@ -55,7 +58,14 @@ MAX_AUTO_WORKERS = 4
 
 @dataclass(frozen=True)
 class RunPlan:
-    """Stage specs plus the supervisor's own endpoints."""
+    """Stage specs plus the supervisor's own endpoints.
+
+    Attributes:
+        capture: lays out the capture of a source that joins the running pipeline
+            (``--api``): ``capture(index, uri, source_id, options, sources)`` with the
+            number of sources it makes.
+        capture_readers: per output of a capture, the stage whose input connects to it.
+    """
 
     run_id: str
     policy: FlowPolicy
@@ -63,6 +73,8 @@ class RunPlan:
     control: str
     commands: str
     per_source_dirs: bool
+    capture: Callable[[int, str, str, SourceOptions, int], StageSpec]
+    capture_readers: tuple[str, ...]
 
 
 def source_ids(sources: tuple[str, ...]) -> list[str]:
@@ -148,13 +160,18 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
 
     def endpoint(name: str) -> str:
         if config.transport is Transport.TCP:
-            return f"tcp://{config.tcp_host}:{next(port)}"
+            number = next(port, None)
+            if number is None:
+                raise ConfigError(f"the run has used its 100 tcp ports from tcp_base_port {config.tcp_base_port} "
+                                  f"for stage endpoints; use --transport ipc for this many sources")
+            return f"tcp://{config.tcp_host}:{number}"
         return ipc_endpoint(run_dir, f"{name}.sock")
 
     live = policy is FlowPolicy.LIVE
     publish_uris, render_uris = publish_sinks(config), render_sinks(config)
     render = config.render if config.render is not None else bool(render_uris)
-    per_source = len(config.sources) > 1
+    open_ended = bool(config.api)  # sources come and go through the control API
+    per_source = len(config.sources) > 1 or open_ended
     # Live flow preprocesses inside the inference workers: a stage of its own would
     # preprocess every frame the camera sends, at the camera's rate, although a worker
     # takes only the newest when it is free (the rest is thrown away), and it would steal
@@ -166,13 +183,21 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
     rate = config.rate or ("native" if live else "max")
     ids = tuple(source_ids(config.sources))
 
-    def spec(name: str, kind: StageKind, settings: StageSettings, **kw: object) -> StageSpec:
+    workers, threads = worker_layout(config, policy, model.choice.device)
+    batch = auto_batch(config.batch, model.choice.device, None if open_ended else len(ids))
+
+    def spec(name: str, kind: StageKind, settings: StageSettings, sources: int = len(ids), **kw: object) -> StageSpec:
         slots = RING_SLOTS.get(kind, (0, 0))[1 if live else 0]
         if kind is StageKind.CAPTURE and not live:
             # A lossless capture's ring is its read-ahead window. One window per run, shared
             # out evenly: with a window per source, N sources would keep N times the frames
-            # in flight, and their latency would grow N-fold for no more throughput.
-            slots = max(MIN_CAPTURE_WINDOW, slots // len(config.sources))
+            # in flight, and their latency would grow N-fold for no more throughput. A
+            # batch needs its frames in flight at once.
+            slots = max(MIN_CAPTURE_WINDOW, max(slots, 2 * batch) // max(sources, 1))
+        elif kind is StageKind.PREPROCESS and batch > 1:
+            slots = max(slots, (batch + 1) * workers)  # every worker holds a batch while one more is made
+        elif kind is StageKind.INFER:
+            slots = max(slots, 2 * batch)  # a batch's results are all written before the first is sent
         # Inference keeps its priority; so does a paced capture, whose timing counts.
         full_priority = kind is StageKind.INFER or (kind is StageKind.CAPTURE and rate != "max")
         outputs = kw.get("outputs", ())
@@ -181,23 +206,29 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
                          commands=commands, ring=ring, reads=reads_of(kind, present),
                          nice=0 if full_priority else LIGHT_STAGE_NICE, sources=len(config.sources), source_ids=ids,
                          delay_ms=float(config.stage_delay_ms.get(kind.value, 0.0)), keys=keys,
-                         **kw)  # type: ignore[arg-type]
+                         open_ended=open_ended, **kw)  # type: ignore[arg-type]
 
     stages: list[StageSpec] = []
-    workers, threads = worker_layout(config, policy, model.choice.device)
     # Live: each capture sends to every worker straight (one endpoint per worker, so end of
     # stream reaches them all); lossless: every capture sends to the preprocess stage.
     per_capture = workers if live else 1
-    capture_outputs: list[tuple[str, ...]] = []
-    for i, (uri, sid) in enumerate(zip(config.sources, ids)):
-        outs = tuple(endpoint(f"capture-{i}" if per_capture == 1 else f"capture-{i}-{k}") for k in range(per_capture))
-        capture_outputs.append(outs)
-        stages.append(spec(f"capture-{i}", StageKind.CAPTURE, CaptureSettings(
-            source=uri, source_id=sid, max_frames=config.max_frames, rate=rate, loop=config.loop, live=config.live),
-            outputs=outs))
+
+    def capture(index: int, uri: str, sid: str, options: SourceOptions, sources: int) -> StageSpec:
+        outs = tuple(endpoint(f"capture-{index}" if per_capture == 1 else f"capture-{index}-{k}")
+                     for k in range(per_capture))
+        fields = capture_fields(options, config)
+        settings = CaptureSettings(source=uri, source_id=sid, **{**fields, "rate": fields["rate"] or rate})
+        return spec(f"capture-{index}", StageKind.CAPTURE, settings, sources=sources, outputs=outs)
+
+    captures = [capture(i, uri, sid, SourceOptions(), len(ids)) for i, (uri, sid) in enumerate(zip(config.sources, ids))]
+    stages.extend(captures)
+    capture_outputs = [c.outputs for c in captures]
+    infer_names = tuple("infer" if workers == 1 else f"infer-{k}" for k in range(workers))
     if live:
         infer_inputs = [tuple(outs[k] for outs in capture_outputs) for k in range(workers)]
+        capture_readers = infer_names
     else:
+        capture_readers = ("preprocess",)
         pre_outs = tuple(endpoint(f"preprocess-{k}") for k in range(workers))
         infer_inputs = [(out,) for out in pre_outs]
         stages.append(spec("preprocess", StageKind.PREPROCESS,
@@ -207,9 +238,10 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
     publish_out = (endpoint("publish"),) if render else ()
     for k in range(workers):
         # The workers share one reader id of the tensor ring; each writes a labels ring.
-        stages.append(spec("infer" if workers == 1 else f"infer-{k}", StageKind.INFER, InferSettings(
+        stages.append(spec(infer_names[k], StageKind.INFER, InferSettings(
             model=str(model.path), backend=model.choice.backend, engine=model.engine_options(threads),
-            confidence=config.confidence, preprocess=live), inputs=infer_inputs[k], outputs=(infer_outs[k],),
+            confidence=config.confidence, preprocess=live, batch=batch, batch_timeout_ms=config.batch_timeout_ms),
+            inputs=infer_inputs[k], outputs=(infer_outs[k],),
             reader_in_order=workers == 1))
     stages.append(spec("publish", StageKind.PUBLISH, PublishSettings(
         metadata=metadata, endpoint=config.publish, mask_encoding=config.mask_encoding,
@@ -221,7 +253,7 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
             metadata=metadata, opacity=config.opacity, legend=config.legend, mode=config.render_mode,
             classes=class_ids(config.render_classes, metadata), sinks=render_uris, per_source_dirs=per_source),
             inputs=publish_out))
-    return RunPlan(run_id, policy, tuple(stages), control, commands, per_source)
+    return RunPlan(run_id, policy, tuple(stages), control, commands, per_source, capture, capture_readers)
 
 
 def public_keys(config: PipelineConfig) -> CurveServer | None:

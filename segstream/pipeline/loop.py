@@ -9,6 +9,7 @@ from collections import Counter
 from typing import Any, Callable, Protocol
 
 from segstream.engines.metadata import ModelMetadata
+from segstream.pipeline.control import EventKind
 from segstream.pipeline.runtime import StageRuntime
 from segstream.pipeline.sinks import SinkContext, SinkSet
 from segstream.pipeline.spec import StageSpec
@@ -16,7 +17,7 @@ from segstream.pipeline.telemetry.stats import SkipCounter
 from segstream.pipeline.wire.keys import CurveServer
 from segstream.pipeline.wire.messages import Kind, Message, Stamp, eos
 from segstream.pipeline.wire.payloads import PayloadWriter, mode_for_endpoint
-from segstream.pipeline.wire.policies import FlowPolicy, Inbox, Outbox, Reorderer
+from segstream.pipeline.wire.policies import POLL_MS, FlowPolicy, Inbox, Outbox, Reorderer
 from segstream.pipeline.wire.transport import Role, make_socket
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,19 @@ def stamp(message: Message, stage: str, in_ns: int) -> None:
     message.header.stamps.append(Stamp(stage, in_ns, time.monotonic_ns()))
 
 
+def join_source(runtime: StageRuntime, pull: Any, known: set[str], source: str, endpoints: tuple[str, ...]) -> None:
+    """A source joined the running pipeline: accept its frames, and connect the input to
+    the endpoints its capture binds (for the stages that read captures straight); said to
+    the supervisor each time (it repeats ``add_source`` until every stage said so)."""
+    if source not in known:
+        known.add(source)
+        for endpoint in endpoints:
+            pull.connect(endpoint)
+        logger.info("%s: source %s joined%s", runtime.spec.name, source,
+                    f" ({', '.join(endpoints)})" if endpoints else "")
+    runtime.emit(EventKind.SOURCE_JOINED, source=source)
+
+
 def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processor) -> int:
     """Receive, process and send until every source ended or a stop is requested.
 
@@ -119,17 +133,45 @@ def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processo
     reorder = Reorderer(spec.policy, stats.skipped) if spec.reorder else None
     eos_seen: Counter[str] = Counter()
     ended: set[str] = set()
+    known = set(spec.source_ids)  # grows as sources join a running pipeline (``add_source``)
+    check_source = bool(spec.source_ids) or spec.open_ended
+
+    batch = getattr(processor, "batch", None)  # inference: frames of several sources per engine call
 
     def handle_frame(message: Message, in_ns: int) -> None:
         blocked_before = processor.blocked_ns()
         result = processor.process(message)
         if spec.delay_ms:
             time.sleep(spec.delay_ms / 1000)
+        finish_frame(message, result, in_ns, processor.blocked_ns() - blocked_before)
+
+    def handle_batch(items: list[tuple[Message, int]]) -> None:
+        blocked_before = processor.blocked_ns()
+        results = processor.process_batch([message for message, _ in items])  # type: ignore[attr-defined]
+        if spec.delay_ms:
+            time.sleep(spec.delay_ms / 1000)
+        blocked = (processor.blocked_ns() - blocked_before) // len(items)
+        for (message, in_ns), result in zip(items, results):
+            finish_frame(message, result, in_ns, blocked)
+
+    def flush_batches(only_due: bool) -> None:
+        """Run the batches that are due (``only_due``), or everything waiting."""
+        if batch is None:
+            return
+        if not only_due:
+            items = batch.flush()
+            for k in range(0, len(items), batch.size):
+                handle_batch(items[k:k + batch.size])
+            return
+        while len(batch) and batch.ready(time.monotonic_ns()):
+            handle_batch(batch.take(time.monotonic_ns()))
+
+    def finish_frame(message: Message, result: Message | None, in_ns: int, blocked_ns: int) -> None:
         if result is None:
             return
         if not result.header.stamps or result.header.stamps[-1].stage != spec.name:  # publish and render stamp themselves
             stamp(result, spec.name, in_ns)
-        stats.record_timing(in_ns, result.header.stamps[-1].out_ns, processor.blocked_ns() - blocked_before)
+        stats.record_timing(in_ns, result.header.stamps[-1].out_ns, blocked_ns)
         if finishes or outbox is None:
             stats.record_out(message.header.source, time.monotonic_ns())
             if outbox is not None:
@@ -148,19 +190,22 @@ def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processo
             ended.add(source)
             if outbox is not None:
                 outbox.send(eos(source, restarted=True))
-        while not runtime.stopping and len(ended) < spec.sources:
+        while not runtime.stopping and (spec.open_ended or len(ended) < max(spec.sources, len(known))):
+            for source, endpoints in runtime.take_added():
+                join_source(runtime, pull, known, source, endpoints)
             if runtime.take_resync() and reorder is not None:  # a restarted worker lost what it held
                 for held in reorder.resync():
                     handle_frame(held, time.monotonic_ns())
-            messages = inbox.receive()
+            due = batch.deadline_ns() if batch is not None else None
+            messages = inbox.receive(POLL_MS if due is None else max(0, (due - time.monotonic_ns()) // 1_000_000))
             for old in inbox.superseded:
                 processor.discard(old)
             inbox.superseded.clear()
             for message in messages:
                 in_ns = time.monotonic_ns()
                 source = message.header.source
-                if spec.source_ids and source not in spec.source_ids:
-                    runtime.refuse(None, "unknown_source", f"source {source!r} is not one of {list(spec.source_ids)}")
+                if check_source and source not in known:
+                    runtime.refuse(None, "unknown_source", f"source {source!r} is not one of {sorted(known)}")
                     continue
                 if message.header.kind is Kind.EOS:
                     if source in ended:  # sent again by a restarted stage
@@ -170,6 +215,7 @@ def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processo
                         continue
                     for held in reorder.flush(source) if reorder else []:
                         handle_frame(held, time.monotonic_ns())
+                    flush_batches(only_due=False)  # its last frames go before its end
                     ended.add(source)
                     logger.info("%s: end of stream for %s after %d frames", spec.name, source,
                                 stats.per_source[source])
@@ -177,10 +223,20 @@ def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processo
                     stamp(message, spec.name, in_ns)
                     if outbox is not None:
                         outbox.send(message)
+                    runtime.tick(now_too=True)  # the source's final figures, before the event that it ended
+                    runtime.emit(EventKind.SOURCE_ENDED, source=source)
                     continue
                 stats.count_in()
+                if batch is not None:
+                    batch.note_fps(message.header.meta.get("fps"))
+                    superseded = batch.add(source, (message, in_ns), in_ns)
+                    if superseded is not None:  # live: a newer frame of its source came first
+                        stats.skipped.add("superseded", source)
+                        processor.discard(superseded[0])
+                    continue
                 for ready in reorder.push(message) if reorder else [message]:
                     handle_frame(ready, in_ns)
+            flush_batches(only_due=True)
             runtime.tick()
         runtime.wait_until_downstream_done()
         return 0

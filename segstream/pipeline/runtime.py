@@ -32,6 +32,7 @@ from segstream.pipeline.control import (
 from segstream.pipeline.spec import StageSpec
 from segstream.pipeline.telemetry.ledger import Ledger
 from segstream.pipeline.telemetry.stats import StageReport, StageStats
+from segstream.pipeline.wire.names import is_safe_name
 from segstream.pipeline.wire.policies import POLL_MS
 from segstream.pipeline.wire.security import PeerGuard
 from segstream.pipeline.wire.transport import Role, make_socket
@@ -70,6 +71,8 @@ class StageRuntime:
         self._start = False
         self._finish = False
         self._resync = False
+        self._end_source = False  # this capture's source is to end (removed from the run)
+        self._added: list[tuple[str, tuple[str, ...]]] = []  # sources that joined, and where to read them
         self.orphaned = False  # the supervisor died: clean up after it on the way out
         self._last_report = time.monotonic()
         self._before_report: list[Callable[[], None]] = []
@@ -90,17 +93,44 @@ class StageRuntime:
             logger.info("%s: %s received, stopping", self.spec.name, signal.Signals(signum).name)
         self._stop = True
 
+    def _mine(self, source: str) -> bool:
+        """True for a command about every stage (no source), or about this capture's source."""
+        return not source or source == getattr(self.spec.settings, "source_id", None)
+
     def _apply(self, message: CommandMessage) -> None:
-        if message.command is Command.START:
+        command = message.command
+        if command is Command.START:
             self._start = True
-        elif message.command is Command.STOP:
+        elif command is Command.STOP:
             self._stop = True
-        elif message.command is Command.FINISH:
+        elif command is Command.FINISH and self._mine(message.source):
             self._finish = True
-        elif message.command is Command.FIGURES and message.figures is not None:
+        elif command is Command.FIGURES and message.figures is not None:
             self.figures = message.figures
-        elif message.command is Command.RESYNC:
+        elif command is Command.RESYNC:
             self._resync = True
+        elif command is Command.END_SOURCE and message.source and self._mine(message.source):
+            self._end_source = True
+        elif command is Command.ADD_SOURCE:
+            if not is_safe_name(message.source):
+                self.refuse(None, "control_bad_source", f"add_source names an unsafe source id {message.source!r:.80}")
+                return
+            self._added.append((message.source, tuple(message.connect.get(self.spec.name, ()))))
+
+    def take_added(self) -> list[tuple[str, tuple[str, ...]]]:
+        """Sources that joined the running pipeline since the last call, each with the
+        endpoints this stage's input connects to for it (none for a stage that reads
+        another stage's output)."""
+        if not self._stop:
+            self._read_commands()
+        added, self._added = self._added, []
+        return added
+
+    @property
+    def ending(self) -> bool:
+        """True once this capture's source is to end (``end_source``) or a stop came: its
+        stream ends with an end-of-stream message like a source that ended by itself."""
+        return self._end_source or self.stopping
 
     def take_resync(self) -> bool:
         """True once after the supervisor restarted a stage (frames it held are lost)."""
@@ -198,10 +228,11 @@ class StageRuntime:
             refresh()
         return self.stats.report()
 
-    def tick(self) -> None:
-        """Send periodic stats to the supervisor."""
+    def tick(self, now_too: bool = False) -> None:
+        """Send periodic stats to the supervisor (``now_too``: now, whenever the last were:
+        figures that must be current with the next event, such as a source's end)."""
         now = time.monotonic()
-        if now - self._last_report >= STATS_INTERVAL_S:
+        if now_too or now - self._last_report >= STATS_INTERVAL_S:
             self._last_report = now
             self.emit(EventKind.STATS, report=self._report())
 

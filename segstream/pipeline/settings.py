@@ -23,7 +23,7 @@ from typing import Any, Callable
 from segstream.errors import ConfigError
 from segstream.pipeline.typed_json import load_dataclass
 
-SECTIONS = ("sources", "engine", "flow", "outputs", "telemetry")
+SECTIONS = ("sources", "engine", "flow", "outputs", "telemetry", "control")
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, flag: str = "", section: str = "",
@@ -38,7 +38,7 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, flag: str = "
         help: what it does, for ``--help`` and the docs.
         flag: its command-line flag ("" for none).
         section: its YAML section (``sources``, ``engine``, ``flow``, ``outputs``,
-            ``telemetry``); the flat top-level key is accepted too.
+            ``telemetry``, ``control``); the flat top-level key is accepted too.
         yaml: its key inside the section (default: the field name).
         metavar: the flag's placeholder.
         parse: turns the flag's text into the value.

@@ -112,6 +112,10 @@ class InferSettings:
         confidence: pass the model's confidence output on.
         preprocess: the worker makes the model input from the frame itself (live flow:
             only the frames it will infer are preprocessed, with no stage in between).
+        batch: frames of different sources inferred in one engine call at most
+            (``batching``; the engine's own limit applies too).
+        batch_timeout_ms: how long a batch waits to fill (None: a third of the fastest
+            source's frame interval).
     """
 
     model: str
@@ -119,6 +123,14 @@ class InferSettings:
     engine: dict[str, Any] = field(default_factory=dict)
     confidence: bool = False
     preprocess: bool = False
+    batch: int = 1
+    batch_timeout_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch < 1:
+            raise ValueError(f"batch must be at least 1, found {self.batch}")
+        if self.batch_timeout_ms is not None and not 0 <= self.batch_timeout_ms <= 10_000:
+            raise ValueError(f"batch_timeout_ms must be between 0 and 10000, found {self.batch_timeout_ms}")
 
 
 @dataclass(frozen=True)
@@ -231,6 +243,8 @@ class StageSpec:
         ended_sources: sources that ended before this process started (a restart): it
             passes their end of stream on at once.
         keys: the run's CURVE keys for its tcp:// sockets (None on ipc://).
+        open_ended: sources come and go while the pipeline runs (``--api``): the stage
+            goes on when every source it knows has ended, until a stop.
     """
 
     name: str
@@ -255,6 +269,7 @@ class StageSpec:
     incarnation: int = 0
     ended_sources: tuple[str, ...] = ()
     keys: RunKeys | None = None
+    open_ended: bool = False
 
     def __post_init__(self) -> None:
         expected = SETTINGS[self.kind]

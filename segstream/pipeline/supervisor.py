@@ -26,11 +26,14 @@ import zmq
 from segstream.engines.resolve import InferenceModel
 from segstream.errors import MessageError, PipelineFailed, SegstreamError
 from segstream.log_throttle import LogThrottle
-from segstream.pipeline.config import PipelineConfig
+from segstream.pipeline.config import PipelineConfig, api_address
 from segstream.pipeline.control import Command, CommandMessage, EventKind, PipelineFigures, decode_event, encode
+from segstream.pipeline.control_api import ApiRequests, ControlApi
 from segstream.pipeline.graph import RunPlan, plan_run
 from segstream.pipeline.restarts import Restarter, next_incarnation
 from segstream.pipeline.run_folder import make_run_dir, sweep_run
+from segstream.pipeline.source_book import SourceBook, SourceEntry
+from segstream.pipeline.sources_api import SourcesApi
 from segstream.pipeline.spec import CaptureSettings, StageSpec
 from segstream.pipeline.stage_process import StageProcess, exit_reason, spawn
 from segstream.pipeline.telemetry.ledger import read_ledger
@@ -75,11 +78,12 @@ def default_policy(sources: tuple[str, ...]) -> FlowPolicy:
     """Lossless for files, folders and datasets; live as soon as one source is live.
 
     Files are opened once here, so a missing one is a clear error before any process
-    starts; streams and cameras are not (connecting is the capture stage's job).
+    starts; streams and cameras are not (connecting is the capture stage's job). A run
+    with no sources yet (``--api``: they come later) is live, like a service of cameras.
     """
     from segstream.pipeline.sources import is_live_uri, open_source
 
-    live = False
+    live = not sources
     for uri in sources:
         if is_live_uri(uri):
             live = True
@@ -116,6 +120,12 @@ class Supervisor:
         self.restarter = Restarter(config.max_restarts)
         self._run_dir = Path()
         self._env: dict[str, str] = {}
+        self.book = SourceBook()
+        self.api_port = 0  # where the control API listens (--api)
+        self._api_requests = ApiRequests()
+        self.sources_api = SourcesApi(self)
+        self.plan: RunPlan | None = None  # the run's layout (lays out the captures of sources added later)
+        self._commands: zmq.Socket | None = None
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if not self._stop_requested:
@@ -131,7 +141,7 @@ class Supervisor:
         self._started_wall = started_wall = time.time()
         self._t0 = t0 = time.monotonic()
         error = ""
-        control = commands = metrics = None
+        control = commands = metrics = api = None
         self._status = None if self.config.quiet else StatusLine(max_frames=self.config.max_frames,
                                                                  loop=self.config.loop)
         try:
@@ -147,7 +157,12 @@ class Supervisor:
             server = keys.server if keys else None
             control = make_socket(context, Role.CONTROL_IN, bind=plan.control, server=server, guard=self._guard)
             commands = make_socket(context, Role.COMMANDS_PUB, bind=plan.commands, server=server, guard=self._guard)
+            self.plan, self._commands = plan, commands
             self._start(plan, run_dir)
+            if self.config.api:
+                host, port = api_address(self.config.api, self.config.api_token)
+                api = ControlApi(host, port, self.config.api_token, self._api_requests)
+                self.api_port = api.port
             error = self._supervise(control, commands)
         except PipelineFailed as exc:
             error = str(exc)
@@ -157,6 +172,8 @@ class Supervisor:
             logger.exception("the supervisor failed")
             error = f"internal error in the supervisor: {type(exc).__name__}: {exc}"
         finally:
+            if api is not None:
+                api.close()
             if self._status is not None:
                 if self.state is RunState.RUNNING:
                     self._status.update(self.snapshot, final=True)  # the figures at the end
@@ -175,7 +192,8 @@ class Supervisor:
                 signal.signal(sig, handler)
             if metrics is not None:
                 metrics.close()
-        if not error and self.failed_sources:
+        if not error and self.failed_sources and not self.config.api:
+            # (with --api, a source that fails is the API's to report: the service goes on)
             error = "; ".join(f"source {sid} failed: {why}" for sid, why in self.failed_sources.items())
         stopped = self._stop_requested and not error
         stats = self._collect_stats(started_wall, time.monotonic() - t0, stopped, error)
@@ -198,11 +216,20 @@ class Supervisor:
             # their lines would break it; warnings and errors still show.
             env["SEGSTREAM_LOG_LEVEL"] = "WARNING"
         self._run_dir, self._env = run_dir, env
-        self.stages.extend(self._spawn(spec) for spec in plan.stages)
+        self.stages.extend(self.spawn(spec) for spec in plan.stages)
+        for spec in plan.stages:
+            if isinstance(spec.settings, CaptureSettings):
+                self.book.add(SourceEntry(spec.settings.source_id, spec.settings.source, spec.name))
         logger.info("run %s: %d stages started (%s flow)", self.run_id, len(self.stages), self.policy.value)
 
-    def _spawn(self, spec: StageSpec) -> StageProcess:
+    def spawn(self, spec: StageSpec) -> StageProcess:
+        """Start the process of ``spec`` (its spec file in the run folder)."""
         return spawn(spec, self._run_dir, self._env)
+
+    def command(self, message: CommandMessage) -> None:
+        """Send ``message`` to every stage (each takes what is meant for it)."""
+        if self._commands is not None:
+            self._commands.send(encode(message))
 
     # -- supervising ------------------------------------------------------------------
 
@@ -238,6 +265,12 @@ class Supervisor:
             stage.error = event.message
         elif kind is EventKind.SOURCE_FAILED:
             self.failed_sources[event.source or stage.spec.name] = event.message
+        elif kind in (EventKind.SOURCE_ENDED, EventKind.SOURCE_JOINED):
+            entry = self.book.get(event.source)
+            if entry is not None and kind is EventKind.SOURCE_ENDED:
+                entry.ended_at.add(stage.spec.name)
+            elif entry is not None and entry.joined is not None:
+                entry.joined.add(stage.spec.name)
 
     def _drain_events(self, control: zmq.Socket, timeout_s: float, until_all_done: bool = False) -> None:
         """Handle events for ``timeout_s`` (or until every stage sent its final report)."""
@@ -282,7 +315,7 @@ class Supervisor:
                 ended = tuple(s.spec.settings.source_id for s in self.stages
                               if isinstance(s.spec.settings, CaptureSettings) and (s.ended or s.process.poll() == 0))
                 spec = next_incarnation(stage.spec, read_ledger(stage.ledger_path), ended)
-                self.stages[k] = self._spawn(spec)
+                self.stages[k] = self.spawn(spec)
                 logger.info("stage %s restarted (pid %d)", spec.name, self.stages[k].process.pid)
         return ""
 
@@ -291,6 +324,9 @@ class Supervisor:
         last_start = last_broadcast = 0.0
         while True:
             self._drain_events(control, 0.05)
+            self._api_requests.serve(self.sources_api.answer)
+            if self.config.api:
+                self.sources_api.tend()
             if self.state is RunState.RUNNING and time.monotonic() - last_broadcast > BROADCAST_S:
                 last_broadcast = time.monotonic()
                 commands.send(encode(CommandMessage(Command.FIGURES, self._live_figures())))
@@ -378,7 +414,8 @@ class Supervisor:
 
     def _collect_stats(self, started_wall: float, duration_s: float, stopped: bool, error: str,
                        final: bool = True) -> dict[str, Any]:
-        facts = RunFacts(self.run_id, started_wall, duration_s, self.policy, self.model, tuple(self.config.sources),
+        facts = RunFacts(self.run_id, started_wall, duration_s, self.policy, self.model,
+                         tuple(entry.uri for entry in self.book.entries.values()),
                          tuple((s.spec.name, s.spec.settings) for s in self.stages
                                if isinstance(s.spec.settings, CaptureSettings)),
                          dict(self.failed_sources), self.malformed_events, self.restarter.restarts(), final,

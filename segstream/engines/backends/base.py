@@ -3,11 +3,12 @@
 Every backend meets this contract:
 
 - ``Engine.metadata``: the model's ``ModelMetadata``;
-- ``Engine.infer(tensor)``: a (1, 3, H, W) float32 tensor in, a dict of named numpy
-  outputs back, shaped as the metadata's ``outputs`` describe;
+- ``Engine.infer(tensor)``: an (N, 3, H, W) float32 batch in (N up to
+  ``Engine.max_batch``: frames of several sources in one call), a dict of named numpy
+  outputs back, shaped as the metadata's ``outputs`` describe, each with the batch first;
 - ``Engine.takes_images``: True for engines that preprocess on their device; they also
   offer ``Engine.infer_image(image)``, a BGR uint8 (H, W, 3) image at the model's input
-  size in, the same outputs back;
+  size (or an (N, H, W, 3) batch of them) in, the same outputs back;
 - ``Engine.close()``: frees the runtime; safe to call twice.
 
 A device engine whose model outputs segmentation logits takes the argmax on the device
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 
 ARGMAX_KEY = "argmax"
+MAX_BATCH = 64  # the most frames an engine with a dynamic batch axis takes in one call
 
 
 class Engine(Protocol):
@@ -40,6 +42,7 @@ class Engine(Protocol):
 
     metadata: ModelMetadata
     takes_images: bool
+    max_batch: int
 
     def infer(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
         """Run the model on one NCHW float32 batch."""

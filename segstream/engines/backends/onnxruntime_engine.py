@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segstream.engines.backends.base import MAX_BATCH
 from segstream.engines.metadata import ModelMetadata, read_onnx_metadata
 from segstream.errors import ModelError
 
@@ -97,6 +98,9 @@ class OnnxRuntimeEngine:
                 f"{inputs}; fix input_name in the metadata"
             )
         self._output_names = [o.name for o in self.metadata.outputs]
+        batch_dim = next(i for i in self._session.get_inputs() if i.name == self.metadata.input_name).shape[0]
+        # frames of several sources in one call: any number on a dynamic batch axis
+        self.max_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else MAX_BATCH
         self.providers = tuple(self._session.get_providers())
         gpu = any(p != "CPUExecutionProvider" for p in self.providers)
         self._binding = None
@@ -108,7 +112,7 @@ class OnnxRuntimeEngine:
                     ", ".join(self.providers), " (I/O binding)" if self._binding is not None else "")
 
     def infer(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
-        """Run one batch; returns outputs by name."""
+        """Run one (N, 3, H, W) batch (N up to ``max_batch``); returns outputs by name."""
         if self._binding is None:
             values = self._session.run(self._output_names, {self.metadata.input_name: tensor})
         else:

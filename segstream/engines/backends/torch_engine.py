@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from segstream.engines.backends.base import input_tensor
+from segstream.engines.backends.base import MAX_BATCH, input_tensor
 from segstream.engines.backends.cuda_probe import probe_cuda
 from segstream.engines.backends.device_io import DevicePreprocessor
 from segstream.engines.metadata import ModelMetadata
@@ -94,6 +94,8 @@ class TorchEngine:
         self.takes_images = cuda
         self._pre = DevicePreprocessor(self.metadata, self._device, self._dtype) if cuda else None
         self._graph = None
+        # any batch; a CUDA graph replays the one shape it was captured with
+        self.max_batch = 1 if cuda_graph else MAX_BATCH
         if cuda_graph:
             self._capture()
         logger.info("torch %s: %s on %s, %s%s%s", torch.__version__, model, self._device, precision,
@@ -132,14 +134,17 @@ class TorchEngine:
             return {name: out.cpu().numpy() for name, out in zip(self._names, outs)}
 
     def infer(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
-        """Run one preprocessed (1, 3, H, W) float32 batch; outputs as the ONNX export's."""
+        """Run one preprocessed (N, 3, H, W) float32 batch; outputs as the ONNX export's."""
         return self._run(input_tensor(self._torch, tensor).to(self._device, self._dtype))
 
     def infer_image(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        """Run one BGR uint8 image at the model's input size, normalised on the device."""
+        """Run one BGR uint8 image at the model's input size (H, W, 3), or a batch of them
+        (N, H, W, 3), normalised on the device."""
         if self._pre is None:
             raise ModelError("infer_image needs the torch backend on CUDA; on the CPU use infer(tensor)")
-        return self._run(self._pre(image))
+        if image.ndim == 3:
+            return self._run(self._pre(image))
+        return self._run(self._torch.cat([self._pre(one) for one in image]))
 
     def close(self) -> None:
         """Drop the module and any captured graph."""

@@ -82,7 +82,7 @@ class RtspOut(BaseSink):
         if not url.startswith("rtsp://"):
             raise OutputError(f"--rtsp-out takes rtsp://HOST:PORT/PATH, found {url!r}")
         self.url = url
-        self.several = context.sources > 1
+        self.several = context.sources > 1 or context.per_source_dirs  # per_source_dirs: sources come and go
         self.publishers: dict[str, RtspPublisher] = {}
         self.frames = 0
 

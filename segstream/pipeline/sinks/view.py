@@ -3,8 +3,11 @@
 Served by the render stage (``--view [HOST:PORT]``, default ``127.0.0.1:8080``):
 
 - ``/``: the page (the overlay beside FPS, latency, per-stage timings, frames skipped and
-  the classes present with their share);
-- ``/stream.mjpg``: ``multipart/x-mixed-replace`` JPEG frames, the newest overlay each;
+  the classes present with their share, and the sources: each appears with its first
+  frame and goes at its end of stream, so sources added and removed while the pipeline
+  runs come and go; click one to watch it);
+- ``/stream.mjpg``: ``multipart/x-mixed-replace`` JPEG frames, the newest overlay of any
+  source each; ``/stream.mjpg?source=ID``: of that source only;
 - ``/stats.json``: the numbers the page shows.
 
 Each viewer is one thread that lives as long as its connection: closing the tab ends
@@ -19,6 +22,7 @@ import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import cv2
 import numpy as np
@@ -50,6 +54,7 @@ PAGE = """<!doctype html>
  table { width: 100%; border-collapse: collapse; font-variant-numeric: tabular-nums; }
  td { padding: 2px 4px; } td.n { text-align: right; }
  .swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 6px; }
+ #sources tr { cursor: pointer; } #sources tr.on td:first-child { color: #8ab4f8; font-weight: 600; }
  .bar { height: 4px; background: #3c4043; border-radius: 2px; } .bar i { display: block; height: 4px; border-radius: 2px; }
 </style></head>
 <body>
@@ -66,12 +71,19 @@ PAGE = """<!doctype html>
    <div class="card"><b id="viewers">-</b><small>viewers</small></div>
    <div class="card" id="miou-card" style="display: none"><b id="miou">-</b><small>mIoU so far (--eval)</small></div>
   </div>
+  <h2>Sources</h2><table id="sources"></table>
   <h2>Classes in view</h2><table id="classes"></table>
   <h2>Stages (median ms)</h2><table id="stages"></table>
  </aside>
 </main>
 <script>
 const $ = id => document.getElementById(id);
+let watching = '';  // '' = whichever source has the newest frame
+function watch(id) {
+  watching = watching === id ? '' : id;
+  $('stream').src = '/stream.mjpg' + (watching ? '?source=' + encodeURIComponent(watching) : '');
+}
+const esc = t => String(t).replace(/[&<>"']/g, c => '&#' + c.charCodeAt(0) + ';');
 async function refresh() {
   try {
     const s = await (await fetch('/stats.json', {cache: 'no-store'})).json();
@@ -84,7 +96,12 @@ async function refresh() {
     $('miou-card').style.display = s.miou == null ? 'none' : '';
     if (s.miou != null) $('miou').textContent = s.miou.toFixed(3);
     $('model').textContent = s.model;
-    $('source').textContent = s.source;
+    $('source').textContent = watching || s.source;
+    if (watching && !s.sources.some(x => x.id === watching)) watch(watching);  // it ended: back to all
+    $('sources').innerHTML = s.sources.map(x =>
+      `<tr class="${x.id === watching ? 'on' : ''}" data-id="${esc(x.id)}"><td>${esc(x.id)}</td>` +
+      `<td class="n">${x.fps.toFixed(1)} fps</td><td class="n">#${x.frame}</td></tr>`).join('');
+    for (const row of $('sources').rows) row.onclick = () => watch(row.dataset.id);
     $('classes').innerHTML = s.classes.map(c =>
       `<tr><td><span class="swatch" style="background:${c.colour}"></span>${c.name}</td>` +
       `<td class="n">${(100 * c.share).toFixed(1)}%</td></tr>` +
@@ -106,26 +123,50 @@ class ViewState:
         self._cond = threading.Condition()
         self._jpeg: bytes | None = None
         self._seq = 0
+        self._by_source: dict[str, tuple[int, bytes]] = {}  # source -> (seq, its newest JPEG)
+        self.sources: dict[str, dict[str, Any]] = {}  # the sources on air: id -> fps, frame
         self.stats: dict[str, Any] = {"fps": 0.0, "frame": 0, "latency_ms": {"median": 0, "p95": 0}, "skipped": 0,
                                       "classes": [], "stages": {}, "model": "", "source": ""}
         self.viewers = 0
         self.closed = False
 
     def publish(self, image: np.ndarray, stats: dict[str, Any]) -> None:
-        """A new overlay image and the numbers that go with it."""
+        """A new overlay image and the numbers that go with it (``stats["source"]``: whose)."""
         ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        source = str(stats.get("source", ""))
         with self._cond:
             if ok:
                 self._jpeg = buf.tobytes()
                 self._seq += 1
+                self._by_source[source] = (self._seq, self._jpeg)
+            self.sources[source] = {"id": source, "fps": stats.get("fps", 0.0), "frame": stats.get("frame", 0)}
             self.stats = stats
             self._cond.notify_all()
 
-    def next_frame(self, after: int, timeout_s: float = 1.0) -> tuple[int, bytes | None]:
-        """The newest JPEG once it is newer than ``after`` (or None after the timeout)."""
+    def end(self, source: str) -> None:
+        """``source`` ended: it leaves the page (a viewer of it alone gets no more frames)."""
         with self._cond:
-            self._cond.wait_for(lambda: self._seq > after or self.closed, timeout_s)
-            return (self._seq, self._jpeg) if self._seq > after else (after, None)
+            self.sources.pop(source, None)
+            self._by_source.pop(source, None)
+            self._cond.notify_all()
+
+    def numbers(self) -> dict[str, Any]:
+        """What ``/stats.json`` serves."""
+        with self._cond:
+            return {**self.stats, "viewers": self.viewers, "sources": list(self.sources.values())}
+
+    def next_frame(self, after: int, timeout_s: float = 1.0, source: str | None = None) -> tuple[int, bytes | None]:
+        """The newest JPEG (of ``source``, or of any) once it is newer than ``after``, or
+        None after the timeout."""
+        def newest() -> tuple[int, bytes | None]:
+            if source is None:
+                return self._seq, self._jpeg
+            return self._by_source.get(source, (0, None))
+
+        with self._cond:
+            self._cond.wait_for(lambda: newest()[0] > after or self.closed, timeout_s)
+            seq, jpeg = newest()
+            return (seq, jpeg) if seq > after else (after, None)
 
     def close(self) -> None:
         with self._cond:
@@ -150,13 +191,14 @@ def _handler(state: ViewState) -> type[BaseHTTPRequestHandler]:
             if self.path == "/":
                 self._send(PAGE.encode(), "text/html; charset=utf-8")
             elif self.path.startswith("/stats.json"):
-                self._send(json.dumps({**state.stats, "viewers": state.viewers}).encode(), "application/json")
+                self._send(json.dumps(state.numbers()).encode(), "application/json")
             elif self.path.startswith("/stream.mjpg"):
-                self._stream()
+                query = parse_qs(urlsplit(self.path).query)
+                self._stream(query["source"][0] if query.get("source") else None)
             else:
                 self.send_error(HTTPStatus.NOT_FOUND, "try / , /stream.mjpg or /stats.json")
 
-        def _stream(self) -> None:
+        def _stream(self, source: str | None) -> None:
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
             self.send_header("Cache-Control", "no-store")
@@ -165,7 +207,7 @@ def _handler(state: ViewState) -> type[BaseHTTPRequestHandler]:
             seq = 0
             try:
                 while not state.closed:
-                    seq, jpeg = state.next_frame(seq)
+                    seq, jpeg = state.next_frame(seq, source=source)
                     if jpeg is None:
                         continue
                     self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
@@ -237,6 +279,9 @@ class LiveView(BaseSink):
             "classes": classes,
             "classification": result.header.meta.get("classification"),
         }
+
+    def end_source(self, final: SinkResult) -> None:
+        self.server.state.end(final.header.source)
 
     def close(self) -> None:
         self.server.close()

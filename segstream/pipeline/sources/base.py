@@ -46,8 +46,9 @@ class FrameSource(Protocol):
         ...
 
     def connection(self) -> dict[str, int]:
-        """Health counters: a live source's ``reconnects``, ``connect_attempts`` and
-        ``stalls``; a video file cut short, ``frames_missing``; {} when there is nothing to say."""
+        """Health counters: a live source's ``reconnects``, ``connect_attempts``,
+        ``stalls``, ``streaming`` (open now) and ``opened`` (ever); a video file cut short,
+        ``frames_missing``; {} when there is nothing to say."""
         ...
 
     def close(self) -> None:

@@ -282,8 +282,10 @@ class LatestFrameSource:
             index += 1
 
     def connection(self) -> dict[str, int]:
-        """Reconnects so far, open attempts in all, and stalls detected."""
-        return {"reconnects": self.reconnects, "connect_attempts": self.attempts, "stalls": self.stalls}
+        """Reconnects so far, open attempts in all, stalls detected, and whether the stream
+        is open now (``streaming``) and ever was (``opened``)."""
+        return {"reconnects": self.reconnects, "connect_attempts": self.attempts, "stalls": self.stalls,
+                "streaming": int(self._streaming), "opened": int(self._opened_once)}
 
     def close(self) -> None:
         """Stop the reader thread (it releases the capture itself)."""

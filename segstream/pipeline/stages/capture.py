@@ -64,7 +64,7 @@ def _note_connection(source: FrameSource, stats: StageStats) -> None:
     figures = source.connection()
     stats.reconnects = figures.get("reconnects", 0)
     stats.connect_attempts = figures.get("connect_attempts", 0)
-    for key in ("stalls", "frames_missing"):  # a stream's stalls; a video file cut short
+    for key in ("stalls", "frames_missing", "streaming", "opened"):  # a stream's state; a video file cut short
         if key in figures:
             stats.extra[key] = figures[key]
 
@@ -119,7 +119,7 @@ def _stream(source: FrameSource, settings: CaptureSettings, spec: StageSpec, run
             start_ns -= int(due * 1e9)
             start_wall_ns -= int(due * 1e9)
             frames = itertools.chain([first], frames)  # type: ignore[assignment]
-    while not runtime.stopping:
+    while not runtime.ending:
         read_ns = time.monotonic_ns()
         frame = next(frames, _END)
         decoded_ns = time.monotonic_ns()
@@ -131,7 +131,7 @@ def _stream(source: FrameSource, settings: CaptureSettings, spec: StageSpec, run
             continue
         due = schedule(index, frame) if schedule else None
         if due is not None:
-            _wait_until(start_ns + int(due * 1e9), lambda: runtime.stopping)
+            _wait_until(start_ns + int(due * 1e9), lambda: runtime.ending)
         in_ns = time.monotonic_ns()
         capture_ns, wall_ns = in_ns, time.time_ns()
         if due is not None:
@@ -154,7 +154,7 @@ def _stream(source: FrameSource, settings: CaptureSettings, spec: StageSpec, run
                                      capture_ns, wall_ns, meta=meta))
             seq += 1
             blocked_before = writer.blocked_ns
-            if not writer.add(message, "frame", image, lambda: runtime.stopping):
+            if not writer.add(message, "frame", image, lambda: runtime.ending):
                 break
             if frame.gt is not None:
                 writer.add(message, "gt", frame.gt, inline=True)
@@ -188,7 +188,8 @@ def _skip_to(frames: Iterator[SourceFrame | None], index: int, runtime: StageRun
 
 
 def run(spec: StageSpec, runtime: StageRuntime) -> int:
-    """Capture one source until it ends, ``max_frames`` or a stop; always send EOS.
+    """Capture one source until it ends, ``max_frames``, ``end_source`` (the source was
+    removed from the run: it ends as if the source had) or a stop; always send EOS.
 
     A source that cannot be opened (or a stream that never opens) ends with an
     end-of-stream message that carries the error, and a ``source_failed`` event, so the
@@ -225,8 +226,11 @@ def run(spec: StageSpec, runtime: StageRuntime) -> int:
             runtime.emit(EventKind.SOURCE_FAILED, source=settings.source_id, message=failure)
         if not runtime.stopping:
             logger.info("%s: end of stream after %d frames", settings.source_id, stats.frames_in)
+            extra: dict[str, Any] = {"error": failure} if failure else {}
+            if runtime.ending:  # removed from the run (end_source), not ended by itself
+                extra["removed"] = True
             outbox.send(eos(settings.source_id, frames_in=stats.frames_in, frames_out=stats.frames_out,
-                            skipped=dict(stats.skipped), **({"error": failure} if failure else {})))
+                            skipped=dict(stats.skipped), **extra))
             runtime.wait_until_downstream_done()
         return 0
     finally:

@@ -16,6 +16,7 @@ import numpy as np
 from segstream.engines.backends.base import labels_from_outputs, load_engine, top_labels
 from segstream.engines.metadata import OutputKind
 from segstream.engines.preprocess import Preprocessor
+from segstream.pipeline.batching import BatchQueue
 from segstream.pipeline.expect import IMAGE, TENSOR, part_problem
 from segstream.pipeline.loop import CARRIED, open_writer, run_middle_stage
 from segstream.pipeline.runtime import StageRuntime
@@ -55,66 +56,115 @@ class InferProcessor:
         self._preprocess = Preprocessor(meta) if settings.preprocess else None
         self._tensor: np.ndarray | None = None  # the model input this worker makes (settings.preprocess)
         self._last_ns = self._cycle_ns = 0  # when the last frame came, and the time between frames, smoothed
+        limit = int(getattr(self.engine, "max_batch", 1))
+        if settings.batch > limit:
+            logger.warning("%s: --batch %d, but this model takes at most %d frame(s) per call (a fixed batch "
+                           "axis: re-export it with segstream export for a dynamic one); batching %d",
+                           spec.name, settings.batch, limit, limit)
+        self.batch_size = max(1, min(settings.batch, limit))
+        timeout = None if settings.batch_timeout_ms is None else int(settings.batch_timeout_ms * 1e6)
+        # frames of different sources wait here for one engine call (run_middle_stage)
+        self.batch = BatchQueue(self.batch_size, timeout, spec.policy is FlowPolicy.LIVE) \
+            if self.batch_size > 1 else None
+        runtime.stats.extra["batch"] = self.batch_size
 
     def process(self, message: Message) -> Message | None:
-        if self._preprocess is not None:
-            problem = part_problem(message, "frame", IMAGE)
-        else:
-            problem = part_problem(message, "input", IMAGE if self._takes_images else TENSOR)
-            part = message.header.part("input")
-            if not problem and part is not None and part.shape != self._input_shape:
-                problem = f"part 'input' has shape {part.shape}; this model takes {self._input_shape}"
-        if problem:
-            self.inputs.release(message, "input")
-            self.runtime.refuse(message.header.source, "bad_input", problem)
-            return None
+        return self.process_batch([message])[0]
+
+    def process_batch(self, messages: list[Message]) -> list[Message | None]:
+        """Infer ``messages`` in one engine call (frames of different sources, ``--batch``);
+        the result of each, or None where a frame was refused or skipped (counted)."""
         now = time.monotonic_ns()
-        if self._last_ns:  # this stage's time from one frame to the next, smoothed
+        if self._last_ns:  # this stage's time from one call to the next, smoothed
             cycle = now - self._last_ns
             self._cycle_ns = cycle if not self._cycle_ns else int(0.8 * self._cycle_ns + 0.2 * cycle)
         self._last_ns = now
-        out = derive(message, Kind.RESULT)
-        pinned = self._pin_frame(message, out)  # before inference: the camera's ring moves on meanwhile
-        if pinned is None:
+        results: list[Message | None] = [None] * len(messages)
+        taken: list[tuple[int, Message, Message, bool]] = []  # (position, message, result, pinned)
+        inputs: list[np.ndarray] = []
+        for position, message in enumerate(messages):
+            problem = self._problem(message)
+            if problem:
+                self.inputs.release(message, "input")
+                self.runtime.refuse(message.header.source, "bad_input", problem)
+                continue
+            out = derive(message, Kind.RESULT)
+            pinned = self._pin_frame(message, out)  # before inference: the camera's ring moves on meanwhile
+            if pinned is None:
+                self.inputs.release(message, "input")
+                continue
+            model_input = self._input_of(message, len(inputs), len(messages))
+            if model_input is None:
+                self.inputs.release(message, "input")
+                self.runtime.stats.skipped.add("overwritten", message.header.source)
+                continue
+            taken.append((position, message, out, pinned))
+            inputs.append(model_input)
+        if not taken:
+            return results
+        outputs = self._run_engine(self._stacked(inputs))
+        extra = self.runtime.stats.extra  # how full batches are: engine calls, and frames in them
+        extra["engine_calls"] = int(extra.get("engine_calls", 0)) + 1
+        extra["frames_per_call"] = round((extra.get("frames_per_call", 0.0) * (extra["engine_calls"] - 1)
+                                          + len(taken)) / extra["engine_calls"], 3)
+        for k, (position, message, out, pinned) in enumerate(taken):
+            # The engine read the input where preprocess wrote it (no copy); in live flow
+            # the slot may have been reused meanwhile: the result is kept only if it stayed.
+            torn = self._preprocess is None and not self.inputs.intact(message, "input")
             self.inputs.release(message, "input")
-            return None
-        # The engine reads the input where preprocess wrote it (no copy); in live flow the
-        # slot may be reused meanwhile, so the result is kept only if the input stayed.
-        if self._preprocess is not None:
-            return self._infer_frame(message, out, pinned)
-        model_input = self.inputs.view(message, "input")
-        try:
-            outputs = None if model_input is None else self._run_engine(model_input)
-            torn = not self.inputs.intact(message, "input")
-        finally:
-            self.inputs.release(message, "input")
-        if outputs is None or torn:
-            self.runtime.stats.skipped.add("overwritten", message.header.source)
-            return None
-        return self._result(message, out, pinned, outputs)
+            if torn:
+                self.runtime.stats.skipped.add("overwritten", message.header.source)
+                continue
+            own = outputs if len(taken) == 1 else {name: value[k:k + 1] for name, value in outputs.items()}
+            results[position] = self._result(message, out, pinned, own)
+        return results
 
-    def _infer_frame(self, message: Message, out: Message, pinned: bool) -> Message | None:
-        """Preprocess the frame where capture left it, then infer (live flow)."""
+    def _problem(self, message: Message) -> str:
+        """What is wrong with the frame's input part ("" if nothing)."""
+        if self._preprocess is not None:
+            return part_problem(message, "frame", IMAGE)
+        problem = part_problem(message, "input", IMAGE if self._takes_images else TENSOR)
+        part = message.header.part("input")
+        if not problem and part is not None and part.shape != self._input_shape:
+            problem = f"part 'input' has shape {part.shape}; this model takes {self._input_shape}"
+        return problem
+
+    def _input_of(self, message: Message, row: int, rows: int) -> np.ndarray | None:
+        """The model input of one frame: where preprocess wrote it, or (live flow) made
+        here from the frame where capture left it, into row ``row`` of the batch buffer.
+        None if a shared-memory slot was reused first."""
+        if self._preprocess is None:
+            return self.inputs.view(message, "input")
         assert self._frames is not None
         frame = self._frames.view(message, "frame")
-        model_input = None if frame is None else self._model_input(frame)
+        model_input = None if frame is None else self._model_input(frame, row, rows)
         if model_input is None or not self._frames.intact(message, "frame"):  # capture reused the slot meanwhile
-            self.runtime.stats.skipped.add("overwritten", message.header.source)
             return None
-        return self._result(message, out, pinned, self._run_engine(model_input))
+        return model_input
+
+    def _stacked(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """One engine input from the frames' inputs: one alone as it is (no copy); rows the
+        worker made in its batch buffer as they lie; others copied together."""
+        if len(inputs) == 1:
+            return inputs[0]
+        if self._tensor is not None and all(i.base is self._tensor for i in inputs):
+            return self._tensor[: len(inputs)]
+        if self._takes_images:
+            return np.stack(inputs)
+        return np.concatenate(inputs)
 
     def _run_engine(self, model_input: np.ndarray) -> dict[str, np.ndarray]:
         if model_input.dtype == np.uint8:
             return self.engine.infer_image(model_input)
         return self.engine.infer(model_input)
 
-    def _model_input(self, frame: np.ndarray) -> np.ndarray:
+    def _model_input(self, frame: np.ndarray, row: int, rows: int) -> np.ndarray:
         assert self._preprocess is not None
         if self._takes_images:
             return self._preprocess.resize(frame)
-        if self._tensor is None:
-            self._tensor = np.empty(self._input_shape, np.float32)
-        return self._preprocess(frame, self._tensor)
+        if self._tensor is None or self._tensor.shape[0] < rows:
+            self._tensor = np.empty((max(rows, self.batch_size), *self._input_shape[1:]), np.float32)
+        return self._preprocess(frame, self._tensor[row:row + 1])
 
     def _result(self, message: Message, out: Message, pinned: bool, outputs: dict[str, np.ndarray]) -> Message | None:
         meta = self.engine.metadata

@@ -139,7 +139,14 @@ _META: dict[str, Any] = {
     "frames_in": lambda v: integer(v, "meta.frames_in"),
     "frames_out": lambda v: integer(v, "meta.frames_out"),
     "error": lambda v: text(v, "meta.error", 4096),
+    "removed": lambda v: _boolean(v, "meta.removed"),
 }
+
+
+def _boolean(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise MessageError("bad_meta", f"{what} must be true or false, found {value!r:.40}")
+    return value
 
 
 def meta(value: Any) -> dict[str, Any]:

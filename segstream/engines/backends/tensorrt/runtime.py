@@ -85,6 +85,8 @@ class TensorRTEngine:
         self._buffers: dict[str, "torch.Tensor"] = {}
         self._shape: tuple[int, ...] = ()
         self._pre = DevicePreprocessor(self.metadata, self._device, self._dtypes[self.metadata.input_name])
+        # the optimization profile's largest batch (frames of several sources in one call)
+        self.max_batch = int(self._engine.get_tensor_profile_shape(self.metadata.input_name, 0)[2][0])
         self._logits = self.metadata.output(OutputKind.SEGMENTATION_LOGITS)
         logger.info("TensorRT %s engine %s on %s", self.flavor.version, model_path.name,
                     torch.cuda.get_device_name(self._device))
@@ -121,17 +123,21 @@ class TensorRTEngine:
         return {name: tensor.numpy() for name, tensor in host.items()}
 
     def infer(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
-        """Run one preprocessed (1, 3, H, W) float32 batch."""
+        """Run one preprocessed (N, 3, H, W) float32 batch (N up to ``max_batch``)."""
         self._bind(tuple(tensor.shape))
         with self._torch.cuda.stream(self._stream):
             self._buffers[self.metadata.input_name].copy_(input_tensor(self._torch, tensor), non_blocking=False)
         return self._run()
 
     def infer_image(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        """Run one BGR uint8 image at the model's input size, normalised on the GPU."""
-        self._bind((1, 3, self.metadata.input_height, self.metadata.input_width))
+        """Run one BGR uint8 image at the model's input size (H, W, 3), or a batch of them
+        (N, H, W, 3), normalised on the GPU."""
+        images = image[None] if image.ndim == 3 else image
+        self._bind((len(images), 3, self.metadata.input_height, self.metadata.input_width))
+        buffer = self._buffers[self.metadata.input_name]
         with self._torch.cuda.stream(self._stream):
-            self._pre(image, out=self._buffers[self.metadata.input_name])
+            for k, one in enumerate(images):
+                self._pre(one, out=buffer[k:k + 1])
         return self._run()
 
     def close(self) -> None:
