@@ -100,3 +100,21 @@ def test_live_batched_run_serves_every_source(tmp_path, fast_onnx):
     stats = json.loads((record / "stats.json").read_text())
     assert stats["policy"] == "live" and stats["stages"]["infer"]["extra"]["batch"] == 3
     assert all(figures["frames_published"] > 0 for figures in stats["per_source"].values()), stats["per_source"]
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_engines_infer_a_batch_as_each_frame_alone(backend, fast_onnx):
+    from segstream.engines.backends.base import labels_from_outputs, load_engine
+
+    if backend == "torch":
+        engine = load_engine("espnet-cityscapes-q3", "torch", device="cpu")
+    else:
+        engine = load_engine(fast_onnx, "onnxruntime", threads=1)
+    assert engine.max_batch >= 8  # every export has a dynamic batch axis
+    frames = np.random.default_rng(3).standard_normal((3, 3, 128, 256)).astype(np.float32)
+    together = engine.infer(frames)
+    for k in range(3):
+        alone = engine.infer(frames[k:k + 1])
+        assert all(np.array_equal(together[name][k:k + 1], alone[name]) for name in alone)
+        assert labels_from_outputs({n: v[k:k + 1] for n, v in together.items()}, engine.metadata).shape == (128, 256)
+    engine.close()

@@ -82,14 +82,19 @@ def test_shape_profiles_parse_and_validate():
 def test_profile_follows_the_onnx(fast_onnx):
     meta = read_onnx_metadata(fast_onnx)
     name, dims = trt_builder.onnx_input(fast_onnx)
-    assert name == meta.input_name and dims == [1, 3, 128, 256]
-    assert trt_builder.resolve_profile(dims, meta, None) == ShapeProfile.static(128, 256)
+    assert name == meta.input_name and dims == [None, 3, 128, 256]  # every export batches
+    profile = trt_builder.resolve_profile(dims, meta, None, max_batch=8)
+    assert profile == dataclasses.replace(ShapeProfile.static(128, 256), batch=8)
+    assert profile.dims() == ((1, 3, 128, 256), (8, 3, 128, 256), (8, 3, 128, 256)) and str(profile).endswith("@b8")
+    assert trt_builder.resolve_profile([1, 3, 128, 256], meta, None, max_batch=8) == ShapeProfile.static(128, 256)
     with pytest.raises(ModelError, match="--dynamic"):
         trt_builder.resolve_profile(dims, meta, ShapeProfile.parse("64x128:128x256:256x512"))
     dynamic = [1, 3, None, None]
     assert trt_builder.resolve_profile(dynamic, meta, None) == ShapeProfile.static(128, 256)
     wanted = ShapeProfile.parse("64x128:128x256:256x512")
     assert trt_builder.resolve_profile(dynamic, meta, wanted) == wanted
+    with pytest.raises(ModelError, match="batch"):
+        ShapeProfile((1, 1), (1, 1), (1, 1), batch=0)
 
 
 def test_engine_key_covers_everything_an_engine_depends_on(tmp_path):

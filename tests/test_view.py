@@ -79,3 +79,42 @@ def test_live_view_in_headless_chromium(tmp_path, fast_onnx):
 
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=10) == 130
+
+
+@needs_chromium
+def test_live_view_shows_sources_as_they_come_and_go(tmp_path, fast_onnx):
+    from test_sources_api import api, wait_api, wait_state
+
+    address, port = f"127.0.0.1:{free_port()}", free_port()
+    log = tmp_path / "run.log"
+    proc = start_pipeline(["run", "--api", str(port), "--model", str(fast_onnx), "--publish", "", "--view", address,
+                           "--quiet"], log, tmp_path / "t")
+    wait_api(port, proc, log)
+    for sid in ("north", "south"):
+        assert api(port, "POST", "/sources", {"uri": "test-pattern:320x240@10", "id": sid})[0] == 201
+
+    def on_page() -> set[str]:
+        dom = chromium(tmp_path, f"http://{address}/", "--virtual-time-budget=2000", "--dump-dom")
+        table = re.search(r'<table id="sources">(.*?)</table>', dom, re.S)
+        assert table, dom[-2000:]
+        return set(re.findall(r'<tr class="[^"]*" data-id="([^"]+)">', table.group(1)))
+
+    def on_air() -> set[str]:
+        try:
+            return {s["id"] for s in stats(address)["sources"]}
+        except OSError:  # the render stage is still starting its server
+            return set()
+
+    deadline = time.monotonic() + 60
+    while on_air() != {"north", "south"} and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert on_page() == {"north", "south"}
+    with urllib.request.urlopen(f"http://{address}/stream.mjpg?source=south", timeout=10) as stream:
+        assert b"Content-Type: image/jpeg" in stream.read(4096)  # one source alone
+
+    assert api(port, "DELETE", "/sources/north")[0] == 200
+    wait_state(port, "north", ("ended",))
+    assert [s["id"] for s in stats(address)["sources"]] == ["south"]
+    assert on_page() == {"south"}
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=30) == 130

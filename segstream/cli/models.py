@@ -24,7 +24,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     precision = Precision.INT8 if args.int8 else Precision.FP16 if args.fp16 else Precision.FP32
     options = BuildOptions(precision=precision, shapes=ShapeProfile.parse(args.shapes) if args.shapes else None,
-                           workspace_gb=args.workspace, calibration_dir=args.calib,
+                           workspace_gb=args.workspace, max_batch=args.max_batch, calibration_dir=args.calib,
                            output=Path(args.output) if args.output else None, rebuild=args.rebuild)
     onnx_path, _ = resolve_model(args.model)
     path = build_engine(onnx_path, options)
@@ -99,6 +99,8 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
     p.add_argument("--shapes", metavar="MIN:OPT:MAX", help="input sizes HxW for a dynamic ONNX, e.g. "
                                                              "256x512:512x1024:1024x2048")
     p.add_argument("--workspace", type=float, default=4.0, metavar="GB", help="builder workspace limit (default 4)")
+    p.add_argument("--max-batch", type=int, default=8, metavar="N", help="largest batch of frames (of several "
+                   "sources, --batch) the engine takes, for an ONNX with a dynamic batch axis (default 8)")
     p.add_argument("-o", "--output", metavar="FILE", help="also write the engine (and its sidecars) here")
     p.add_argument("--rebuild", action="store_true", help="ignore a cached engine")
     p.add_argument("--verbose", "-v", action="store_true")

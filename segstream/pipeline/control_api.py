@@ -23,10 +23,11 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
 
 from segstream.errors import PipelineFailed
+from segstream.pipeline.http_server import BackgroundHttpServer
 
 logger = logging.getLogger(__name__)
 
@@ -191,19 +192,16 @@ class ControlApi:
         self.token = token
         self.requests = requests
         try:
-            self._server = ThreadingHTTPServer((host, port), Handler)
+            self._server = BackgroundHttpServer(host, port, Handler, "control-api")
         except OSError as exc:
             raise PipelineFailed(f"--api {host}:{port}: cannot listen there ({exc.strerror or exc}); choose "
                                  f"another port, or 0 for any free one") from None
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="control-api", daemon=True)
-        self._thread.start()
         logger.info("control API on http://%s:%d/api/", host, self.port)
 
     @property
     def port(self) -> int:
         """The port it listens on."""
-        return int(self._server.server_address[1])
+        return self._server.port
 
     def handle(self, method: str, target: str, headers: Any, raw: bytes) -> tuple[int, Any]:
         """Check one request and have the supervisor answer it (on an HTTP thread)."""
@@ -224,6 +222,4 @@ class ControlApi:
 
     def close(self) -> None:
         """Stop serving and release the port."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=2)
+        self._server.close()

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from segstream.datasets.cityscapes import CLASS_NAMES
 from segstream.errors import ConfigError
+from segstream.pipeline.wire.choices import FlowPolicy
 
 if TYPE_CHECKING:
     from segstream.engines.metadata import ModelMetadata
@@ -41,3 +42,23 @@ def check_scorable(config: "PipelineConfig", metadata: "ModelMetadata") -> None:
             return
     raise ConfigError(f"--eval needs a source whose frames carry ground truth (cityscapes:ROOT:SPLIT with gtFine, "
                       f"kitti-semantics:ROOT, kitti360:ROOT:SEQ); {', '.join(config.sources)} has none")
+
+
+def default_policy(sources: tuple[str, ...]) -> FlowPolicy:
+    """Lossless for files, folders and datasets; live as soon as one source is live.
+
+    Files are opened once here, so a missing one is a clear error before any process
+    starts; streams and cameras are not (connecting is the capture stage's job). A run
+    with no sources yet (``--api``: they come later) is live, like a service of cameras.
+    """
+    from segstream.pipeline.sources import is_live_uri, open_source
+
+    live = not sources
+    for uri in sources:
+        if is_live_uri(uri):
+            live = True
+            continue
+        source = open_source(uri)
+        live = live or source.live
+        source.close()
+    return FlowPolicy.LIVE if live else FlowPolicy.LOSSLESS

@@ -73,6 +73,15 @@ class SourceBook:
         self.entries[entry.source_id] = entry
         self.captures += 1
 
+    def note(self, source_id: str, stage: str, ended: bool) -> None:
+        """``stage`` passed the source's end of stream on (``ended``), or takes the source
+        that joined."""
+        entry = self.entries.get(source_id)
+        if entry is not None and ended:
+            entry.ended_at.add(stage)
+        elif entry is not None and entry.joined is not None:
+            entry.joined.add(stage)
+
     def get(self, source_id: str) -> SourceEntry | None:
         """The source with that id, if the run has one."""
         return self.entries.get(source_id)

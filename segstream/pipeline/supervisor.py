@@ -27,9 +27,10 @@ from segstream.engines.resolve import InferenceModel
 from segstream.errors import MessageError, PipelineFailed, SegstreamError
 from segstream.log_throttle import LogThrottle
 from segstream.pipeline.config import PipelineConfig, api_address
-from segstream.pipeline.control import Command, CommandMessage, EventKind, PipelineFigures, decode_event, encode
+from segstream.pipeline.control import Command, CommandMessage, EventKind, decode_event, encode
 from segstream.pipeline.control_api import ApiRequests, ControlApi
 from segstream.pipeline.graph import RunPlan, plan_run
+from segstream.pipeline.preflight import default_policy
 from segstream.pipeline.restarts import Restarter, next_incarnation
 from segstream.pipeline.run_folder import make_run_dir, sweep_run
 from segstream.pipeline.source_book import SourceBook, SourceEntry
@@ -38,11 +39,10 @@ from segstream.pipeline.spec import CaptureSettings, StageSpec
 from segstream.pipeline.stage_process import StageProcess, exit_reason, spawn
 from segstream.pipeline.telemetry.ledger import read_ledger
 from segstream.pipeline.telemetry.prometheus import MetricsServer, prometheus_text
-from segstream.pipeline.telemetry.run_stats import RunFacts, assemble_stats
+from segstream.pipeline.telemetry.run_stats import RunFacts, assemble_stats, fallback_stats, pipeline_figures
 from segstream.pipeline.telemetry.stats import StageReport
 from segstream.pipeline.telemetry.status_line import StatusLine
-from segstream.pipeline.telemetry.timing import stage_latency
-from segstream.pipeline.wire.choices import FlowPolicy, RestartPolicy, Transport
+from segstream.pipeline.wire.choices import RestartPolicy, Transport
 from segstream.pipeline.wire.keys import RunKeys
 from segstream.pipeline.wire.security import PeerGuard
 from segstream.pipeline.wire.transport import Role, make_socket
@@ -72,26 +72,6 @@ class RunResult:
     stats: dict[str, Any]
     error: str = ""
     started: bool = False
-
-
-def default_policy(sources: tuple[str, ...]) -> FlowPolicy:
-    """Lossless for files, folders and datasets; live as soon as one source is live.
-
-    Files are opened once here, so a missing one is a clear error before any process
-    starts; streams and cameras are not (connecting is the capture stage's job). A run
-    with no sources yet (``--api``: they come later) is live, like a service of cameras.
-    """
-    from segstream.pipeline.sources import is_live_uri, open_source
-
-    live = not sources
-    for uri in sources:
-        if is_live_uri(uri):
-            live = True
-            continue
-        source = open_source(uri)
-        live = live or source.live
-        source.close()
-    return FlowPolicy.LIVE if live else FlowPolicy.LOSSLESS
 
 
 class Supervisor:
@@ -266,11 +246,7 @@ class Supervisor:
         elif kind is EventKind.SOURCE_FAILED:
             self.failed_sources[event.source or stage.spec.name] = event.message
         elif kind in (EventKind.SOURCE_ENDED, EventKind.SOURCE_JOINED):
-            entry = self.book.get(event.source)
-            if entry is not None and kind is EventKind.SOURCE_ENDED:
-                entry.ended_at.add(stage.spec.name)
-            elif entry is not None and entry.joined is not None:
-                entry.joined.add(stage.spec.name)
+            self.book.note(event.source, stage.spec.name, ended=kind is EventKind.SOURCE_ENDED)
 
     def _drain_events(self, control: zmq.Socket, timeout_s: float, until_all_done: bool = False) -> None:
         """Handle events for ``timeout_s`` (or until every stage sent its final report)."""
@@ -329,7 +305,7 @@ class Supervisor:
                 self.sources_api.tend()
             if self.state is RunState.RUNNING and time.monotonic() - last_broadcast > BROADCAST_S:
                 last_broadcast = time.monotonic()
-                commands.send(encode(CommandMessage(Command.FIGURES, self._live_figures())))
+                commands.send(encode(CommandMessage(Command.FIGURES, pipeline_figures(self.snapshot()))))
             if self.state is RunState.RUNNING and self._status is not None:
                 self._status.update(self.snapshot)
             if self._stop_requested:
@@ -364,17 +340,6 @@ class Supervisor:
             if all(s.process.poll() == 0 for s in self.stages):
                 self._drain_events(control, 0.1)
                 return ""
-
-    def _live_figures(self) -> PipelineFigures:
-        """Pipeline-wide figures for stages that show them (the live view), taken from
-        the same snapshot as stats.json."""
-        stats = self.snapshot()
-        return PipelineFigures(
-            frames_in=stats["frames_in"],
-            skipped=stats["frames_skipped"]["total"],
-            stages={name: float(parts["stage"]["median"]) for name, parts in stage_latency(stats).items()},
-            miou=stats["eval"]["miou"] if "eval" in stats else None,
-        )
 
     # -- stopping ---------------------------------------------------------------------
 
@@ -424,6 +389,4 @@ class Supervisor:
             return assemble_stats(facts, self._reports(), stopped, error)
         except Exception as exc:  # noqa: BLE001 - a bug in the figures must not cost the run its clean-up
             logger.exception("could not assemble the run's figures")
-            return {"version": 1, "run_id": self.run_id, "duration_s": round(duration_s, 3), "stopped": stopped,
-                    "error": error or f"stats assembly failed: {exc}", "frames_in": 0, "frames_published": 0,
-                    "frames_skipped": {"total": 0, "by_stage": {}}, "stages": {}}
+            return fallback_stats(self.run_id, duration_s, stopped, error or f"stats assembly failed: {exc}")

@@ -20,7 +20,7 @@ import json
 import logging
 import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from segstream.errors import OutputError
+from segstream.pipeline.http_server import BackgroundHttpServer
 from segstream.pipeline.sinks import BaseSink, SinkContext, SinkResult
 
 logger = logging.getLogger(__name__)
@@ -232,20 +233,16 @@ class ViewServer:
         host, _, port = address.rpartition(":")
         self.state = ViewState()
         try:
-            self._server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), _handler(self.state))
+            self._server = BackgroundHttpServer(host or "127.0.0.1", int(port), _handler(self.state), "view")
         except (OSError, ValueError) as exc:
             raise OutputError(f"cannot serve the view on {address!r}: {exc}; pass --view HOST:PORT with a free port") \
                 from None
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="view", daemon=True)
-        self._thread.start()
-        logger.info("live view on http://%s:%d/", *self._server.server_address[:2])
+        logger.info("live view on http://%s:%d/", self._server.host, self._server.port)
 
     def close(self) -> None:
         """Stop serving; open streams end."""
         self.state.close()
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.close()
 
 
 class LiveView(BaseSink):

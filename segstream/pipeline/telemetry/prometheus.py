@@ -8,10 +8,10 @@ Times are in seconds, as Prometheus expects; histograms have the buckets of
 from __future__ import annotations
 
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Iterable
 
+from segstream.pipeline.http_server import BackgroundHttpServer
 from segstream.pipeline.telemetry.timing import stage_latency
 
 logger = logging.getLogger(__name__)
@@ -145,20 +145,15 @@ class MetricsServer:
                 logger.debug("metrics: " + fmt, *args)
 
         try:
-            self._server = ThreadingHTTPServer((host, port), Handler)
+            self._server = BackgroundHttpServer(host, port, Handler, "metrics")
         except OSError as exc:
             raise OSError(f"--metrics-port {port}: cannot listen on {host}:{port} ({exc.strerror}); choose a free "
                           f"port") from None
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
-        self._thread.start()
-        logger.info("metrics: http://%s:%d/metrics", host, self._server.server_address[1])
+        logger.info("metrics: http://%s:%d/metrics", host, self.port)
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])
+        return self._server.port
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=2)
+        self._server.close()

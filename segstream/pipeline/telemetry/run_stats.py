@@ -13,8 +13,10 @@ from typing import Any
 from segstream.engines.resolve import InferenceModel
 from segstream.evaluation.metrics import ConfusionAccumulator
 from segstream.evaluation.summary import eval_summary
+from segstream.pipeline.control import PipelineFigures
 from segstream.pipeline.spec import CaptureSettings
 from segstream.pipeline.telemetry.stats import StageReport, summarize
+from segstream.pipeline.telemetry.timing import stage_latency
 from segstream.pipeline.wire.choices import FlowPolicy
 
 
@@ -150,3 +152,20 @@ def _eval(facts: RunFacts, publish: StageReport | None) -> dict[str, Any] | None
     if figures.get("frames_without_gt"):
         summary["frames_without_gt"] = figures["frames_without_gt"]
     return summary
+
+
+def fallback_stats(run_id: str, duration_s: float, stopped: bool, error: str) -> dict[str, Any]:
+    """The least stats.json of a run whose figures could not be assembled."""
+    return {"version": 1, "run_id": run_id, "duration_s": round(duration_s, 3), "stopped": stopped, "error": error,
+            "frames_in": 0, "frames_published": 0, "frames_skipped": {"total": 0, "by_stage": {}}, "stages": {}}
+
+
+def pipeline_figures(stats: dict[str, Any]) -> PipelineFigures:
+    """Pipeline-wide figures for stages that show them (the live view), from the same
+    stats as stats.json."""
+    return PipelineFigures(
+        frames_in=stats["frames_in"],
+        skipped=stats["frames_skipped"]["total"],
+        stages={name: float(parts["stage"]["median"]) for name, parts in stage_latency(stats).items()},
+        miou=stats["eval"]["miou"] if "eval" in stats else None,
+    )

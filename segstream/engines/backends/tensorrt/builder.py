@@ -6,6 +6,7 @@ profiles, a timing cache, and a progress monitor so a long build never looks hun
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import shutil
@@ -54,6 +55,8 @@ class BuildOptions:
         shapes: input sizes; None means the ONNX's own static size, or the metadata's
             input size for a dynamic ONNX.
         workspace_gb: the builder's workspace memory limit.
+        max_batch: the largest batch the engine takes when the ONNX's batch axis is
+            dynamic (frames of several sources in one call, ``--batch``).
         calibration_dir: folder of frames for INT8 calibration.
         output: also copy the engine (with its sidecars) here.
         rebuild: ignore a cached engine.
@@ -62,12 +65,15 @@ class BuildOptions:
     precision: Precision = Precision.FP32
     shapes: ShapeProfile | None = None
     workspace_gb: float = 4.0
+    max_batch: int = 8
     calibration_dir: str | None = None
     output: Path | None = None
     rebuild: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", Precision(self.precision))
+        if not 1 <= self.max_batch <= 64:
+            raise ModelError(f"--max-batch must be 1-64 frames, found {self.max_batch}")
         if self.workspace_gb <= 0:
             raise ModelError(f"--workspace must be a positive number of GB, found {self.workspace_gb}")
         if self.precision is Precision.INT8 and not self.calibration_dir:
@@ -92,20 +98,23 @@ def onnx_has_qdq(onnx_path: Path) -> bool:
     return any(n.op_type == "QuantizeLinear" for n in onnx.load(str(onnx_path), load_external_data=False).graph.node)
 
 
-def resolve_profile(dims: list[int | None], metadata: ModelMetadata, shapes: ShapeProfile | None) -> ShapeProfile:
-    """The profile to build: the ONNX's static size, or ``shapes`` for a dynamic ONNX.
+def resolve_profile(dims: list[int | None], metadata: ModelMetadata, shapes: ShapeProfile | None,
+                    max_batch: int = 1) -> ShapeProfile:
+    """The profile to build: the ONNX's static size, or ``shapes`` for a dynamic ONNX;
+    batches up to ``max_batch`` on a dynamic batch axis, else the ONNX's fixed batch.
 
     Raises:
         ModelError: ``shapes`` given for a static ONNX with a different size.
     """
+    batch = dims[0] if dims and isinstance(dims[0], int) and dims[0] > 0 else max_batch
     static = len(dims) == 4 and dims[2] is not None and dims[3] is not None
     if static:
         own = ShapeProfile.static(int(dims[2]), int(dims[3]))  # type: ignore[arg-type]
-        if shapes is not None and shapes != own:
+        if shapes is not None and (shapes.min, shapes.opt, shapes.max) != (own.min, own.opt, own.max):
             raise ModelError(f"this ONNX has a fixed input size {own.opt[0]}x{own.opt[1]}; --shapes {shapes} needs a "
                              f"dynamic export (segstream export NAME --dynamic)")
-        return own
-    return shapes or ShapeProfile.static(metadata.input_height, metadata.input_width)
+        return dataclasses.replace(own, batch=batch)
+    return dataclasses.replace(shapes or ShapeProfile.static(metadata.input_height, metadata.input_width), batch=batch)
 
 
 def build_engine(onnx_path: str | Path, options: BuildOptions = BuildOptions()) -> Path:
@@ -124,7 +133,7 @@ def build_engine(onnx_path: str | Path, options: BuildOptions = BuildOptions()) 
     trt, flavor = import_tensorrt()
     device = probe_cuda().devices[0]
     input_name, dims = onnx_input(onnx_path)
-    profile = resolve_profile(dims, metadata, options.shapes)
+    profile = resolve_profile(dims, metadata, options.shapes, options.max_batch)
     plan = plan_precision(flavor, options.precision, onnx_has_qdq(onnx_path))
     batches = CalibrationBatches(options.calibration_dir, metadata) if options.calibration_dir else None
     key = EngineKey(onnx_sha256=sha256_of(onnx_path), tensorrt_version=flavor.version, gpu_name=device.name,

@@ -28,7 +28,9 @@ ENGINE_SUFFIX = ".engine"
 
 @dataclass(frozen=True)
 class ShapeProfile:
-    """Input sizes an engine accepts: (height, width) at minimum, optimum and maximum.
+    """Input sizes an engine accepts: (height, width) at minimum, optimum and maximum, and
+    the largest batch (frames of several sources in one call; 1 to ``batch``, tuned for
+    ``batch``).
 
     Example:
         >>> ShapeProfile.parse("256x512:512x1024:1024x2048").opt
@@ -40,8 +42,11 @@ class ShapeProfile:
     min: tuple[int, int]
     opt: tuple[int, int]
     max: tuple[int, int]
+    batch: int = 1
 
     def __post_init__(self) -> None:
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or not 1 <= self.batch <= 64:
+            raise ModelError(f"the largest batch must be 1-64 frames, found {self.batch!r}")
         for name in ("min", "opt", "max"):
             value = getattr(self, name)
             if len(value) != 2 or any(int(v) <= 0 for v in value):
@@ -76,11 +81,12 @@ class ShapeProfile:
         return self.min == self.opt == self.max
 
     def dims(self, channels: int = 3) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-        """NCHW min/opt/max for ``IOptimizationProfile.set_shape`` (batch 1)."""
-        return tuple((1, channels, *s) for s in (self.min, self.opt, self.max))  # type: ignore[return-value]
+        """NCHW min/opt/max for ``IOptimizationProfile.set_shape`` (batch 1 to ``batch``)."""
+        return ((1, channels, *self.min), (self.batch, channels, *self.opt), (self.batch, channels, *self.max))
 
     def __str__(self) -> str:
-        return ":".join(f"{h}x{w}" for h, w in (self.min, self.opt, self.max))
+        sizes = ":".join(f"{h}x{w}" for h, w in (self.min, self.opt, self.max))
+        return sizes if self.batch == 1 else f"{sizes}@b{self.batch}"
 
 
 @dataclass(frozen=True)
