@@ -18,6 +18,7 @@ import pytest
 from conftest import CLIP, ROOT, segstream_cmd
 from dataset_trees import cityscapes_tree
 from pipeline_helpers import leftovers, read_stats, start_pipeline, wait_for_exit
+from test_chaos import stage_pid
 from test_streams import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -128,15 +129,29 @@ def test_sources_added_and_removed_while_running(tmp_path, fast_onnx):
         listed = cli("list", "--api", f"http://127.0.0.1:{port}")
         assert listed.returncode == 0 and all(s in listed.stdout for s in ("test-pattern", "clip", "frankfurt"))
 
+        # kill the inference worker (it joined the new sources while running) and the clip's
+        # capture: each is restarted and the clip's masks go on
+        for stage in ("infer", clip["capture_stage"]):
+            before = subscriber.masks["clip"]
+            os.kill(stage_pid(proc.pid, stage), signal.SIGKILL)
+            subscriber.wait(lambda: subscriber.masks["clip"] >= before + 5)
+
         # refusals: each a clear 4xx, and nothing else disturbed
         status, answer = api(port, "POST", "/sources", raw=b"{not json")
         assert status == 400 and "JSON" in answer["error"]
         status, answer = api(port, "POST", "/sources", {"uri": "test-pattern", "id": "clip"})
         assert status == 409 and "clip" in answer["error"]
         for body in ({"uri": 5}, {"uri": "test-pattern", "id": "../etc"}, {"uri": "test-pattern", "colour": 1},
-                     {"uri": "test-pattern", "options": {"max_frames": -1}}, [1, 2]):
+                     {"uri": "test-pattern", "options": {"max_frames": -1}}, [1, 2], {"uri": ""},
+                     {"uri": "a\x00b"}, {"uri": "x" * 5000}, {"uri": "test-pattern", "id": ""},
+                     {"uri": "test-pattern", "id": 5}, {"uri": "test-pattern", "options": {"rate": "fast"}},
+                     {"uri": "test-pattern", "options": {"max_frames": "ten"}},
+                     {"uri": "test-pattern", "options": {"live": {"bogus": 1}}}, {"uri": "test-pattern", "options": 3}):
             status, answer = api(port, "POST", "/sources", body)
             assert status == 400 and answer["error"], (body, answer)
+        for raw in (b'{"uri": NaN}', b"[" * 60_000, b"\xff\xfe", b""):
+            status, answer = api(port, "POST", "/sources", raw=raw)
+            assert status == 400 and answer["error"], (raw[:20], answer)
         assert api(port, "DELETE", "/sources/nosuch")[0] == 404
         assert api(port, "GET", "/nosuch")[0] == 404
         status, broken = api(port, "POST", "/sources", {"uri": str(tmp_path / "missing.mp4"), "id": "missing"})
@@ -171,6 +186,7 @@ def test_sources_added_and_removed_while_running(tmp_path, fast_onnx):
     assert set(stats["per_source"]) == {"test-pattern", "clip", "frankfurt", "missing"}
     assert stats["per_source"]["clip"]["frames_published"] == published  # its figures stay
     assert stats["per_source"]["missing"]["error"] and stats["error"] == ""
+    assert stats["restarts"].get("infer") == 1 and stats["restarts"].get(clip["capture_stage"]) == 1
     assert leftovers(stats["run_id"], tmpdir) == []
 
 
