@@ -129,7 +129,8 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("consume", help="print (and save) the masks a pipeline publishes")
-    p.add_argument("endpoint", help="e.g. tcp://127.0.0.1:5560")
+    p.add_argument("endpoint", help="e.g. tcp://127.0.0.1:5560, or a broker the pipeline writes to: "
+                   "redis://HOST:6379/KEY, kafka://HOST:9092/TOPIC, mqtt://HOST:1883/TOPIC (?from=start: what it holds)")
     p.add_argument("--count", type=int, default=0, metavar="N", help="exit after N masks")
     p.add_argument("--save", metavar="DIR", help="write masks as DIR/<source>/<frame>.png")
     p.add_argument("--timeout", type=float, default=0.0, metavar="S", help="give up after S s of silence")

@@ -19,6 +19,7 @@ import zmq
 
 from segstream.errors import MaskCodecError, MessageError
 from segstream.log_throttle import LogThrottle
+from segstream.pipeline.brokers import Feed, is_broker_uri, open_feed
 from segstream.pipeline.wire.keys import CurveClient
 from segstream.pipeline.wire.mask_codec import decode_mask
 from segstream.pipeline.wire.messages import Kind, Part, decode, inline_array
@@ -75,6 +76,11 @@ class MaskSubscriber:
         curve: this consumer's keys for a tcp:// endpoint published with
             ``--publish-keys`` (``keys.load_client``).
 
+    ``endpoint`` may also be a broker the pipeline writes to (``--sink``):
+    ``redis://HOST:PORT/KEY``, ``kafka://HOST:PORT/TOPIC`` or ``mqtt://HOST:PORT/TOPIC``
+    (``?from=start`` reads what the broker still holds, else new results); every record is
+    checked like a message from the socket.
+
     The socket reconnects on its own when the pipeline restarts; a subscriber that joins
     late gets the next mask, not a backlog. Every message that is neither a result handed
     out nor an end of stream is counted in ``skipped`` by reason (``malformed_<reason>``,
@@ -94,13 +100,8 @@ class MaskSubscriber:
         self.gaps: dict[str, int] = {}
         self.ended: set[str] = set()
         self._last: dict[str, int] = {}
-        self._context = zmq.Context()
-        self._socket = make_socket(self._context, Role.RESULTS_PULL if lossless else Role.RESULTS_SUB,
-                                   connect=endpoint, client=curve)
-        if self.sources and not lossless:
-            self._socket.setsockopt(zmq.UNSUBSCRIBE, b"")
-            for source in self.sources:  # prefix filter in ZeroMQ, exact match below
-                self._socket.setsockopt(zmq.SUBSCRIBE, source.encode())
+        self._feed: Feed = open_feed(endpoint, sources) if is_broker_uri(endpoint) else \
+            _SocketFeed(endpoint, sources, lossless, curve)
 
     def __enter__(self) -> "MaskSubscriber":
         return self
@@ -114,14 +115,15 @@ class MaskSubscriber:
         while True:
             if self.until_end and seen and seen <= self.ended:
                 return
-            if not self._socket.poll(100):
+            frames = self._feed.receive(100)
+            if frames is None:
                 if self.timeout_s is not None and time.monotonic() - last_message > self.timeout_s:
                     self.timed_out = True
                     return
                 continue
             last_message = time.monotonic()
             try:
-                message = decode(self._socket.recv_multipart())
+                message = decode(frames)
             except MessageError as exc:
                 self._skip(f"malformed_{exc.reason}", f"skipped a malformed message: {exc}")
                 continue
@@ -184,7 +186,28 @@ class MaskSubscriber:
             logger.warning("%s (counted in skipped; logged at most every %.0f s)", detail, self._throttle.every_s)
 
     def close(self) -> None:
-        """Close the socket."""
+        """Close the socket (or the broker connection)."""
+        self._feed.close()
+
+
+class _SocketFeed:
+    """The pipeline's PUB socket (or its lossless PUSH channel) as a feed of messages."""
+
+    def __init__(self, endpoint: str, sources: list[str] | None, lossless: bool, curve: CurveClient | None) -> None:
+        self._context = zmq.Context()
+        self._socket = make_socket(self._context, Role.RESULTS_PULL if lossless else Role.RESULTS_SUB,
+                                   connect=endpoint, client=curve)
+        if sources and not lossless:
+            self._socket.setsockopt(zmq.UNSUBSCRIBE, b"")
+            for source in sources:  # prefix filter in ZeroMQ, exact match in the subscriber
+                self._socket.setsockopt(zmq.SUBSCRIBE, source.encode())
+
+    def receive(self, timeout_ms: int) -> list[bytes] | None:
+        if not self._socket.poll(timeout_ms):
+            return None
+        return self._socket.recv_multipart()
+
+    def close(self) -> None:
         self._socket.close(linger=0)
         self._context.term()
 

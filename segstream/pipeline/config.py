@@ -120,6 +120,8 @@ class PipelineConfig:
     sinks: tuple[str, ...] = setting((), "an output by URI (masks:DIR, video:DIR, view:HOST:PORT, rtsp://..., "
                                      "eval:, ...; see docs/architecture.md); repeat for several", flag="--sink",
                                      section="outputs", metavar="URI", append=True)
+    sink_maxlen: int = setting(10_000, "entries a redis:// sink's stream keeps (XADD MAXLEN ~ N; 0: no cap)",
+                               flag="--sink-maxlen", section="outputs", metavar="N")
     eval: bool = setting(False, "score masks against the sources' ground truth as they are made (IoU, accuracy, "
                          "F1; live and in stats.json)", flag="--eval", section="outputs")
     cityscapes_results: str = setting("", "write predictions for the official Cityscapes evaluation (label ids, "
@@ -183,6 +185,8 @@ class PipelineConfig:
             raise ConfigError(f"workers must be between 0 (auto) and 8, found {self.workers}")
         if self.max_restarts < 0:
             raise ConfigError(f"max_restarts must be >= 0, found {self.max_restarts}")
+        if self.sink_maxlen < 0:
+            raise ConfigError(f"sink_maxlen must be >= 0 (0: no cap), found {self.sink_maxlen}")
         if self.max_frames < 0:
             raise ConfigError(f"max_frames must be >= 0, found {self.max_frames}")
         if not 0.0 <= self.opacity <= 1.0:

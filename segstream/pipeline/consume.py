@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass
 from typing import TextIO
 
+from segstream.pipeline.brokers import is_broker_uri
 from segstream.pipeline.client import MaskSubscriber
 from segstream.pipeline.sinks.records import frame_file, inside, write_png
 from segstream.pipeline.wire.keys import CurveClient
@@ -45,7 +46,7 @@ def consume(options: ConsumeOptions, out: TextIO = sys.stdout) -> int:
     received = 0
     subscriber = MaskSubscriber(options.endpoint, timeout_s=options.timeout_s or None, lossless=options.lossless,
                                 curve=options.curve)
-    channel = "lossless channel" if options.lossless else "PUB socket"
+    channel = "lossless channel" if options.lossless else "broker" if is_broker_uri(options.endpoint) else "PUB socket"
     limit = f"; giving up after {options.timeout_s:g} s of silence" if options.timeout_s else "; Ctrl-C to stop"
     print(f"segstream consume: waiting for masks on {options.endpoint} ({channel}){limit}", file=sys.stderr,
           flush=True)

@@ -246,7 +246,7 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
     stages.append(spec("publish", StageKind.PUBLISH, PublishSettings(
         metadata=metadata, endpoint=config.publish, mask_encoding=config.mask_encoding,
         mask_resolution=config.mask_resolution, sinks=publish_uris, per_source_dirs=per_source,
-        publish_keys=public_keys(config)),
+        publish_keys=public_keys(config), sink_maxlen=config.sink_maxlen),
         inputs=infer_outs, outputs=publish_out, eos_per_source=workers, reorder=workers > 1))
     if render:
         stages.append(spec("render", StageKind.RENDER, RenderSettings(

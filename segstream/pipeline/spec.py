@@ -145,6 +145,7 @@ class PublishSettings:
         sinks: the sink URIs publish drives (``pipeline.sinks``).
         per_source_dirs: outputs under ``<folder>/<source id>/`` (several sources).
         publish_keys: CURVE keys of the public tcp:// endpoints (``--publish-keys``).
+        sink_maxlen: entries a broker stream keeps (``--sink-maxlen``).
     """
 
     metadata: ModelMetadata
@@ -154,6 +155,7 @@ class PublishSettings:
     sinks: tuple[str, ...] = ()
     per_source_dirs: bool = False
     publish_keys: CurveServer | None = None
+    sink_maxlen: int = 10_000
 
 
 @dataclass(frozen=True)

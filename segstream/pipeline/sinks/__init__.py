@@ -17,6 +17,9 @@ video:DIR          render  ``DIR[/<source>]/overlay.mp4``
 view:HOST:PORT     render  the live view in a browser
 rtsp://HOST:PORT/PATH render H.264 to an RTSP server
 window:            render  an OpenCV window
+redis://H:P/KEY    publish Redis Streams (entry point ``segstream.sinks``, ``sinks.broker``)
+kafka://H:P/TOPIC  publish Kafka, record key = source id (idem)
+mqtt://H:P/TOPIC   publish MQTT QoS 1, ``{source}`` expands (idem)
 ================== ======= =====================================================
 
 ``--record DIR`` is the shorthand for ``masks:DIR``, ``classifications:DIR``,
@@ -97,6 +100,9 @@ class SinkContext:
         model: the model's name.
         publish_keys: CURVE keys for public tcp:// endpoints a sink binds (``--publish-keys``).
         guard: the stage's ``security.PeerGuard`` (counts the peers it refuses).
+        lossless: the run's flow is lossless (a sink applies backpressure instead of
+            dropping).
+        sink_maxlen: how many entries a broker stream keeps (``--sink-maxlen``).
     """
 
     per_source_dirs: bool = False
@@ -111,6 +117,8 @@ class SinkContext:
     model: str = ""
     publish_keys: Any = None
     guard: Any = None
+    lossless: bool = False
+    sink_maxlen: int = 10_000
 
 
 class Sink(Protocol):

@@ -57,7 +57,7 @@ class PublishProcessor:
         # bind, while the rest of the pipeline starts, not before this stage reports ready.
         self._grace_ends = time.monotonic() + SUBSCRIBER_GRACE_S if self.pub is not None else 0.0
         self.sinks = open_sinks(spec, runtime, settings.sinks, meta, settings.per_source_dirs,
-                                publish_keys=settings.publish_keys)
+                                publish_keys=settings.publish_keys, sink_maxlen=settings.sink_maxlen)
         self.labels = PayloadReader(spec.reads.get("labels"))  # also reads the inline parts
         self.writer = open_writer(spec) if spec.outputs else None
 

