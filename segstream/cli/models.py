@@ -32,6 +32,18 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_triton_repo(args: argparse.Namespace) -> int:
+    """``segstream triton-repo``: a Triton model repository entry for a zoo model."""
+    from segstream.engines.triton_repo import write_repository
+
+    folder = write_repository(args.model, args.output, args.max_batch, args.instances, args.platform, args.weights,
+                              args.name, args.confidence, args.height, args.width)
+    print(f"model repository entry: {folder}\nserve it: tritonserver --model-repository {folder.parent}\n"
+          f"run against it: segstream run --backend triton --triton-url grpc://HOST:8001 --model {folder.name} "
+          f"--source ...")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """``segstream train``: fine-tune or train a zoo model."""
     from segstream.engines.training.trainer import TrainConfig, Trainer
@@ -105,6 +117,22 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
     p.add_argument("--rebuild", action="store_true", help="ignore a cached engine")
     p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("triton-repo", help="write a Triton Inference Server model repository for a zoo model")
+    p.add_argument("model", help="zoo model name")
+    p.add_argument("-o", "--output", required=True, metavar="REPO", help="the model repository folder")
+    p.add_argument("--max-batch", type=int, default=8, metavar="N", help="max_batch_size (dynamic batching; default 8)")
+    p.add_argument("--instances", type=int, default=1, metavar="N", help="model instances (default 1)")
+    p.add_argument("--platform", choices=("onnxruntime", "tensorrt", "python"), default="onnxruntime",
+                   help="ONNX Runtime backend, a TensorRT plan (built here), or a Python-backend model running "
+                        "ONNX Runtime (default onnxruntime)")
+    p.add_argument("--name", help="the model's name on the server (default: the zoo name)")
+    p.add_argument("--weights", metavar="FILE", help="weights file (default: lookup, see README)")
+    p.add_argument("--confidence", action="store_true", help="add the confidence output")
+    p.add_argument("--height", type=int, help="model input height (default: the model's own)")
+    p.add_argument("--width", type=int, help="model input width (default: the model's own)")
+    p.add_argument("--verbose", "-v", action="store_true")
+    p.set_defaults(func=cmd_triton_repo)
 
     p = sub.add_parser("train", help="fine-tune or train a zoo model")
     p.add_argument("model", help="zoo model name")

@@ -43,7 +43,7 @@ def _execute(config: PipelineConfig) -> int:
     from segstream.pipeline.telemetry.run_summary import format_summary, write_stats
 
     model = resolve_inference(config.model, config.weights, config.confidence, config.backend, config.precision,
-                              config.providers, config.cuda_graph)
+                              config.providers, config.cuda_graph, config.triton_url, config.triton_shm)
     check_scorable(config, model.metadata)
     if config.view:
         print(f"live view: http://{config.view}/")

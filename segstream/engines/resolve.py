@@ -77,7 +77,7 @@ class InferenceModel:
 
 def resolve_inference(model: str, weights: str | os.PathLike[str] | None = None, confidence: bool = False,
                       backend: str = "onnxruntime", precision: str = "fp32", providers: tuple[str, ...] = (),
-                      cuda_graph: bool = False) -> InferenceModel:
+                      cuda_graph: bool = False, triton_url: str = "", triton_shm: bool = False) -> InferenceModel:
     """Choose the backend for ``model`` and prepare it: export a zoo model to ONNX, build
     (or find cached) a TensorRT engine, check the options fit the device.
 
@@ -96,6 +96,15 @@ def resolve_inference(model: str, weights: str | os.PathLike[str] | None = None,
                          f"({choice.reason})")
     if cuda_graph and not (choice.backend == "torch" and choice.device == "cuda"):
         raise ModelError("--cuda-graph applies to --backend torch on a CUDA GPU")
+    if choice.backend == "triton":
+        from segstream.engines.backends.triton_engine import DEFAULT_URL, served_model
+
+        url = triton_url or DEFAULT_URL
+        metadata, _ = served_model(url, model)  # the server says what the model is, before any stage starts
+        if confidence and metadata.output(OutputKind.CONFIDENCE) is None:
+            raise ModelError(f"Triton model {model!r} has no confidence output; write its repository with "
+                             f"`segstream triton-repo {model} --confidence`")
+        return InferenceModel(model, metadata, choice, {"url": url, "shm": triton_shm})
     if choice.backend == "torch":
         if model not in MODELS:
             raise ModelError(f"the torch backend runs zoo models by name ({', '.join(MODELS)}); for the file "

@@ -77,6 +77,10 @@ class PipelineConfig:
     providers: tuple[str, ...] = setting((), "ONNX Runtime providers in order, e.g. tensorrt,cuda,cpu",
                                          flag="--providers", section="engine", metavar="P,P", parse=_commas)
     cuda_graph: bool = setting(False, "torch on CUDA: replay a CUDA graph", flag="--cuda-graph", section="engine")
+    triton_url: str = setting("grpc://127.0.0.1:8001", "--backend triton: the Triton server's gRPC address; --model "
+                              "names the model there", flag="--triton-url", section="engine", metavar="grpc://HOST:PORT")
+    triton_shm: bool = setting(False, "--backend triton: send images through system shared memory (server on "
+                               "this host)", flag="--triton-shm", section="engine")
     workers: int = setting(0, "parallel inference processes (0: auto, one per core up to 4 in lossless flow, "
                            "one in live flow)", flag="--workers", section="engine")
     threads: int = setting(0, "threads per inference process (0: the cores divided among workers)",

@@ -1,7 +1,8 @@
 """Entry point of a stage process: ``python -m segstream.pipeline.stage_main SPEC.json``.
 
-The supervisor starts every stage this way; a user can too, to run one stage alone (on
-another host, with tcp:// endpoints in the spec).
+The supervisor starts every stage this way, with a spec it wrote for this run; specs are
+internal to a run, not a user interface (to spread work over hosts, see
+``docs/deployment.md``).
 """
 
 from __future__ import annotations

@@ -62,6 +62,7 @@ BACKENDS: dict[str, str] = {
     "onnxruntime": "segstream.engines.backends.onnxruntime_engine:OnnxRuntimeEngine",
     "torch": "segstream.engines.backends.torch_engine:TorchEngine",
     "tensorrt": "segstream.engines.backends.tensorrt.runtime:TensorRTEngine",
+    "triton": "segstream.engines.backends.triton_engine:TritonEngine",
 }
 
 

@@ -28,6 +28,7 @@ class Backend(str, Enum):
     ONNXRUNTIME = "onnxruntime"
     TENSORRT = "tensorrt"
     TORCH = "torch"
+    TRITON = "triton"
 
 
 BACKEND_CHOICES = tuple(b.value for b in Backend)
@@ -38,8 +39,8 @@ class BackendChoice:
     """The backend a run uses and why.
 
     Attributes:
-        backend: ``onnxruntime``, ``tensorrt`` or ``torch``.
-        device: ``cpu`` or ``cuda``.
+        backend: ``onnxruntime``, ``tensorrt``, ``torch`` or ``triton``.
+        device: ``cpu``, ``cuda``, or ``remote`` (a Triton server).
         providers: ONNX Runtime providers, in order (empty for the other backends).
         reason: one line for the log.
     """
@@ -52,7 +53,7 @@ class BackendChoice:
     @property
     def takes_images(self) -> bool:
         """The engine normalises on its device, so preprocessing only resizes."""
-        return self.device == "cuda" and self.backend in ("tensorrt", "torch")
+        return (self.device == "cuda" and self.backend in ("tensorrt", "torch")) or self.backend == "triton"
 
 
 def ort_provider_missing(provider: str = "CUDAExecutionProvider") -> str | None:
@@ -95,6 +96,8 @@ def choose_backend(requested: str, model: str, providers: tuple[str, ...] = ()) 
         if missing:
             raise BackendUnavailable(f"--backend tensorrt: {missing}")
         return BackendChoice("tensorrt", "cuda", reason="TensorRT engine file" if engine_file else "asked for")
+    if requested == "triton":
+        return BackendChoice("triton", "remote", reason="asked for: a Triton Inference Server runs the model")
     if requested == "torch":
         from segstream.engines.backends.torch_engine import torch_cuda_missing
 

@@ -68,8 +68,10 @@ class Feed:
 
     def __init__(self, uri: BrokerUri, sources: list[str] | None = None) -> None:
         self.uri = uri
+        # fetch.wait.max.ms: the broker answers a fetch within 10 ms even with little data
+        # (librdkafka's default, 500 ms, would be most of a result's latency here)
         self._consumer = Consumer({"bootstrap.servers": f"{uri.host}:{uri.port}", "group.id": f"segstream-{uuid.uuid4()}",
-                                   "enable.auto.commit": False, "logger": logger})
+                                   "enable.auto.commit": False, "fetch.wait.max.ms": 10, "logger": logger})
         self._start = OFFSET_BEGINNING if uri.options.get("from") == "start" else OFFSET_END
         self._assigned = False
 

@@ -16,10 +16,13 @@ import numpy as np
 from segstream.engines.backends.base import labels_from_outputs, load_engine, top_labels
 from segstream.engines.metadata import OutputKind
 from segstream.engines.preprocess import Preprocessor
+from segstream.errors import BackendUnavailable
+from segstream.log_throttle import LogThrottle
 from segstream.pipeline.batching import BatchQueue
 from segstream.pipeline.expect import IMAGE, TENSOR, part_problem
 from segstream.pipeline.loop import CARRIED, open_writer, run_middle_stage
 from segstream.pipeline.runtime import StageRuntime
+from segstream.pipeline.sources.streams import Backoff
 from segstream.pipeline.spec import InferSettings, StageSpec
 from segstream.pipeline.wire.choices import FlowPolicy
 from segstream.pipeline.wire.messages import Kind, Message, derive
@@ -27,6 +30,7 @@ from segstream.pipeline.wire.payloads import PayloadReader
 
 logger = logging.getLogger(__name__)
 
+UNAVAILABLE = "backend-unavailable"
 PIN_MARGIN = 4  # frame times of this stage a frame must have left in capture's ring to go unpinned
 
 
@@ -67,6 +71,9 @@ class InferProcessor:
         self.batch = BatchQueue(self.batch_size, timeout, spec.policy is FlowPolicy.LIVE) \
             if self.batch_size > 1 else None
         runtime.stats.extra["batch"] = self.batch_size
+        self._backoff = Backoff(0.1, 2.0)  # between tries of a backend that cannot be reached
+        self._live = spec.policy is FlowPolicy.LIVE
+        self._refusals = LogThrottle()
 
     def process(self, message: Message) -> Message | None:
         return self.process_batch([message])[0]
@@ -102,7 +109,12 @@ class InferProcessor:
             inputs.append(model_input)
         if not taken:
             return results
-        outputs = self._run_engine(self._stacked(inputs))
+        outputs = self._run_available(self._stacked(inputs))
+        if outputs is None:  # live flow, backend unreachable: these frames are skipped (counted)
+            for _, message, _, _ in taken:
+                self.inputs.release(message, "input")
+                self.runtime.stats.skipped.add(UNAVAILABLE, message.header.source)
+            return results
         extra = self.runtime.stats.extra  # how full batches are: engine calls, and frames in them
         extra["engine_calls"] = int(extra.get("engine_calls", 0)) + 1
         extra["frames_per_call"] = round((extra.get("frames_per_call", 0.0) * (extra["engine_calls"] - 1)
@@ -152,6 +164,26 @@ class InferProcessor:
         if self._takes_images:
             return np.stack(inputs)
         return np.concatenate(inputs)
+
+    def _run_available(self, model_input: np.ndarray) -> dict[str, np.ndarray] | None:
+        """The engine's outputs; while a remote backend (Triton) cannot be reached, retried
+        with backoff: in lossless flow until it answers (the frames are held), in live flow
+        None at once (the frames are skipped; newer ones try again after the backoff)."""
+        while True:
+            try:
+                outputs = self._run_engine(model_input)
+            except BackendUnavailable as exc:
+                wait = self._backoff.next()
+                if self._refusals.allow(UNAVAILABLE):
+                    logger.warning("%s: %s; retrying in %.2f s (%s)", self.spec.name, exc, wait,
+                                   "frames skipped meanwhile: live flow" if self._live else
+                                   "frames held: lossless flow")
+                time.sleep(wait)
+                if self._live or self.runtime.stopping:
+                    return None
+                continue
+            self._backoff.reset()
+            return outputs
 
     def _run_engine(self, model_input: np.ndarray) -> dict[str, np.ndarray]:
         if model_input.dtype == np.uint8:
