@@ -1,0 +1,112 @@
+"""The Triton backend against a real Triton Inference Server on 127.0.0.1: the
+``tritonserver`` of the nvidia-pytriton wheel (its venv made by .ci/run), serving a
+repository that ``segstream triton-repo --platform python`` wrote (a Python-backend model
+running ONNX Runtime: the only backend that wheel bundles)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import CITYSCAPES_FRAMES, CLIP, ROOT, run_segstream, segstream_cmd
+from pipeline_helpers import start_pipeline, wait_for_exit
+
+sys.path.insert(0, str(ROOT / "tools"))
+from triton_local import LocalTriton, triton_missing  # noqa: E402
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow,
+              pytest.mark.skipif(triton_missing() is not None, reason=str(triton_missing()))]
+
+MODEL = "espnet-q3-small"
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("triton") / "repo"
+    done = subprocess.run(segstream_cmd("triton-repo", "espnet-cityscapes-q3", "-o", str(folder), "--platform",
+                                        "python", "--max-batch", "4", "--name", MODEL, "--height", "128", "--width",
+                                        "256"), capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = subprocess.run(segstream_cmd("triton-repo", "espnet-cityscapes", "-o", str(folder), "--platform", "python",
+                                        "--max-batch", "4"), capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = (folder / MODEL / "config.pbtxt").read_text()
+    assert 'backend: "python"' in config and "max_batch_size: 4" in config and "segstream_metadata" in config
+    return folder
+
+
+@pytest.fixture
+def server(repo):
+    triton = LocalTriton(repo).start()
+    yield triton
+    triton.close()
+
+
+def _masks(record: Path) -> dict[str, np.ndarray]:
+    return {str(p.relative_to(record)): cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+            for p in sorted(record.rglob("masks/*.png"))}
+
+
+def test_masks_through_triton_agree_with_local_onnxruntime(server, espnet_onnx, tmp_path):
+    # The pretrained ESPNet on the Cityscapes frames: locally the float path that matches
+    # the original ESPNet bit for bit; through Triton a uint8 resize, then the in-graph
+    # normalisation (as on the GPU path), so a few boundary pixels differ.
+    frames = str(CITYSCAPES_FRAMES[0].parent / "frankfurt_*_leftImg8bit.png")
+    common = ["--source", frames, "--policy", "lossless", "--publish", ""]
+    local = run_segstream("run", *common, "--model", str(espnet_onnx), "--record", str(tmp_path / "local"), "--quiet")
+    assert local.returncode == 0, local.stderr[-2000:]
+    remote = run_segstream("run", *common, "--backend", "triton", "--triton-url", server.url, "--model",
+                           "espnet-cityscapes", "--batch", "4", "--triton-shm", "--record", str(tmp_path / "triton"),
+                           "--quiet")
+    assert remote.returncode == 0, remote.stderr[-2000:]
+    expected, got = _masks(tmp_path / "local"), _masks(tmp_path / "triton")
+    assert expected.keys() == got.keys() and len(got) == len(CITYSCAPES_FRAMES)
+    agree = sum(int((expected[k] == got[k]).sum()) for k in got) / sum(m.size for m in got.values())
+    assert agree >= 0.995, agree
+    stats = json.loads((tmp_path / "triton" / "stats.json").read_text())
+    assert stats["backend"]["name"] == "triton" and stats["frames_published"] == len(got)
+
+
+def test_two_pipelines_share_one_server(server, tmp_path):
+    runs = []
+    for k in range(2):
+        log = tmp_path / f"run{k}.log"
+        proc = start_pipeline(["run", "--source", str(CLIP), "--max-frames", "20", "--policy", "lossless",
+                               "--backend", "triton", "--triton-url", server.url, "--model", MODEL, "--publish", "",
+                               "--record", str(tmp_path / f"rec{k}"), "--quiet"], log, tmp_path / f"t{k}")
+        runs.append((proc, log))
+    for proc, log in runs:
+        assert wait_for_exit(proc, log, 180) == 0, log.read_text()[-2000:]
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(server.url.split("//", 1)[1])
+    statistics = client.get_inference_statistics(MODEL, as_json=True)["model_stats"][0]
+    client.close()
+    assert int(statistics["inference_count"]) == 40  # both pipelines' frames, on the one server
+    masks = [_masks(tmp_path / f"rec{k}") for k in range(2)]
+    assert len(masks[0]) == len(masks[1]) == 20
+    assert all(np.array_equal(masks[0][name], masks[1][name]) for name in masks[0])
+
+
+def test_lossless_run_recovers_when_the_server_is_killed_and_restarted(server, tmp_path):
+    log, record = tmp_path / "run.log", tmp_path / "rec"
+    proc = start_pipeline(["run", "--source", str(CLIP), "--max-frames", "60", "--policy", "lossless", "--rate", "15",
+                           "--backend", "triton", "--triton-url", server.url, "--model", MODEL, "--publish", "",
+                           "--record", str(record)], log, tmp_path / "t")
+    deadline = time.monotonic() + 120
+    while len(list(record.rglob("masks/*.png"))) < 10 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(list(record.rglob("masks/*.png"))) >= 10, log.read_text()[-2000:]
+    server.stop()  # SIGKILL, mid-run
+    time.sleep(2.0)
+    server.start()
+    assert wait_for_exit(proc, log, 180) == 0, log.read_text()[-3000:]
+    stats = json.loads((record / "stats.json").read_text())
+    assert stats["frames_published"] == 60 and stats["frames_skipped"]["total"] == 0  # held, then sent
+    assert "retrying" in log.read_text()
