@@ -110,3 +110,36 @@ def test_lossless_run_recovers_when_the_server_is_killed_and_restarted(server, t
     stats = json.loads((record / "stats.json").read_text())
     assert stats["frames_published"] == 60 and stats["frames_skipped"]["total"] == 0  # held, then sent
     assert "retrying" in log.read_text()
+
+
+def test_clear_errors_for_a_missing_model_and_a_server_that_is_not_there(server, tmp_path):
+    missing = run_segstream("run", "--source", "test-pattern", "--max-frames", "5", "--backend", "triton",
+                            "--triton-url", server.url, "--model", "nosuch", "--publish", "", timeout=120)
+    assert missing.returncode == 2 and "no ready model 'nosuch'" in missing.stderr and MODEL in missing.stderr
+    from test_streams import free_port
+
+    nobody = run_segstream("run", "--source", "test-pattern", "--max-frames", "5", "--backend", "triton",
+                           "--triton-url", f"grpc://127.0.0.1:{free_port()}", "--model", MODEL, "--publish", "",
+                           timeout=120)
+    assert nobody.returncode == 2 and "did not answer" in nobody.stderr and "tritonserver" in nobody.stderr
+    bad = run_segstream("run", "--backend", "triton", "--triton-url", "http://127.0.0.1:8000", "--model", MODEL,
+                        timeout=60)
+    assert bad.returncode == 2 and "grpc://HOST:PORT" in bad.stderr
+
+
+def test_live_run_skips_frames_while_the_server_is_away_and_goes_on(server, tmp_path):
+    log, record = tmp_path / "run.log", tmp_path / "rec"
+    proc = start_pipeline(["run", "--source", "test-pattern:320x240@10", "--max-frames", "120", "--backend", "triton",
+                           "--triton-url", server.url, "--model", MODEL, "--publish", "", "--record", str(record)],
+                          log, tmp_path / "t")
+    deadline = time.monotonic() + 120
+    while len(list(record.rglob("masks/*.png"))) < 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    server.stop()
+    time.sleep(2.0)
+    before = len(list(record.rglob("masks/*.png")))
+    server.start()
+    assert wait_for_exit(proc, log, 180) == 0, log.read_text()[-3000:]
+    stats = json.loads((record / "stats.json").read_text())
+    assert stats["frames_skipped"]["by_stage"]["infer"].get("backend-unavailable", 0) > 0
+    assert len(list(record.rglob("masks/*.png"))) > before  # masks again once the server is back

@@ -77,7 +77,7 @@ class InferenceModel:
 
 def resolve_inference(model: str, weights: str | os.PathLike[str] | None = None, confidence: bool = False,
                       backend: str = "onnxruntime", precision: str = "fp32", providers: tuple[str, ...] = (),
-                      cuda_graph: bool = False, triton_url: str = "", triton_shm: bool = False) -> InferenceModel:
+                      cuda_graph: bool = False, triton_url: str = "", triton_shm: str = "") -> InferenceModel:
     """Choose the backend for ``model`` and prepare it: export a zoo model to ONNX, build
     (or find cached) a TensorRT engine, check the options fit the device.
 

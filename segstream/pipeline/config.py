@@ -79,8 +79,9 @@ class PipelineConfig:
     cuda_graph: bool = setting(False, "torch on CUDA: replay a CUDA graph", flag="--cuda-graph", section="engine")
     triton_url: str = setting("grpc://127.0.0.1:8001", "--backend triton: the Triton server's gRPC address; --model "
                               "names the model there", flag="--triton-url", section="engine", metavar="grpc://HOST:PORT")
-    triton_shm: bool = setting(False, "--backend triton: send images through system shared memory (server on "
-                               "this host)", flag="--triton-shm", section="engine")
+    triton_shm: str = setting("", "--backend triton, server on this host: send images through shared memory, "
+                              "system (the default) or cuda (both sides on the GPU)", flag="--triton-shm",
+                              section="engine", metavar="system|cuda", const="system")
     workers: int = setting(0, "parallel inference processes (0: auto, one per core up to 4 in lossless flow, "
                            "one in live flow)", flag="--workers", section="engine")
     threads: int = setting(0, "threads per inference process (0: the cores divided among workers)",
@@ -189,6 +190,8 @@ class PipelineConfig:
             raise ConfigError(f"workers must be between 0 (auto) and 8, found {self.workers}")
         if self.max_restarts < 0:
             raise ConfigError(f"max_restarts must be >= 0, found {self.max_restarts}")
+        if self.triton_shm not in ("", "system", "cuda"):
+            raise ConfigError(f"--triton-shm takes system or cuda, found {self.triton_shm!r}")
         if self.sink_maxlen < 0:
             raise ConfigError(f"sink_maxlen must be >= 0 (0: no cap), found {self.sink_maxlen}")
         if self.max_frames < 0:

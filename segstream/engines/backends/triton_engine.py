@@ -9,8 +9,10 @@ only resizes, and a frame costs a quarter of the float tensor's bytes on the wir
 - Several requests in flight: a batch of N frames (``--batch``) goes out as N requests at
   once, so their round trips overlap and the server's dynamic batcher groups them with
   other pipelines' requests.
-- ``--triton-shm``: the images travel through system shared memory registered with the
-  server (same host), not inside the gRPC messages.
+- ``--triton-shm [system|cuda]``: the images travel through shared memory registered with
+  the server (same host), not inside the gRPC messages: system shared memory, or CUDA
+  shared memory where both sides have the GPU (written against tritonclient's documented
+  ``cuda_shared_memory`` API; no GPU was here to run it).
 - A server that cannot be reached raises ``BackendUnavailable``; the infer stage retries
   with backoff, counting frames as ``backend-unavailable`` in live flow and holding them
   in lossless flow.
@@ -106,13 +108,14 @@ class TritonEngine:
     Args:
         model_path: the model's name on the server.
         url: the server's gRPC address.
-        shm: send images through system shared memory registered with the server.
+        shm: send images through shared memory registered with the server: ``system``,
+            ``cuda``, or "" (inside the gRPC messages).
         threads: unused (the server does the work); accepted for a uniform interface.
     """
 
     takes_images = True
 
-    def __init__(self, model_path: str, url: str = DEFAULT_URL, shm: bool = False, threads: int = 0) -> None:
+    def __init__(self, model_path: str, url: str = DEFAULT_URL, shm: str | bool = "", threads: int = 0) -> None:
         self.model = str(model_path)
         self.url = url
         self.metadata, self.max_batch = served_model(url, self.model)
@@ -120,20 +123,36 @@ class TritonEngine:
         self._outputs = [o.name for o in self.metadata.outputs]
         self._shm: list[tuple[str, Any]] = []  # (region name, handle), one per request in flight
         self._shm_key = f"segstream-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        if shm:
+        self._shm_kind = "system" if shm is True else str(shm or "")
+        if self._shm_kind:
             self._open_shm()
         logger.info("triton: model %s at %s (max batch %d%s)", self.model, url, self.max_batch,
                     ", images through shared memory" if shm else "")
 
     def _open_shm(self) -> None:
-        import tritonclient.utils.shared_memory as shm
-
         size = self.metadata.input_height * self.metadata.input_width * 3
         for k in range(self.max_batch):
             name = f"{self._shm_key}-{k}"
-            handle = shm.create_shared_memory_region(name, f"/{name}", size)
-            self._client.register_system_shared_memory(name, f"/{name}", size)
+            if self._shm_kind == "cuda":
+                import tritonclient.utils.cuda_shared_memory as cudashm
+
+                handle = cudashm.create_shared_memory_region(name, size, 0)
+                self._client.register_cuda_shared_memory(name, cudashm.get_raw_handle(handle), 0, size)
+            elif self._shm_kind == "system":
+                import tritonclient.utils.shared_memory as sysshm
+
+                handle = sysshm.create_shared_memory_region(name, f"/{name}", size)
+                self._client.register_system_shared_memory(name, f"/{name}", size)
+            else:
+                raise ModelError(f"--triton-shm takes system or cuda, found {self._shm_kind!r}")
             self._shm.append((name, handle))
+
+    def _shm_module(self) -> Any:
+        if self._shm_kind == "cuda":
+            import tritonclient.utils.cuda_shared_memory as module
+        else:
+            import tritonclient.utils.shared_memory as module
+        return module
 
     def infer(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
         """Not offered: the served model takes uint8 images (``takes_images``)."""
@@ -154,10 +173,8 @@ class TritonEngine:
         for k, one in enumerate(images):
             request = grpcclient.InferInput("images", [1, *one.shape], "UINT8")
             if self._shm and k < len(self._shm):
-                import tritonclient.utils.shared_memory as shm
-
                 name, handle = self._shm[k]
-                shm.set_shared_memory_region(handle, [np.ascontiguousarray(one[None])])
+                self._shm_module().set_shared_memory_region(handle, [np.ascontiguousarray(one[None])])
                 request.set_shared_memory(name, one.nbytes)
             else:
                 request.set_data_from_numpy(np.ascontiguousarray(one[None]))
@@ -176,14 +193,14 @@ class TritonEngine:
     def close(self) -> None:
         """Unregister shared memory and disconnect."""
         if self._shm:
-            import tritonclient.utils.shared_memory as shm
-
+            unregister = self._client.unregister_cuda_shared_memory if self._shm_kind == "cuda" else \
+                self._client.unregister_system_shared_memory
             for name, handle in self._shm:
                 try:
-                    self._client.unregister_system_shared_memory(name)
+                    unregister(name)
                 except Exception:  # noqa: BLE001 - the server may be gone; the region still goes
                     pass
-                shm.destroy_shared_memory_region(handle)
+                self._shm_module().destroy_shared_memory_region(handle)
             self._shm = []
         self._client.close()
 
