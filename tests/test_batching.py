@@ -58,7 +58,7 @@ def test_batch_timeout_follows_the_fastest_source():
 def test_auto_batch():
     assert auto_batch(0, "cpu", 4) == 1
     assert auto_batch(0, "cuda", 4) == 4 and auto_batch(0, "cuda", 20) == 8 and auto_batch(0, "cuda", None) == 8
-    assert auto_batch(3, "cpu", 1) == 3
+    assert auto_batch(3, "cpu", 1) == 3 and auto_batch(0, "remote", 1) == 4
 
 
 def _masks(record: Path) -> dict[str, np.ndarray]:

@@ -35,17 +35,21 @@ T = TypeVar("T")
 
 FALLBACK_TIMEOUT_NS = 10_000_000  # no source says its rate (folders, max-rate replays of them)
 AUTO_GPU_BATCH = 8
+AUTO_REMOTE_BATCH = 4
 
 
 def auto_batch(requested: int, device: str, sources: int | None) -> int:
     """The batch size of a run: ``requested``, or for 0 (auto) 1 on the CPU, where one
-    call per frame costs no more than a batch, and on a GPU one frame per source up to
-    ``AUTO_GPU_BATCH`` (``sources`` None: they come and go, so the most). A worker never
-    goes above what its engine takes."""
+    call per frame costs no more than a batch, on a GPU one frame per source up to
+    ``AUTO_GPU_BATCH`` (``sources`` None: they come and go, so the most), and for a remote
+    server ``AUTO_REMOTE_BATCH`` requests in flight. A worker never goes above what its
+    engine takes."""
     if requested:
         return requested
     if device == "cpu":
         return 1
+    if device == "remote":  # a server (Triton): a batch is that many requests in flight, hiding the round trip
+        return AUTO_REMOTE_BATCH
     return AUTO_GPU_BATCH if sources is None else max(1, min(sources, AUTO_GPU_BATCH))
 
 

@@ -86,7 +86,8 @@ class PipelineConfig:
                            "one in live flow)", flag="--workers", section="engine")
     threads: int = setting(0, "threads per inference process (0: the cores divided among workers)",
                            flag="--threads", section="engine")
-    batch: int = setting(0, "frames of different sources inferred together (0: auto, 1 on CPU, up to 8 on a GPU)",
+    batch: int = setting(0, "frames of different sources inferred together (0: auto, 1 on CPU, up to 8 on a GPU, "
+                         "4 requests in flight with --backend triton)",
                          flag="--batch", section="engine", metavar="N")
     batch_timeout_ms: float | None = setting(None, "how long inference waits to fill a batch (default: a third of "
                                              "the fastest source's frame interval)", flag="--batch-timeout-ms",
