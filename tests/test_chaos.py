@@ -60,7 +60,10 @@ def test_every_stage_kind_killed_during_a_live_run_is_restarted_and_masks_resume
     assert stats["frames_unaccounted"] == 0
     assert stats["frames_in"] == stats["frames_published"] + stats["frames_skipped"]["total"]
     assert stats["frames_in"] <= 900 and stats["frames_published"] > 0
-    assert len(list((record / "masks").glob("*.png"))) == stats["frames_published"]
+    # Publish writes a frame's mask, then counts it: a kill between the two leaves the mask of
+    # the frame that died with the process on disk (counted as skipped, stage-restart).
+    written = len(list((record / "masks").glob("*.png")))
+    assert stats["frames_published"] <= written <= stats["frames_published"] + stats["restarts"]["publish"]
     assert all(n >= 0 for reasons in stats["frames_skipped"]["by_stage"].values() for n in reasons.values())
     assert "restarted" in log.read_text() and leftovers(run_id, tmp_path / "t") == []
 

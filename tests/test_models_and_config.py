@@ -83,7 +83,7 @@ def test_config_from_yaml_and_flag_overrides(tmp_path):
     ("engine: {modle: unet}\n", r"unknown key engine.modle; known in engine: \['backend'"),
     ("live: {colour: red}\n", r"unknown key \['colour'\]; known: \['rtsp_transport'"),
     ("outputs: {mask_encoding: jpeg}\n", r"expected one of \['raw', 'png', 'rle'\], found 'jpeg'"),
-    ("engine: {backend: cuda}\n", r"expected one of \['auto', 'onnxruntime', 'tensorrt', 'torch'\]"),
+    ("engine: {backend: cuda}\n", r"expected one of \['auto', 'onnxruntime', 'tensorrt', 'torch', 'triton'\]"),
     ("sources: {uris: a.mp4}\n", "expected a list"),
     ("telemetry: {metrics_port: 1e9}\n", "expected an integer"),
     ("flow: {ready_timeout_s: .nan}\n", "expected a finite number"),
