@@ -184,3 +184,43 @@ def test_lossless_run_waits_for_a_broker_that_comes_up_late(tmp_path, fast_onnx)
         assert "source=solidWhiteRight end-of-stream" in lines
     finally:
         late.stop()
+
+
+@pytest.mark.parametrize("scheme", ["redis", "kafka"])
+def test_forged_records_are_skipped_and_counted_by_the_reader(scheme, tmp_path):
+    if not AVAILABLE[scheme]:
+        pytest.skip(f"no {scheme} broker here")
+    broker = Broker(scheme, tmp_path).start()
+    try:
+        from segstream.pipeline.brokers import open_publisher, parse_broker_uri
+        from segstream.pipeline.wire.messages import Header, Kind, Message, Part
+
+        uri = parse_broker_uri(broker.uri("masks"))
+        good = Message(Header(Kind.RESULT, "cam", 0, "000000", 1, time.time_ns(), meta={"model": "m"}))
+        good.header.parts.append(Part("mask", (2, 3), "uint8", inline=0, encoding="raw"))
+        good.payload.append(np.arange(6, dtype=np.uint8).reshape(2, 3))
+        publisher = open_publisher(uri, lossless=True, maxlen=100)
+        forged: list = []
+        if scheme == "redis":
+            import redis
+
+            client = redis.Redis(host="127.0.0.1", port=broker.port)
+            for fields in ({"header": b"{not json"}, {"header": b'{"version": 1}'}, {"nothing": b"x"},
+                           {"header": json.dumps({"version": 1, "kind": "result", "source": "../x", "index": 0,
+                                                  "parts": [{"name": "mask", "inline": 0}]}).encode(), "mask": b"x"}):
+                client.xadd("masks", fields)
+            client.close()
+        else:
+            forged = [b"", b"SGS1", frame([b"{}"]), frame([b'{"source": "cam"}', b"\x00" * 5]), b"\xff" * 100]
+            for blob in forged:
+                publisher.send("cam", blob)
+        publisher.send("cam", publisher.encode(good))
+        publisher.close()
+        with MaskSubscriber(broker.uri("masks") + "?from=start", timeout_s=5, until_end=False) as masks:
+            results = [r for r in masks]
+            skipped = sum(masks.skipped.values())
+        assert [(r.source, r.index) for r in results] == [("cam", 0)]
+        assert np.array_equal(results[0].mask, np.arange(6, dtype=np.uint8).reshape(2, 3))
+        assert skipped == (4 if scheme == "redis" else len(forged))  # each forged record counted, none crashed it
+    finally:
+        broker.stop()
