@@ -1,0 +1,187 @@
+"""Mask R-CNN for inference: ResNet-FPN features, RPN proposals, box classification and
+regression, and a 28x28 mask per detection.
+
+The module takes a normalised (N, 3, H, W) batch (the pipeline resizes and normalises, as
+for every zoo model) and returns, per image, a fixed number of detections padded with
+zeros and how many are real:
+
+- ``boxes`` (N, D, 4) float32, (x0, y0, x1, y1) in input pixels;
+- ``scores`` (N, D) float32; ``classes`` (N, D) int64 (0 = background: padding);
+- ``masks`` (N, D, 28, 28) float32: each detection's mask probability in its box;
+- ``count`` (N,) int64.
+
+Its submodules are named as torchvision's (``backbone``, ``rpn.head``, ``roi_heads.*``),
+so torchvision's ``maskrcnn_resnet50_fpn`` state dict loads into ``MaskRCNN(MaskRCNNConfig())``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segstream.engines.models.maskrcnn.backbone import BackboneWithFPN
+from segstream.engines.models.maskrcnn.heads import (
+    FastRCNNPredictor,
+    MaskRCNNHeads,
+    MaskRCNNPredictor,
+    RPNHead,
+    TwoMLPHead,
+)
+from segstream.engines.models.maskrcnn.ops import (
+    base_anchors,
+    batched_nms,
+    box_area,
+    clip_boxes,
+    decode_boxes,
+    grid_anchors,
+    roi_align,
+    roi_levels,
+)
+
+
+@dataclass(frozen=True)
+class MaskRCNNConfig:
+    """The architecture and its inference settings (torchvision's defaults).
+
+    Attributes:
+        depth: ResNet depth of the backbone, 50 or 18.
+        classes: classes including the background (COCO: 91).
+        anchor_sizes: one anchor size per FPN level P2-P6.
+        aspect_ratios: anchor aspect ratios (h / w) at every level.
+        pre_nms: RPN proposals kept per level before NMS.
+        post_nms: RPN proposals kept after NMS.
+        rpn_nms: the RPN's NMS IoU threshold.
+        score_threshold: detections scoring below are dropped.
+        nms_threshold: per-class NMS IoU threshold of the detections.
+        detections: detections per image at most (the padded size D).
+    """
+
+    depth: int = 50
+    classes: int = 91
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    pre_nms: int = 1000
+    post_nms: int = 1000
+    rpn_nms: float = 0.7
+    score_threshold: float = 0.05
+    nms_threshold: float = 0.5
+    detections: int = 100
+
+
+class RegionProposalNetwork(nn.Module):
+    """The RPN: objectness and box deltas per anchor, then the best proposals."""
+
+    def __init__(self, config: MaskRCNNConfig, channels: int) -> None:
+        super().__init__()
+        self.config = config
+        self.head = RPNHead(channels, len(config.aspect_ratios))
+        self._base = [base_anchors(size, config.aspect_ratios) for size in config.anchor_sizes]
+
+    def forward(self, features: list[torch.Tensor], image_hw: tuple[int, int]) -> list[torch.Tensor]:
+        """Proposals (K, 4) per image of the batch."""
+        logits, deltas = self.head(features)
+        anchors, objectness, regression, levels = [], [], [], []
+        for k, (feature, score, delta) in enumerate(zip(features, logits, deltas)):
+            n, a, h, w = score.shape
+            stride = (image_hw[0] // h, image_hw[1] // w)
+            anchors.append(grid_anchors(self._base[k], (h, w), stride))
+            objectness.append(score.permute(0, 2, 3, 1).reshape(n, -1))
+            regression.append(delta.reshape(n, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4))
+            levels.append(torch.full((h * w * a,), k, dtype=torch.int64))
+        proposals = []
+        for i in range(objectness[0].shape[0]):
+            boxes, scores, groups = [], [], []
+            for level, (a, o, r) in enumerate(zip(anchors, objectness, regression)):
+                top = o[i].topk(min(self.config.pre_nms, o[i].shape[0])).indices
+                boxes.append(decode_boxes(r[i][top], a[top], (1.0, 1.0, 1.0, 1.0))[:, 0])
+                scores.append(torch.sigmoid(o[i][top]))
+                groups.append(levels[level][top])
+            box, score, group = torch.cat(boxes), torch.cat(scores), torch.cat(groups)
+            box = clip_boxes(box, *image_hw)
+            wide = ((box[:, 2] - box[:, 0]) >= 1e-3) & ((box[:, 3] - box[:, 1]) >= 1e-3)
+            box, score, group = box[wide], score[wide], group[wide]
+            keep = batched_nms(box, score, group, self.config.rpn_nms)[: self.config.post_nms]
+            proposals.append(box[keep])
+        return proposals
+
+
+class RoIHeads(nn.Module):
+    """Box classification and regression on the proposals, then a mask per detection."""
+
+    def __init__(self, config: MaskRCNNConfig, channels: int) -> None:
+        super().__init__()
+        self.config = config
+        self.box_head = TwoMLPHead(channels * 7 * 7, 1024)
+        self.box_predictor = FastRCNNPredictor(1024, config.classes)
+        self.mask_head = MaskRCNNHeads(channels)
+        self.mask_predictor = MaskRCNNPredictor(256, 256, config.classes)
+
+    @staticmethod
+    def _pool(features: list[torch.Tensor], image: int, rois: torch.Tensor, size: int,
+              image_hw: tuple[int, int]) -> torch.Tensor:
+        """Multi-scale RoIAlign over P2-P5: each RoI from the level its size calls for."""
+        levels = roi_levels(rois, len(features))
+        out = features[0].new_zeros((rois.shape[0], features[0].shape[1], size, size))
+        for k, feature in enumerate(features):
+            chosen = (levels == k).nonzero().flatten()
+            if chosen.numel():
+                scale = 2.0 ** round(torch.log2(torch.tensor(feature.shape[-1] / image_hw[1])).item())
+                out[chosen] = roi_align(feature[image], rois[chosen], size, scale)
+        return out
+
+    def forward(self, features: list[torch.Tensor], proposals: list[torch.Tensor],
+                image_hw: tuple[int, int]) -> dict[str, torch.Tensor]:
+        config = self.config
+        d = config.detections
+        n = len(proposals)
+        out = {"boxes": torch.zeros(n, d, 4), "scores": torch.zeros(n, d), "classes": torch.zeros(n, d, dtype=torch.int64),
+               "masks": torch.zeros(n, d, 28, 28), "count": torch.zeros(n, dtype=torch.int64)}
+        levels = features[:4]  # P2-P5 (the pooled P6 serves the RPN only)
+        for i, rois in enumerate(proposals):
+            logits, deltas = self.box_predictor(self.box_head(self._pool(levels, i, rois, 7, image_hw)))
+            boxes = clip_boxes(decode_boxes(deltas, rois, (10.0, 10.0, 5.0, 5.0)), *image_hw)
+            scores = F.softmax(logits, -1)
+            classes = torch.arange(config.classes).expand_as(scores)
+            boxes, scores, classes = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), classes[:, 1:].reshape(-1)
+            keep = (scores > config.score_threshold).nonzero().flatten()
+            boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+            wide = ((boxes[:, 2] - boxes[:, 0]) >= 1e-2) & ((boxes[:, 3] - boxes[:, 1]) >= 1e-2)
+            boxes, scores, classes = boxes[wide], scores[wide], classes[wide]
+            keep = batched_nms(boxes, scores, classes, config.nms_threshold)[:d]
+            boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+            count = boxes.shape[0]
+            out["count"][i] = count
+            if not count:
+                continue
+            mask_logits = self.mask_predictor(self.mask_head(self._pool(levels, i, boxes, 14, image_hw)))
+            masks = torch.sigmoid(mask_logits[torch.arange(count), classes])
+            out["boxes"][i, :count], out["scores"][i, :count] = boxes, scores
+            out["classes"][i, :count], out["masks"][i, :count] = classes, masks
+        return out
+
+
+class MaskRCNN(nn.Module):
+    """Mask R-CNN (He et al., 2017) with a ResNet-FPN backbone.
+
+    Args:
+        config: architecture and inference settings.
+    """
+
+    def __init__(self, config: MaskRCNNConfig = MaskRCNNConfig()) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = BackboneWithFPN(config.depth, 256)
+        self.rpn = RegionProposalNetwork(config, 256)
+        self.roi_heads = RoIHeads(config, 256)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        image_hw = (int(images.shape[-2]), int(images.shape[-1]))
+        features = self.backbone(images)
+        proposals = self.rpn(features, image_hw)
+        return self.roi_heads(features, proposals, image_hw)
+
+
+__all__ = ["MaskRCNN", "MaskRCNNConfig", "box_area"]

@@ -1,0 +1,183 @@
+"""Mask R-CNN's architecture: torchvision's layout key for key (so its weights load), its
+box operations against their definitions, and a forward pass that detects."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from segstream.engines.models.maskrcnn import MaskRCNN, MaskRCNNConfig
+from segstream.engines.models.maskrcnn.ops import batched_nms, box_iou, nms, roi_align, roi_levels
+from segstream.engines.models.maskrcnn.weights import segstream_keys
+
+# torchvision documents maskrcnn_resnet50_fpn with 44,401,393 parameters (its frozen
+# batch norms hold buffers, not parameters).
+TORCHVISION_R50_PARAMETERS = 44_401_393
+
+
+def torchvision_layout() -> dict[str, tuple[int, ...]]:
+    """The state dict torchvision's maskrcnn_resnet50_fpn saves (the official COCO weights'
+    layout), built from its module structure: resnet50 body with frozen batch norm, FPN,
+    RPN head, TwoMLPHead, FastRCNNPredictor, MaskRCNNHeads and MaskRCNNPredictor."""
+    keys: dict[str, tuple[int, ...]] = {}
+
+    def conv(name: str, out: int, inp: int, k: int, bias: bool = False) -> None:
+        keys[f"{name}.weight"] = (out, inp, k, k)
+        if bias:
+            keys[f"{name}.bias"] = (out,)
+
+    def bn(name: str, channels: int) -> None:
+        for part in ("weight", "bias", "running_mean", "running_var"):
+            keys[f"{name}.{part}"] = (channels,)
+
+    body = "backbone.body"
+    conv(f"{body}.conv1", 64, 3, 7)
+    bn(f"{body}.bn1", 64)
+    inp = 64
+    for layer, blocks in enumerate((3, 4, 6, 3), 1):
+        width = 64 * 2 ** (layer - 1)
+        for b in range(blocks):
+            p = f"{body}.layer{layer}.{b}"
+            conv(f"{p}.conv1", width, inp, 1)
+            bn(f"{p}.bn1", width)
+            conv(f"{p}.conv2", width, width, 3)
+            bn(f"{p}.bn2", width)
+            conv(f"{p}.conv3", width * 4, width, 1)
+            bn(f"{p}.bn3", width * 4)
+            if b == 0:
+                conv(f"{p}.downsample.0", width * 4, inp, 1)
+                bn(f"{p}.downsample.1", width * 4)
+            inp = width * 4
+    for i, channels in enumerate((256, 512, 1024, 2048)):
+        conv(f"backbone.fpn.inner_blocks.{i}", 256, channels, 1, bias=True)
+        conv(f"backbone.fpn.layer_blocks.{i}", 256, 256, 3, bias=True)
+    conv("rpn.head.conv", 256, 256, 3, bias=True)
+    conv("rpn.head.cls_logits", 3, 256, 1, bias=True)
+    conv("rpn.head.bbox_pred", 12, 256, 1, bias=True)
+    keys.update({"roi_heads.box_head.fc6.weight": (1024, 256 * 7 * 7), "roi_heads.box_head.fc6.bias": (1024,),
+                 "roi_heads.box_head.fc7.weight": (1024, 1024), "roi_heads.box_head.fc7.bias": (1024,),
+                 "roi_heads.box_predictor.cls_score.weight": (91, 1024), "roi_heads.box_predictor.cls_score.bias": (91,),
+                 "roi_heads.box_predictor.bbox_pred.weight": (364, 1024),
+                 "roi_heads.box_predictor.bbox_pred.bias": (364,)})
+    for k in range(1, 5):
+        conv(f"roi_heads.mask_head.mask_fcn{k}", 256, 256, 3, bias=True)
+    keys["roi_heads.mask_predictor.conv5_mask.weight"] = (256, 256, 2, 2)  # ConvTranspose2d: (in, out, kh, kw)
+    keys["roi_heads.mask_predictor.conv5_mask.bias"] = (256,)
+    conv("roi_heads.mask_predictor.mask_fcn_logits", 91, 256, 1, bias=True)
+    return keys
+
+
+def test_resnet50_fpn_matches_torchvision_key_for_key_and_shape_for_shape():
+    model = MaskRCNN(MaskRCNNConfig())
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert ours == torchvision_layout()
+    assert sum(p.numel() for p in model.parameters()) == TORCHVISION_R50_PARAMETERS
+
+
+def test_newer_torchvision_names_load_too():
+    model = MaskRCNN(MaskRCNNConfig(depth=18, classes=3))
+    state = model.state_dict()
+    modern = {}
+    for key, value in state.items():  # as torchvision >= 0.13 saves them
+        key = key.replace("rpn.head.conv.", "rpn.head.conv.0.0.")
+        for kind in ("inner_blocks", "layer_blocks"):
+            if f"fpn.{kind}." in key:
+                head, tail = key.rsplit(".", 1)
+                key = f"{head}.0.{tail}"
+        if "mask_head.mask_fcn" in key:
+            number, tail = key.split("mask_head.mask_fcn", 1)[1].split(".")
+            key = f"roi_heads.mask_head.{int(number) - 1}.0.{tail}"
+        modern[key] = value.clone() + 1
+    modern["backbone.body.bn1.num_batches_tracked"] = torch.tensor(0)
+    fresh = MaskRCNN(MaskRCNNConfig(depth=18, classes=3))
+    fresh.load_state_dict(segstream_keys(modern), strict=True)
+    assert all(torch.equal(fresh.state_dict()[k], state[k] + 1) for k in state)
+
+
+def test_roi_align_on_a_linear_ramp_is_exact():
+    # bilinear sampling reproduces a linear function, so each bin is the function at its centre
+    height, width = 20, 30
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
+                            indexing="ij")
+    feature = torch.stack([xs, ys, 2 * xs + 3 * ys])
+    rois = torch.tensor([[4.0, 2.0, 20.0, 14.0], [0.0, 0.0, 10.0, 10.0]])
+    out = roi_align(feature, rois, size=4, scale=0.5)  # the map is at half the image's resolution
+    for k, (x0, y0, x1, y1) in enumerate((rois * 0.5).tolist()):
+        bw, bh = (x1 - x0) / 4, (y1 - y0) / 4
+        cx = torch.tensor([x0 + (j + 0.5) * bw for j in range(4)])
+        cy = torch.tensor([y0 + (i + 0.5) * bh for i in range(4)])
+        assert torch.allclose(out[k, 0], cx.expand(4, 4), atol=1e-5)
+        assert torch.allclose(out[k, 1], cy[:, None].expand(4, 4), atol=1e-5)
+        assert torch.allclose(out[k, 2], 2 * cx[None, :] + 3 * cy[:, None], atol=1e-4)
+
+
+def test_nms_and_levels():
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30], [0, 0, 10, 9.0]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.95])
+    assert nms(boxes, scores, 0.5).tolist() == [3, 2]
+    assert batched_nms(boxes, scores, torch.tensor([0, 1, 0, 0]), 0.5).tolist() == [3, 1, 2]
+    assert torch.allclose(box_iou(boxes[:1], boxes[1:2]), torch.tensor([[81 / 100]]))
+    sides = torch.tensor([16.0, 112.0, 224.0, 448.0, 2000.0])
+    rois = torch.stack([torch.zeros(5), torch.zeros(5), sides, sides], 1)
+    assert roi_levels(rois).tolist() == [0, 1, 2, 3, 3]  # P2 ... P5 (canonical 224 -> P4)
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_forward_detects_and_pads(depth):
+    torch.manual_seed(0)
+    model = MaskRCNN(MaskRCNNConfig(depth=depth, classes=3, detections=10)).eval()
+    with torch.no_grad():  # make class 1 win everywhere: every proposal becomes a candidate
+        model.roi_heads.box_predictor.cls_score.bias.copy_(torch.tensor([-5.0, 5.0, -5.0]))
+    images = torch.randn(2, 3, 128, 192)
+    with torch.no_grad():
+        out = model(images)
+    assert out["boxes"].shape == (2, 10, 4) and out["masks"].shape == (2, 10, 28, 28)
+    for i in range(2):
+        n = int(out["count"][i])
+        assert 0 < n <= 10
+        assert (out["classes"][i, :n] == 1).all() and (out["classes"][i, n:] == 0).all()
+        boxes = out["boxes"][i, :n]
+        assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 192).all() and (boxes[:, 3] <= 128).all()
+        assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+        scores = out["scores"][i, :n]
+        assert ((scores > 0.05) & (scores <= 1)).all() and torch.equal(scores, scores.sort(descending=True).values)
+        masks = out["masks"][i, :n]
+        assert ((masks >= 0) & (masks <= 1)).all() and (out["masks"][i, n:] == 0).all()
+
+
+def _bilinear(feature: torch.Tensor, y: float, x: float) -> torch.Tensor:
+    """torchvision's bilinear_interpolate (roi_align_kernel.cpp), one sample, literally."""
+    _, height, width = feature.shape
+    if y < -1.0 or y > height or x < -1.0 or x > width:
+        return torch.zeros(feature.shape[0])
+    y, x = max(y, 0.0), max(x, 0.0)
+    y_low, x_low = int(y), int(x)
+    if y_low >= height - 1:
+        y_high = y_low = height - 1
+        y = float(y_low)
+    else:
+        y_high = y_low + 1
+    if x_low >= width - 1:
+        x_high = x_low = width - 1
+        x = float(x_low)
+    else:
+        x_high = x_low + 1
+    ly, lx = y - y_low, x - x_low
+    hy, hx = 1 - ly, 1 - lx
+    return (hy * hx * feature[:, y_low, x_low] + hy * lx * feature[:, y_low, x_high]
+            + ly * hx * feature[:, y_high, x_low] + ly * lx * feature[:, y_high, x_high])
+
+
+def test_roi_align_at_the_borders_follows_torchvision():
+    torch.manual_seed(1)
+    feature = torch.randn(2, 6, 7)
+    rois = torch.tensor([[-3.0, -2.0, 5.0, 4.0], [3.0, 2.0, 9.5, 8.0], [6.0, 5.5, 7.0, 6.5], [-9.0, -9.0, -4.0, -3.0]])
+    size, sampling = 3, 2
+    out = roi_align(feature, rois, size, 1.0, sampling)
+    for k, (x0, y0, x1, y1) in enumerate(rois.tolist()):
+        bw, bh = max(x1 - x0, 1.0) / size, max(y1 - y0, 1.0) / size
+        for i in range(size):
+            for j in range(size):
+                samples = [_bilinear(feature, y0 + i * bh + (a + 0.5) * bh / sampling, x0 + j * bw + (b + 0.5) * bw / sampling)
+                           for a in range(sampling) for b in range(sampling)]
+                assert torch.allclose(out[k, :, i, j], torch.stack(samples).mean(0), atol=1e-5), (k, i, j)
