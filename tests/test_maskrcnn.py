@@ -181,3 +181,35 @@ def test_roi_align_at_the_borders_follows_torchvision():
                 samples = [_bilinear(feature, y0 + i * bh + (a + 0.5) * bh / sampling, x0 + j * bw + (b + 0.5) * bw / sampling)
                            for a in range(sampling) for b in range(sampling)]
                 assert torch.allclose(out[k, :, i, j], torch.stack(samples).mean(0), atol=1e-5), (k, i, j)
+
+
+@pytest.mark.slow
+def test_onnx_export_uses_standard_ops_and_matches_torch(tmp_path):
+    import collections
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from segstream.engines.models.maskrcnn.export import OUTPUTS, export_onnx
+
+    torch.manual_seed(0)
+    model = MaskRCNN(MaskRCNNConfig(depth=18, classes=3, detections=10)).eval()
+    with torch.no_grad():  # scores that differ from one detection to the next (ties would order arbitrarily)
+        model.roi_heads.box_predictor.cls_score.bias.copy_(torch.tensor([-1.0, 1.5, -1.0]))
+        model.roi_heads.box_predictor.cls_score.weight.mul_(50)
+    path = export_onnx(model, tmp_path / "maskrcnn.onnx", 128, 192)
+    graph = onnx.load(str(path)).graph
+    ops = collections.Counter(node.op_type for node in graph.node)
+    assert ops["NonMaxSuppression"] == 2 and ops["RoiAlign"] == 8  # RPN and boxes; box and mask pooling x 4 levels
+    assert all(node.domain in ("", "ai.onnx") for node in graph.node)  # no custom operator
+    image = torch.randn(1, 3, 128, 192)
+    with torch.no_grad():
+        expected = model(image)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = dict(zip(OUTPUTS, session.run(None, {"image": image.numpy()})))
+    assert int(got["count"][0]) == int(expected["count"][0]) > 0
+    assert np.array_equal(got["classes"], expected["classes"].numpy())
+    assert np.abs(got["boxes"] - expected["boxes"].numpy()).max() < 1.0  # within a pixel
+    assert np.abs(got["scores"] - expected["scores"].numpy()).max() < 1e-3
+    assert np.abs(got["masks"] - expected["masks"].numpy()).max() < 1e-3

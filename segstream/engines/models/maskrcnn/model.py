@@ -16,6 +16,7 @@ so torchvision's ``maskrcnn_resnet50_fpn`` state dict loads into ``MaskRCNN(Mask
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -30,16 +31,8 @@ from segstream.engines.models.maskrcnn.heads import (
     RPNHead,
     TwoMLPHead,
 )
-from segstream.engines.models.maskrcnn.ops import (
-    base_anchors,
-    batched_nms,
-    box_area,
-    clip_boxes,
-    decode_boxes,
-    grid_anchors,
-    roi_align,
-    roi_levels,
-)
+from segstream.engines.models.maskrcnn.onnx_ops import batched_nms, roi_align
+from segstream.engines.models.maskrcnn.ops import base_anchors, clip_boxes, decode_boxes, grid_anchors, roi_levels
 
 
 @dataclass(frozen=True)
@@ -122,45 +115,50 @@ class RoIHeads(nn.Module):
     @staticmethod
     def _pool(features: list[torch.Tensor], image: int, rois: torch.Tensor, size: int,
               image_hw: tuple[int, int]) -> torch.Tensor:
-        """Multi-scale RoIAlign over P2-P5: each RoI from the level its size calls for."""
+        """Multi-scale RoIAlign over P2-P5: each RoI from the level its size calls for. (An
+        export pools every RoI at every level and keeps the right one: no branch on data.)"""
         levels = roi_levels(rois, len(features))
+        exporting = torch.onnx.is_in_onnx_export()
         out = features[0].new_zeros((rois.shape[0], features[0].shape[1], size, size))
         for k, feature in enumerate(features):
-            chosen = (levels == k).nonzero().flatten()
-            if chosen.numel():
-                scale = 2.0 ** round(torch.log2(torch.tensor(feature.shape[-1] / image_hw[1])).item())
-                out[chosen] = roi_align(feature[image], rois[chosen], size, scale)
+            scale = 2.0 ** round(math.log2(feature.shape[-1] / image_hw[1]))
+            if exporting:
+                chosen = (levels == k).to(out.dtype)[:, None, None, None]
+                out = out + roi_align(feature[image:image + 1], rois, size, scale) * chosen
+                continue
+            index = (levels == k).nonzero().flatten()
+            if index.numel():
+                out[index] = roi_align(feature[image:image + 1], rois[index], size, scale)
         return out
 
     def forward(self, features: list[torch.Tensor], proposals: list[torch.Tensor],
                 image_hw: tuple[int, int]) -> dict[str, torch.Tensor]:
         config = self.config
         d = config.detections
-        n = len(proposals)
-        out = {"boxes": torch.zeros(n, d, 4), "scores": torch.zeros(n, d), "classes": torch.zeros(n, d, dtype=torch.int64),
-               "masks": torch.zeros(n, d, 28, 28), "count": torch.zeros(n, dtype=torch.int64)}
         levels = features[:4]  # P2-P5 (the pooled P6 serves the RPN only)
+        outputs: dict[str, list[torch.Tensor]] = {"boxes": [], "scores": [], "classes": [], "masks": [], "count": []}
         for i, rois in enumerate(proposals):
             logits, deltas = self.box_predictor(self.box_head(self._pool(levels, i, rois, 7, image_hw)))
             boxes = clip_boxes(decode_boxes(deltas, rois, (10.0, 10.0, 5.0, 5.0)), *image_hw)
             scores = F.softmax(logits, -1)
             classes = torch.arange(config.classes).expand_as(scores)
             boxes, scores, classes = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), classes[:, 1:].reshape(-1)
-            keep = (scores > config.score_threshold).nonzero().flatten()
+            keep = (scores > config.score_threshold) & ((boxes[:, 2] - boxes[:, 0]) >= 1e-2) & \
+                ((boxes[:, 3] - boxes[:, 1]) >= 1e-2)
             boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
-            wide = ((boxes[:, 2] - boxes[:, 0]) >= 1e-2) & ((boxes[:, 3] - boxes[:, 1]) >= 1e-2)
-            boxes, scores, classes = boxes[wide], scores[wide], classes[wide]
             keep = batched_nms(boxes, scores, classes, config.nms_threshold)[:d]
-            boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
-            count = boxes.shape[0]
-            out["count"][i] = count
-            if not count:
-                continue
+            # padded to D detections: zero boxes, scores and classes after the real ones
+            boxes = torch.cat([boxes[keep], boxes.new_zeros((d, 4))])[:d]
+            scores = torch.cat([scores[keep], scores.new_zeros(d)])[:d]
+            classes = torch.cat([classes[keep], classes.new_zeros(d)])[:d]
+            valid = scores > 0
             mask_logits = self.mask_predictor(self.mask_head(self._pool(levels, i, boxes, 14, image_hw)))
-            masks = torch.sigmoid(mask_logits[torch.arange(count), classes])
-            out["boxes"][i, :count], out["scores"][i, :count] = boxes, scores
-            out["classes"][i, :count], out["masks"][i, :count] = classes, masks
-        return out
+            chosen = classes[:, None, None, None].expand(-1, 1, *mask_logits.shape[-2:])
+            masks = torch.sigmoid(mask_logits.gather(1, chosen))[:, 0] * valid[:, None, None].to(mask_logits.dtype)
+            for name, value in (("boxes", boxes), ("scores", scores), ("classes", classes), ("masks", masks),
+                                ("count", valid.sum())):
+                outputs[name].append(value)
+        return {name: torch.stack(values) for name, values in outputs.items()}
 
 
 class MaskRCNN(nn.Module):
@@ -184,4 +182,4 @@ class MaskRCNN(nn.Module):
         return self.roi_heads(features, proposals, image_hw)
 
 
-__all__ = ["MaskRCNN", "MaskRCNNConfig", "box_area"]
+__all__ = ["MaskRCNN", "MaskRCNNConfig"]
