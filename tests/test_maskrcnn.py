@@ -213,3 +213,39 @@ def test_onnx_export_uses_standard_ops_and_matches_torch(tmp_path):
     assert np.abs(got["boxes"] - expected["boxes"].numpy()).max() < 1.0  # within a pixel
     assert np.abs(got["scores"] - expected["scores"].numpy()).max() < 1e-3
     assert np.abs(got["masks"] - expected["masks"].numpy()).max() < 1e-3
+
+
+def _instance_metadata(height: int, width: int):
+    from segstream.engines.metadata import ChannelOrder, ModelMetadata, NormalizeOrder, OutputKind, OutputSpec
+
+    outputs = tuple(OutputSpec(name, kind) for name, kind in (
+        ("boxes", OutputKind.INSTANCE_BOXES), ("scores", OutputKind.INSTANCE_SCORES),
+        ("classes", OutputKind.INSTANCE_CLASSES), ("masks", OutputKind.INSTANCE_MASKS),
+        ("count", OutputKind.INSTANCE_COUNT)))
+    return ModelMetadata(name="maskrcnn-test", input_name="image", input_width=width, input_height=height,
+                         channel_order=ChannelOrder.RGB, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                         scale=1 / 255, normalize_order=NormalizeOrder.SCALE_THEN_STANDARDIZE,
+                         class_names=("person", "car"), palette=((0, 0, 255), (255, 0, 0)), outputs=outputs)
+
+
+def test_instances_in_frame_pixels_with_ids_and_classes():
+    import numpy as np
+
+    from segstream.engines.instance_results import instances_from_outputs
+
+    meta = _instance_metadata(64, 128)
+    d = 5
+    boxes = np.zeros((1, d, 4), np.float32)
+    boxes[0, :4] = [[10, 10, 40, 30], [30, 20, 60, 50], [0, 0, 5, 5], [100, 40, 128, 64]]
+    scores = np.array([[0.6, 0.9, 0.3, 0.8, 0.0]], np.float32)  # the third is below the threshold
+    classes = np.array([[1, 2, 1, 3, 0]], np.int64)  # the fourth names no class of the model
+    masks = np.ones((1, d, 28, 28), np.float32)
+    outputs = {"boxes": boxes, "scores": scores, "classes": classes, "masks": masks, "count": np.array([4])}
+    detections, ids, semantic = instances_from_outputs(outputs, meta, (128, 256))  # the frame is twice the input
+    assert [(x.id, x.label, x.class_id) for x in detections] == [(1, "car", 2), (2, "person", 1)]  # best first
+    assert detections[0].box == (60.0, 40.0, 120.0, 100.0) and detections[1].box == (20.0, 20.0, 80.0, 60.0)
+    assert ids.dtype == np.uint16 and ids.shape == (128, 256) and semantic.shape == (128, 256)
+    assert ids[25, 25] == 2 and semantic[25, 25] == 0  # the person alone
+    assert ids[50, 70] == 1 and semantic[50, 70] == 1  # the overlap: the better (car) owns it
+    assert ids[5, 5] == 0 and semantic[5, 5] == meta.ignore_index
+    assert set(np.unique(ids)) == {0, 1, 2} and detections[0].to_json()["box"] == [60.0, 40.0, 120.0, 100.0]

@@ -56,6 +56,12 @@ class OutputKind(str, Enum):
     CLASSIFICATION_LOGITS = "classification_logits"  # (N, K)
     CLASSIFICATION_SCORES = "classification_scores"  # (N, K) softmax probabilities
     CONFIDENCE = "confidence"  # (N, H, W) uint8: the winning class's probability x 255
+    # Instance models (Mask R-CNN): D detections per image, padded with zeros after ``count``.
+    INSTANCE_BOXES = "instance_boxes"  # (N, D, 4) float32, (x0, y0, x1, y1) in input pixels
+    INSTANCE_SCORES = "instance_scores"  # (N, D) float32
+    INSTANCE_CLASSES = "instance_classes"  # (N, D) int64, 1-based (0: background / padding)
+    INSTANCE_MASKS = "instance_masks"  # (N, D, M, M) float32: mask probability within the box
+    INSTANCE_COUNT = "instance_count"  # (N,) int64: how many of the D are detections
 
 
 @dataclass(frozen=True)
