@@ -56,3 +56,27 @@ def test_hostile_masks_are_refused_before_any_allocation(payload, encoding, shap
     37 GiB; a PNG is checked against its declared shape before it is decoded."""
     with pytest.raises(MaskCodecError, match=message):
         decode_mask(payload, encoding, shape)
+
+
+def test_instance_ids_round_trip_and_refusals():
+    import numpy as np
+    import pytest
+
+    from segstream.errors import MaskCodecError
+    from segstream.pipeline.wire.mask_codec import decode_instance_ids, encode_instance_ids, instance_ids_encoding
+
+    ids = np.zeros((40, 60), np.uint16)
+    ids[5:20, 5:30] = 1
+    ids[10:35, 20:55] = 700  # beyond 8 bits
+    for mask_encoding in ("raw", "png", "rle"):
+        encoding = instance_ids_encoding(mask_encoding)
+        payload = encode_instance_ids(ids, encoding)
+        assert np.array_equal(decode_instance_ids(payload.tobytes(), encoding, (40, 60)), ids)
+    raw = encode_instance_ids(ids, "raw").tobytes()
+    png = encode_instance_ids(ids, "png").tobytes()
+    eight_bit = __import__("cv2").imencode(".png", ids.astype(np.uint8))[1].tobytes()
+    for payload, encoding, shape in ((raw[:-2], "raw", (40, 60)), (raw, "raw", (60, 40 + 1)), (png, "png", (41, 60)),
+                                     (eight_bit, "png", (40, 60)), (png[:30], "png", (40, 60)), (raw, "rle", (40, 60)),
+                                     (raw, "raw", (0, 60)), (raw, "raw", (1 << 15, 1 << 15))):
+        with pytest.raises(MaskCodecError):
+            decode_instance_ids(payload, encoding, shape)

@@ -189,3 +189,22 @@ def test_live_inbox_keeps_newest_frame_per_source_and_every_eos():
     push.close(0)
     pull.close(0)
     ctx.term()
+
+
+def test_instances_meta_is_checked_on_receipt():
+    import pytest
+
+    from segstream.errors import MessageError
+    from segstream.pipeline.wire.messages import Header, Kind, Message, decode, encode
+
+    good = {"id": 1, "class_id": 3, "label": "car", "score": 0.93, "box": [10.0, 20.5, 100, 80]}
+
+    def message(instances: object) -> list:
+        return encode(Message(Header(Kind.RESULT, "cam", 0, "000000", 1, 2, meta={"instances": instances})))
+
+    assert decode(message([good])).header.meta["instances"] == [good]
+    for bad in ("cars", [good] * 1001, [3], [{**good, "id": 0}], [{**good, "id": True}], [{**good, "score": 1.5}],
+                [{**good, "label": "x" * 200}], [{**good, "box": [1, 2, 3]}], [{**good, "box": [1, 2, 3, "4"]}],
+                [{**good, "box": [-5, 0, 1, 1]}], [{k: v for k, v in good.items() if k != "class_id"}]):
+        with pytest.raises(MessageError):
+            decode(message(bad))

@@ -21,7 +21,7 @@ from segstream.errors import MaskCodecError, MessageError
 from segstream.log_throttle import LogThrottle
 from segstream.pipeline.brokers import Feed, is_broker_uri, open_feed
 from segstream.pipeline.wire.keys import CurveClient
-from segstream.pipeline.wire.mask_codec import decode_mask
+from segstream.pipeline.wire.mask_codec import decode_instance_ids, decode_mask
 from segstream.pipeline.wire.messages import Kind, Part, decode, inline_array
 from segstream.pipeline.wire.transport import Role, make_socket
 
@@ -46,6 +46,9 @@ class MaskResult:
             pipeline publishes it (``--confidence``), else None.
         classification: for models that classify, the top labels with scores, best
             first: ``[{"label": "urban", "id": 1, "score": 0.87}, ...]``; else None.
+        instances: for instance models, each detection (``Instance``), best first; else None.
+        instance_ids: (H, W) uint16, the id of the instance each pixel belongs to (0: none),
+            for instance models; else None.
         header: the whole decoded header, for anything else.
     """
 
@@ -59,7 +62,28 @@ class MaskResult:
     gt: np.ndarray | None = None
     confidence: np.ndarray | None = None
     classification: list[dict[str, Any]] | None = None
+    instances: list["Instance"] | None = None
+    instance_ids: np.ndarray | None = None
     header: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One detected instance (``meta.instances``, docs/wire-format.md).
+
+    Attributes:
+        id: its value in ``instance_ids`` (1..count, best score first).
+        class_id: the model's class id.
+        label: the class's name.
+        score: the detection's score.
+        box: (x0, y0, x1, y1) in frame pixels.
+    """
+
+    id: int
+    class_id: int
+    label: str
+    score: float
+    box: tuple[float, float, float, float]
 
 
 class MaskSubscriber:
@@ -155,6 +179,8 @@ class MaskSubscriber:
             gap = max(header.index - self._last.get(header.source, header.index - 1) - 1, 0)
             self._last[header.source] = header.index
             self.gaps[header.source] = self.gaps.get(header.source, 0) + gap
+            instances = header.meta.get("instances")  # checked by decode
+            ids = self._instance_ids(message, header)
             gt_part = _raw_part(header.part("gt"), 2)
             confidence_part = _raw_part(header.part("confidence"), 2)
             yield MaskResult(
@@ -170,8 +196,23 @@ class MaskSubscriber:
                 confidence=inline_array(confidence_part, message.payload)
                 if confidence_part is not None and confidence_part.inline is not None else None,
                 classification=classification,
+                instances=None if instances is None else [
+                    Instance(i["id"], i["class_id"], i["label"], float(i["score"]), tuple(i["box"]))  # type: ignore[arg-type]
+                    for i in instances],
+                instance_ids=ids,
                 header=header.to_json(),
             )
+
+    def _instance_ids(self, message: Any, header: Any) -> np.ndarray | None:
+        """The ``instance_ids`` part, decoded like a mask (uint16), or None."""
+        part = header.part("instance_ids")
+        if part is None or part.inline is None:
+            return None
+        try:
+            return decode_instance_ids(message.payload[part.inline], part.encoding, part.shape)
+        except MaskCodecError as exc:
+            self._skip("bad_instance_ids", f"ignored the instance ids of frame {header.index}: {exc}")
+            return None
 
     @property
     def malformed(self) -> int:

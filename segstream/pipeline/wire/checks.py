@@ -26,6 +26,7 @@ MAX_PARTS = 16
 MAX_STAMPS = 64
 MAX_SLOTS = 1 << 16
 MAX_TOP_LABELS = 100
+MAX_INSTANCES = 1000
 RING_NAME = re.compile(r"^segstream-[0-9a-f]{8}-[A-Za-z0-9_-]{1,64}(\.r\d{1,6})?-\d{1,6}$")
 
 
@@ -118,6 +119,23 @@ def _classification(value: Any) -> None:
             integer(item["id"], "meta.classification id", 0, 1 << 20)
 
 
+def _instances(value: Any) -> None:
+    if not isinstance(value, list) or len(value) > MAX_INSTANCES:
+        raise MessageError("bad_meta", f"meta.instances must be a list of at most {MAX_INSTANCES} instances")
+    for item in value:
+        if not isinstance(item, dict):
+            raise MessageError("bad_meta", f"meta.instances holds {type(item).__name__}, expected objects")
+        integer(item.get("id"), "meta.instances id", 1, 65_535)
+        integer(item.get("class_id"), "meta.instances class_id", 0, 1 << 20)
+        text(item.get("label"), "meta.instances label", 128)
+        number(item.get("score"), "meta.instances score", 0.0, 1.0)
+        box = item.get("box")
+        if not isinstance(box, list) or len(box) != 4:
+            raise MessageError("bad_meta", f"meta.instances box must be [x0, y0, x1, y1], found {box!r:.60}")
+        for v in box:
+            number(v, "meta.instances box", 0.0, float(MAX_SIDE))
+
+
 def _classes(value: Any) -> None:
     if not isinstance(value, dict) or len(value) > 256:
         raise MessageError("bad_meta", "meta.classes must be an object of at most 256 class shares")
@@ -130,6 +148,7 @@ def _classes(value: Any) -> None:
 _META: dict[str, Any] = {
     "classification": _classification,
     "classes": _classes,
+    "instances": _instances,
     "fps": lambda v: number(v, "meta.fps", 0.0, 1e6),
     "seq": lambda v: integer(v, "meta.seq"),
     "gt_kind": lambda v: text(v, "meta.gt_kind", 64),

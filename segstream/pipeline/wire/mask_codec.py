@@ -99,3 +99,48 @@ def decode_mask(payload: bytes | memoryview | np.ndarray, encoding: str, shape: 
                                  f"{shape[0] * shape[1]}")
         return np.repeat((runs & 0xFF).astype(np.uint8), lengths).reshape(shape)
     raise MaskCodecError(f"unknown mask encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")
+
+
+def encode_instance_ids(ids: np.ndarray, encoding: str) -> np.ndarray:
+    """An (H, W) uint16 instance-id map as a payload: ``raw`` (little-endian uint16) or a
+    16-bit ``png`` (``rle``, whose runs carry 8-bit values, sends ids as PNG)."""
+    ids = np.ascontiguousarray(ids, dtype="<u2")
+    if encoding == "raw":
+        return ids
+    ok, buf = cv2.imencode(".png", ids)
+    if not ok:
+        raise MaskCodecError("OpenCV could not encode the instance ids as PNG")
+    return buf
+
+
+def instance_ids_encoding(mask_encoding: str) -> str:
+    """The encoding instance ids travel in when masks travel in ``mask_encoding``."""
+    return "raw" if mask_encoding == "raw" else "png"
+
+
+def decode_instance_ids(payload: bytes | memoryview | np.ndarray, encoding: str, shape: tuple[int, int]) -> np.ndarray:
+    """Decode an instance-id payload to an (H, W) uint16 array of the declared shape.
+
+    Raises:
+        MaskCodecError: an encoding other than raw or png, or a payload that does not fit.
+    """
+    if len(shape) != 2 or not all(isinstance(d, int) and 0 < d for d in shape):
+        raise MaskCodecError(f"instance ids are (height, width) with both above 0, found shape {tuple(shape)}")
+    if shape[0] * shape[1] > MAX_MASK_PIXELS:
+        raise MaskCodecError(f"instance ids of shape {tuple(shape)} exceed {MAX_MASK_PIXELS} pixels")
+    buf = np.frombuffer(payload, np.uint8)
+    if encoding == "raw":
+        if buf.size != 2 * shape[0] * shape[1]:
+            raise MaskCodecError(f"raw instance ids have {buf.size} bytes, shape {shape} needs {2 * shape[0] * shape[1]}")
+        return np.frombuffer(payload, "<u2").reshape(shape)
+    if encoding == "png":
+        if buf.size < 25 or bytes(buf[:8]) != _PNG_SIGNATURE or int(buf[24]) != 16 or \
+                (int.from_bytes(bytes(buf[16:20]), "big"), int.from_bytes(bytes(buf[20:24]), "big")) != \
+                (shape[1], shape[0]):
+            raise MaskCodecError(f"PNG instance ids are not a 16-bit image of shape {tuple(shape)} (checked before "
+                                 f"decoding)")
+        ids = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        if ids is None or ids.shape != tuple(shape) or ids.dtype != np.uint16:
+            raise MaskCodecError(f"PNG instance ids do not decode to uint16 of shape {shape}")
+        return ids
+    raise MaskCodecError(f"instance ids travel as raw or png, found {encoding!r}")
