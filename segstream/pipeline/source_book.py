@@ -132,7 +132,10 @@ def source_state(entry: SourceEntry, capture: StageProcess | None, failed: dict[
     """
     if entry.source_id in failed:
         return SourceState.FAILED
-    if through_all or (capture is not None and capture.process.poll() == 0):
+    # Ended once its end of stream went through every stage and its capture said it sent it
+    # (that event follows the capture's final figures on the same channel), or exited.
+    captured_end = capture is None or capture.ended or capture.process.poll() is not None
+    if (through_all and captured_end) or (capture is not None and capture.process.poll() == 0):
         return SourceState.ENDED
     if capture is None or not capture.started or capture.report is None:
         return SourceState.CONNECTING

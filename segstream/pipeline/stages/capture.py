@@ -226,6 +226,7 @@ def run(spec: StageSpec, runtime: StageRuntime) -> int:
             runtime.emit(EventKind.SOURCE_FAILED, source=settings.source_id, message=failure)
         if not runtime.stopping:
             logger.info("%s: end of stream after %d frames", settings.source_id, stats.frames_in)
+            runtime.tick(now_too=True)  # the final figures, ahead of the end of stream and of "ended"
             extra: dict[str, Any] = {"error": failure} if failure else {}
             if runtime.ending:  # removed from the run (end_source), not ended by itself
                 extra["removed"] = True
