@@ -17,6 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 import zmq
 
+from segstream.engines.instance_results import Detection
 from segstream.errors import MaskCodecError, MessageError
 from segstream.log_throttle import LogThrottle
 from segstream.pipeline.brokers import Feed, is_broker_uri, open_feed
@@ -67,23 +68,8 @@ class MaskResult:
     header: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
-@dataclass(frozen=True)
-class Instance:
-    """One detected instance (``meta.instances``, docs/wire-format.md).
-
-    Attributes:
-        id: its value in ``instance_ids`` (1..count, best score first).
-        class_id: the model's class id.
-        label: the class's name.
-        score: the detection's score.
-        box: (x0, y0, x1, y1) in frame pixels.
-    """
-
-    id: int
-    class_id: int
-    label: str
-    score: float
-    box: tuple[float, float, float, float]
+# One detected instance (``meta.instances``): the same record the pipeline made it from.
+Instance = Detection
 
 
 class MaskSubscriber:
