@@ -37,6 +37,7 @@ from segstream.pipeline.spec import (
 )
 from segstream.pipeline.wire.choices import FlowPolicy, Transport, ipc_endpoint
 from segstream.pipeline.wire.keys import CurveServer, RunKeys, load_publish_keys
+from segstream.pipeline.wire.names import unique_name
 
 logger = logging.getLogger(__name__)
 
@@ -83,12 +84,7 @@ def source_ids(sources: tuple[str, ...]) -> list[str]:
 
     ids: list[str] = []
     for uri in sources:
-        base = default_source_id(uri)
-        candidate, k = base, 1
-        while candidate in ids:
-            candidate = f"{base}-{k}"
-            k += 1
-        ids.append(candidate)
+        ids.append(unique_name(default_source_id(uri), ids))
     return ids
 
 

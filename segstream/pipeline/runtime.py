@@ -118,11 +118,9 @@ class StageRuntime:
             self._added.append((message.source, tuple(message.connect.get(self.spec.name, ()))))
 
     def take_added(self) -> list[tuple[str, tuple[str, ...]]]:
-        """Sources that joined the running pipeline since the last call, each with the
-        endpoints this stage's input connects to for it (none for a stage that reads
-        another stage's output)."""
-        if not self._stop:
-            self._read_commands()
+        """Sources that joined the running pipeline since the commands were last read
+        (``stopping`` reads them), each with the endpoints this stage's input connects to
+        for it (none for a stage that reads another stage's output)."""
         added, self._added = self._added, []
         return added
 

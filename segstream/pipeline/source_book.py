@@ -17,7 +17,7 @@ from enum import Enum
 from typing import Any
 
 from segstream.pipeline.stage_process import StageProcess
-from segstream.pipeline.wire.names import MAX_NAME, is_safe_name
+from segstream.pipeline.wire.names import MAX_NAME, is_safe_name, unique_name
 
 logger = logging.getLogger(__name__)
 
@@ -65,13 +65,11 @@ class SourceBook:
     """The sources of one run, in the order they joined."""
 
     def __init__(self) -> None:
-        self.entries: dict[str, SourceEntry] = {}
-        self.captures = 0  # capture stages made so far; the next is ``capture-<captures>``
+        self.entries: dict[str, SourceEntry] = {}  # never shrinks: one capture stage each, ``capture-<k>``
 
     def add(self, entry: SourceEntry) -> None:
         """Book a new source (its id checked with ``check_id`` first)."""
         self.entries[entry.source_id] = entry
-        self.captures += 1
 
     def note(self, source_id: str, stage: str, ended: bool) -> None:
         """``stage`` passed the source's end of stream on (``ended``), or takes the source
@@ -106,11 +104,7 @@ class SourceBook:
 
     def new_id(self, base: str) -> str:
         """``base``, or ``base-1``, ``base-2``... whichever no source of the run has had."""
-        candidate, k = base, 1
-        while candidate in self.entries:
-            candidate = f"{base}-{k}"
-            k += 1
-        return candidate
+        return unique_name(base, self.entries)
 
     def ended(self, entry: SourceEntry, stages: tuple[str, ...] = ()) -> bool:
         """True once the source's end of stream went through every stage of ``stages``

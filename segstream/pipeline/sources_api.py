@@ -111,7 +111,7 @@ class SourcesApi:
         if sup.state.value not in ("starting", "running") or sup.plan is None:
             raise ApiError(409, f"the pipeline is {sup.state.value}; it takes no new sources")
         uri, sid, options = self._source_request(body)
-        index = sup.book.captures
+        index = len(sup.book.entries)  # the next capture stage's number
         active = sum(1 for e in sup.book.entries.values() if self._state(e) not in (SourceState.ENDED, SourceState.FAILED))
         spec = sup.plan.capture(index, uri, sid, options, active + 1)
         connect = {reader: (endpoint,) for reader, endpoint in zip(sup.plan.capture_readers, spec.outputs)}
@@ -151,10 +151,9 @@ class SourcesApi:
         and release each capture whose end of stream went through every stage."""
         now = time.monotonic()
         others = self._non_captures()
+        alive = {s.spec.name for s in self.sup.stages if s.spec.kind is not StageKind.CAPTURE and s.process.poll() is None}
         for sid, sent in list(self._joining.items()):
             entry = self.sup.book.entries[sid]
-            alive = {s.spec.name for s in self.sup.stages
-                     if s.spec.kind is not StageKind.CAPTURE and s.process.poll() is None}
             if entry.joined is None or alive <= entry.joined or entry.ended_at:
                 del self._joining[sid]  # every stage takes it (or it is already through)
             elif now - sent >= RESEND_S:  # a stage that was still starting may not have heard it

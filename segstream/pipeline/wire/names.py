@@ -14,6 +14,7 @@ inside its output folder (``sinks.records.inside``).
 from __future__ import annotations
 
 import re
+from typing import Container
 
 MAX_NAME = 128
 _SAFE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=@-]*$")
@@ -25,6 +26,19 @@ def is_safe_name(name: object) -> bool:
     letter, digit or ``_``, holds no ``..`` and is at most ``MAX_NAME`` long."""
     return (isinstance(name, str) and 0 < len(name) <= MAX_NAME and bool(_SAFE.match(name))
             and ".." not in name)
+
+
+def unique_name(base: str, taken: Container[str]) -> str:
+    """``base``, or ``base-1``, ``base-2``... whichever is not in ``taken``.
+
+        >>> unique_name("clip", {"clip", "clip-1"})
+        'clip-2'
+    """
+    candidate, k = base, 1
+    while candidate in taken:
+        candidate = f"{base}-{k}"
+        k += 1
+    return candidate
 
 
 def sanitize_name(name: str, fallback: str = "unnamed") -> str:
