@@ -21,7 +21,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from segstream.errors import ConfigError
+from segstream.errors import ConfigError, MessageError
 from segstream.pipeline.wire.messages import Message
 
 logger = logging.getLogger(__name__)
@@ -139,6 +139,26 @@ def open_feed(uri: str, sources: list[str] | None = None) -> Feed:
     """
     parsed = parse_broker_uri(uri)
     return _module(parsed.scheme).Feed(parsed, sources)
+
+
+def framed_record(message: Message) -> bytes:
+    """One wire message as a single framed blob (Kafka and MQTT records, ``wire.framing``)."""
+    from segstream.pipeline.wire.framing import frame
+    from segstream.pipeline.wire.messages import encode
+
+    return frame(encode(message)[1:])
+
+
+def frames_of_record(blob: bytes, key: bytes = b"") -> list[bytes]:
+    """``[topic, header, payload...]`` of a framed record; a blob that is not one comes
+    back as ``[key, blob]``, which ``messages.decode`` refuses with its reason."""
+    from segstream.pipeline.wire.framing import unframe
+
+    try:
+        frames = unframe(blob)
+    except MessageError:
+        return [key, blob]
+    return wire_frames(frames[0], frames[1:])
 
 
 def wire_frames(header: bytes, payloads: list[bytes]) -> list[bytes]:

@@ -12,9 +12,8 @@ import uuid
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, Producer, TopicPartition
 
-from segstream.pipeline.brokers import BrokerDown, BrokerUri, wire_frames
-from segstream.pipeline.wire.framing import frame, unframe
-from segstream.pipeline.wire.messages import Message, encode
+from segstream.pipeline.brokers import BrokerDown, BrokerUri, framed_record, frames_of_record
+from segstream.pipeline.wire.messages import Message
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ class Publisher:
         })
 
     def encode(self, message: Message) -> bytes:
-        return frame(encode(message)[1:])
+        return framed_record(message)
 
     def _delivered(self, error: object, _record: object) -> None:
         if error is not None:
@@ -94,11 +93,7 @@ class Feed:
         record = self._consumer.poll(timeout_ms / 1000)
         if record is None or record.error():
             return None
-        try:
-            frames = unframe(record.value() or b"")
-        except Exception:  # noqa: BLE001 - a record that is not ours: decode says why
-            return [record.key() or b"", record.value() or b""]
-        return wire_frames(frames[0], frames[1:])
+        return frames_of_record(record.value() or b"", record.key() or b"")
 
     def close(self) -> None:
         self._consumer.close()

@@ -13,9 +13,8 @@ import uuid
 
 import paho.mqtt.client as mqtt
 
-from segstream.pipeline.brokers import BrokerDown, BrokerUri, wire_frames
-from segstream.pipeline.wire.framing import frame, unframe
-from segstream.pipeline.wire.messages import Message, encode
+from segstream.pipeline.brokers import BrokerDown, BrokerUri, framed_record, frames_of_record
+from segstream.pipeline.wire.messages import Message
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ class Publisher:
         self._client = _client(uri, "pub")
 
     def encode(self, message: Message) -> bytes:
-        return frame(encode(message)[1:])
+        return framed_record(message)
 
     def send(self, source: str, record: bytes) -> None:
         if not self._client.is_connected():
@@ -86,11 +85,7 @@ class Feed:
             payload = self._messages.get(timeout=timeout_ms / 1000)
         except queue.Empty:
             return None
-        try:
-            frames = unframe(payload)
-        except Exception:  # noqa: BLE001 - not ours: decode says why
-            return [b"", payload]
-        return wire_frames(frames[0], frames[1:])
+        return frames_of_record(payload)
 
     def close(self) -> None:
         self._client.loop_stop()

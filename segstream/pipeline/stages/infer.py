@@ -56,7 +56,8 @@ class InferProcessor:
         # Live flow: capture overwrites its ring at the camera's rate, and render needs the
         # frame a good while later (after inference). Copy the frames that do get
         # inferred, at inference rate, into this stage's own ring.
-        self._frames = PayloadReader() if spec.policy is FlowPolicy.LIVE else None
+        self._live = spec.policy is FlowPolicy.LIVE
+        self._frames = PayloadReader() if self._live else None
         self._preprocess = Preprocessor(meta) if settings.preprocess else None
         self._tensor: np.ndarray | None = None  # the model input this worker makes (settings.preprocess)
         self._last_ns = self._cycle_ns = 0  # when the last frame came, and the time between frames, smoothed
@@ -68,12 +69,11 @@ class InferProcessor:
         self.batch_size = max(1, min(settings.batch, limit))
         timeout = None if settings.batch_timeout_ms is None else int(settings.batch_timeout_ms * 1e6)
         # frames of different sources wait here for one engine call (run_middle_stage)
-        self.batch = BatchQueue(self.batch_size, timeout, spec.policy is FlowPolicy.LIVE) \
-            if self.batch_size > 1 else None
+        self.batch = BatchQueue(self.batch_size, timeout, self._live) if self.batch_size > 1 else None
         runtime.stats.extra["batch"] = self.batch_size
         self._backoff = Backoff(0.1, 2.0)  # between tries of a backend that cannot be reached
-        self._live = spec.policy is FlowPolicy.LIVE
         self._refusals = LogThrottle()
+        self._calls = self._inferred = 0
 
     def process(self, message: Message) -> Message | None:
         return self.process_batch([message])[0]
@@ -115,10 +115,10 @@ class InferProcessor:
                 self.inputs.release(message, "input")
                 self.runtime.stats.skipped.add(UNAVAILABLE, message.header.source)
             return results
-        extra = self.runtime.stats.extra  # how full batches are: engine calls, and frames in them
-        extra["engine_calls"] = int(extra.get("engine_calls", 0)) + 1
-        extra["frames_per_call"] = round((extra.get("frames_per_call", 0.0) * (extra["engine_calls"] - 1)
-                                          + len(taken)) / extra["engine_calls"], 3)
+        self._calls += 1  # how full batches are: engine calls, and frames in them
+        self._inferred += len(taken)
+        extra = self.runtime.stats.extra
+        extra["engine_calls"], extra["frames_per_call"] = self._calls, round(self._inferred / self._calls, 3)
         for k, (position, message, out, pinned) in enumerate(taken):
             # The engine read the input where preprocess wrote it (no copy); in live flow
             # the slot may have been reused meanwhile: the result is kept only if it stayed.

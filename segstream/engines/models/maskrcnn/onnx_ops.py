@@ -53,11 +53,8 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Te
 
 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, threshold: float) -> torch.Tensor:
-    """``ops.batched_nms``, exportable (boxes of different groups moved apart)."""
-    if boxes.numel() == 0 and not torch.onnx.is_in_onnx_export():
-        return torch.zeros(0, dtype=torch.int64)
-    offsets = groups.to(boxes.dtype) * (boxes.max() + 1)
-    return nms(boxes + offsets[:, None], scores, threshold)
+    """``ops.batched_nms``, exportable."""
+    return ops.batched_nms(boxes, scores, groups, threshold, nms)
 
 
 def roi_align(feature: torch.Tensor, rois: torch.Tensor, size: int, scale: float, sampling: int = 2) -> torch.Tensor:

@@ -6,6 +6,7 @@ torchvision-trained weights give the same detections."""
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -78,12 +79,14 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Te
     return order[torch.tensor(keep, dtype=torch.int64)]
 
 
-def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, threshold: float) -> torch.Tensor:
-    """NMS within each group only (boxes of different groups never suppress each other)."""
-    if boxes.numel() == 0:
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, threshold: float,
+                suppress: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] = nms) -> torch.Tensor:
+    """NMS (``suppress``) within each group only: the groups' boxes are moved apart, so
+    boxes of different groups never suppress each other."""
+    if boxes.numel() == 0 and not torch.onnx.is_in_onnx_export():
         return torch.zeros(0, dtype=torch.int64)
-    offsets = groups.to(boxes) * (boxes.max() + 1)
-    return nms(boxes + offsets[:, None], scores, threshold)
+    offsets = groups.to(boxes.dtype) * (boxes.max() + 1)
+    return suppress(boxes + offsets[:, None], scores, threshold)
 
 
 def roi_align(feature: torch.Tensor, rois: torch.Tensor, size: int, scale: float, sampling: int = 2) -> torch.Tensor:
