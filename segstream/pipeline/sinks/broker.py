@@ -57,7 +57,6 @@ class BrokerSink(BaseSink):
         self._queue: deque[tuple[str, Any]] = deque()
         self._cond = threading.Condition()
         self._closing = False
-        self._busy = False
         self._thread = threading.Thread(target=self._send_loop, name=f"sink-{self.scheme}", daemon=True)
         self._thread.start()
 
@@ -97,7 +96,6 @@ class BrokerSink(BaseSink):
                 if not self._queue:
                     return
                 source, record = self._queue[0]
-                self._busy = True
             try:
                 self.publisher.send(source, record)
             except BrokerDown as exc:
@@ -107,7 +105,6 @@ class BrokerSink(BaseSink):
                                    "results that find the queue full are skipped: live flow")
                 self.last_error = str(exc)
                 self.reconnects += 1
-                self._busy = False
                 if self._closing and not self.lossless:
                     with self._cond:  # a live run that ends does not wait for a broker that is down
                         self.skipped += len(self._queue)
@@ -129,7 +126,6 @@ class BrokerSink(BaseSink):
             with self._cond:
                 self._queue.popleft()
                 self.sent += 1
-                self._busy = False
                 self._cond.notify_all()
 
     def close(self) -> None:
