@@ -65,3 +65,24 @@ def fast_onnx(tmp_path_factory) -> Path:
     from segstream.engines.export import export_onnx
 
     return export_onnx("espnet-cityscapes-q3", tmp_path_factory.mktemp("models") / "fast.onnx", height=128, width=256)
+
+
+@pytest.fixture(scope="session")
+def instance_onnx(tmp_path_factory) -> Path:
+    """maskrcnn-r18-fpn exported at 352x192 with untrained weights whose box classifier calls
+    every proposal a car (its car bias raised): the real graph, with many detections on any
+    frame, for tests of how instances travel. That the model learns is shown by
+    test_maskrcnn_training."""
+    import torch
+
+    from segstream.engines.export import export_onnx
+    from segstream.engines.models.zoo import MODELS
+
+    torch.manual_seed(0)
+    net = MODELS["maskrcnn-r18-fpn"].build()
+    with torch.no_grad():
+        net.roi_heads.box_predictor.cls_score.bias[3] = 8.0  # COCO class 3: car
+    folder = tmp_path_factory.mktemp("maskrcnn")
+    torch.save(net.state_dict(), folder / "planted.pt")
+    return export_onnx("maskrcnn-r18-fpn", folder / "maskrcnn.onnx", weights=folder / "planted.pt", height=192,
+                       width=352)

@@ -68,3 +68,32 @@ def test_c_consumer_with_a_client_key_reads_an_endpoint_published_with_keys(tmp_
         consumer.kill()
     assert consumer.returncode == 0, err
     assert out.splitlines()[-1] == "received 5 masks from 1 source(s), 0 error(s)"
+
+
+def test_c_consumer_prints_the_instances_of_an_instance_model(tmp_path, instance_onnx, c_consumer):
+    from conftest import CLIP
+
+    endpoint = f"ipc://{tmp_path}/pub.sock"
+    consumer = subprocess.Popen([str(c_consumer), endpoint], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        proc = start_pipeline(["run", "--source", str(CLIP), "--max-frames", "3", "--rate", "max", "--policy",
+                               "lossless", "--model", str(instance_onnx), "--publish", endpoint,
+                               "--record", str(tmp_path / "rec")], tmp_path / "run.log", tmp_path / "t")
+        assert proc.wait(timeout=180) == 0
+        out, err = consumer.communicate(timeout=60)
+    finally:
+        consumer.kill()
+    assert consumer.returncode == 0, err
+    import json
+
+    recorded = [json.loads(line)["instances"] for line in (tmp_path / "rec" / "instances.jsonl").read_text().splitlines()]
+    lines = out.splitlines()
+    assert lines[-1] == "received 3 masks from 1 source(s), 0 error(s)"
+    for index, instances in enumerate(recorded):
+        at = lines.index(f"solidWhiteRight {index} instances {len(instances)}")
+        for line, item in zip(lines[at + 1:at + 1 + len(instances)], instances):
+            fields = line.split()
+            assert fields[:2] == [str(item["id"]), "car"]
+            assert abs(float(fields[2]) - item["score"]) < 1e-3
+            assert all(abs(float(a) - b) < 0.06 for a, b in zip(fields[3:], item["box"]))

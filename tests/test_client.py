@@ -147,3 +147,24 @@ def test_confidence_maps_travel_with_the_masks(tmp_path):
     for result in results:
         assert result.confidence is not None and result.confidence.shape == result.mask.shape
         assert 255 // 19 <= result.confidence.min() and result.confidence.mean() > 100
+
+
+def test_the_client_returns_an_instance_models_detections_typed(tmp_path, instance_onnx):
+    """PNG-encoded results (16-bit instance ids): the client decodes them to what was recorded."""
+    from segstream.engines.instance_results import Detection
+
+    endpoint = f"ipc://{tmp_path}/pub.sock"
+    record = tmp_path / "rec"
+    with MaskSubscriber(endpoint, timeout_s=120) as masks:
+        proc = start_pipeline(["run", "--source", str(KITTI_FRAMES[0]), "--model", str(instance_onnx), "--publish",
+                               endpoint, "--mask-encoding", "png", "--record", str(record)], tmp_path / "run.log",
+                              tmp_path / "t")
+        results = list(masks)
+    assert proc.wait(timeout=120) == 0
+    assert len(results) == 1
+    result = results[0]
+    assert result.instances and all(isinstance(i, Detection) and i.label == "car" for i in result.instances)
+    recorded = cv2.imread(str(record / "instances" / f"{result.name}.png"), cv2.IMREAD_UNCHANGED)
+    assert result.instance_ids.dtype == np.uint16
+    np.testing.assert_array_equal(result.instance_ids, recorded)
+    assert set(np.unique(result.instance_ids)) <= {0, *(i.id for i in result.instances)}

@@ -118,3 +118,25 @@ def test_live_view_shows_sources_as_they_come_and_go(tmp_path, fast_onnx):
     assert on_page() == {"south"}
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=30) == 130
+
+
+@needs_chromium
+def test_live_view_lists_the_instances_of_an_instance_model(tmp_path, instance_onnx):
+    from conftest import CLIP
+
+    address = f"127.0.0.1:{free_port()}"
+    log = tmp_path / "run.log"
+    proc = start_pipeline(["run", "--source", str(CLIP), "--model", str(instance_onnx), "--publish", "", "--view",
+                           address, "--rate", "3", "--loop"], log, tmp_path / "t")
+    wait_for_log(log, r"running")
+    deadline = time.monotonic() + 60
+    while not stats(address).get("instances") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    listed = stats(address)["instances"]
+    assert listed and all(i["label"] == "car" and re.fullmatch(r"#[0-9a-f]{6}", i["colour"]) for i in listed)
+    dom = chromium(tmp_path, f"http://{address}/", "--virtual-time-budget=2000", "--dump-dom")
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    rows = re.findall(r'<tr><td><span class="swatch"[^>]*></span>car #(\d+)</td><td class="n">(\d+)%</td></tr>', dom)
+    assert rows and int(rows[0][0]) == 1  # the best first, as the model ranked them
+    assert 'id="instances-box" style=""' in dom or 'id="instances-box">' in dom  # shown for an instance model

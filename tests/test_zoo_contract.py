@@ -36,6 +36,9 @@ def test_architecture_contract(name, tmp_path):
     assert all(size % spec.size_multiple == 0 for hw in SIZES for size in hw)
     net = spec.build().eval()
     assert sum(p.numel() for p in net.parameters()) == spec.params  # what segstream models lists
+    if spec.task == "instances":
+        _instance_contract(name, spec, net, tmp_path)
+        return
     h, w = SIZES[0]
     with torch.inference_mode():
         out = net(_image(h, w, 0))
@@ -78,3 +81,37 @@ def test_architecture_contract(name, tmp_path):
             elif spec_out.kind is OutputKind.CLASSIFICATION_SCORES:
                 assert np.isfinite(a).all() and abs(float(a.sum()) - 1.0) < 1e-4
                 assert a.argmax() == b.argmax()
+
+
+def _instance_contract(name, spec, net, tmp_path):
+    """An instance model returns D padded detections with a count; it exports for one
+    input size with standard operators, and ONNX Runtime finds what PyTorch finds."""
+    import onnxruntime as ort
+
+    meta = spec.metadata
+    d = int(meta.extra["detections"])
+    h, w = SIZES[0]
+    with torch.inference_mode():
+        out = net(_image(h, w, 0))
+    assert out["boxes"].shape == (1, d, 4) and out["scores"].shape == (1, d) and out["classes"].shape == (1, d)
+    assert out["masks"].shape == (1, d, 28, 28) and out["count"].shape == (1,)
+    assert all(torch.isfinite(v.float()).all() for v in out.values())
+    weights = tmp_path / f"{name}.pt"
+    torch.save(net.state_dict(), weights)
+    with pytest.raises(Exception, match="one input size"):
+        export_onnx(name, tmp_path / "dynamic.onnx", weights=weights, dynamic=True)
+    path = export_onnx(name, tmp_path / f"{name}.onnx", weights=weights, height=h, width=w)
+    graph = onnx.load(str(path)).graph
+    assert {n.domain for n in graph.node} <= STANDARD_DOMAINS
+    assert {"NonMaxSuppression", "RoiAlign"} <= {n.op_type for n in graph.node}
+    assert read_onnx_metadata(path).outputs == meta.outputs
+    wrapped, _ = inference_module(name, weights, height=h, width=w)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    image = _image(h, w, 1)
+    with torch.inference_mode():
+        want = [t.numpy() for t in wrapped(image)]
+    got = dict(zip([o.name for o in meta.outputs], session.run(None, {meta.input_name: image.numpy()})))
+    count = int(want[-1][0])
+    assert int(got["count"][0]) == count
+    np.testing.assert_allclose(got["boxes"][0, :count], want[0][0, :count], atol=1e-2)
+    np.testing.assert_allclose(got["scores"][0, :count], want[1][0, :count], atol=1e-4)

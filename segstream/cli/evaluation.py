@@ -12,6 +12,8 @@ from segstream.errors import EvalError
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``segstream eval PRED_DIR GT_SOURCE``."""
+    if args.task == "instances":
+        return _eval_instances(args)
     from segstream.evaluation.offline import OfflineEval, evaluate
     from segstream.evaluation.summary import format_scores
 
@@ -20,6 +22,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(format_scores(summary))
     if summary["missing"]:
         print(f"  {len(summary['missing'])} frame(s) without a prediction were left out")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _eval_instances(args: argparse.Namespace) -> int:
+    """``segstream eval --task instances PRED_DIR coco:ROOT[:SPLIT]|cityscapes:ROOT[:SPLIT]``."""
+    from segstream.evaluation.instance_offline import InstanceEval, evaluate_recorded_instances, format_instance_scores
+
+    summary = evaluate_recorded_instances(InstanceEval(Path(args.predictions), args.ground_truth, args.allow_missing))
+    print(format_instance_scores(summary))
+    if summary["missing"]:
+        print(f"  {len(summary['missing'])} image(s) without a prediction were left out")
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
         print(f"wrote {args.json}")
@@ -53,7 +69,10 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
     p = sub.add_parser("eval", help="score recorded masks against a dataset's ground truth")
     p.add_argument("predictions", metavar="PRED_DIR", help="a --record folder, or a folder of <frame>.png label maps")
     p.add_argument("ground_truth", metavar="GT_SOURCE", help="cityscapes:ROOT[:SPLIT], kitti-semantics:ROOT, "
-                                                             "kitti360:ROOT:SEQ")
+                                                             "kitti360:ROOT:SEQ; --task instances: coco:ROOT[:SPLIT] "
+                                                             "or cityscapes:ROOT[:SPLIT] (gtFine_instanceIds.png)")
+    p.add_argument("--task", choices=("semantic", "instances"), default="semantic",
+                   help="semantic: mIoU of label maps; instances: COCO box and mask AP of an instance model's run")
     p.add_argument("--label-ids", action="store_true", help="predictions hold Cityscapes label ids "
                                                             "(--cityscapes-results), not train ids")
     p.add_argument("--allow-missing", action="store_true", help="score the frames that have a prediction")

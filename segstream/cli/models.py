@@ -46,6 +46,7 @@ def cmd_triton_repo(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``segstream train``: fine-tune or train a zoo model."""
+    from segstream.engines.models.zoo import get_model_spec
     from segstream.engines.training.trainer import TrainConfig, Trainer
     from segstream.errors import ModelError
 
@@ -58,9 +59,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         if len(crop) != 2:
             raise ModelError(f"--crop takes HEIGHTxWIDTH, e.g. 512x1024, found {args.crop!r}")
     config = TrainConfig(model=args.model, data=args.data, val=args.val, epochs=args.epochs, repeat=args.repeat,
-                         crop=crop, batch_size=args.batch_size, lr=args.lr, resume=args.resume, weights=args.weights,
+                         crop=crop, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, resume=args.resume, weights=args.weights,
                          output=args.output, threads=args.threads)
-    history = Trainer(config).run()
+    if get_model_spec(args.model).task == "instances":
+        from segstream.engines.training.instances import InstanceTrainer
+
+        history = InstanceTrainer(config).run()
+    else:
+        history = Trainer(config).run()
     for result in history:
         figures = ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items())
         print(f"epoch {result.epoch}: loss {result.loss:.4f} ({result.images_per_s:.1f} img/s); {figures}")
@@ -137,13 +143,17 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
     p = sub.add_parser("train", help="fine-tune or train a zoo model")
     p.add_argument("model", help="zoo model name")
     p.add_argument("--data", required=True, help="cityscapes:ROOT[:SPLIT], kitti-semantics:ROOT, kitti360:ROOT:SEQ, "
-                                                 "or ROOT/<label>/*.png for classifiers and joint models")
+                                                 "or ROOT/<label>/*.png for classifiers and joint models; instance "
+                                                 "models: coco:ROOT[:SPLIT] (COCO JSON) or cityscapes:ROOT[:SPLIT] "
+                                                 "(gtFine_instanceIds.png)")
     p.add_argument("--val", help="validation data (default: the training data)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--repeat", type=int, default=1, metavar="N", help="passes over the data per epoch (tiny datasets)")
     p.add_argument("--crop", metavar="HxW", help="training crop (default: the model's input size)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (poly decay)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (poly decay)")
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw",
+                   help="sgd: momentum 0.9 (Mask R-CNN trains best with --optimizer sgd --lr 0.02)")
     p.add_argument("--weights", help="start from these weights (default: the pretrained ones, if any)")
     p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint")
     p.add_argument("-o", "--output", default="segstream-train", help="checkpoint folder")

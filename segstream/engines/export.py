@@ -43,7 +43,13 @@ def load_torch_model(name: str, weights: str | os.PathLike[str] | None = None):
                 raise ModelError(f"{path} is a checkpoint of {state['model']!r}, not {name!r}; pass the matching "
                                  f"model name")
             state = state["state_dict"]
+        if spec.task == "instances":  # torchvision's newer key names, mapped to its original layout
+            from segstream.engines.models.maskrcnn.weights import segstream_keys
+
+            state = segstream_keys(state)
         missing, unexpected = module.load_state_dict(state, strict=False)
+        # batch norm's step counters are bookkeeping: frozen batch norm has none, torchvision's saves none
+        missing = [k for k in missing if not k.endswith("num_batches_tracked")]
         if missing or unexpected:
             raise ModelError(
                 f"weights {path} do not fit model {name}: missing keys {missing[:5]}, unexpected keys "
@@ -59,6 +65,11 @@ def _inference_head(module, spec: ModelSpec, meta: ModelMetadata, confidence: bo
     import torch
 
     ignore_channel, ignore_index = meta.ignore_channel, meta.ignore_index
+    if spec.task == "instances":  # the padded detections, as a tuple in metadata order
+        from segstream.engines.models.maskrcnn.export import OUTPUTS, DetectionOutputs
+
+        assert tuple(o.name for o in meta.outputs) == OUTPUTS
+        return DetectionOutputs(module).eval()
 
     class InferenceHead(torch.nn.Module):
         def __init__(self) -> None:
@@ -100,6 +111,9 @@ def inference_metadata(spec: ModelSpec, confidence: bool = False, height: int | 
                              f"{height // spec.size_multiple * spec.size_multiple}")
         meta = dataclasses.replace(meta, input_height=height, input_width=width)
     if confidence:
+        if spec.task == "instances":
+            raise ModelError(f"{spec.name} is an instance model; --confidence applies to semantic segmentation "
+                             f"(its detections carry their own scores)")
         if not meta.segments:
             raise ModelError(f"{spec.name} is a classifier; --confidence applies to segmentation models")
         seg = [o for o in meta.outputs if o.kind is OutputKind.CLASS_IDS]
@@ -148,6 +162,9 @@ def export_onnx(name: str, output: str | os.PathLike[str], weights: str | os.Pat
     """
     import torch
 
+    if dynamic and get_model_spec(name).task == "instances":
+        raise ModelError(f"{name} exports for one input size (its anchors are laid out for it); leave out "
+                         f"--dynamic and pass --height/--width for another size")
     wrapped, meta = inference_module(name, weights, confidence, height, width)
     dummy = torch.zeros(1, 3, meta.input_height, meta.input_width)
     output = Path(output)
@@ -160,13 +177,14 @@ def export_onnx(name: str, output: str | os.PathLike[str], weights: str | os.Pat
         # that it is deprecated; the pinned torch still ships it.
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # Mask R-CNN's shapes, fixed by design
             torch.onnx.export(
                 wrapped,
                 (dummy,),
                 tmp,
                 input_names=[meta.input_name],
                 output_names=[o.name for o in meta.outputs],
-                dynamic_axes=_dynamic_axes(meta, dynamic),
+                dynamic_axes=None if _instances(meta) else _dynamic_axes(meta, dynamic),
                 opset_version=OPSET,
                 dynamo=False,
             )
@@ -178,6 +196,11 @@ def export_onnx(name: str, output: str | os.PathLike[str], weights: str | os.Pat
             os.unlink(tmp)
     logger.info("exported %s to %s", name, output)
     return output
+
+
+def _instances(meta: ModelMetadata) -> bool:
+    """An instance model (one image per call: no dynamic batch axis)."""
+    return meta.output(OutputKind.INSTANCE_COUNT) is not None
 
 
 def _dynamic_axes(meta: ModelMetadata, spatial: bool) -> dict[str, dict[int, str]]:

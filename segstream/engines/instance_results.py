@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from segstream.engines.metadata import ModelMetadata, OutputKind
+from segstream.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +49,63 @@ class Detection:
                 "box": [round(v, 2) for v in self.box]}
 
 
+def instance_thresholds(metadata: ModelMetadata) -> tuple[float, float]:
+    """(score threshold, mask threshold) an instance model's metadata asks for (``extra``;
+    0.5 and 0.5 where it names none).
+
+    Raises:
+        ModelError: a threshold outside [0, 1].
+    """
+    values = tuple(metadata.extra.get(key, 0.5) for key in ("score_threshold", "mask_threshold"))
+    for key, value in zip(("score_threshold", "mask_threshold"), values):
+        if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+            raise ModelError(f"model {metadata.name}: metadata {key} must be a number in [0, 1], found {value!r}")
+    return float(values[0]), float(values[1])
+
+
 def _output(outputs: dict[str, np.ndarray], metadata: ModelMetadata, kind: OutputKind) -> np.ndarray:
     spec = metadata.output(kind)
     if spec is None:
         raise ValueError(f"model {metadata.name} has no {kind.value} output (outputs: {metadata.outputs})")
     return outputs[spec.name][0]
+
+
+def _paste(mask: np.ndarray, box: tuple[float, float, float, float], height: int, width: int,
+           threshold: float) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
+    """A detection's M x M mask resized to its box in the frame and thresholded: the
+    integer region (x0, y0, x1, y1) and the boolean mask over it, or None for an empty box."""
+    x0, y0, x1, y1 = box
+    left, top = int(np.floor(x0)), int(np.floor(y0))
+    right, bottom = min(max(int(np.ceil(x1)), left + 1), width), min(max(int(np.ceil(y1)), top + 1), height)
+    if right <= left or bottom <= top:
+        return None
+    region = cv2.resize(mask.astype(np.float32), (right - left, bottom - top), interpolation=cv2.INTER_LINEAR)
+    return (left, top, right, bottom), region >= threshold
+
+
+def detection_instances(outputs: dict[str, np.ndarray], metadata: ModelMetadata, image: Any,
+                        frame_hw: tuple[int, int]) -> list[Any]:
+    """Every detection of one image's outputs as an ``evaluation.instances.Instance`` (box
+    and full-frame mask in frame pixels, the model's class id), for COCO evaluation: no
+    score threshold, and masks left overlapping, as COCO scores them."""
+    from segstream.evaluation.instances import Instance
+
+    height, width = frame_hw
+    _, mask_threshold = instance_thresholds(metadata)
+    count = int(_output(outputs, metadata, OutputKind.INSTANCE_COUNT))
+    boxes = _output(outputs, metadata, OutputKind.INSTANCE_BOXES)[:count].astype(np.float64)
+    sx, sy = width / metadata.input_width, height / metadata.input_height
+    found = []
+    for box, score, cls, mask in zip(boxes * (sx, sy, sx, sy), _output(outputs, metadata, OutputKind.INSTANCE_SCORES),
+                                     _output(outputs, metadata, OutputKind.INSTANCE_CLASSES),
+                                     _output(outputs, metadata, OutputKind.INSTANCE_MASKS)):
+        full = np.zeros((height, width), bool)
+        pasted = _paste(mask, tuple(box), height, width, mask_threshold)
+        if pasted is not None:
+            (left, top, right, bottom), region = pasted
+            full[top:bottom, left:right] = region
+        found.append(Instance(image, int(cls), tuple(float(v) for v in box), full, float(score)))
+    return found
 
 
 def instances_from_outputs(outputs: dict[str, np.ndarray], metadata: ModelMetadata, frame_hw: tuple[int, int],
@@ -85,14 +138,10 @@ def instances_from_outputs(outputs: dict[str, np.ndarray], metadata: ModelMetada
         detections.append(Detection(rank, int(classes[k]), metadata.class_names[classes[k] - 1], float(scores[k]),
                                     (x0, y0, x1, y1)))
     for detection, k in reversed(list(zip(detections, keep))):  # lowest score first: the best paints last
-        x0, y0, x1, y1 = detection.box
-        left, top = int(np.floor(x0)), int(np.floor(y0))
-        right, bottom = max(int(np.ceil(x1)), left + 1), max(int(np.ceil(y1)), top + 1)
-        right, bottom = min(right, width), min(bottom, height)
-        if right <= left or bottom <= top:
+        pasted = _paste(masks[k], detection.box, height, width, mask_threshold)
+        if pasted is None:
             continue
-        region = cv2.resize(masks[k].astype(np.float32), (right - left, bottom - top),
-                            interpolation=cv2.INTER_LINEAR) >= mask_threshold
+        (left, top, right, bottom), region = pasted
         ids[top:bottom, left:right][region] = detection.id
         semantic[top:bottom, left:right][region] = detection.class_id - 1
     return detections, ids, semantic

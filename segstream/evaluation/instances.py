@@ -35,10 +35,12 @@ class Instance:
         image: the image it belongs to.
         category: its class id.
         box: (x0, y0, x1, y1) in pixels.
-        mask: its boolean mask over the image (mask AP), or None.
+        mask: its boolean mask over the image (mask AP), or None; or over a region of
+            the image only, from ``origin`` on (a long stream keeps each instance's crop).
         score: the detection's score (ground truth: 1).
         crowd: a ground-truth crowd region (matched without being counted).
         area: its area for the size ranges (default: the mask's pixels, else the box's).
+        origin: (x, y) of the image pixel the mask's first pixel covers.
     """
 
     image: Any
@@ -48,6 +50,7 @@ class Instance:
     score: float = 1.0
     crowd: bool = False
     area: float | None = None
+    origin: tuple[int, int] = (0, 0)
 
     @property
     def size(self) -> float:
@@ -72,16 +75,40 @@ def _box_iou(dets: Sequence[Instance], gts: Sequence[Instance]) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
+def _extent(mask: np.ndarray, origin: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """(y0, y1, x0, x1) in image pixels bounding the mask's pixels, or None if it has none."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not rows.size:
+        return None
+    x, y = origin
+    return int(rows[0]) + y, int(rows[-1]) + 1 + y, int(cols[0]) + x, int(cols[-1]) + 1 + x
+
+
 def _mask_iou(dets: Sequence[Instance], gts: Sequence[Instance]) -> np.ndarray:
+    """Mask IoU of every pair, each intersection counted only where the two masks' extents
+    overlap (no (N, H x W) matrices: a 2-megapixel frame with a hundred detections costs
+    what the overlapping pixels cost)."""
+    out = np.zeros((len(dets), len(gts)))
     if not dets or not gts:
-        return np.zeros((len(dets), len(gts)))
-    d = np.stack([i.mask.reshape(-1) for i in dets]).astype(np.float64)  # type: ignore[union-attr]
-    g = np.stack([i.mask.reshape(-1) for i in gts]).astype(np.float64)  # type: ignore[union-attr]
-    inter = d @ g.T
-    area_d, area_g = d.sum(1), g.sum(1)
-    crowd = np.array([i.crowd for i in gts], bool)
-    union = np.where(crowd[None, :], area_d[:, None], area_d[:, None] + area_g[None, :] - inter)
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+        return out
+    d_masks = [np.asarray(i.mask, bool) for i in dets]
+    g_masks = [np.asarray(i.mask, bool) for i in gts]
+    d_ext = [_extent(m, i.origin) for m, i in zip(d_masks, dets)]
+    g_ext = [_extent(m, i.origin) for m, i in zip(g_masks, gts)]
+    d_area = [float(np.count_nonzero(m)) for m in d_masks]
+    g_area = [float(np.count_nonzero(m)) for m in g_masks]
+    for di, (det, dm, de) in enumerate(zip(dets, d_masks, d_ext)):
+        for gi, (gt, gm, ge) in enumerate(zip(gts, g_masks, g_ext)):
+            inter = 0.0
+            if de is not None and ge is not None:
+                y0, y1, x0, x1 = max(de[0], ge[0]), min(de[1], ge[1]), max(de[2], ge[2]), min(de[3], ge[3])
+                if y1 > y0 and x1 > x0:
+                    (dx, dy), (gx, gy) = det.origin, gt.origin
+                    inter = float(np.count_nonzero(dm[y0 - dy:y1 - dy, x0 - dx:x1 - dx]
+                                                   & gm[y0 - gy:y1 - gy, x0 - gx:x1 - gx]))
+            union = d_area[di] if gt.crowd else d_area[di] + g_area[gi] - inter
+            out[di, gi] = inter / union if union > 0 else 0.0
+    return out
 
 
 def _match(dets: list[Instance], gts: list[Instance], iou: np.ndarray, area: tuple[float, float]) -> dict[str, Any]:

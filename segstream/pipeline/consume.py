@@ -55,7 +55,8 @@ def consume(options: ConsumeOptions, out: TextIO = sys.stdout) -> int:
             shape = f" shape={result.mask.shape[1]}x{result.mask.shape[0]}" if result.mask is not None else ""
             labels = " labels=" + ",".join(f"{c['label']}:{float(c['score']):.2f}" for c in result.classification) \
                 if result.classification else ""
-            out.write(f"source={result.source} frame={result.index} name={result.name}{shape}{labels} "
+            instances = f" instances={len(result.instances)}" if result.instances is not None else ""
+            out.write(f"source={result.source} frame={result.index} name={result.name}{shape}{labels}{instances} "
                       f"latency={result.latency_ms:.1f}ms" + (f" gap={result.gap}" if result.gap else "") + "\n")
             out.flush()
             if options.save and result.mask is not None:

@@ -33,6 +33,7 @@ class PartShape:
 
 IMAGE = PartShape(("uint8",), 3, 3, "(H, W, 3) uint8")
 LABELS = PartShape(("uint8",), 2, None, "(H, W) uint8")
+INSTANCE_IDS = PartShape(("uint16",), 2, None, "(H, W) uint16")
 TENSOR = PartShape(("float32",), 4, None, "(1, 3, H, W) float32")
 
 

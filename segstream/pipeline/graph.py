@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from segstream.engines.metadata import ModelMetadata
+from segstream.engines.metadata import ModelMetadata, OutputKind
 from segstream.engines.resolve import InferenceModel
 from segstream.errors import ConfigError
 from segstream.pipeline.batching import auto_batch
@@ -123,8 +123,8 @@ def render_sinks(config: PipelineConfig) -> tuple[str, ...]:
 RING_READERS: dict[StageKind, tuple[tuple[StageKind, tuple[str, ...]], ...]] = {
     StageKind.CAPTURE: ((StageKind.PREPROCESS, ("frame",)), (StageKind.RENDER, ("frame",))),
     StageKind.PREPROCESS: ((StageKind.INFER, ("input",)),),
-    StageKind.INFER: ((StageKind.PUBLISH, ("labels", "confidence")),),
-    StageKind.PUBLISH: ((StageKind.RENDER, ("mask",)),),
+    StageKind.INFER: ((StageKind.PUBLISH, ("labels", "confidence", "instance_ids")),),
+    StageKind.PUBLISH: ((StageKind.RENDER, ("mask", "instance_ids")),),
 }
 
 
@@ -152,6 +152,8 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
              keys: RunKeys | None = None) -> RunPlan:
     """Lay out the stages of one run (``keys``: CURVE keys of its tcp:// sockets)."""
     metadata = model.metadata
+    # an instance model evaluated live: replays send their instance ground truth too
+    instance_eval = config.eval and metadata.output(OutputKind.INSTANCE_COUNT) is not None
     port = iter(range(config.tcp_base_port, config.tcp_base_port + 100))
 
     def endpoint(name: str) -> str:
@@ -213,7 +215,8 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
         outs = tuple(endpoint(f"capture-{index}" if per_capture == 1 else f"capture-{index}-{k}")
                      for k in range(per_capture))
         fields = capture_fields(options, config)
-        settings = CaptureSettings(source=uri, source_id=sid, **{**fields, "rate": fields["rate"] or rate})
+        settings = CaptureSettings(source=uri, source_id=sid, instance_gt=instance_eval,
+                                   **{**fields, "rate": fields["rate"] or rate})
         return spec(f"capture-{index}", StageKind.CAPTURE, settings, sources=sources, outputs=outs)
 
     captures = [capture(i, uri, sid, SourceOptions(), len(ids)) for i, (uri, sid) in enumerate(zip(config.sources, ids))]

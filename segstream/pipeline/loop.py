@@ -22,7 +22,7 @@ from segstream.pipeline.wire.transport import Role, make_socket
 
 logger = logging.getLogger(__name__)
 
-CARRIED = ("frame", "gt")  # parts every stage passes on for the ones behind it
+CARRIED = ("frame", "gt", "gt_instances")  # parts every stage passes on for the ones behind it
 EOS_LINGER_MS = 2000  # what is still queued at a normal close (after wait_until_downstream_done)
 
 

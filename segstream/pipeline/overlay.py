@@ -11,6 +11,8 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from segstream.pipeline.instance_overlay import blend_instances, draw_instances, instance_counts
+
 logger = logging.getLogger(__name__)
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -183,16 +185,25 @@ class OverlayRenderer:
         return out
 
     def annotate(self, frame: np.ndarray, mask: np.ndarray | None, index: int | None = None, fps: float | None = None,
-                 counts: np.ndarray | None = None, classification: list[dict] | None = None) -> np.ndarray:
+                 counts: np.ndarray | None = None, classification: list[dict] | None = None,
+                 instances: tuple[np.ndarray, list[dict]] | None = None) -> np.ndarray:
         """Blend, then draw the legend, frame index and FPS (``counts``: the mask's
         ``class_counts`` if the caller has them already), and the top labels of a model
         that classifies (``mask`` is None for a pure classifier)."""
         if mask is not None and mask.shape != frame.shape[:2]:
             raise ValueError(f"mask shape {mask.shape} does not match frame shape {frame.shape[:2]}")
-        out = frame.copy() if mask is None else self.blend(frame, mask, counts)
+        scale = max(frame.shape[0] / 720.0, 0.5)
+        if instances is not None:  # each instance in its colour, with its box and label
+            ids, detections = instances
+            mask_only = self.style.mode is RenderMode.MASK
+            out = blend_instances(np.zeros_like(frame) if mask_only else frame, ids,
+                                  1.0 if mask_only else self.style.opacity)
+            draw_instances(out, detections, scale, lambda im, text, org, size: draw_label(
+                im, text, org, size, max(int(1.5 * scale), 1)))
+        else:
+            out = frame.copy() if mask is None else self.blend(frame, mask, counts)
         if self.style.mode is RenderMode.SIDE_BY_SIDE:
             out = np.hstack([frame, out])
-        scale = max(frame.shape[0] / 720.0, 0.5)
         if index is not None or fps is not None:
             text = " ".join(t for t in (f"frame {index}" if index is not None else "",
                                         f"{fps:5.1f} fps" if fps else "") if t)
@@ -200,7 +211,10 @@ class OverlayRenderer:
         if classification:
             text = "  ".join(f"{c['label']} {100 * float(c['score']):.0f}%" for c in classification[:3])
             self._label(out, text, (int(10 * scale), frame.shape[0] - int(14 * scale)), scale)
-        if self.style.legend and mask is not None:
+        if self.style.legend and instances is not None:
+            self._legend_rows(out, [(f"{name} x{n}", colour) for name, n, colour in instance_counts(instances[1])],
+                              scale)
+        elif self.style.legend and mask is not None:
             self._legend(out, class_counts(mask) if counts is None else counts, mask.size, scale)
         return out
 
@@ -211,19 +225,26 @@ class OverlayRenderer:
     def _legend(self, image: np.ndarray, counts: np.ndarray, pixels: int, scale: float) -> None:
         present = [i for i in np.argsort(counts)[::-1] if counts[i] and not self._hidden[i]
                    and i < len(self.class_names)][: self.style.legend_rows]
-        if not present:
+        rows = []
+        for cls in present:
+            share = 100.0 * counts[cls] / pixels
+            rows.append((f"{self.class_names[cls]} {share:.0f}%" if share >= 1 else f"{self.class_names[cls]} <1%",
+                         tuple(int(c) for c in self._lut[cls, 0])))
+        self._legend_rows(image, rows, scale)
+
+    def _legend_rows(self, image: np.ndarray, rows: list[tuple[str, tuple[int, ...]]], scale: float) -> None:
+        """A panel at the top right: one colour swatch and text per row."""
+        rows = rows[: self.style.legend_rows]
+        if not rows:
             return
         row = int(22 * scale)
         width = int(200 * scale)
         x0 = image.shape[1] - width - int(10 * scale)
         y0 = int(10 * scale)
-        panel = image[y0:y0 + row * len(present) + int(8 * scale), x0:x0 + width]
+        panel = image[y0:y0 + row * len(rows) + int(8 * scale), x0:x0 + width]
         panel[:] = (panel * 0.35).astype(np.uint8)
-        for k, cls in enumerate(present):
+        for k, (text, colour) in enumerate(rows):
             y = y0 + int(4 * scale) + k * row
-            colour = tuple(int(c) for c in self._lut[cls, 0])
             cv2.rectangle(image, (x0 + int(6 * scale), y + 2), (x0 + int(6 * scale) + row - 6, y + row - 4), colour, -1)
-            share = 100.0 * counts[cls] / pixels
-            share_text = f"{share:.0f}%" if share >= 1 else "<1%"
-            cv2.putText(image, f"{self.class_names[cls]} {share_text}", (x0 + int(10 * scale) + row, y + row - 6),
+            cv2.putText(image, text, (x0 + int(10 * scale) + row, y + row - 6),
                         _FONT, 0.5 * scale, (255, 255, 255), max(int(scale), 1), cv2.LINE_AA)

@@ -21,12 +21,17 @@ def check_scorable(config: "PipelineConfig", metadata: "ModelMetadata") -> None:
         ConfigError: the model does not predict Cityscapes' 19 train ids, or (``--eval``)
             no source has ground truth.
     """
+    from segstream.engines.metadata import OutputKind
     from segstream.pipeline.sources import is_live_uri, open_source
 
     if not (config.eval or config.cityscapes_results):
         return
     flag = "--eval" if config.eval else "--cityscapes-results"
-    if tuple(metadata.class_names) != CLASS_NAMES:
+    instances = metadata.output(OutputKind.INSTANCE_COUNT) is not None
+    if instances and config.cityscapes_results:
+        raise ConfigError(f"--cityscapes-results writes Cityscapes' semantic label ids; {metadata.name} is an instance "
+                          f"model: score it with --eval (Cityscapes instance ids) or segstream eval --task instances")
+    if tuple(metadata.class_names) != CLASS_NAMES and not instances:
         raise ConfigError(f"{flag} scores Cityscapes' 19 train ids (road ... bicycle); model {metadata.name} predicts "
                           f"{len(metadata.class_names)} other classes; use a Cityscapes model such as "
                           f"espnet-cityscapes")
@@ -41,7 +46,8 @@ def check_scorable(config: "PipelineConfig", metadata: "ModelMetadata") -> None:
         if has_gt:
             return
     raise ConfigError(f"--eval needs a source whose frames carry ground truth (cityscapes:ROOT:SPLIT with gtFine, "
-                      f"kitti-semantics:ROOT, kitti360:ROOT:SEQ); {', '.join(config.sources)} has none")
+                      f"kitti-semantics:ROOT, kitti360:ROOT:SEQ; for an instance model cityscapes:ROOT:SPLIT with "
+                      f"gtFine_instanceIds.png); {', '.join(config.sources)} has none")
 
 
 def default_policy(sources: tuple[str, ...]) -> FlowPolicy:

@@ -71,6 +71,9 @@ class CaptureSettings:
         start_index: index of the first frame to send (a restarted capture goes on where
             the one before it got to; a replay skips the frames before).
         start_seq: sequence number of the first frame handed on (``meta.seq``).
+        instance_gt: send dataset replays' instance ground truth (Cityscapes
+            ``gtFine_instanceIds.png``) with each frame, as part ``gt_instances``, for the
+            live evaluation of an instance model.
     """
 
     source: str
@@ -81,6 +84,7 @@ class CaptureSettings:
     live: LiveOptions = field(default_factory=LiveOptions)
     start_index: int = 0
     start_seq: int = 0
+    instance_gt: bool = False
 
     def __post_init__(self) -> None:
         if self.rate not in ("native", "max") and not _positive_rate(self.rate):

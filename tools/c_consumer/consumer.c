@@ -9,7 +9,9 @@
  * DIR/NAME.key_secret) it connects as a CURVE client, for endpoints published with
  * --publish-keys.
  *
- * Prints one line per mask ("source index WxH bytes") and a summary; exits 0 when every
+ * Prints one line per mask ("source index WxH bytes"); for instance models also a line
+ * "source index instances N" and one line per instance ("  id label score x0 y0 x1 y1",
+ * box in frame pixels); and a summary. Exits 0 when every
  * raw mask's payload matches its declared shape and frame indices of each source increase,
  * after end of stream (or COUNT masks), and 1 otherwise.
  */
@@ -55,6 +57,42 @@ static int mask_part(const char *json, long *height, long *width, long *inline_i
     *raw = strcmp(encoding, "raw") == 0;
     *inline_index = read_long(part, "inline", -1);
     return *inline_index >= 0;
+}
+
+/* An instance model's meta.instances: [{"id":1,"class_id":3,"label":"car","score":0.93,
+ * "box":[x0,y0,x1,y1]},...]. Prints the count and each instance; returns the count, or -1
+ * for a result without instances. */
+static int print_instances(const char *header, const char *source, long index) {
+    const char *at = find_key(header, "instances");
+    if (!at || *at != '[') return -1;
+    int count = 0;
+    const char *scan = at + 1;
+    /* count first (one object per instance; objects hold no nested objects) */
+    for (const char *p = scan; *p && *p != ']'; p++) {
+        if (*p != '{') continue;
+        count++;
+        p = strchr(p, '}');
+        if (!p) break;
+    }
+    printf("%s %ld instances %d\n", source, index, count);
+    while ((scan = strchr(scan, '{')) != NULL) {
+        const char *end = strchr(scan, '}');
+        if (!end || (size_t)(end - scan) >= 512) break;
+        char object[512], label[128] = "?";
+        memcpy(object, scan, (size_t)(end - scan));
+        object[end - scan] = '\0';
+        double box[4] = {0, 0, 0, 0}, score = 0;
+        const char *value = find_key(object, "score");
+        if (value) score = strtod(value, NULL);
+        value = find_key(object, "box");
+        if (value) sscanf(value, "[%lf,%lf,%lf,%lf]", &box[0], &box[1], &box[2], &box[3]);
+        read_string(object, "label", label, sizeof label);
+        printf("  %ld %s %.3f %.1f %.1f %.1f %.1f\n", read_long(object, "id", 0), label, score, box[0], box[1],
+               box[2], box[3]);
+        scan = end + 1;
+        if (*scan != ',') break;  /* the list's end */
+    }
+    return count;
 }
 
 /* The Z85 text of `public-key = "..."` or `secret-key = "..."` in a ZeroMQ key file. */
@@ -152,6 +190,7 @@ int main(int argc, char **argv) {
             last_index[s] = index;
             received++;
             printf("%s %ld %ldx%ld %zu\n", source, index, width, height, zmq_msg_size(&parts[2 + k]));
+            print_instances(header, source, index);
             fflush(stdout);
         }
         free(header);

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from segstream.datasets import cityscapes
+from segstream.datasets.coco import COCO_CLASS_NAMES, coco_palette
 from segstream.engines.metadata import (
     ChannelOrder,
     ModelError,
@@ -43,7 +44,8 @@ class ModelSpec:
         size_multiple: input sides must be multiples of this.
         task: what ``build()``'s module returns for a (N, 3, H, W) image:
             ``segmentation``: (N, C, H, W) logits; ``classification``: (N, K) logits;
-            ``joint``: both, as a tuple.
+            ``joint``: both, as a tuple; ``instances``: a dict of padded detections (boxes,
+            scores, classes, masks, count; see ``models/maskrcnn/model.py``).
         architecture: the family, for listings.
         params: trainable parameters of ``build()``'s module (listed without building it;
             the zoo contract test checks the number).
@@ -184,6 +186,38 @@ MODELS: dict[str, ModelSpec] = {
         _builder("joint", "JointSegClassifier", "JointConfig", labels=len(SCENE_LABELS)), None,
         _metadata("joint-resnet18", 1024, 512, labels=SCENE_LABELS), 32, "joint", "joint", 13_518_262),
 }
+
+
+INSTANCE_OUTPUTS = (OutputSpec("boxes", OutputKind.INSTANCE_BOXES), OutputSpec("scores", OutputKind.INSTANCE_SCORES),
+                    OutputSpec("classes", OutputKind.INSTANCE_CLASSES), OutputSpec("masks", OutputKind.INSTANCE_MASKS),
+                    OutputSpec("count", OutputKind.INSTANCE_COUNT))
+INSTANCE_DEFAULTS = {"score_threshold": 0.5, "mask_threshold": 0.5}
+
+
+def _instance_metadata(name: str, width: int, height: int, detections: int) -> ModelMetadata:
+    """Mask R-CNN on COCO's classes: torchvision's normalisation (RGB, ImageNet statistics);
+    ``extra`` holds the thresholds the pipeline applies and the padded detection count."""
+    return ModelMetadata(
+        name=name, input_name="image", input_width=width, input_height=height, channel_order=ChannelOrder.RGB,
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, scale=1.0 / 255.0, normalize_order=NormalizeOrder.SCALE_THEN_STANDARDIZE,
+        class_names=COCO_CLASS_NAMES, palette=coco_palette(len(COCO_CLASS_NAMES)), outputs=INSTANCE_OUTPUTS,
+        resize_precision="uint8", extra={"dataset": "coco", "task": "instances", "detections": detections,
+                                         **INSTANCE_DEFAULTS})
+
+
+def _maskrcnn(name: str, description: str, width: int, height: int, params: int, **config: object) -> ModelSpec:
+    return ModelSpec(name, description, _builder("maskrcnn", "MaskRCNN", "MaskRCNNConfig", **config), None,
+                     _instance_metadata(name, width, height, 100), 32, "instances", "maskrcnn", params)
+
+
+MODELS.update({
+    "maskrcnn-r50-fpn": _maskrcnn(
+        "maskrcnn-r50-fpn", "Mask R-CNN, ResNet-50-FPN, COCO 91 classes (torchvision's layout: its COCO weights load "
+        "with --weights)", 1344, 768, 44_401_393),
+    "maskrcnn-r18-fpn": _maskrcnn(
+        "maskrcnn-r18-fpn", "Mask R-CNN, ResNet-18-FPN with 128 channels, for CPUs, COCO classes (train it: "
+        "segstream train)", 512, 288, 20_647_025, depth=18, channels=128, frozen_norm=False, pre_nms=500, post_nms=300),
+})
 
 
 def get_model_spec(name: str) -> ModelSpec:

@@ -35,7 +35,8 @@ class TrainConfig:
             tiny dataset).
         crop: (H, W) training crop (default: the model's input size).
         batch_size: images per step.
-        lr: AdamW learning rate (poly decay to 0).
+        lr: learning rate (poly decay to 0).
+        optimizer: ``adamw``, or ``sgd`` (momentum 0.9; Mask R-CNN's recipe, with lr 0.02).
         scale: random scale range.
         jitter: colour jitter strength (0: off).
         resume: checkpoint to continue from (model, optimiser, epoch).
@@ -53,6 +54,7 @@ class TrainConfig:
     crop: tuple[int, int] | None = None
     batch_size: int = 8
     lr: float = 1e-3
+    optimizer: str = "adamw"
     scale: tuple[float, float] = (0.5, 2.0)
     jitter: float = 0.2
     resume: str | None = None
@@ -65,6 +67,8 @@ class TrainConfig:
         if self.epochs < 1 or self.repeat < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ModelError(f"epochs, repeat, batch size and lr must be positive, found {self.epochs}, "
                              f"{self.repeat}, {self.batch_size}, {self.lr}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ModelError(f"optimizer must be adamw or sgd, found {self.optimizer!r}")
 
 
 @dataclass
@@ -86,6 +90,9 @@ def _samples(spec: ModelSpec, data: str) -> list[Sample]:
 class Trainer:
     """Trains one zoo model; ``run()`` returns the per-epoch results."""
 
+    primary_metrics = ("miou", "accuracy")  # the figure best.pt is chosen by, the first there is
+    max_grad_norm: float | None = None  # gradients clipped to this norm (None: not clipped)
+
     def __init__(self, config: TrainConfig) -> None:
         import torch
 
@@ -100,22 +107,30 @@ class Trainer:
         if crop[0] % self.spec.size_multiple or crop[1] % self.spec.size_multiple:
             raise ModelError(f"--crop {crop[0]}x{crop[1]}: {config.model} needs multiples of {self.spec.size_multiple}")
         self.crop = crop
+        self.steps_per_epoch = config.repeat * self._open_data()
+        from segstream.engines.export import load_torch_model
+
+        self.model, _ = load_torch_model(config.model, config.weights)
+        if config.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=0.9, weight_decay=1e-4)
+        else:
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=1e-4)
+        self.start_epoch = 0
+        self.best = -1.0
+        if config.resume:
+            self._resume(Path(config.resume))
+        self.out = Path(config.output)
+
+    def _open_data(self) -> int:
+        """Open the training and validation data; the number of batches in one pass."""
+        config, meta, crop = self.config, self.spec.metadata, self.crop
         train = _samples(self.spec, config.data)
         val = _samples(self.spec, config.val) if config.val else train
         self.train_loader = SampleLoader(train, meta, Augment(crop, config.scale, jitter=config.jitter), crop[0],
                                          self.spec.size_multiple, config.seed)
         # Validation: whole images at the crop's height, aspect kept, one at a time.
         self.val_loader = SampleLoader(val, meta, None, crop[0], self.spec.size_multiple)
-        from segstream.engines.export import load_torch_model
-
-        self.model, _ = load_torch_model(config.model, config.weights)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=1e-4)
-        self.steps_per_epoch = config.repeat * len(self.train_loader.batches(config.batch_size, False))
-        self.start_epoch = 0
-        self.best = -1.0
-        if config.resume:
-            self._resume(Path(config.resume))
-        self.out = Path(config.output)
+        return len(self.train_loader.batches(config.batch_size, False))
 
     def _resume(self, path: Path) -> None:
         try:  # tensors and plain data only: a checkpoint never runs code on load
@@ -154,23 +169,31 @@ class Trainer:
         labels = torch.tensor([i[2] for i in items], dtype=torch.int64)
         return images, masks, labels
 
+    def _batch_loss(self, batch: list[Sample]):
+        """The loss of one training batch."""
+        images, masks, labels = self._collate(self.train_loader, batch)
+        if images.shape[0] < 2 and self.spec.task != "segmentation":
+            images, labels = images.repeat(2, 1, 1, 1), labels.repeat(2)  # batch norm needs two values
+            masks = None if masks is None else masks.repeat(2, 1, 1)
+        return self._loss(images, masks, labels)
+
+    def _learning_rate(self, step: int) -> float:
+        """Poly decay to 0 over the run."""
+        return self.config.lr * (1 - step / (self.config.epochs * self.steps_per_epoch)) ** 0.9
+
     def train_epoch(self, epoch: int) -> EpochResult:
         config = self.config
         self.model.train()
-        total_steps = config.epochs * self.steps_per_epoch
         losses, seen, t0 = [], 0, time.monotonic()
         batches = [b for _ in range(config.repeat) for b in self.train_loader.batches(config.batch_size, shuffle=True)]
         for step, batch in enumerate(batches):
-            global_step = epoch * self.steps_per_epoch + step
             for group in self.optimizer.param_groups:
-                group["lr"] = config.lr * (1 - global_step / total_steps) ** 0.9
-            images, masks, labels = self._collate(self.train_loader, batch)
-            if images.shape[0] < 2 and self.spec.task != "segmentation":
-                images, labels = images.repeat(2, 1, 1, 1), labels.repeat(2)  # batch norm needs two values
-                masks = None if masks is None else masks.repeat(2, 1, 1)
-            loss = self._loss(images, masks, labels)
+                group["lr"] = self._learning_rate(epoch * self.steps_per_epoch + step)
+            loss = self._batch_loss(batch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if self.max_grad_norm is not None:
+                self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
             self.optimizer.step()
             losses.append(float(loss.detach()))
             seen += len(batch)
@@ -216,7 +239,7 @@ class Trainer:
         for epoch in range(self.start_epoch, self.config.epochs):
             result = self.train_epoch(epoch)
             result.metrics = self.validate()
-            score = result.metrics.get("miou", result.metrics.get("accuracy", 0.0))
+            score = next((result.metrics[k] for k in self.primary_metrics if k in result.metrics), 0.0)
             figures = ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items())
             logger.info("epoch %d/%d: loss %.4f, %.1f img/s; validation: %s", result.epoch, self.config.epochs,
                         result.loss, result.images_per_s, figures)

@@ -71,6 +71,9 @@ class SinkResult:
         image: the overlay (render's sinks).
         counts: pixels per class id of ``mask`` (render's sinks).
         fps: frames per second rendered for this source (render's sinks).
+        instance_ids: an instance model's (H, W) uint16 instance ids at the mask's
+            resolution (the detections are in ``header.meta["instances"]``), or None.
+        gt_instances: the frame's instance ground truth (uint16, Cityscapes' ids), or None.
     """
 
     header: Header
@@ -81,6 +84,8 @@ class SinkResult:
     image: np.ndarray | None = None
     counts: np.ndarray | None = None
     fps: float = 0.0
+    instance_ids: np.ndarray | None = None
+    gt_instances: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from segstream.evaluation.instance_offline import INSTANCES_NAME
 from segstream.pipeline.sinks import BaseSink, SinkContext, SinkResult
 from segstream.pipeline.sinks.records import (
     CLASSIFICATIONS_NAME,
@@ -30,14 +31,20 @@ class _RecordSink(BaseSink):
 
 class MaskFiles(_RecordSink):
     """``masks:DIR``: each mask as ``DIR[/<source>]/masks/<frame>.png`` (label ids), written
-    atomically."""
+    atomically; for instance models also the instance ids as 16-bit
+    ``DIR[/<source>]/instances/<frame>.png`` and the detections, one JSON line per frame,
+    in ``DIR[/<source>]/instances.jsonl``."""
 
     def write(self, result: SinkResult) -> None:
         if result.mask is None:
             return
         header = result.header
-        write_png(frame_file(source_dir(self.folder, header.source, self.per_source) / "masks", header.name, ".png"),
-                  result.mask)
+        folder = source_dir(self.folder, header.source, self.per_source)
+        write_png(frame_file(folder / "masks", header.name, ".png"), result.mask)
+        if result.instance_ids is not None:
+            write_png(frame_file(folder / "instances", header.name, ".png"), result.instance_ids)
+            append_jsonl(folder / INSTANCES_NAME, {"frame": header.name, "index": header.index,
+                                                   "instances": header.meta.get("instances", [])})
         self.written += 1
 
 

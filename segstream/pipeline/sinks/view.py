@@ -29,6 +29,7 @@ import numpy as np
 
 from segstream.errors import OutputError
 from segstream.pipeline.http_server import BackgroundHttpServer
+from segstream.pipeline.instance_overlay import instance_colour
 from segstream.pipeline.sinks import BaseSink, SinkContext, SinkResult
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ PAGE = """<!doctype html>
   </div>
   <h2>Sources</h2><table id="sources"></table>
   <h2>Classes in view</h2><table id="classes"></table>
+  <div id="instances-box" style="display: none"><h2>Instances</h2><table id="instances"></table></div>
   <h2>Stages (median ms)</h2><table id="stages"></table>
  </aside>
 </main>
@@ -108,6 +110,11 @@ async function refresh() {
       `<td class="n">${(100 * c.share).toFixed(1)}%</td></tr>` +
       `<tr><td colspan="2"><div class="bar"><i style="width:${100 * c.share}%;background:${c.colour}"></i></div></td></tr>`
     ).join('');
+    const found = s.instances || [];
+    $('instances-box').style.display = s.instances == null ? 'none' : '';
+    $('instances').innerHTML = found.map(i =>
+      `<tr><td><span class="swatch" style="background:${esc(i.colour)}"></span>${esc(i.label)} #${i.id}</td>` +
+      `<td class="n">${(100 * i.score).toFixed(0)}%</td></tr>`).join('');
     $('stages').innerHTML = Object.entries(s.stages).map(([n, v]) =>
       `<tr><td>${n}</td><td class="n">${v.toFixed(1)}</td></tr>`).join('');
   } catch (e) { /* the pipeline ended: keep the last numbers */ }
@@ -115,6 +122,22 @@ async function refresh() {
 setInterval(refresh, 500); refresh();
 </script></body></html>
 """
+
+
+MAX_LISTED_INSTANCES = 30
+
+
+def _instances(value: Any) -> list[dict[str, Any]] | None:
+    """An instance model's detections as the view lists them (with the colour each is
+    drawn in), or None for other models."""
+    if not isinstance(value, list):
+        return None
+    listed = []
+    for item in value[:MAX_LISTED_INSTANCES]:
+        b, g, r = instance_colour(int(item["id"]))
+        listed.append({"id": item["id"], "label": item["label"], "score": item["score"],
+                       "colour": f"#{r:02x}{g:02x}{b:02x}"})
+    return listed
 
 
 class ViewState:
@@ -275,6 +298,7 @@ class LiveView(BaseSink):
             **self.context.live_figures(),
             "classes": classes,
             "classification": result.header.meta.get("classification"),
+            "instances": _instances(result.header.meta.get("instances")),
         }
 
     def end_source(self, final: SinkResult) -> None:

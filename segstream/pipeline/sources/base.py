@@ -20,6 +20,8 @@ class SourceFrame:
         name: the file stem for image sources, the zero-padded index otherwise.
         error: why ``image`` is None.
         gt: ground-truth label map (uint8, H x W) for datasets that have one, else None.
+        gt_instances: instance ground truth (uint16, H x W, Cityscapes' ``label_id * 1000 +
+            k``) when asked for (``instance_gt``) and the dataset has it, else None.
         time_s: the frame's own timestamp, seconds from the first frame (KITTI
             timestamps), or None; pacing at ``native`` rate follows it.
     """
@@ -28,6 +30,7 @@ class SourceFrame:
     name: str
     error: str = ""
     gt: np.ndarray | None = None
+    gt_instances: np.ndarray | None = None
     time_s: float | None = None
 
 

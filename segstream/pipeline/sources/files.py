@@ -87,6 +87,7 @@ class ImageListSource:
 
     live = False
     self_paced = False
+    instance_gt = False  # also read each image's gtFine_instanceIds.png (capture sets it)
 
     def __init__(self, entries: list[ImageEntry] | list[Path], source_id: str, description: str, fps: float = 0.0,
                  gt_kind: str = "") -> None:
@@ -111,10 +112,20 @@ class ImageListSource:
                 gt = cv2.imread(str(entry.gt_path), cv2.IMREAD_GRAYSCALE)
                 if gt is None:
                     logger.warning("cannot decode ground truth %s; frame %s goes without", entry.gt_path, path.stem)
+            instances = self._instance_gt(entry.gt_path) if self.instance_gt and entry.gt_path else None
             try:
-                yield SourceFrame(to_bgr(image), path.stem, gt=gt, time_s=entry.time_s)
+                yield SourceFrame(to_bgr(image), path.stem, gt=gt, time_s=entry.time_s, gt_instances=instances)
             except ValueError as exc:
                 yield SourceFrame(None, path.stem, f"{path.name}: {exc}", time_s=entry.time_s)
+
+    @staticmethod
+    def _instance_gt(gt_path: Path) -> np.ndarray | None:
+        """The ``*_gtFine_instanceIds.png`` beside a ``*_gtFine_labelIds.png``, or None."""
+        path = gt_path.with_name(gt_path.name.replace("_labelIds.png", "_instanceIds.png"))
+        ids = cv2.imread(str(path), cv2.IMREAD_UNCHANGED) if path.is_file() else None
+        if ids is None or ids.ndim != 2:
+            return None
+        return ids.astype(np.uint16)
 
     def connection(self) -> dict[str, int]:
         return {}

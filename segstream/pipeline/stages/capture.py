@@ -158,6 +158,8 @@ def _stream(source: FrameSource, settings: CaptureSettings, spec: StageSpec, run
                 break
             if frame.gt is not None:
                 writer.add(message, "gt", frame.gt, inline=True)
+            if frame.gt_instances is not None:
+                writer.add(message, "gt_instances", frame.gt_instances, inline=True)
             stamp(message, spec.name, in_ns)
             # own work: decoding plus handing over, not the wait for the time slot
             stats.record_timing(in_ns - (decoded_ns - read_ns), message.header.stamps[-1].out_ns,
@@ -207,6 +209,8 @@ def run(spec: StageSpec, runtime: StageRuntime) -> int:
     try:
         source = open_source(settings.source, settings.source_id, loop=settings.loop,
                              live_options=settings.live)
+        if settings.instance_gt and hasattr(source, "instance_gt"):  # dataset replays that have it
+            source.instance_gt = True
         stats.frame_count = source.frame_count
         stats.extra.update({"source": settings.source, "fps": source.fps, "rate": settings.rate})
     except SourceError as exc:

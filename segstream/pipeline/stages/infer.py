@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from segstream.engines.backends.base import labels_from_outputs, load_engine, top_labels
+from segstream.engines.instance_results import instance_thresholds, instances_from_outputs
 from segstream.engines.metadata import OutputKind
 from segstream.engines.preprocess import Preprocessor
 from segstream.errors import BackendUnavailable
@@ -53,6 +54,8 @@ class InferProcessor:
         self._input_shape = ((meta.input_height, meta.input_width, 3) if self._takes_images
                              else (1, 3, meta.input_height, meta.input_width))
         self._confidence = self.engine.metadata.output(OutputKind.CONFIDENCE) if settings.confidence else None
+        # instance models: detections above these, their masks painted at frame resolution
+        self._instances = instance_thresholds(meta) if meta.output(OutputKind.INSTANCE_COUNT) else None
         # Live flow: capture overwrites its ring at the camera's rate, and render needs the
         # frame a good while later (after inference). Copy the frames that do get
         # inferred, at inference rate, into this stage's own ring.
@@ -201,11 +204,19 @@ class InferProcessor:
     def _result(self, message: Message, out: Message, pinned: bool, outputs: dict[str, np.ndarray]) -> Message | None:
         meta = self.engine.metadata
         labels = labels_from_outputs(outputs, meta) if meta.segments else None
+        ids = None
+        if self._instances is not None:  # the detections, their ids and classes painted over the frame
+            frame = message.header.part("frame")
+            frame_hw = frame.shape[:2] if frame is not None else (meta.input_height, meta.input_width)
+            detections, ids, labels = instances_from_outputs(outputs, meta, frame_hw, *self._instances)
+            out.header.meta["instances"] = [d.to_json() for d in detections]
         classification = top_labels(outputs, meta)
         if classification is not None:  # image-level labels travel in the header
             out.header.meta["classification"] = classification
         self.inputs.forward(message, out, *(name for name in CARRIED if not (pinned and name == "frame")))
         if labels is not None and not self.writer.add(out, "labels", labels, lambda: self.runtime.stopping):
+            return None
+        if ids is not None and not self.writer.add(out, "instance_ids", ids, lambda: self.runtime.stopping):
             return None
         if self._confidence is not None:
             confidence = outputs[self._confidence.name][0]

@@ -14,14 +14,14 @@ import time
 import cv2
 import numpy as np
 
-from segstream.pipeline.expect import IMAGE, LABELS, part_problem
+from segstream.pipeline.expect import IMAGE, INSTANCE_IDS, LABELS, part_problem
 from segstream.pipeline.loop import CARRIED, open_sinks, open_writer, run_middle_stage
 from segstream.pipeline.overlay import COUNTS_KEY, class_counts, counts_to_meta, resized_class_counts
 from segstream.pipeline.runtime import StageRuntime
 from segstream.pipeline.sinks import SinkResult
 from segstream.pipeline.spec import MaskResolution, PublishSettings, StageSpec
 from segstream.pipeline.telemetry.timing import frame_timing
-from segstream.pipeline.wire.mask_codec import encode_mask
+from segstream.pipeline.wire.mask_codec import encode_instance_ids, encode_mask, instance_ids_encoding
 from segstream.pipeline.wire.messages import Kind, Message, Part, Stamp, derive, encode
 from segstream.pipeline.wire.payloads import PayloadReader
 from segstream.pipeline.wire.transport import Role, make_socket
@@ -66,6 +66,8 @@ class PublishProcessor:
         problem = part_problem(message, "labels", LABELS) if message.header.part("labels") else None
         if not problem and message.header.part("frame") is not None:
             problem = part_problem(message, "frame", IMAGE)
+        if not problem and message.header.part("instance_ids") is not None:
+            problem = part_problem(message, "instance_ids", INSTANCE_IDS)
         if problem:
             self.discard(message)
             self.runtime.refuse(message.header.source, "bad_input", problem)
@@ -78,14 +80,20 @@ class PublishProcessor:
                 return None
             frame_part = message.header.part("frame")
             height, width = frame_part.shape[:2] if frame_part else labels.shape
-            mask = labels
-            if labels.shape != (height, width):
-                mask = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
+            mask = _at_size(labels, height, width)
+        ids = None
+        if message.header.part("instance_ids") is not None:  # an instance model's: at frame resolution
+            ids = self.labels.take(message, "instance_ids")
+            if ids is None or mask is None:
+                self.runtime.stats.skipped.add("overwritten", message.header.source)
+                return None
+            ids = _at_size(ids, *mask.shape)
         gt = self.labels.get(message, "gt") if message.header.part("gt") else None
+        gt_instances = self.labels.get(message, "gt_instances") if message.header.part("gt_instances") else None
         # One histogram per frame, from the small label map: the published shares and
         # render's legend both use it.
         counts = resized_class_counts(labels, mask) if labels is not None and mask is not None else None
-        public = self._public_message(message, labels, mask, counts, gt)
+        public = self._public_message(message, labels, mask, counts, gt, ids)
         public.header.stamps.append(Stamp(self.spec.name, started_ns, time.monotonic_ns()))
         if self.pub is not None:
             self._wait_for_subscribers()
@@ -94,7 +102,8 @@ class PublishProcessor:
             self.pub.send_multipart(encode(public), copy=False)
         timing = frame_timing(public.header, time.monotonic_ns())
         self.runtime.stats.record_frame(timing)
-        self.sinks.write(SinkResult(message.header, mask, gt, public, timing))
+        self.sinks.write(SinkResult(message.header, mask, gt, public, timing, instance_ids=ids,
+                                    gt_instances=gt_instances))
         # Published from here on (consumers have it, files are written): counted out in the
         # ledger at once, so a death before this frame is recorded never leaves a mask on
         # disk that frames_published does not count.
@@ -111,6 +120,8 @@ class PublishProcessor:
         self.labels.forward(message, out, *CARRIED)
         if mask is not None and not self.writer.add(out, "mask", mask, lambda: self.runtime.stopping):
             return None
+        if ids is not None and not self.writer.add(out, "instance_ids", ids, lambda: self.runtime.stopping):
+            return None
         return out
 
     def _wait_for_subscribers(self) -> None:
@@ -120,10 +131,12 @@ class PublishProcessor:
             self._grace_ends = 0.0
 
     def _public_message(self, message: Message, labels: np.ndarray | None, mask: np.ndarray | None,
-                        counts: np.ndarray | None, gt: np.ndarray | None) -> Message:
+                        counts: np.ndarray | None, gt: np.ndarray | None, ids: np.ndarray | None = None) -> Message:
         """The result consumers get: the mask (frame or model resolution, encoded), its
-        class shares, the confidence and ground truth when there are any, and the
-        classification (header ``classification``) of models that classify."""
+        class shares, the confidence and ground truth when there are any, the
+        classification (header ``classification``) of models that classify, and the
+        instance ids (at the mask's resolution) of instance models (``meta.instances``
+        came from inference)."""
         meta = self.settings.metadata
         public = derive(message, Kind.RESULT)
         public.header.meta["model"] = meta.name
@@ -145,6 +158,12 @@ class PublishProcessor:
             public.header.parts.append(Part("confidence", tuple(confidence.shape), "uint8",
                                             inline=len(public.payload)))
             public.payload.append(np.ascontiguousarray(confidence))
+        if ids is not None:
+            ids = _at_size(ids, *published.shape)
+            ids_encoding = instance_ids_encoding(encoding)
+            public.header.parts.append(Part("instance_ids", tuple(ids.shape), "uint16", inline=len(public.payload),
+                                            encoding=ids_encoding))
+            public.payload.append(encode_instance_ids(ids, ids_encoding))
         if gt is not None:  # ground truth of a dataset replay, for downstream evaluation
             public.header.parts.append(Part("gt", tuple(gt.shape), "uint8", inline=len(public.payload)))
             public.payload.append(gt)
@@ -154,8 +173,8 @@ class PublishProcessor:
         return self.writer.blocked_ns if self.writer else 0
 
     def discard(self, message: Message) -> None:
-        self.labels.release(message, "labels")
-        self.labels.release(message, "confidence")
+        for name in ("labels", "confidence", "instance_ids"):
+            self.labels.release(message, name)
 
     def end_of_stream(self, message: Message) -> None:
         final = derive(message, Kind.EOS)
@@ -172,6 +191,13 @@ class PublishProcessor:
         self.labels.close()
         if self.writer is not None:
             self.writer.close(unlink=True)
+
+
+def _at_size(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A label or id map at (``height``, ``width``), nearest neighbour (as it is if it fits)."""
+    if image.shape == (height, width):
+        return image
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_NEAREST)
 
 
 def run(spec: StageSpec, runtime: StageRuntime) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from segstream.pipeline.expect import IMAGE, LABELS, part_problem
+from segstream.pipeline.expect import IMAGE, INSTANCE_IDS, LABELS, part_problem
 from segstream.pipeline.loop import open_sinks, run_middle_stage
 from segstream.pipeline.overlay import COUNTS_KEY, OverlayRenderer, OverlayStyle, class_counts, counts_from_meta
 from segstream.pipeline.runtime import StageRuntime
@@ -76,6 +76,12 @@ class RenderProcessor:
         problem = part_problem(message, "frame", IMAGE) or (part_problem(message, "mask", LABELS) if has_mask else None)
         if not problem and has_mask and message.header.part("mask").shape != message.header.part("frame").shape[:2]:
             problem = "parts 'mask' and 'frame' differ in size"
+        has_ids = message.header.part("instance_ids") is not None and isinstance(message.header.meta.get("instances"),
+                                                                                  list)
+        if not problem and has_ids:
+            problem = part_problem(message, "instance_ids", INSTANCE_IDS)
+            if not problem and message.header.part("instance_ids").shape != message.header.part("frame").shape[:2]:
+                problem = "parts 'instance_ids' and 'frame' differ in size"
         if problem:
             self.discard(message)
             self.runtime.refuse(message.header.source, "bad_input", problem)
@@ -92,11 +98,14 @@ class RenderProcessor:
                 if counts is None:  # publish counted them already; a message without them is counted here
                     counts = class_counts(mask)
                 fps = self._live_fps(header.source)
+                ids = self.masks.view(message, "instance_ids") if has_ids else None
                 image = self.renderer.annotate(frame, mask, header.index, fps, counts,
-                                               header.meta.get("classification"))
+                                               header.meta.get("classification"),
+                                               None if ids is None else (ids, header.meta["instances"]))
                 mask = None if mask is None else mask.copy()  # sinks get their own: the slot is released below
             # live flow: a slot reused while it was drawn from makes a torn overlay
-            intact = self.frames.intact(message, "frame") and (not has_mask or self.masks.intact(message, "mask"))
+            intact = self.frames.intact(message, "frame") and (not has_mask or self.masks.intact(message, "mask")) \
+                and (not has_ids or self.masks.intact(message, "instance_ids"))
         finally:
             self.discard(message)
         if image is None or not intact:
@@ -114,6 +123,7 @@ class RenderProcessor:
     def discard(self, message: Message) -> None:
         self.frames.release(message, "frame")
         self.masks.release(message, "mask")
+        self.masks.release(message, "instance_ids")
 
     def end_of_stream(self, message: Message) -> None:
         self.sinks.end_source(SinkResult(message.header))

@@ -104,7 +104,14 @@ def prometheus_text(stats: dict[str, Any]) -> str:
         f.histogram("segstream_render_latency_seconds", "End-to-end latency from capture to the rendered overlay.",
                     {"source": sid}, hist)
     evaluation = stats.get("eval")
-    if evaluation:
+    if evaluation and "instances" in evaluation:
+        overall = evaluation["instances"]["all"]
+        f.add("segstream_eval_frames", "counter", "Frames scored against ground truth.", {}, overall["frames"])
+        for kind in ("bbox", "segm"):
+            for key in ("ap", "ap50", "ap75"):
+                f.add(f"segstream_eval_{kind}_{key}", "gauge", f"COCO {kind} {key} over the frames scored so far.",
+                      {}, overall[kind][key])
+    elif evaluation:
         f.add("segstream_eval_frames", "counter", "Frames scored against ground truth.", {}, evaluation["frames"])
         for key in ("miou", "pixel_accuracy", "mean_f1", "category_miou"):
             if evaluation.get(key) is not None:

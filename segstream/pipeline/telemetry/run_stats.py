@@ -145,6 +145,8 @@ def _per_source(facts: RunFacts, reports: dict[str, StageReport], publish: Stage
 def _eval(facts: RunFacts, publish: StageReport | None) -> dict[str, Any] | None:
     figures = publish.sinks.get("eval", {}) if publish else {}
     per_source = figures.get("sources") or {}
+    if figures.get("instances"):  # an instance model: COCO AP, overall ("all") and per source
+        return {"instances": figures["instances"], "frames_without_gt": figures.get("frames_without_gt", 0)}
     if not per_source:
         return None
     summary = eval_summary({sid: ConfusionAccumulator.from_json(acc) for sid, acc in per_source.items()},
@@ -167,5 +169,5 @@ def pipeline_figures(stats: dict[str, Any]) -> PipelineFigures:
         frames_in=stats["frames_in"],
         skipped=stats["frames_skipped"]["total"],
         stages={name: float(parts["stage"]["median"]) for name, parts in stage_latency(stats).items()},
-        miou=stats["eval"]["miou"] if "eval" in stats else None,
+        miou=stats["eval"].get("miou") if "eval" in stats else None,
     )

@@ -61,6 +61,11 @@ def format_summary(stats: dict[str, Any]) -> str:
         busy = st.get("process_ms", {})
         lines.append(f"  {name:<12} {st.get('frames_in', 0):>5} {st.get('frames_out', 0):>6} "
                      f"{sum(st.get('skipped', {}).values()):>8}{cells} {busy.get('median', 0):>13.1f}")
-    if "eval" in stats:
+    if "eval" in stats and "instances" in stats["eval"]:
+        from segstream.evaluation.instance_offline import format_instance_scores
+
+        overall = stats["eval"]["instances"]["all"]
+        lines.append(format_instance_scores({"images": overall["frames"], **overall}))
+    elif "eval" in stats:
         lines.append(format_scores(stats["eval"]))
     return "\n".join(lines)

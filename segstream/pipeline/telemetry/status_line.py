@@ -83,6 +83,8 @@ class StatusLine:
         evaluation = stats.get("eval")
         if evaluation and evaluation.get("miou") is not None:
             parts.append(f"mIoU {evaluation['miou']:.3f}")
+        elif evaluation and evaluation.get("instances", {}).get("all"):
+            parts.append(f"mask AP50 {evaluation['instances']['all']['segm']['ap50']:.3f}")
         return " | ".join(parts)
 
     def update(self, stats: Callable[[], dict[str, Any]], final: bool = False) -> None:

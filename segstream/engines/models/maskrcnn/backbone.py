@@ -2,7 +2,8 @@
 (``backbone.body.layer1.0.conv1.weight``, ``backbone.fpn.inner_blocks.0.weight``...).
 
 Batch norm is frozen (``FrozenBatchNorm2d``: its affine parameters and statistics are
-buffers), as detection training does with ImageNet-initialised backbones.
+buffers), as detection training does with ImageNet-initialised backbones, or trainable
+(``nn.BatchNorm2d``, same keys) for a backbone trained from scratch.
 """
 
 from __future__ import annotations
@@ -49,9 +50,9 @@ def freeze_batchnorm(module: nn.Module, eps: float = 1e-5) -> nn.Module:
 
 class ResNetBody(nn.Module):
     """ResNet-18 or -50 up to ``layer4``, in torchvision's layout; returns the outputs of
-    layer1-4 (strides 4, 8, 16, 32)."""
+    layer1-4 (strides 4, 8, 16, 32). ``frozen``: frozen batch norm."""
 
-    def __init__(self, depth: int = 50) -> None:
+    def __init__(self, depth: int = 50, frozen: bool = True) -> None:
         super().__init__()
         block, counts = LAYOUTS[depth]
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
@@ -67,7 +68,8 @@ class ResNetBody(nn.Module):
             setattr(self, f"layer{k + 1}", nn.Sequential(*blocks))
             channels.append(in_ch)
         self.out_channels = tuple(channels)
-        freeze_batchnorm(self)
+        if frozen:
+            freeze_batchnorm(self)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -104,9 +106,9 @@ class FeaturePyramid(nn.Module):
 class BackboneWithFPN(nn.Module):
     """``body`` then ``fpn``: P2-P6 with ``out_channels`` channels each."""
 
-    def __init__(self, depth: int = 50, out_channels: int = 256) -> None:
+    def __init__(self, depth: int = 50, out_channels: int = 256, frozen: bool = True) -> None:
         super().__init__()
-        self.body = ResNetBody(depth)
+        self.body = ResNetBody(depth, frozen)
         self.fpn = FeaturePyramid(self.body.out_channels, out_channels)
         self.out_channels = out_channels
 

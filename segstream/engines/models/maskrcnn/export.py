@@ -17,7 +17,7 @@ OUTPUTS = ("boxes", "scores", "classes", "masks", "count")
 OPSET = 17  # RoiAlign's coordinate_transformation_mode needs 16
 
 
-class _Outputs(nn.Module):
+class DetectionOutputs(nn.Module):
     """The model's dict of outputs as a tuple, in ``OUTPUTS`` order (what ONNX export takes)."""
 
     def __init__(self, model: MaskRCNN) -> None:
@@ -35,6 +35,6 @@ def export_onnx(model: MaskRCNN, path: str | Path, height: int, width: int, inpu
     example = torch.zeros(1, 3, height, width)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-        torch.onnx.export(_Outputs(model), (example,), str(path), input_names=[input_name], output_names=list(OUTPUTS),
+        torch.onnx.export(DetectionOutputs(model), (example,), str(path), input_names=[input_name], output_names=list(OUTPUTS),
                           opset_version=OPSET, dynamo=False)
     return Path(path)

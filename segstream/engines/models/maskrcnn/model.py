@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segstream.engines.models.maskrcnn import ops
 from segstream.engines.models.maskrcnn.backbone import BackboneWithFPN
 from segstream.engines.models.maskrcnn.heads import (
     FastRCNNPredictor,
@@ -50,6 +51,11 @@ class MaskRCNNConfig:
         score_threshold: detections scoring below are dropped.
         nms_threshold: per-class NMS IoU threshold of the detections.
         detections: detections per image at most (the padded size D).
+        channels: channels of the feature pyramid, the RPN and the mask head (256 in
+            torchvision's models).
+        representation: width of the box head's two fully connected layers (1024).
+        frozen_norm: frozen batch norm in the backbone (ImageNet- or COCO-initialised, as
+            torchvision's); False: trainable batch norm (a backbone trained from scratch).
     """
 
     depth: int = 50
@@ -62,6 +68,9 @@ class MaskRCNNConfig:
     score_threshold: float = 0.05
     nms_threshold: float = 0.5
     detections: int = 100
+    channels: int = 256
+    representation: int = 1024
+    frozen_norm: bool = True
 
 
 class RegionProposalNetwork(nn.Module):
@@ -73,8 +82,10 @@ class RegionProposalNetwork(nn.Module):
         self.head = RPNHead(channels, len(config.aspect_ratios))
         self._base = [base_anchors(size, config.aspect_ratios) for size in config.anchor_sizes]
 
-    def forward(self, features: list[torch.Tensor], image_hw: tuple[int, int]) -> list[torch.Tensor]:
-        """Proposals (K, 4) per image of the batch."""
+    def raw(self, features: list[torch.Tensor], image_hw: tuple[int, int]
+            ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """Per FPN level: the anchors (A, 4), objectness logits (N, A), box deltas (N, A, 4)
+        and the level's index (A,), anchors location-major."""
         logits, deltas = self.head(features)
         anchors, objectness, regression, levels = [], [], [], []
         for k, (feature, score, delta) in enumerate(zip(features, logits, deltas)):
@@ -84,6 +95,16 @@ class RegionProposalNetwork(nn.Module):
             objectness.append(score.permute(0, 2, 3, 1).reshape(n, -1))
             regression.append(delta.reshape(n, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4))
             levels.append(torch.full((h * w * a,), k, dtype=torch.int64))
+        return anchors, objectness, regression, levels
+
+    def forward(self, features: list[torch.Tensor], image_hw: tuple[int, int]) -> list[torch.Tensor]:
+        """Proposals (K, 4) per image of the batch."""
+        return self.propose(*self.raw(features, image_hw), image_hw)
+
+    def propose(self, anchors: list[torch.Tensor], objectness: list[torch.Tensor], regression: list[torch.Tensor],
+                levels: list[torch.Tensor], image_hw: tuple[int, int]) -> list[torch.Tensor]:
+        """The best ``post_nms`` proposals per image: the top ``pre_nms`` of each level,
+        decoded, clipped, NMS within each level."""
         proposals = []
         for i in range(objectness[0].shape[0]):
             boxes, scores, groups = [], [], []
@@ -107,10 +128,10 @@ class RoIHeads(nn.Module):
     def __init__(self, config: MaskRCNNConfig, channels: int) -> None:
         super().__init__()
         self.config = config
-        self.box_head = TwoMLPHead(channels * 7 * 7, 1024)
-        self.box_predictor = FastRCNNPredictor(1024, config.classes)
-        self.mask_head = MaskRCNNHeads(channels)
-        self.mask_predictor = MaskRCNNPredictor(256, 256, config.classes)
+        self.box_head = TwoMLPHead(channels * 7 * 7, config.representation)
+        self.box_predictor = FastRCNNPredictor(config.representation, config.classes)
+        self.mask_head = MaskRCNNHeads(channels, (channels,) * 4)
+        self.mask_predictor = MaskRCNNPredictor(channels, channels, config.classes)
 
     @staticmethod
     def _pool(features: list[torch.Tensor], image: int, rois: torch.Tensor, size: int,
@@ -128,7 +149,7 @@ class RoIHeads(nn.Module):
                 continue
             index = (levels == k).nonzero().flatten()
             if index.numel():
-                out[index] = roi_align(feature[image:image + 1], rois[index], size, scale)
+                out[index] = ops.roi_align(feature[image], rois[index], size, scale)  # differentiable
         return out
 
     def forward(self, features: list[torch.Tensor], proposals: list[torch.Tensor],
@@ -147,16 +168,20 @@ class RoIHeads(nn.Module):
                 ((boxes[:, 3] - boxes[:, 1]) >= 1e-2)
             boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
             keep = batched_nms(boxes, scores, classes, config.nms_threshold)[:d]
-            # padded to D detections: zero boxes, scores and classes after the real ones
-            boxes = torch.cat([boxes[keep], boxes.new_zeros((d, 4))])[:d]
-            scores = torch.cat([scores[keep], scores.new_zeros(d)])[:d]
-            classes = torch.cat([classes[keep], classes.new_zeros(d)])[:d]
-            valid = scores > 0
+            boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+            # masks for the real detections only (the mask head is the dearest part per RoI)
             mask_logits = self.mask_predictor(self.mask_head(self._pool(levels, i, boxes, 14, image_hw)))
-            chosen = classes[:, None, None, None].expand(-1, 1, *mask_logits.shape[-2:])
-            masks = torch.sigmoid(mask_logits.gather(1, chosen))[:, 0] * valid[:, None, None].to(mask_logits.dtype)
+            size = mask_logits.shape[-1]
+            chosen = classes[:, None, None, None].expand(-1, 1, size, size)
+            masks = torch.sigmoid(mask_logits.gather(1, chosen))[:, 0]
+            count = (scores > 0).sum()
+            # padded to D detections: zero boxes, scores, classes and masks after the real ones
+            boxes = torch.cat([boxes, boxes.new_zeros((d, 4))])[:d]
+            scores = torch.cat([scores, scores.new_zeros(d)])[:d]
+            classes = torch.cat([classes, classes.new_zeros(d)])[:d]
+            masks = torch.cat([masks, masks.new_zeros((d, size, size))])[:d]
             for name, value in (("boxes", boxes), ("scores", scores), ("classes", classes), ("masks", masks),
-                                ("count", valid.sum())):
+                                ("count", count)):
                 outputs[name].append(value)
         return {name: torch.stack(values) for name, values in outputs.items()}
 
@@ -171,9 +196,9 @@ class MaskRCNN(nn.Module):
     def __init__(self, config: MaskRCNNConfig = MaskRCNNConfig()) -> None:
         super().__init__()
         self.config = config
-        self.backbone = BackboneWithFPN(config.depth, 256)
-        self.rpn = RegionProposalNetwork(config, 256)
-        self.roi_heads = RoIHeads(config, 256)
+        self.backbone = BackboneWithFPN(config.depth, config.channels, config.frozen_norm)
+        self.rpn = RegionProposalNetwork(config, config.channels)
+        self.roi_heads = RoIHeads(config, config.channels)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         image_hw = (int(images.shape[-2]), int(images.shape[-1]))

@@ -64,18 +64,27 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Indices of the boxes kept by greedy non-maximum suppression, best score first."""
+    """Indices of the boxes kept by greedy non-maximum suppression, best score first.
+
+    Each kept box suppresses the boxes after it that overlap it by more than
+    ``threshold``: one IoU row per kept box, never the whole matrix.
+    """
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.int64)
-    order = scores.argsort(descending=True)
-    iou = box_iou(boxes[order], boxes[order]).numpy()
-    suppressed = np.zeros(len(order), dtype=bool)
+    order = scores.detach().argsort(descending=True)
+    b = boxes.detach()[order].double().numpy()
+    areas = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    alive = np.ones(len(b), dtype=bool)
     keep = []
-    for i in range(len(order)):
-        if suppressed[i]:
+    for i in range(len(b)):
+        if not alive[i]:
             continue
         keep.append(i)
-        suppressed |= iou[i] > threshold
+        rest = b[i + 1:]
+        w = np.clip(np.minimum(b[i, 2], rest[:, 2]) - np.maximum(b[i, 0], rest[:, 0]), 0, None)
+        h = np.clip(np.minimum(b[i, 3], rest[:, 3]) - np.maximum(b[i, 1], rest[:, 1]), 0, None)
+        inter = w * h
+        alive[i + 1:] &= inter <= threshold * (areas[i] + areas[i + 1:] - inter)
     return order[torch.tensor(keep, dtype=torch.int64)]
 
 
@@ -85,7 +94,9 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
     boxes of different groups never suppress each other."""
     if boxes.numel() == 0 and not torch.onnx.is_in_onnx_export():
         return torch.zeros(0, dtype=torch.int64)
-    offsets = groups.to(boxes.dtype) * (boxes.max() + 1)
+    # the largest coordinate, 0 when there are no boxes (an export may be traced with none)
+    largest = torch.cat([boxes.reshape(-1), boxes.new_zeros(1)]).max()
+    offsets = groups.to(boxes.dtype) * (largest + 1)
     return suppress(boxes + offsets[:, None], scores, threshold)
 
 

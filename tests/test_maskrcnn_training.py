@@ -1,0 +1,89 @@
+"""A Mask R-CNN trained here on real frames learns.
+
+The data: every second frame of the shared dash-cam clip, labelled by the pretrained
+ESPNet (each connected region of its ``car`` class is an instance,
+``segstream.engines.training.pseudo_labels``), split in time: the last 10 frames of every 40
+held out, the 4 before them left out of both. ``maskrcnn-r18-fpn`` trains from scratch
+for two epochs at 352x192 through ``segstream train`` (the CLI, as a user runs it), and
+is scored on the held-out frames. Measured here: held-out mask AP50 0.376 after two
+epochs (untrained: 0.0); the longer curve is in BENCHMARKS.md.
+
+The issue asks for a few minutes of training in a test: this module is the project's one
+exception to the ~90 s rule (about 2.5 minutes here, marked slow so that it starts first).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import CLIP, run_segstream
+from test_maskrcnn_parity import _frames, assert_same_detections
+
+from segstream.engines.backends.base import load_engine
+from segstream.engines.export import export_onnx
+from segstream.engines.preprocess import Preprocessor
+from segstream.engines.training.instances import InstanceTrainer
+from segstream.engines.training.pseudo_labels import build_video_dataset
+from segstream.engines.training.trainer import TrainConfig
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+HEIGHT, WIDTH = 192, 352
+MASK_AP50_AT_LEAST = 0.15  # measured 0.376
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, espnet_onnx):
+    root = tmp_path_factory.mktemp("maskrcnn-training")
+    counts = build_video_dataset(CLIP, espnet_onnx, root / "clip")
+    result = run_segstream("train", "maskrcnn-r18-fpn", "--data", f"coco:{root / 'clip'}:train", "--val",
+                           f"coco:{root / 'clip'}:val", "--epochs", "2", "--crop", f"{HEIGHT}x{WIDTH}",
+                           "--batch-size", "2", "--optimizer", "sgd", "--lr", "0.02", "--threads", "2", "-o",
+                           str(root / "ckpt"), timeout=540)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, counts, result.stdout
+
+
+def test_a_mask_rcnn_trained_on_real_frames_finds_held_out_cars(trained):
+    root, counts, stdout = trained
+    assert counts["train_images"] >= 70 and counts["val_images"] >= 20 and counts["val_instances"] >= 20
+    # the CLI's per-epoch figures, and the checkpoint that holds the best of them
+    epochs = [line for line in stdout.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 2 and "mask_ap50" in epochs[-1]
+    best = torch.load(root / "ckpt" / "best.pt", map_location="cpu", weights_only=True)
+    assert best["model"] == "maskrcnn-r18-fpn"
+    assert best["metrics"]["mask_ap50"] >= MASK_AP50_AT_LEAST, best["metrics"]
+    # the same model untrained finds nothing on the same frames: the figure is learnt
+    untrained = InstanceTrainer(TrainConfig("maskrcnn-r18-fpn", f"coco:{root / 'clip'}:val", crop=(HEIGHT, WIDTH),
+                                            output=str(root / "untrained"))).validate()
+    assert untrained["mask_ap50"] < 0.02 < best["metrics"]["mask_ap50"] / 5
+
+
+def test_the_trained_model_exports_with_the_same_detections(trained, tmp_path):
+    root, _, _ = trained
+    weights = root / "ckpt" / "best.pt"
+    path = export_onnx("maskrcnn-r18-fpn", tmp_path / "trained.onnx", weights=weights, height=HEIGHT, width=WIDTH)
+    ort = load_engine(path, "onnxruntime")
+    torch_engine = load_engine("maskrcnn-r18-fpn", "torch", weights=weights, device="cpu", height=HEIGHT, width=WIDTH)
+    preprocess = Preprocessor(ort.metadata)
+    found = 0
+    for frame in _frames():
+        tensor = preprocess(frame)
+        found += assert_same_detections(torch_engine.infer(tensor), ort.infer(tensor), ort.metadata, frame.shape[:2])
+    assert found > 0  # cars on the clip's frames
+    ort.close()
+    torch_engine.close()
+    # what segstream eval --task instances reads back from a run of the exported model
+    record = tmp_path / "rec"
+    run = run_segstream("run", "--source", str(CLIP), "--model", str(path), "--publish", "", "--record", str(record),
+                        "--policy", "lossless", "--rate", "max", timeout=400)
+    assert run.returncode == 0, run.stderr[-3000:]
+    scores = run_segstream("eval", "--task", "instances", str(record), f"coco:{root / 'clip'}:val", "--json",
+                           str(tmp_path / "scores.json"))
+    assert scores.returncode == 0, scores.stderr
+    held_out = json.loads((tmp_path / "scores.json").read_text())
+    assert held_out["images"] >= 20 and np.isfinite(held_out["segm"]["ap50"])
+    assert held_out["segm"]["ap50"] >= MASK_AP50_AT_LEAST / 2  # published detections only (score >= 0.5)
