@@ -25,6 +25,27 @@ def _frame(index: int, array: np.ndarray, source: str = "cam") -> list:
     return encode(Message(header, [np.ascontiguousarray(array)]))
 
 
+def _until_end_of_stream(sock: zmq.Socket) -> list[Message]:
+    """The messages a stage sends, up to its end of stream (a minute at most)."""
+    out: list[Message] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out and out[-1].header.kind is Kind.EOS):
+        if sock.poll(200):
+            out.append(decode(sock.recv_multipart()))
+    return out
+
+
+def _final_report(control: zmq.Socket):
+    """The stage's final report (its DONE event)."""
+    report = None
+    while control.poll(1000):
+        event = decode_event(control.recv())
+        if event.kind is EventKind.DONE:
+            report = event.report
+    assert report is not None
+    return report
+
+
 def test_a_preprocess_stage_skips_what_does_not_fit_and_goes_on(tmp_path):
     context = zmq.Context()
     feed, results, control = context.socket(zmq.PUSH), context.socket(zmq.PULL), context.socket(zmq.PULL)
@@ -50,25 +71,75 @@ def test_a_preprocess_stage_skips_what_does_not_fit_and_goes_on(tmp_path):
                         _frame(5, good),
                         encode(eos("cam"))):
             feed.send_multipart(message)
-        out = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (out and out[-1].header.kind is Kind.EOS):
-            if results.poll(200):
-                out.append(decode(results.recv_multipart()))
+        out = _until_end_of_stream(results)
         assert [(m.header.kind, m.header.index) for m in out] == [(Kind.TENSOR, 5), (Kind.EOS, -1)]
         assert out[0].header.part("input").shape == (1, 3, 512, 1024)
         assert stage.wait(timeout=60) == 0  # ended with its source, alive until then
-        report = None
-        while control.poll(1000):
-            event = decode_event(control.recv())
-            if event.kind is EventKind.DONE:
-                report = event.report
-        assert report is not None
+        report = _final_report(control)
         assert report.skipped == {"bad_input": 4, "unknown_source": 2}
         assert report.frames_in == 5 and report.frames_out == 1
     finally:
         if stage.poll() is None:
             stage.kill()
         for sock in (feed, results, control):
+            sock.close(0)
+        context.term()
+
+
+def _result(index: int, parts: dict[str, np.ndarray], meta: dict | None = None) -> list:
+    arrays = list(parts.values())
+    header = Header(Kind.RESULT, "cam", index, f"{index:06d}", 1, 1, meta=meta or {},
+                    parts=[Part(name, tuple(a.shape), a.dtype.name, inline=k) for k, (name, a) in enumerate(parts.items())])
+    return encode(Message(header, [np.ascontiguousarray(a) for a in arrays]))
+
+
+def test_a_publish_stage_refuses_malformed_instances_and_publishes_good_ones(tmp_path):
+    from segstream.engines.models.zoo import MODELS
+    from segstream.pipeline.spec import PublishSettings
+
+    context = zmq.Context()
+    feed, control, sub = context.socket(zmq.PUSH), context.socket(zmq.PULL), context.socket(zmq.SUB)
+    feed.bind(f"ipc://{tmp_path}/in.sock")
+    control.bind(f"ipc://{tmp_path}/control.sock")
+    publish = f"ipc://{tmp_path}/pub.sock"
+    spec = StageSpec("publish", StageKind.PUBLISH, "0a1b2c3e", FlowPolicy.LOSSLESS,
+                     PublishSettings(MODELS["maskrcnn-r18-fpn"].metadata, endpoint=publish),
+                     inputs=(f"ipc://{tmp_path}/in.sock",), control=f"ipc://{tmp_path}/control.sock",
+                     payloads=PayloadChoice.INLINE, source_ids=("cam",))
+    path = tmp_path / "spec.json"
+    path.write_text(spec.to_json())
+    stage = subprocess.Popen([sys.executable, "-m", "segstream.pipeline.stage_main", str(path)], cwd=ROOT)
+    try:
+        sub.connect(publish)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        labels = np.full((40, 60), 255, np.uint8)
+        labels[5:15, 5:25] = 2
+        ids = np.zeros((40, 60), np.uint16)
+        ids[5:15, 5:25] = 1
+        good = [{"id": 1, "class_id": 3, "label": "car", "score": 0.9, "box": [5.0, 5.0, 25.0, 15.0]}]
+        time.sleep(1.0)  # the subscriber's grace: the good result must reach it
+        for message in (_result(0, {"labels": labels, "instance_ids": ids.astype(np.uint8)}, {"instances": good}),
+                        _result(1, {"instance_ids": ids}, {"instances": good}),  # no labels
+                        _result(2, {"labels": labels, "instance_ids": ids[:0]}, {"instances": good}),  # 0 rows
+                        _result(3, {"labels": labels, "instance_ids": ids},
+                                {"instances": [{**good[0], "box": [float("nan"), 0, 1, 1]}]}),  # NaN box
+                        _result(4, {"labels": labels, "instance_ids": ids}, {"instances": [{**good[0], "id": 0}]}),
+                        _result(5, {"labels": labels, "instance_ids": ids}, {"instances": good}),
+                        encode(eos("cam"))):
+            feed.send_multipart(message)
+        received = _until_end_of_stream(sub)
+        assert [(m.header.kind, m.header.index) for m in received] == [(Kind.RESULT, 5), (Kind.EOS, -1)]
+        result = received[0]
+        assert result.header.meta["instances"] == good
+        part = result.header.part("instance_ids")
+        assert part.dtype == "uint16" and (np.frombuffer(result.payload[part.inline], "<u2").reshape(40, 60) == ids).all()
+        assert stage.wait(timeout=60) == 0
+        report = _final_report(control)
+        assert report.skipped.get("bad_input") == 3, report.skipped  # wrong dtype, no labels, no rows
+        assert sum(n for reason, n in report.skipped.items() if reason.startswith("malformed")) == 2, report.skipped
+    finally:
+        if stage.poll() is None:
+            stage.kill()
+        for sock in (feed, control, sub):
             sock.close(0)
         context.term()

@@ -19,13 +19,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     summary = evaluate(OfflineEval(Path(args.predictions), args.ground_truth, args.label_ids, args.allow_missing),
                        CLASS_NAMES)
-    print(format_scores(summary))
-    if summary["missing"]:
-        print(f"  {len(summary['missing'])} frame(s) without a prediction were left out")
-    if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2))
-        print(f"wrote {args.json}")
-    return 0
+    return _report(summary, format_scores(summary), "frame(s)", args.json)
 
 
 def _eval_instances(args: argparse.Namespace) -> int:
@@ -33,12 +27,17 @@ def _eval_instances(args: argparse.Namespace) -> int:
     from segstream.evaluation.instance_offline import InstanceEval, evaluate_recorded_instances, format_instance_scores
 
     summary = evaluate_recorded_instances(InstanceEval(Path(args.predictions), args.ground_truth, args.allow_missing))
-    print(format_instance_scores(summary))
+    return _report(summary, format_instance_scores(summary), "image(s)", args.json)
+
+
+def _report(summary: dict, table: str, items: str, json_path: str | None) -> int:
+    """Print the scores, say what was left out, and write them as JSON when asked."""
+    print(table)
     if summary["missing"]:
-        print(f"  {len(summary['missing'])} image(s) without a prediction were left out")
-    if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2))
-        print(f"wrote {args.json}")
+        print(f"  {len(summary['missing'])} {items} without a prediction were left out")
+    if json_path:
+        Path(json_path).write_text(json.dumps(summary, indent=2))
+        print(f"wrote {json_path}")
     return 0
 
 

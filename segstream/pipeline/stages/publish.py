@@ -68,6 +68,8 @@ class PublishProcessor:
             problem = part_problem(message, "frame", IMAGE)
         if not problem and message.header.part("instance_ids") is not None:
             problem = part_problem(message, "instance_ids", INSTANCE_IDS)
+            if not problem and message.header.part("labels") is None:
+                problem = "part 'instance_ids' comes without the 'labels' (each instance's class) it goes with"
         if problem:
             self.discard(message)
             self.runtime.refuse(message.header.source, "bad_input", problem)
@@ -84,7 +86,7 @@ class PublishProcessor:
         ids = None
         if message.header.part("instance_ids") is not None:  # an instance model's: at frame resolution
             ids = self.labels.take(message, "instance_ids")
-            if ids is None or mask is None:
+            if ids is None or mask is None:  # the slot was reused first (live flow)
                 self.runtime.stats.skipped.add("overwritten", message.header.source)
                 return None
             ids = _at_size(ids, *mask.shape)
