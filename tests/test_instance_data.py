@@ -121,3 +121,11 @@ def test_overlay_draws_each_instance_in_its_colour_with_box_and_legend():
     assert instance_counts(instances) == [("car", 2, instance_colour(1))]
     plain = renderer.annotate(frame, semantic)
     assert (out != plain).any()
+
+
+def test_triton_repositories_say_instance_models_run_locally(tmp_path):
+    from segstream.engines.triton_repo import write_repository
+
+    with pytest.raises(ModelError, match="instance model .* run it locally"):
+        write_repository("maskrcnn-r18-fpn", tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()

@@ -147,3 +147,21 @@ def test_live_eval_of_an_instance_model_equals_the_offline_eval(tmp_path, instan
         for key in ("ap", "ap50", "ap75"):
             assert abs(scores[kind][key] - live["all"][kind][key]) < 1e-9, (kind, key)
     assert list(scores["segm"]["per_class"]) == ["car"]
+
+
+def test_training_reads_cityscapes_instance_ids(tmp_path):
+    """``segstream train`` on a Cityscapes layout with instance ids (the real frame's cars):
+    it trains, validates and writes a checkpoint that the export takes."""
+    import torch
+
+    _cityscapes_instance_tree(tmp_path / "cs")
+    done = run_segstream("train", "maskrcnn-r18-fpn", "--data", f"cityscapes:{tmp_path / 'cs'}:val", "--epochs", "1",
+                         "--crop", "128x256", "--batch-size", "1", "--optimizer", "sgd", "--lr", "0.01", "-o",
+                         str(tmp_path / "ckpt"), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "mask_ap50" in done.stdout
+    checkpoint = torch.load(tmp_path / "ckpt" / "last.pt", map_location="cpu", weights_only=True)
+    assert checkpoint["model"] == "maskrcnn-r18-fpn" and set(checkpoint["metrics"]) >= {"mask_ap", "box_ap50"}
+    exported = run_segstream("export", "maskrcnn-r18-fpn", "--weights", str(tmp_path / "ckpt" / "last.pt"),
+                             "--height", "128", "--width", "256", "-o", str(tmp_path / "m.onnx"))
+    assert exported.returncode == 0, exported.stderr[-2000:]

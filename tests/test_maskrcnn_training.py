@@ -4,12 +4,12 @@ The data: every second frame of the shared dash-cam clip, labelled by the pretra
 ESPNet (each connected region of its ``car`` class is an instance,
 ``segstream.engines.training.pseudo_labels``), split in time: the last 10 frames of every 40
 held out, the 4 before them left out of both. ``maskrcnn-r18-fpn`` trains from scratch
-for two epochs at 352x192 through ``segstream train`` (the CLI, as a user runs it), and
-is scored on the held-out frames. Measured here: held-out mask AP50 0.376 after two
-epochs (untrained: 0.0); the longer curve is in BENCHMARKS.md.
+for three epochs at 352x192 through ``segstream train`` (the CLI, as a user runs it), and
+is scored on the held-out frames. Measured here: held-out mask AP50 0.216 after two epochs
+and 0.521 after three (untrained: 0.0); the longer curve is in BENCHMARKS.md.
 
 The issue asks for a few minutes of training in a test: this module is the project's one
-exception to the ~90 s rule (about 2.5 minutes here, marked slow so that it starts first).
+exception to the ~90 s rule (about 3.5 minutes here, marked slow so that it starts first).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from segstream.engines.training.instances import InstanceTrainer
 from segstream.engines.training.pseudo_labels import build_video_dataset
 from segstream.engines.training.trainer import TrainConfig
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 HEIGHT, WIDTH = 192, 352
-MASK_AP50_AT_LEAST = 0.15  # measured 0.376
+MASK_AP50_AT_LEAST = 0.2  # measured 0.521
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +40,9 @@ def trained(tmp_path_factory, espnet_onnx):
     root = tmp_path_factory.mktemp("maskrcnn-training")
     counts = build_video_dataset(CLIP, espnet_onnx, root / "clip")
     result = run_segstream("train", "maskrcnn-r18-fpn", "--data", f"coco:{root / 'clip'}:train", "--val",
-                           f"coco:{root / 'clip'}:val", "--epochs", "2", "--crop", f"{HEIGHT}x{WIDTH}",
+                           f"coco:{root / 'clip'}:val", "--epochs", "3", "--crop", f"{HEIGHT}x{WIDTH}",
                            "--batch-size", "2", "--optimizer", "sgd", "--lr", "0.02", "--threads", "2", "-o",
-                           str(root / "ckpt"), timeout=540)
+                           str(root / "ckpt"), timeout=840)
     assert result.returncode == 0, result.stderr[-3000:]
     return root, counts, result.stdout
 
@@ -52,7 +52,7 @@ def test_a_mask_rcnn_trained_on_real_frames_finds_held_out_cars(trained):
     assert counts["train_images"] >= 70 and counts["val_images"] >= 20 and counts["val_instances"] >= 20
     # the CLI's per-epoch figures, and the checkpoint that holds the best of them
     epochs = [line for line in stdout.splitlines() if line.startswith("epoch ")]
-    assert len(epochs) == 2 and "mask_ap50" in epochs[-1]
+    assert len(epochs) == 3 and "mask_ap50" in epochs[-1]
     best = torch.load(root / "ckpt" / "best.pt", map_location="cpu", weights_only=True)
     assert best["model"] == "maskrcnn-r18-fpn"
     assert best["metrics"]["mask_ap50"] >= MASK_AP50_AT_LEAST, best["metrics"]
@@ -79,11 +79,11 @@ def test_the_trained_model_exports_with_the_same_detections(trained, tmp_path):
     # what segstream eval --task instances reads back from a run of the exported model
     record = tmp_path / "rec"
     run = run_segstream("run", "--source", str(CLIP), "--model", str(path), "--publish", "", "--record", str(record),
-                        "--policy", "lossless", "--rate", "max", timeout=400)
+                        "--policy", "lossless", "--rate", "max", "--max-frames", "120", timeout=400)
     assert run.returncode == 0, run.stderr[-3000:]
     scores = run_segstream("eval", "--task", "instances", str(record), f"coco:{root / 'clip'}:val", "--json",
-                           str(tmp_path / "scores.json"))
+                           str(tmp_path / "scores.json"), "--allow-missing")  # the held-out frames of the first 120
     assert scores.returncode == 0, scores.stderr
     held_out = json.loads((tmp_path / "scores.json").read_text())
-    assert held_out["images"] >= 20 and np.isfinite(held_out["segm"]["ap50"])
+    assert held_out["images"] >= 10 and np.isfinite(held_out["segm"]["ap50"])
     assert held_out["segm"]["ap50"] >= MASK_AP50_AT_LEAST / 2  # published detections only (score >= 0.5)

@@ -44,11 +44,14 @@ def main() -> int:
     print("| epoch | steps | minutes | train loss | mask AP50 | mask AP | box AP50 | box AP |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     started = time.monotonic()
-    for result in trainer.run():
+
+    def row(result) -> None:  # noqa: ANN001 - an EpochResult
         m = result.metrics
         print(f"| {result.epoch} | {result.epoch * trainer.steps_per_epoch} | {(time.monotonic() - started) / 60:.1f} "
               f"| {result.loss:.3f} | {m['mask_ap50']:.3f} | {m['mask_ap']:.3f} | {m['box_ap50']:.3f} "
               f"| {m['box_ap']:.3f} |", flush=True)
+
+    trainer.run(on_epoch=row)
     print(f"checkpoints: {config.output}")
     return 0
 

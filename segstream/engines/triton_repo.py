@@ -28,6 +28,7 @@ from enum import Enum
 from pathlib import Path
 
 from segstream.engines.metadata import ChannelOrder, ModelMetadata, OutputKind, write_onnx_metadata
+from segstream.engines.models.zoo import get_model_spec
 from segstream.errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -180,6 +181,10 @@ def write_repository(name: str, repo: str | os.PathLike[str], max_batch: int = 8
     """
     if not 1 <= max_batch <= 64 or not 1 <= instances <= 64:
         raise ModelError(f"--max-batch and --instances take 1-64, found {max_batch} and {instances}")
+    if get_model_spec(name).task == "instances":
+        raise ModelError(f"{name} is an instance model (one image per call, padded detections): Triton model "
+                         f"repositories are written for segmentation and classification models only; run it "
+                         f"locally (--backend onnxruntime or torch)")
     platform = Platform(platform)
     served_name = served_name or name
     folder = Path(repo) / served_name

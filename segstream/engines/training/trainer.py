@@ -9,6 +9,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -234,7 +235,9 @@ class Trainer:
         tmp.replace(path)
         return path
 
-    def run(self) -> list[EpochResult]:
+    def run(self, on_epoch: Callable[[EpochResult], None] | None = None) -> list[EpochResult]:
+        """Train the remaining epochs, validating and saving after each (``on_epoch`` is
+        called with each epoch's result as it is done)."""
         history = []
         for epoch in range(self.start_epoch, self.config.epochs):
             result = self.train_epoch(epoch)
@@ -248,6 +251,8 @@ class Trainer:
                 self.best = score
                 self.save(result, "best.pt")
             history.append(result)
+            if on_epoch is not None:
+                on_epoch(result)
         return history
 
 
