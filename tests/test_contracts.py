@@ -65,9 +65,9 @@ def test_ring_readers_are_derived_in_one_place():
     assert ring_spec("r", "capture-0", StageKind.CAPTURE, 8, everything).readers == (StageKind.PREPROCESS,
                                                                                         StageKind.RENDER)
     assert ring_spec("r", "capture-0", StageKind.CAPTURE, 8, no_render).readers == (StageKind.PREPROCESS,)
-    assert reads_of(StageKind.RENDER, everything) == {"frame": 1, "mask": 0}
+    assert reads_of(StageKind.RENDER, everything) == {"frame": 1, "mask": 0, "instance_ids": 0}
     assert reads_of(StageKind.PREPROCESS, everything) == {"frame": 0}
-    assert reads_of(StageKind.PUBLISH, no_render) == {"labels": 0, "confidence": 0}
+    assert reads_of(StageKind.PUBLISH, no_render) == {"labels": 0, "confidence": 0, "instance_ids": 0}
 
 
 def test_commands_and_events_round_trip_typed():

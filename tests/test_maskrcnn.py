@@ -249,3 +249,39 @@ def test_instances_in_frame_pixels_with_ids_and_classes():
     assert ids[50, 70] == 1 and semantic[50, 70] == 1  # the overlap: the better (car) owns it
     assert ids[5, 5] == 0 and semantic[5, 5] == meta.ignore_index
     assert set(np.unique(ids)) == {0, 1, 2} and detections[0].to_json()["box"] == [60.0, 40.0, 120.0, 100.0]
+
+
+def test_box_coding_round_trips_and_matching_follows_its_thresholds():
+    from segstream.engines.models.maskrcnn.losses import BACKGROUND, IGNORED, encode_boxes, match
+    from segstream.engines.models.maskrcnn.ops import decode_boxes
+
+    boxes = torch.tensor([[10.0, 10.0, 50.0, 40.0], [0.0, 0.0, 8.0, 30.0]])
+    targets = torch.tensor([[12.0, 8.0, 60.0, 44.0], [1.0, 2.0, 5.0, 20.0]])
+    for weights in ((1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0)):
+        decoded = decode_boxes(encode_boxes(targets, boxes, weights), boxes, weights)[:, 0]
+        torch.testing.assert_close(decoded, targets)
+    iou = torch.tensor([[0.9, 0.5, 0.1, 0.2], [0.1, 0.2, 0.25, 0.05]])
+    assert match(iou, 0.7, 0.3, best_too=False).tolist() == [0, IGNORED, BACKGROUND, BACKGROUND]
+    # each ground truth's best anchor is its own whatever the IoU (the second's is 0.25)
+    assert match(iou, 0.7, 0.3, best_too=True).tolist() == [0, IGNORED, 1, BACKGROUND]
+    assert match(torch.zeros((0, 3)), 0.7, 0.3, best_too=True).tolist() == [BACKGROUND] * 3
+
+
+def test_the_losses_are_finite_and_train_every_head_with_and_without_objects():
+    from segstream.engines.models.maskrcnn.losses import SamplingConfig, Targets, maskrcnn_losses
+
+    torch.manual_seed(0)
+    model = MaskRCNN(MaskRCNNConfig(depth=18, channels=32, representation=64, frozen_norm=False, pre_nms=100,
+                                    post_nms=50)).train()
+    images = torch.randn(2, 3, 64, 96)
+    mask = torch.zeros(1, 64, 96)
+    mask[0, 10:40, 20:60] = 1
+    targets = [Targets(torch.tensor([[20.0, 10.0, 60.0, 40.0]]), torch.tensor([3]), mask),
+               Targets(torch.zeros((0, 4)), torch.zeros(0, dtype=torch.int64), torch.zeros((0, 64, 96)))]
+    losses = maskrcnn_losses(model, images, targets, SamplingConfig(rois=32))
+    assert set(losses) == {"rpn_objectness", "rpn_box", "classifier", "box", "mask"}
+    assert all(torch.isfinite(v) for v in losses.values()) and losses["mask"] > 0
+    sum(losses.values()).backward()
+    for name in ("rpn.head.cls_logits.weight", "roi_heads.box_predictor.cls_score.weight",
+                 "roi_heads.mask_predictor.mask_fcn_logits.weight", "backbone.body.conv1.weight"):
+        assert dict(model.named_parameters())[name].grad.abs().sum() > 0, name
