@@ -168,21 +168,34 @@ def read_coco(root: Path, split: str = "train2017") -> list[AnnotatedImage]:
     return images
 
 
+def mask_extent(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) bounding a boolean mask's pixels (x1, y1 exclusive), or None if it
+    has none."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not rows.size:
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def instances_of_ids(ids: np.ndarray) -> list[InstanceAnnotation]:
+    """The instances in a Cityscapes instance-id map (``label_id * 1000 + k`` on an
+    instance's pixels; values below 1000 are no instance), classes named as COCO names them."""
+    out = []
+    for value in np.unique(ids[ids >= 1000]):
+        name = CITYSCAPES_INSTANCE_CLASSES.get(int(value) // 1000)
+        if name is None:
+            continue
+        mask = ids == value
+        out.append(InstanceAnnotation(name, tuple(float(v) for v in mask_extent(mask)), mask))  # type: ignore[arg-type]
+    return out
+
+
 def cityscapes_instances(path: Path) -> list[InstanceAnnotation]:
     """The instances of one ``*_gtFine_instanceIds.png``."""
     ids = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if ids is None or ids.ndim != 2:
         raise ModelError(f"cannot read {path} as a single-channel instance-id image")
-    out = []
-    for value in np.unique(ids):
-        name = CITYSCAPES_INSTANCE_CLASSES.get(int(value) // 1000) if value >= 1000 else None
-        if name is None:
-            continue
-        mask = ids == value
-        ys, xs = np.nonzero(mask)
-        out.append(InstanceAnnotation(name, (float(xs.min()), float(ys.min()), float(xs.max() + 1),
-                                             float(ys.max() + 1)), mask))
-    return out
+    return instances_of_ids(ids)
 
 
 def read_cityscapes_instances(root: Path, split: str = "val") -> list[AnnotatedImage]:
@@ -235,13 +248,13 @@ def write_coco(root: Path, split: str, images: Iterable[tuple[str, np.ndarray, l
         document["images"].append({"id": image_id, "file_name": file_name, "height": int(image.shape[0]),
                                    "width": int(image.shape[1])})
         for name, mask in instances:
-            ys, xs = np.nonzero(mask)
-            if not len(xs):
+            extent = mask_extent(mask)
+            if extent is None:
                 continue
-            x0, y0 = int(xs.min()), int(ys.min())
+            x0, y0, x1, y1 = extent
             document["annotations"].append({
                 "id": len(document["annotations"]) + 1, "image_id": image_id, "category_id": ids[name],
-                "bbox": [x0, y0, int(xs.max()) + 1 - x0, int(ys.max()) + 1 - y0], "area": int(len(xs)),
+                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": int(np.count_nonzero(mask)),
                 "iscrowd": 0, "segmentation": rle_encode(mask)})
     path = root / "annotations" / f"instances_{split}.json"
     path.write_text(json.dumps(document))

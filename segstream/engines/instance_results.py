@@ -86,8 +86,9 @@ def _paste(mask: np.ndarray, box: tuple[float, float, float, float], height: int
 def detection_instances(outputs: dict[str, np.ndarray], metadata: ModelMetadata, image: Any,
                         frame_hw: tuple[int, int]) -> list[Any]:
     """Every detection of one image's outputs as an ``evaluation.instances.Instance`` (box
-    and full-frame mask in frame pixels, the model's class id), for COCO evaluation: no
-    score threshold, and masks left overlapping, as COCO scores them."""
+    in frame pixels, its mask over the box's pixels from the box's corner, the model's class
+    id), for COCO evaluation: no score threshold, and masks left overlapping, as COCO scores
+    them."""
     from segstream.evaluation.instances import Instance
 
     height, width = frame_hw
@@ -99,12 +100,9 @@ def detection_instances(outputs: dict[str, np.ndarray], metadata: ModelMetadata,
     for box, score, cls, mask in zip(boxes * (sx, sy, sx, sy), _output(outputs, metadata, OutputKind.INSTANCE_SCORES),
                                      _output(outputs, metadata, OutputKind.INSTANCE_CLASSES),
                                      _output(outputs, metadata, OutputKind.INSTANCE_MASKS)):
-        full = np.zeros((height, width), bool)
         pasted = _paste(mask, tuple(box), height, width, mask_threshold)
-        if pasted is not None:
-            (left, top, right, bottom), region = pasted
-            full[top:bottom, left:right] = region
-        found.append(Instance(image, int(cls), tuple(float(v) for v in box), full, float(score)))
+        region, origin = (pasted[1], pasted[0][:2]) if pasted is not None else (np.zeros((1, 1), bool), (0, 0))
+        found.append(Instance(image, int(cls), tuple(float(v) for v in box), region, float(score), origin=origin))
     return found
 
 

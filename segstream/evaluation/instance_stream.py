@@ -9,19 +9,20 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from segstream.datasets.instances import CITYSCAPES_INSTANCE_CLASSES
+from segstream.datasets.instances import instances_of_ids, mask_extent
 from segstream.evaluation.instances import Instance, evaluate_instances
 
 logger = logging.getLogger(__name__)
 
 
-def _crop(mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int], tuple[float, float, float, float]] | None:
-    """The mask cut to its extent, that extent's (x, y) origin and its box; None if empty."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if not rows.size:
-        return None
-    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    return mask[y0:y1, x0:x1].copy(), (x0, y0), (float(x0), float(y0), float(x1), float(y1))
+def _crop(mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """The mask cut to its extent and that extent's (x, y) origin (an empty mask: one
+    empty pixel)."""
+    extent = mask_extent(mask)
+    if extent is None:
+        return np.zeros((1, 1), bool), (0, 0)
+    x0, y0, x1, y1 = extent
+    return mask[y0:y1, x0:x1].copy(), (x0, y0)
 
 
 class InstanceStreamEval:
@@ -51,15 +52,13 @@ class InstanceStreamEval:
 
             gt_ids = cv2.resize(gt_ids, (ids.shape[1], ids.shape[0]), interpolation=cv2.INTER_NEAREST)
         self.frames += 1
-        for value in np.unique(gt_ids[gt_ids >= 1000]):
-            name = CITYSCAPES_INSTANCE_CLASSES.get(int(value) // 1000)
-            cut = _crop(gt_ids == value) if name else None
-            if cut is not None:
-                self.truth.append(Instance(image, self._id(name), cut[2], cut[0], origin=cut[1]))
+        for truth in instances_of_ids(gt_ids):
+            crop, origin = _crop(truth.mask)
+            self.truth.append(Instance(image, self._id(truth.name), truth.box, crop, origin=origin))
         for item in detections:  # one whose pixels all went to better ones still counts (its box)
-            cut = _crop(ids == int(item["id"])) or (np.zeros((1, 1), bool), (0, 0), None)
-            self.found.append(Instance(image, self._id(str(item["label"])), tuple(item["box"]), cut[0],
-                                       float(item["score"]), origin=cut[1]))
+            crop, origin = _crop(ids == int(item["id"]))
+            self.found.append(Instance(image, self._id(str(item["label"])), tuple(item["box"]), crop,
+                                       float(item["score"]), origin=origin))
 
     def summary(self) -> dict[str, Any]:
         """``{"frames", "bbox": {...}, "segm": {...}}`` over the ground truth's classes."""

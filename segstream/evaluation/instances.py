@@ -18,6 +18,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from segstream.datasets.instances import mask_extent
+
 logger = logging.getLogger(__name__)
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -77,11 +79,11 @@ def _box_iou(dets: Sequence[Instance], gts: Sequence[Instance]) -> np.ndarray:
 
 def _extent(mask: np.ndarray, origin: tuple[int, int]) -> tuple[int, int, int, int] | None:
     """(y0, y1, x0, x1) in image pixels bounding the mask's pixels, or None if it has none."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if not rows.size:
+    extent = mask_extent(mask)
+    if extent is None:
         return None
-    x, y = origin
-    return int(rows[0]) + y, int(rows[-1]) + 1 + y, int(cols[0]) + x, int(cols[-1]) + 1 + x
+    (x0, y0, x1, y1), (x, y) = extent, origin
+    return y0 + y, y1 + y, x0 + x, x1 + x
 
 
 def _mask_iou(dets: Sequence[Instance], gts: Sequence[Instance]) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Training instance models (Mask R-CNN): COCO-layout or Cityscapes instance data, the five
-Mask R-CNN losses, a linear warm-up then poly decay, gradients clipped, and COCO mask and
-box AP on the validation images after each epoch.
+Mask R-CNN losses, a linear warm-up, the full rate, then a tenth of it for the last fifth of
+the steps, gradients clipped, and COCO mask and box AP on the validation images after each
+epoch.
 
 Images are resized to the model's input size (as the pipeline resizes frames), flipped at
 random, their brightness and contrast jittered. Annotations whose class the model does not
@@ -16,7 +17,7 @@ import random
 import cv2
 import numpy as np
 
-from segstream.datasets.instances import AnnotatedImage, open_instances
+from segstream.datasets.instances import AnnotatedImage, mask_extent, open_instances
 from segstream.engines.instance_results import detection_instances
 from segstream.engines.preprocess import Preprocessor
 from segstream.engines.training.trainer import Trainer
@@ -93,10 +94,7 @@ class InstanceLoader:
         if self.augment and self._rng.random() < 0.5:
             image = np.ascontiguousarray(image[:, ::-1])
             masks = [np.ascontiguousarray(m[:, ::-1]) for m in masks]
-        boxes = []
-        for mask in masks:
-            ys, xs = np.nonzero(mask)
-            boxes.append((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
+        boxes = [mask_extent(mask) for mask in masks]  # each is non-empty
         tensor = torch.from_numpy(self._pre(image)[0].copy())
         stacked = np.stack(masks).astype(np.float32) if masks else np.zeros((0, self.height, self.width), np.float32)
         return tensor, Targets(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
