@@ -84,6 +84,7 @@ def test_batched_run_equals_unbatched_bit_for_bit(tmp_path, fast_onnx):
     assert stats[4]["stages"]["infer"]["extra"]["batch"] == 4
     assert stats[4]["stages"]["infer"]["extra"]["frames_per_call"] > 1.0  # frames of several sources per call
     assert stats[1]["stages"]["infer"]["extra"]["frames_per_call"] == 1.0
+    assert stats[1]["stages"]["infer"]["extra"]["engine_ms_p50"] > 0  # the engine call alone, per frame
     unbatched, batched = _masks(records[1]), _masks(records[4])
     assert len(unbatched) == expected and unbatched.keys() == batched.keys()
     assert all(np.array_equal(unbatched[name], batched[name]) for name in unbatched)

@@ -22,7 +22,7 @@ from segstream.pipeline.wire.messages import (
     eos,
     inline_array,
 )
-from segstream.pipeline.wire.policies import FlowPolicy, Inbox
+from segstream.pipeline.wire.policies import CATCH_UP_MAX, CatchUp, FlowPolicy, Inbox
 
 
 def _frame_message() -> Message:
@@ -189,6 +189,70 @@ def test_live_inbox_keeps_newest_frame_per_source_and_every_eos():
     push.close(0)
     pull.close(0)
     ctx.term()
+
+
+def _burst_inbox(catch_up: CatchUp, frames: int, fps: float = 30.0) -> tuple[list[Message], SkipCounter]:
+    """A live inbox that finds ``frames`` frames of one source and an EOS waiting."""
+    ctx = zmq.Context()
+    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    pull.bind("inproc://burst-test")
+    push.connect("inproc://burst-test")
+    for i in range(frames):
+        m = _frame_message()
+        m.header.index = i
+        m.header.meta["fps"] = fps
+        push.send_multipart(encode(m))
+    push.send_multipart(encode(eos("cam0")))
+    skipped = SkipCounter()
+    inbox = Inbox(pull, FlowPolicy.LIVE, skipped, catch_up)
+    got: list[Message] = []
+    for _ in range(50):  # until the EOS (the last message) is in
+        got += inbox.receive(100)
+        if got and got[-1].header.kind is Kind.EOS:
+            break
+    push.close(0)
+    pull.close(0)
+    ctx.term()
+    return got, skipped
+
+
+def test_live_inbox_takes_a_burst_a_fast_stage_can_clear_and_only_the_newest_for_a_slow_one():
+    fast = CatchUp()
+    for _ in range(20):
+        fast.note(5_000_000)  # 5 ms a frame, sources at 30 fps: four frames in two intervals
+    got, skipped = _burst_inbox(fast, 3)
+    assert [m.header.index for m in got] == [0, 1, 2, -1]
+    assert skipped["superseded"] == 0
+    got, skipped = _burst_inbox(fast, 7)  # never more than CATCH_UP_MAX at once, the newest
+    assert [m.header.index for m in got] == [*range(7 - CATCH_UP_MAX, 7), -1]
+    assert skipped["superseded"] == 7 - CATCH_UP_MAX
+    slow = CatchUp()
+    for _ in range(20):
+        slow.note(300_000_000)  # a 300 ms model
+    got, skipped = _burst_inbox(slow, 5, fps=25.0)
+    assert [m.header.index for m in got] == [4, -1]
+    assert skipped["superseded"] == 4
+
+
+@pytest.mark.parametrize("fps", [None, "30", float("nan"), -5.0, 1e12, True])
+def test_catch_up_takes_a_source_rate_it_cannot_read_as_the_default(fps):
+    catch_up = CatchUp()
+    for _ in range(20):
+        catch_up.note(20_000_000)  # 20 ms a frame: three in two intervals at the default 30 fps
+    assert catch_up.allowance(fps, burst=9) == 3
+
+
+def test_catch_up_does_not_count_the_first_frame_and_warms_up_on_bursts_it_can_clear():
+    catch_up = CatchUp()
+    assert catch_up.allowance(30.0, burst=CATCH_UP_MAX) == CATCH_UP_MAX  # behind the set-up
+    assert catch_up.allowance(30.0, burst=CATCH_UP_MAX + 1) == 1  # a burst that long: a slow stage
+    catch_up.note(2_000_000_000)  # the first frame opened everything: not counted
+    catch_up.note(10_000_000)
+    assert catch_up.allowance(30.0, burst=6) == 6  # warming up, keeping up
+    slow = CatchUp()
+    slow.note(1)
+    slow.note(400_000_000)
+    assert slow.allowance(25.0, burst=3) == 1  # warming up, but slower than its source
 
 
 def test_instances_meta_is_checked_on_receipt():

@@ -93,3 +93,40 @@ def test_metadata_refuses_an_unknown_resize_precision():
 
     with pytest.raises(ModelError, match="resize_precision must be one of float, uint8, found 'int4'"):
         dataclasses.replace(MODELS["espnet-cityscapes"].metadata, resize_precision="int4")
+
+
+def _whole_float_path(meta, frame: np.ndarray) -> np.ndarray:
+    """The float path converting every pixel: what the sparse rows must equal bit for bit."""
+    pre = Preprocessor(meta)
+    pre._sparse_for = lambda frame: None  # the whole conversion, as before sparse rows
+    return pre(frame)
+
+
+@pytest.mark.parametrize("shape,size", [((1080, 1920), (64, 128)), ((1024, 2048), (512, 1024)), ((1081, 1917), (61, 97)),
+                                        ((375, 1242), (64, 128)), ((1080, 1920), (256, 512)), ((200, 300), (100, 150)),
+                                        ((540, 960), (512, 1024)), ((33, 47), (5, 3))])
+def test_sparse_rows_resize_exactly_like_the_whole_float_conversion(shape, size):
+    meta = dataclasses.replace(MODELS["espnet-cityscapes"].metadata, input_height=size[0], input_width=size[1])
+    assert meta.resize_precision != "uint8"  # ESPNet's float path
+    rng = np.random.default_rng(sum(shape))
+    pre = Preprocessor(meta)
+    for frame in (rng.integers(0, 256, (*shape, 3), np.uint8), rng.integers(0, 256, (*shape, 3), np.uint8),
+                  rng.integers(0, 256, (shape[0] + 2, shape[1], 3), np.uint8),  # another size in between
+                  rng.integers(0, 256, (*shape, 3), np.uint8)):
+        assert np.array_equal(pre(frame), _whole_float_path(meta, frame))
+    if shape[0] >= 4 * size[0]:  # far smaller input: only the sampled rows are converted
+        assert pre._sparse is not None and pre._sparse.rows.size <= 2 * size[0]
+    if shape[0] <= size[0]:
+        assert pre._sparse is None
+
+
+def test_sparse_rows_on_the_real_clip_frame_at_a_small_input():
+    cap = cv2.VideoCapture(str(CLIP))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok
+    frame = cv2.resize(frame, (1920, 1080))
+    meta = dataclasses.replace(MODELS["espnet-cityscapes"].metadata, input_height=64, input_width=128)
+    pre = Preprocessor(meta)
+    assert np.array_equal(pre(frame), _whole_float_path(meta, frame))
+    assert pre._sparse is not None

@@ -17,7 +17,7 @@ from segstream.pipeline.telemetry.stats import SkipCounter
 from segstream.pipeline.wire.keys import CurveServer
 from segstream.pipeline.wire.messages import Kind, Message, Stamp, eos
 from segstream.pipeline.wire.payloads import PayloadWriter, mode_for_endpoint
-from segstream.pipeline.wire.policies import POLL_MS, FlowPolicy, Inbox, Outbox, Reorderer
+from segstream.pipeline.wire.policies import POLL_MS, CatchUp, FlowPolicy, Inbox, Outbox, Reorderer
 from segstream.pipeline.wire.transport import Role, make_socket
 
 logger = logging.getLogger(__name__)
@@ -130,7 +130,8 @@ def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processo
     stats = runtime.stats
     finishes = processor.finishes_frames
     outbox = open_outbox(spec, runtime, stats.handed_over_skipped if finishes else None)
-    inbox = Inbox(pull, spec.policy, stats.skipped)
+    catch_up = CatchUp()
+    inbox = Inbox(pull, spec.policy, stats.skipped, catch_up)
     reorder = Reorderer(spec.policy, stats.skipped) if spec.reorder else None
     eos_seen: Counter[str] = Counter()
     ended: set[str] = set()
@@ -141,19 +142,23 @@ def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processo
 
     def handle_frame(message: Message, in_ns: int) -> None:
         blocked_before = processor.blocked_ns()
+        started_ns = time.monotonic_ns()
         result = processor.process(message)
         if spec.delay_ms:
             time.sleep(spec.delay_ms / 1000)
         finish_frame(message, result, in_ns, processor.blocked_ns() - blocked_before)
+        catch_up.note(time.monotonic_ns() - started_ns)
 
     def handle_batch(items: list[tuple[Message, int]]) -> None:
         blocked_before = processor.blocked_ns()
+        started_ns = time.monotonic_ns()
         results = processor.process_batch([message for message, _ in items])  # type: ignore[attr-defined]
         if spec.delay_ms:
             time.sleep(spec.delay_ms / 1000)
         blocked = (processor.blocked_ns() - blocked_before) // len(items)
         for (message, in_ns), result in zip(items, results):
             finish_frame(message, result, in_ns, blocked)
+        catch_up.note((time.monotonic_ns() - started_ns) // len(items))
 
     def flush_batches(only_due: bool) -> None:
         """Run the batches that are due (``only_due``), or everything waiting."""

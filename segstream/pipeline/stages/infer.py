@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 
 import numpy as np
 
@@ -30,6 +31,8 @@ from segstream.pipeline.wire.messages import Kind, Message, derive
 from segstream.pipeline.wire.payloads import PayloadReader
 
 logger = logging.getLogger(__name__)
+
+ENGINE_WINDOW = 500  # engine calls behind the engine_ms_p50 figure
 
 UNAVAILABLE = "backend-unavailable"
 PIN_MARGIN = 4  # frame times of this stage a frame must have left in capture's ring to go unpinned
@@ -77,6 +80,14 @@ class InferProcessor:
         self._backoff = Backoff(0.1, 2.0)  # between tries of a backend that cannot be reached
         self._refusals = LogThrottle()
         self._calls = self._inferred = 0
+        # the engine call alone, per frame (what bare inference is compared with; the
+        # stage's own time also has preprocessing in live flow, and the result's making)
+        self._engine_ms: deque[float] = deque(maxlen=ENGINE_WINDOW)
+        runtime.before_report(self._note_engine_time)
+
+    def _note_engine_time(self) -> None:
+        if self._engine_ms:
+            self.runtime.stats.extra["engine_ms_p50"] = round(float(np.median(self._engine_ms)), 3)
 
     def process(self, message: Message) -> Message | None:
         return self.process_batch([message])[0]
@@ -112,7 +123,10 @@ class InferProcessor:
             inputs.append(model_input)
         if not taken:
             return results
-        outputs = self._run_available(self._stacked(inputs))
+        stacked = self._stacked(inputs)
+        engine_ns = time.monotonic_ns()
+        outputs = self._run_available(stacked)
+        self._engine_ms.append((time.monotonic_ns() - engine_ns) / 1e6 / len(taken))
         if outputs is None:  # live flow, backend unreachable: these frames are skipped (counted)
             for _, message, _, _ in taken:
                 self.inputs.release(message, "input")

@@ -54,12 +54,15 @@ class PublishProcessor:
         # Subscribers already waiting for the pipeline reconnect every 100 ms; they get
         # time to connect and subscribe before the first mask goes out, so they get it too
         # (PUB drops messages for subscriptions not yet known). The grace runs from the
-        # bind, while the rest of the pipeline starts, not before this stage reports ready.
-        self._grace_ends = time.monotonic() + SUBSCRIBER_GRACE_S if self.pub is not None else 0.0
+        # bind, while the rest of the pipeline starts; whatever is left of it passes before
+        # this stage reports ready, so that no frame waits for it (and none is superseded
+        # behind it in live flow).
+        grace_ends = time.monotonic() + SUBSCRIBER_GRACE_S if self.pub is not None else 0.0
         self.sinks = open_sinks(spec, runtime, settings.sinks, meta, settings.per_source_dirs,
                                 publish_keys=settings.publish_keys, sink_maxlen=settings.sink_maxlen)
         self.labels = PayloadReader(spec.reads.get("labels"))  # also reads the inline parts
         self.writer = open_writer(spec) if spec.outputs else None
+        time.sleep(max(0.0, grace_ends - time.monotonic()))
 
     def process(self, message: Message) -> Message | None:
         started_ns = time.monotonic_ns()
@@ -98,7 +101,6 @@ class PublishProcessor:
         public = self._public_message(message, labels, mask, counts, gt, ids)
         public.header.stamps.append(Stamp(self.spec.name, started_ns, time.monotonic_ns()))
         if self.pub is not None:
-            self._wait_for_subscribers()
             # PUB never blocks: a subscriber that falls behind its HWM loses messages on
             # its side (it sees the gap in frame indices); the pipeline never waits for it.
             self.pub.send_multipart(encode(public), copy=False)
@@ -125,12 +127,6 @@ class PublishProcessor:
         if ids is not None and not self.writer.add(out, "instance_ids", ids, lambda: self.runtime.stopping):
             return None
         return out
-
-    def _wait_for_subscribers(self) -> None:
-        """Before the first message, whatever is left of the subscribers' grace."""
-        if self._grace_ends:
-            time.sleep(max(0.0, self._grace_ends - time.monotonic()))
-            self._grace_ends = 0.0
 
     def _public_message(self, message: Message, labels: np.ndarray | None, mask: np.ndarray | None,
                         counts: np.ndarray | None, gt: np.ndarray | None, ids: np.ndarray | None = None) -> Message:
@@ -182,7 +178,6 @@ class PublishProcessor:
         final = derive(message, Kind.EOS)
         final.header.meta["published"] = self.runtime.stats.per_source.get(message.header.source, 0)
         if self.pub is not None:
-            self._wait_for_subscribers()
             self.pub.send_multipart(encode(final), copy=False)
         self.sinks.end_source(SinkResult(message.header, public=final))
 

@@ -1,9 +1,12 @@
 """Flow policies: how a stage receives and sends so that latency or completeness holds.
 
-``live``: never build a backlog. The receiver drains its socket and keeps only the newest
-frame of each source, counting the others as ``superseded``; a sender whose peer is full
-drops the frame and counts it (``downstream_full``). End-to-end latency stays bounded by
-about one frame time per stage.
+``live``: never build a backlog. The receiver drains its socket and keeps the newest frame
+of each source, counting the others as ``superseded``; a sender whose peer is full drops
+the frame and counts it (``downstream_full``). A stage that is fast next to its sources'
+frame rate still takes the few frames that came together in a burst (a hiccup of the
+scheduler, not a lack of CPU), as many as it can clear within two frame intervals
+(``CatchUp``): end-to-end latency stays bounded by a couple of frame times per stage, and
+a frame is dropped only where the stage cannot keep up.
 
 ``lossless``: every frame, in order, exactly once. Sends block (in short polls, so a stop
 request is still seen) and upstream shared-memory rings wait for credits; nothing drops.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from typing import Callable
 
 import zmq
@@ -30,6 +34,65 @@ logger = logging.getLogger(__name__)
 
 POLL_MS = 50  # how long any blocking wait lasts before the stop flag is checked again
 RESYNC_PENDING = 4  # frames a reorderer waits with after a worker restart (its ring has 8 slots)
+CATCH_UP_INTERVALS = 2  # a live stage takes a burst it can clear within this many frame intervals
+CATCH_UP_MAX = 4  # and never more frames of one source at once than this
+DEFAULT_FPS = 30.0  # for frames that do not say their source's rate
+
+
+class CatchUp:
+    """How many frames of a source that arrived together a live stage still takes.
+
+    The stage notes how long each frame kept it busy; a burst of frames is taken whole
+    when the stage can clear it within ``CATCH_UP_INTERVALS`` frame intervals of the
+    source at its median cost over the last ``window`` frames (a frame slowed by the
+    scheduler does not count, a slow stage does), else only its newest frames (at least
+    one). A stage slower than its source keeps only the newest frame, as strict live flow
+    does. A stage's first frames pay for one-off set-up (encoders opened, buffers first
+    touched, every process of the run warming up at once): the very first is not
+    counted, and until ``window`` frames are measured a stage that keeps up with its
+    source at its median cost so far takes up to twice ``CATCH_UP_MAX`` frames of a
+    burst (what queued behind the set-up); before anything is measured, a burst of at
+    most ``CATCH_UP_MAX`` frames is taken whole and a longer one (a slow stage) down to
+    its newest frame.
+
+    Example:
+        >>> catch_up = CatchUp()
+        >>> catch_up.allowance(30.0, burst=3), catch_up.allowance(30.0, burst=9)  # nothing measured
+        (3, 1)
+        >>> catch_up.note(90_000_000); catch_up.note(5_000_000)  # first frame, then 5 ms a frame
+        >>> catch_up.allowance(30.0, burst=9)  # warming up
+        8
+        >>> for _ in range(16): catch_up.note(5_000_000)
+        >>> catch_up.allowance(30.0, burst=9)
+        4
+        >>> for _ in range(16): catch_up.note(400_000_000)  # a slow model, warmed up
+        >>> catch_up.allowance(25.0, burst=3)
+        1
+    """
+
+    def __init__(self, window: int = 16) -> None:
+        self._costs: deque[int] = deque(maxlen=window)
+        self._first_seen = False
+
+    def note(self, busy_ns: int) -> None:
+        """One frame kept the stage busy for ``busy_ns``."""
+        if not self._first_seen:
+            self._first_seen = True
+            return
+        self._costs.append(max(int(busy_ns), 1))
+
+    def allowance(self, fps: object, burst: int) -> int:
+        """Frames of one source to take (1 or more) from a ``burst`` of them that came
+        together, at the source's ``fps``."""
+        if not self._costs:
+            return burst if burst <= CATCH_UP_MAX else 1
+        rate = float(fps) if isinstance(fps, (int, float)) and not isinstance(fps, bool) and 0 < fps < 10_000 \
+            else DEFAULT_FPS
+        budget_ns = CATCH_UP_INTERVALS * 1e9 / rate
+        cost = sorted(self._costs)[len(self._costs) // 2]
+        if len(self._costs) < (self._costs.maxlen or 0) and cost <= budget_ns:
+            return min(burst, 2 * CATCH_UP_MAX)  # warming up, keeping up
+        return max(1, min(CATCH_UP_MAX, int(budget_ns // cost)))
 
 
 class Inbox:
@@ -39,12 +102,16 @@ class Inbox:
         socket: the receiving socket.
         policy: live (drain to newest) or lossless (one at a time, in order).
         skipped: counter shared with the stage's stats, keyed by reason.
+        catch_up: the stage's costs, for taking bursts it can clear (live); None: the
+            newest frame of each source only.
     """
 
-    def __init__(self, socket: zmq.Socket, policy: FlowPolicy, skipped: SkipCounter) -> None:
+    def __init__(self, socket: zmq.Socket, policy: FlowPolicy, skipped: SkipCounter,
+                 catch_up: CatchUp | None = None) -> None:
         self.socket = socket
         self.policy = policy
         self.skipped = skipped
+        self.catch_up = catch_up
         self.superseded: list[Message] = []
         self._throttle = LogThrottle()
 
@@ -62,9 +129,9 @@ class Inbox:
     def receive(self, timeout_ms: int = POLL_MS) -> list[Message]:
         """Messages to process now, oldest first; empty after ``timeout_ms`` of silence.
 
-        In live flow, frames superseded by a newer frame of the same source are left out,
-        counted, and kept in ``self.superseded`` so the stage can release them upstream.
-        End-of-stream messages are never dropped.
+        In live flow, frames superseded by newer frames of the same source (beyond what
+        ``catch_up`` allows) are left out, counted, and kept in ``self.superseded`` so the
+        stage can release them upstream. End-of-stream messages are never dropped.
         """
         if not self.socket.poll(timeout_ms, zmq.POLLIN):
             return []
@@ -83,13 +150,18 @@ class Inbox:
         return out
 
     def _keep_newest(self, messages: list[Message]) -> list[Message]:
-        newest: dict[str, int] = {}
+        frames: dict[str, list[int]] = {}
         for i, m in enumerate(messages):
             if m.header.kind is not Kind.EOS:
-                newest[m.header.source] = i
+                frames.setdefault(m.header.source, []).append(i)
+        keep: set[int] = set()
+        for positions in frames.values():
+            newest = messages[positions[-1]]
+            n = self.catch_up.allowance(newest.header.meta.get("fps"), len(positions)) if self.catch_up else 1
+            keep.update(positions[-n:])
         kept = []
         for i, m in enumerate(messages):
-            if m.header.kind is Kind.EOS or newest.get(m.header.source) == i:
+            if m.header.kind is Kind.EOS or i in keep:
                 kept.append(m)
             else:
                 self.skipped.add("superseded", m.header.source)
