@@ -200,11 +200,30 @@ def test_lossless_runs_share_one_read_ahead_window_among_their_sources():
     def capture_slots(plan) -> list[int]:
         return [s.ring.slots for s in plan.stages if s.kind is StageKind.CAPTURE]
 
-    assert capture_slots(_plan(("a.mp4",), FlowPolicy.LOSSLESS)) == [8]
-    assert capture_slots(_plan(("a.mp4", "b.mp4"), FlowPolicy.LOSSLESS)) == [4, 4]
-    assert capture_slots(_plan(tuple(f"{k}.mp4" for k in range(4)), FlowPolicy.LOSSLESS)) == [2] * 4
-    assert capture_slots(_plan(tuple(f"{k}.mp4" for k in range(8)), FlowPolicy.LOSSLESS)) == [2] * 8
+    assert capture_slots(_plan(("a.mp4",), FlowPolicy.LOSSLESS)) == [8]  # one source cannot fill it
+    assert capture_slots(_plan(("a.mp4", "b.mp4"), FlowPolicy.LOSSLESS)) == [2, 2]  # several do: what one uses
+    assert capture_slots(_plan(tuple(f"{k}.mp4" for k in range(4)), FlowPolicy.LOSSLESS)) == [1] * 4
+    assert capture_slots(_plan(tuple(f"{k}.mp4" for k in range(8)), FlowPolicy.LOSSLESS)) == [1] * 8
     assert capture_slots(_plan(tuple(f"{k}.mp4" for k in range(4)), FlowPolicy.LIVE)) == [32] * 4  # live: no window
+
+
+def test_stages_that_drain_the_pipeline_outrank_those_that_fill_it():
+    """Inference and publish keep full priority; the other light stages yield the cores;
+    a max-rate replay yields to all of them (else captures decoding ahead outnumber
+    publish and frames wait before it); a paced capture keeps its timing."""
+    from segstream.pipeline.graph import FILL_STAGE_NICE, LIGHT_STAGE_NICE
+
+    plan = _plan(("a.mp4", "b.mp4"), FlowPolicy.LOSSLESS, workers=2)
+    nice = {s.name: s.nice for s in plan.stages}
+    assert nice == {"capture-0": FILL_STAGE_NICE, "capture-1": FILL_STAGE_NICE, "preprocess": LIGHT_STAGE_NICE,
+                    "infer-0": 0, "infer-1": 0, "publish": 0}
+    assert FILL_STAGE_NICE > LIGHT_STAGE_NICE > 0
+    live = _plan(("a.mp4",), FlowPolicy.LIVE)  # live replays are paced (native rate)
+    assert {s.name: s.nice for s in live.stages if s.kind is StageKind.CAPTURE} == {"capture-0": 0}
+    preprocess = next(s for s in plan.stages if s.kind is StageKind.PREPROCESS)
+    assert preprocess.ring.slots == 4  # per worker: the input it infers and the next one
+    one = next(s for s in _plan(("a.mp4",), FlowPolicy.LOSSLESS, workers=1).stages if s.kind is StageKind.PREPROCESS)
+    assert one.ring.slots == 2
 
 
 def test_live_runs_preprocess_in_the_workers_and_every_worker_hears_every_source():

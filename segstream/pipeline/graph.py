@@ -45,14 +45,16 @@ logger = logging.getLogger(__name__)
 # window; live rings must outlast the pipeline's latency so render still finds the frame.
 RING_SLOTS: dict[StageKind, tuple[int, int]] = {
     StageKind.CAPTURE: (8, 32),
-    StageKind.PREPROCESS: (4, 8),
+    StageKind.PREPROCESS: (2, 8),  # lossless: one input ready while one is inferred (and more per worker)
     StageKind.INFER: (8, 32),  # label maps (and confidence); live: also the frames they were made from
     StageKind.PUBLISH: (8, 16),
 }
 
 
-MIN_CAPTURE_WINDOW = 2  # lossless slots of one capture's ring when the run's window is shared out
+SHARED_CAPTURE_WINDOW = 4  # lossless frames all captures of a run hold together, with several sources
+MIN_CAPTURE_WINDOW = 1  # lossless slots of one capture's ring when the run's window is shared out
 LIGHT_STAGE_NICE = 10  # light stages yield the cores to inference (see StageSpec.nice)
+FILL_STAGE_NICE = 15  # and max-rate replays to the stages behind them
 GPU_AUTO_WORKERS = 2
 MAX_AUTO_WORKERS = 4
 
@@ -189,20 +191,28 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
         if kind is StageKind.CAPTURE and not live:
             # A lossless capture's ring is its read-ahead window. One window per run, shared
             # out evenly: with a window per source, N sources would keep N times the frames
-            # in flight, and their latency would grow N-fold for no more throughput. A
-            # batch needs its frames in flight at once.
-            slots = max(MIN_CAPTURE_WINDOW, max(slots, 2 * batch) // max(sources, 1))
-        elif kind is StageKind.PREPROCESS and batch > 1:
+            # in flight, and their latency would grow N-fold for no more throughput. One
+            # source cannot fill its 8 slots (it decodes at about the pipeline's rate); N
+            # sources fill whatever they get, so together they get what one source uses
+            # (about 4). A batch needs its frames in flight at once.
+            slots = max(MIN_CAPTURE_WINDOW, max(SHARED_CAPTURE_WINDOW, 2 * batch) // sources) if sources > 1 \
+                else max(slots, 2 * batch)
+        elif kind is StageKind.PREPROCESS:
             slots = max(slots, (batch + 1) * workers)  # every worker holds a batch while one more is made
         elif kind is StageKind.INFER:
             slots = max(slots, 2 * batch)  # a batch's results are all written before the first is sent
-        # Inference keeps its priority; so does a paced capture, whose timing counts.
-        full_priority = kind is StageKind.INFER or (kind is StageKind.CAPTURE and rate != "max")
+        # Inference keeps its priority; so does a paced capture, whose timing counts, and
+        # publish, which finishes frames (a millisecond or two each): yielding, it waited
+        # behind workers that keep both cores busy in lossless flow, and frames piled up
+        # before it (4 sources: 20-80 ms p50 there). A max-rate replay only fills the
+        # pipeline: it yields to every stage that drains it.
+        full_priority = kind in (StageKind.INFER, StageKind.PUBLISH) or (kind is StageKind.CAPTURE and rate != "max")
+        nice = 0 if full_priority else FILL_STAGE_NICE if kind is StageKind.CAPTURE else LIGHT_STAGE_NICE
         outputs = kw.get("outputs", ())
         ring = ring_spec(run_id, name, kind, slots, present) if outputs else None
         return StageSpec(name=name, kind=kind, run_id=run_id, policy=policy, settings=settings, control=control,
                          commands=commands, ring=ring, reads=reads_of(kind, present),
-                         nice=0 if full_priority else LIGHT_STAGE_NICE, sources=len(config.sources), source_ids=ids,
+                         nice=nice, sources=len(config.sources), source_ids=ids,
                          delay_ms=float(config.stage_delay_ms.get(kind.value, 0.0)), keys=keys,
                          open_ended=open_ended, **kw)  # type: ignore[arg-type]
 

@@ -5,6 +5,12 @@ Settings: ``spec.CaptureSettings``.
 Paced replays read (decode) each frame first and then wait for its scheduled time, so a
 frame leaves on schedule; its capture timestamp is the scheduled time, so latency figures
 stay honest when the pipeline falls behind.
+
+A replay at ``--rate max`` has no clock of its own: its frame is captured when the
+pipeline takes it in, that is when the ring gives it a slot. Capture decodes the next frame
+while it waits for that slot (decoding overlaps the wait), but the frame decoded ahead is
+not yet in the pipeline, and its wait is not latency. A live source's frame (camera,
+stream) keeps the time it was read: its wait for a slot is latency.
 """
 
 from __future__ import annotations
@@ -156,6 +162,8 @@ def _stream(source: FrameSource, settings: CaptureSettings, spec: StageSpec, run
             blocked_before = writer.blocked_ns
             if not writer.add(message, "frame", image, lambda: runtime.ending):
                 break
+            if due is None and not source.live:  # a max-rate replay: taken in now
+                message.header.capture_ns, message.header.wall_ns = time.monotonic_ns(), time.time_ns()
             if frame.gt is not None:
                 writer.add(message, "gt", frame.gt, inline=True)
             if frame.gt_instances is not None:
