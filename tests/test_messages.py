@@ -242,6 +242,15 @@ def test_catch_up_takes_a_source_rate_it_cannot_read_as_the_default(fps):
     assert catch_up.allowance(fps, burst=9) == 3
 
 
+def test_catch_up_shares_the_budget_among_the_sources_of_a_burst():
+    catch_up = CatchUp()
+    for _ in range(20):
+        catch_up.note(10_000_000)  # 10 ms a frame at 30 fps: six in two intervals, for all sources
+    assert catch_up.allowance(30.0, burst=9) == CATCH_UP_MAX
+    assert catch_up.allowance(30.0, burst=9, sharing=2) == 3
+    assert catch_up.allowance(30.0, burst=9, sharing=4) == 1
+
+
 def test_catch_up_does_not_count_the_first_frame_and_warms_up_on_bursts_it_can_clear():
     catch_up = CatchUp()
     assert catch_up.allowance(30.0, burst=CATCH_UP_MAX) == CATCH_UP_MAX  # behind the set-up

@@ -54,7 +54,7 @@ RING_SLOTS: dict[StageKind, tuple[int, int]] = {
 SHARED_CAPTURE_WINDOW = 4  # lossless frames all captures of a run hold together, with several sources
 MIN_CAPTURE_WINDOW = 1  # lossless slots of one capture's ring when the run's window is shared out
 LIGHT_STAGE_NICE = 10  # light stages yield the cores to inference (see StageSpec.nice)
-FILL_STAGE_NICE = 15  # and max-rate replays to the stages behind them
+FILL_STAGE_NICE = 15  # and several max-rate replays to the stages behind them
 GPU_AUTO_WORKERS = 2
 MAX_AUTO_WORKERS = 4
 
@@ -204,10 +204,12 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
         # Inference keeps its priority; so does a paced capture, whose timing counts, and
         # publish, which finishes frames (a millisecond or two each): yielding, it waited
         # behind workers that keep both cores busy in lossless flow, and frames piled up
-        # before it (4 sources: 20-80 ms p50 there). A max-rate replay only fills the
-        # pipeline: it yields to every stage that drains it.
+        # before it (4 sources: 20-80 ms p50 there). Several max-rate replays only fill
+        # the pipeline: they yield to every stage that drains it (one alone is what the
+        # pipeline waits for: it keeps the light stages' priority).
         full_priority = kind in (StageKind.INFER, StageKind.PUBLISH) or (kind is StageKind.CAPTURE and rate != "max")
-        nice = 0 if full_priority else FILL_STAGE_NICE if kind is StageKind.CAPTURE else LIGHT_STAGE_NICE
+        filling = kind is StageKind.CAPTURE and sources > 1
+        nice = 0 if full_priority else FILL_STAGE_NICE if filling else LIGHT_STAGE_NICE
         outputs = kw.get("outputs", ())
         ring = ring_spec(run_id, name, kind, slots, present) if outputs else None
         return StageSpec(name=name, kind=kind, run_id=run_id, policy=policy, settings=settings, control=control,

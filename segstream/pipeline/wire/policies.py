@@ -49,11 +49,11 @@ class CatchUp:
     one). A stage slower than its source keeps only the newest frame, as strict live flow
     does. A stage's first frames pay for one-off set-up (encoders opened, buffers first
     touched, every process of the run warming up at once): the very first is not
-    counted, and until ``window`` frames are measured a stage that keeps up with its
-    source at its median cost so far takes up to twice ``CATCH_UP_MAX`` frames of a
-    burst (what queued behind the set-up); before anything is measured, a burst of at
-    most ``CATCH_UP_MAX`` frames is taken whole and a longer one (a slow stage) down to
-    its newest frame.
+    counted, and until ``window`` frames are measured a stage whose median cost so far
+    is within those intervals takes up to twice ``CATCH_UP_MAX`` frames of a burst (what
+    queued behind the set-up); before anything is measured, a burst of at most
+    ``CATCH_UP_MAX`` frames is taken whole and a longer one (a slow stage) down to its
+    newest frame.
 
     Example:
         >>> catch_up = CatchUp()
@@ -81,17 +81,19 @@ class CatchUp:
             return
         self._costs.append(max(int(busy_ns), 1))
 
-    def allowance(self, fps: object, burst: int) -> int:
+    def allowance(self, fps: object, burst: int, sharing: int = 1) -> int:
         """Frames of one source to take (1 or more) from a ``burst`` of them that came
-        together, at the source's ``fps``."""
+        together, at the source's ``fps``, when ``sharing`` sources' bursts came at once
+        (they share the stage's time: each gets its part of the budget)."""
+        share = max(1, sharing)
         if not self._costs:
-            return burst if burst <= CATCH_UP_MAX else 1
+            return burst if burst <= max(1, CATCH_UP_MAX // share) else 1
         rate = float(fps) if isinstance(fps, (int, float)) and not isinstance(fps, bool) and 0 < fps < 10_000 \
             else DEFAULT_FPS
-        budget_ns = CATCH_UP_INTERVALS * 1e9 / rate
+        budget_ns = CATCH_UP_INTERVALS * 1e9 / rate / share
         cost = sorted(self._costs)[len(self._costs) // 2]
         if len(self._costs) < (self._costs.maxlen or 0) and cost <= budget_ns:
-            return min(burst, 2 * CATCH_UP_MAX)  # warming up, keeping up
+            return min(burst, max(1, 2 * CATCH_UP_MAX // share))  # warming up, keeping up
         return max(1, min(CATCH_UP_MAX, int(budget_ns // cost)))
 
 
@@ -157,7 +159,8 @@ class Inbox:
         keep: set[int] = set()
         for positions in frames.values():
             newest = messages[positions[-1]]
-            n = self.catch_up.allowance(newest.header.meta.get("fps"), len(positions)) if self.catch_up else 1
+            n = self.catch_up.allowance(newest.header.meta.get("fps"), len(positions), len(frames)) \
+                if self.catch_up else 1
             keep.update(positions[-n:])
         kept = []
         for i, m in enumerate(messages):
