@@ -208,8 +208,8 @@ def test_lossless_runs_share_one_read_ahead_window_among_their_sources():
 
 
 def test_stages_that_drain_the_pipeline_outrank_those_that_fill_it():
-    """Inference and publish keep full priority; the other light stages yield the cores;
-    several max-rate replays yield to all of them (else captures decoding ahead outnumber
+    """Inference keeps full priority, and so does publish with several sources, whose
+    max-rate replays yield to every other stage (else captures decoding ahead outnumber
     publish and frames wait before it); a paced capture keeps its timing."""
     from segstream.pipeline.graph import FILL_STAGE_NICE, LIGHT_STAGE_NICE
 
@@ -220,8 +220,9 @@ def test_stages_that_drain_the_pipeline_outrank_those_that_fill_it():
     assert FILL_STAGE_NICE > LIGHT_STAGE_NICE > 0
     live = _plan(("a.mp4",), FlowPolicy.LIVE)  # live replays are paced (native rate)
     assert {s.name: s.nice for s in live.stages if s.kind is StageKind.CAPTURE} == {"capture-0": 0}
-    alone = _plan(("a.mp4",), FlowPolicy.LOSSLESS)  # one replay is what the pipeline waits for
-    assert {s.name: s.nice for s in alone.stages if s.kind is StageKind.CAPTURE} == {"capture-0": LIGHT_STAGE_NICE}
+    alone = _plan(("a.mp4",), FlowPolicy.LOSSLESS)  # one replay is what the pipeline waits for: the plain order
+    assert {s.name: s.nice for s in alone.stages} == {"capture-0": LIGHT_STAGE_NICE, "preprocess": LIGHT_STAGE_NICE,
+                                                      "infer": 0, "publish": LIGHT_STAGE_NICE}
     preprocess = next(s for s in plan.stages if s.kind is StageKind.PREPROCESS)
     assert preprocess.ring.slots == 4  # per worker: the input it infers and the next one
     one = next(s for s in _plan(("a.mp4",), FlowPolicy.LOSSLESS, workers=1).stages if s.kind is StageKind.PREPROCESS)

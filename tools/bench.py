@@ -5,6 +5,10 @@ Measured in one run on the dash-cam clip, so the ratios compare like with like o
 shared, noisy machine. Prints a Markdown table (paste it into BENCHMARKS.md).
 
     python tools/bench.py [--frames N] [--model NAME|FILE] [--threads N]
+
+To compare two trees, run each from its own folder (``cd TREE && PYTHONPATH=TREE python
+/path/to/this/script``): the stage processes are started with ``python -m``, which imports
+the package of the current folder before ``PYTHONPATH``.
 """
 
 from __future__ import annotations

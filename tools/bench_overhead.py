@@ -15,6 +15,10 @@ Prints Markdown tables (paste them into BENCHMARKS.md):
 6. start-up to the first mask (cold and warm) and the run's total RSS.
 
     python tools/bench_overhead.py [--frames N] [--sections 1,3,4,5,6]
+
+To compare two trees, run each from its own folder (``cd TREE && PYTHONPATH=TREE python
+/path/to/this/script``): the stage processes are started with ``python -m``, which imports
+the package of the current folder before ``PYTHONPATH``.
 """
 
 from __future__ import annotations

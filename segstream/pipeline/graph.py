@@ -201,14 +201,18 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
             slots = max(slots, (batch + 1) * workers)  # every worker holds a batch while one more is made
         elif kind is StageKind.INFER:
             slots = max(slots, 2 * batch)  # a batch's results are all written before the first is sent
-        # Inference keeps its priority; so does a paced capture, whose timing counts, and
-        # publish, which finishes frames (a millisecond or two each): yielding, it waited
-        # behind workers that keep both cores busy in lossless flow, and frames piled up
-        # before it (4 sources: 20-80 ms p50 there). Several max-rate replays only fill
-        # the pipeline: they yield to every stage that drains it (one alone is what the
-        # pipeline waits for: it keeps the light stages' priority).
-        full_priority = kind in (StageKind.INFER, StageKind.PUBLISH) or (kind is StageKind.CAPTURE and rate != "max")
-        filling = kind is StageKind.CAPTURE and sources > 1
+        # Inference keeps its priority; so does a paced capture, whose timing counts. With
+        # several sources, publish, which finishes frames (a millisecond or two each), does
+        # too: yielding, it waited behind workers that keep both cores busy while the
+        # captures fill the window, and frames piled up before it (4 sources: 20-80 ms p50
+        # there); and max-rate replays, which only fill the pipeline, yield to every stage
+        # that drains it. One source alone keeps the plain order (its capture is what the
+        # pipeline waits for; measured, a full-priority publish cost ESPNet's lossless run
+        # with two workers about 3 %).
+        several = sources > 1
+        full_priority = kind is StageKind.INFER or (kind is StageKind.PUBLISH and several) \
+            or (kind is StageKind.CAPTURE and rate != "max")
+        filling = kind is StageKind.CAPTURE and several
         nice = 0 if full_priority else FILL_STAGE_NICE if filling else LIGHT_STAGE_NICE
         outputs = kw.get("outputs", ())
         ring = ring_spec(run_id, name, kind, slots, present) if outputs else None
