@@ -29,6 +29,8 @@ import logging
 from collections import OrderedDict, deque
 from typing import Generic, TypeVar
 
+from segstream.pipeline.wire.checks import source_rate
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -80,8 +82,9 @@ class BatchQueue(Generic[T]):
 
     def note_fps(self, fps: object) -> None:
         """A frame's source rate (``meta.fps``); the fastest sets the default timeout."""
-        if isinstance(fps, (int, float)) and not isinstance(fps, bool) and 0 < fps < 10_000:
-            self._fastest_fps = max(self._fastest_fps, float(fps))
+        rate = source_rate(fps)
+        if rate is not None:
+            self._fastest_fps = max(self._fastest_fps, rate)
 
     @property
     def timeout_ns(self) -> int:

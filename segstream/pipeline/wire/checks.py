@@ -177,3 +177,11 @@ def meta(value: Any) -> dict[str, Any]:
         if key in value:
             check(value[key])
     return value
+
+
+def source_rate(fps: object) -> float | None:
+    """A frame's ``meta.fps`` as a usable frame rate, or None where it says none (absent,
+    not a number, zero, or beyond any camera)."""
+    if isinstance(fps, (int, float)) and not isinstance(fps, bool) and 0 < fps < 10_000:
+        return float(fps)
+    return None

@@ -27,6 +27,7 @@ import zmq
 from segstream.errors import MessageError
 from segstream.log_throttle import LogThrottle
 from segstream.pipeline.telemetry.stats import SkipCounter
+from segstream.pipeline.wire.checks import source_rate
 from segstream.pipeline.wire.choices import FlowPolicy
 from segstream.pipeline.wire.messages import Kind, Message, decode, encode
 
@@ -88,8 +89,7 @@ class CatchUp:
         share = max(1, sharing)
         if not self._costs:
             return burst if burst <= max(1, CATCH_UP_MAX // share) else 1
-        rate = float(fps) if isinstance(fps, (int, float)) and not isinstance(fps, bool) and 0 < fps < 10_000 \
-            else DEFAULT_FPS
+        rate = source_rate(fps) or DEFAULT_FPS
         budget_ns = CATCH_UP_INTERVALS * 1e9 / rate / share
         cost = sorted(self._costs)[len(self._costs) // 2]
         if len(self._costs) < (self._costs.maxlen or 0) and cost <= budget_ns:
