@@ -143,3 +143,108 @@ def test_a_publish_stage_refuses_malformed_instances_and_publishes_good_ones(tmp
         for sock in (feed, control, sub):
             sock.close(0)
         context.term()
+
+
+def test_a_lossless_preprocess_whose_input_is_torn_while_it_converts_frees_its_output_slot(tmp_path):
+    """A restarted stage may get a frame its dead predecessor held: the supervisor released
+    it upstream on the dead one's behalf, so capture may reuse its slot while preprocess
+    converts it. Preprocess drops that frame (counted as overwritten) and must withdraw the
+    tensor it already wrote: nobody downstream ever hears of it, and the lossless ring
+    would wait for it for good (the chaos test stalled so on the restarted preprocess's
+    first frame)."""
+    import secrets
+    import signal
+    import threading
+
+    from segstream.pipeline.runtime import StageRuntime
+    from segstream.pipeline.stages.preprocess import PreprocessProcessor
+    from segstream.pipeline.wire.payloads import PayloadReader
+    from segstream.pipeline.wire.shm_ring import RingWriter, sweep
+
+    run = secrets.token_hex(4)
+    capture = RingWriter(f"segstream-{run}-capture-0", slots=4, readers=1, wait=False)  # free to reuse
+    spec = StageSpec("preprocess", StageKind.PREPROCESS, run, FlowPolicy.LOSSLESS,
+                     PreprocessSettings(ModelMetadata.example()), inputs=(f"ipc://{tmp_path}/in.sock",),
+                     outputs=(f"ipc://{tmp_path}/out.sock",), payloads=PayloadChoice.SHM,
+                     ring=RingSpec(f"segstream-{run}-preprocess", 2, (StageKind.INFER,)), reads={"frame": 0},
+                     source_ids=("cam",))
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    runtime = StageRuntime(spec)
+    processor = PreprocessProcessor(spec, runtime)
+    infer = PayloadReader(0, in_order=False)
+    convert = processor.preprocess
+    tears = []
+
+    def tearing(frame: np.ndarray, out: np.ndarray) -> None:
+        convert(frame, out)
+        if not tears:  # capture reuses every slot while the first frame is converted
+            tears.extend(capture.put("frame", np.zeros((64, 128, 3), np.uint8)) for _ in range(4))
+
+    processor.preprocess = type("Tearing", (), {"metadata": convert.metadata, "__call__": staticmethod(tearing)})()
+    give_up = threading.Timer(20, lambda: setattr(runtime, "_stop", True))  # fail, not hang, if a slot stays held
+    give_up.start()
+    try:
+        results = []
+        for index in range(4):
+            header = Header(Kind.FRAME, "cam", index, f"{index:06d}", 1, 1,
+                            parts=[capture.put("frame", np.full((64, 128, 3), 90, np.uint8))])
+            out = processor.process(Message(header, []))
+            results.append(out)
+            if out is not None:
+                assert infer.view(out, "input") is not None
+                infer.release(out, "input")
+        assert results[0] is None and all(out is not None for out in results[1:]), results
+        assert dict(runtime.stats.skipped) == {"overwritten": 1} and not runtime.stopping
+    finally:
+        give_up.cancel()
+        processor.close()
+        infer.close()
+        capture.close()
+        runtime.finish(0)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        sweep(f"segstream-{run}")
+
+
+def test_a_frame_of_an_unknown_source_is_refused_and_its_slot_released(tmp_path):
+    """Lossless flow over shared memory: frames of a source the run does not have are
+    refused, and their slots upstream released (else the writer waits for them for good)."""
+    import secrets
+
+    from segstream.pipeline.wire.shm_ring import RingWriter, sweep
+
+    run = secrets.token_hex(4)
+    context = zmq.Context()
+    feed, results, control = context.socket(zmq.PUSH), context.socket(zmq.PULL), context.socket(zmq.PULL)
+    feed.bind(f"ipc://{tmp_path}/in.sock")
+    control.bind(f"ipc://{tmp_path}/control.sock")
+    capture = RingWriter(f"segstream-{run}-capture-0", slots=2, readers=1, wait=True)
+    spec = StageSpec("preprocess", StageKind.PREPROCESS, run, FlowPolicy.LOSSLESS,
+                     PreprocessSettings(ModelMetadata.example()), inputs=(f"ipc://{tmp_path}/in.sock",),
+                     outputs=(f"ipc://{tmp_path}/out.sock",), control=f"ipc://{tmp_path}/control.sock",
+                     payloads=PayloadChoice.INLINE, ring=RingSpec(f"segstream-{run}-preprocess", 4),
+                     reads={"frame": 0}, source_ids=("cam",))
+    path = tmp_path / "spec.json"
+    path.write_text(spec.to_json())
+    stage = subprocess.Popen([sys.executable, "-m", "segstream.pipeline.stage_main", str(path)], cwd=ROOT)
+    try:
+        results.connect(f"ipc://{tmp_path}/out.sock")
+        deadline = time.monotonic() + 30
+        for index, source in enumerate(("intruder", "intruder", "cam", "cam")):
+            part = capture.put("frame", np.full((64, 128, 3), 90, np.uint8), lambda: time.monotonic() > deadline)
+            assert part is not None, "the ring stalled on a refused frame's slot"
+            header = Header(Kind.FRAME, source, index, f"{index:06d}", 1, 1, parts=[part])
+            feed.send_multipart(encode(Message(header, [])))
+        feed.send_multipart(encode(eos("cam")))
+        out = _until_end_of_stream(results)
+        assert [(m.header.kind, m.header.index) for m in out] == [(Kind.TENSOR, 2), (Kind.TENSOR, 3), (Kind.EOS, -1)]
+        assert stage.wait(timeout=60) == 0
+        assert _final_report(control).skipped == {"unknown_source": 2}
+    finally:
+        if stage.poll() is None:
+            stage.kill()
+        for sock in (feed, results, control):
+            sock.close(0)
+        context.term()
+        capture.close()
+        sweep(f"segstream-{run}")

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from segstream.pipeline.wire.messages import Header, Kind, Message
+from segstream.pipeline.wire.messages import Header, Kind, Message, Part, ShmRef
 from segstream.pipeline.wire.payloads import PayloadMode, PayloadReader, PayloadWriter
 from segstream.pipeline.wire.shm_ring import RingReader, RingWriter, sweep
 
@@ -208,7 +208,7 @@ def test_a_dead_readers_lost_frames_are_released_for_the_readers_behind_it_too(r
     they are released for render too; frames 1 and 2, already past preprocess, stay held
     for render (it is still to draw them). Found by the chaos test: without it, a ring full
     of such frames stalled the run."""
-    from segstream.pipeline.wire.shm_ring import release_everything
+    from segstream.pipeline.wire.ring_recovery import release_everything
 
     writer = RingWriter(ring_name, slots=4, readers=2, wait=True)
     preprocess, render = RingReader(0), RingReader(1)
@@ -224,4 +224,42 @@ def test_a_dead_readers_lost_frames_are_released_for_the_readers_behind_it_too(r
     assert [writer.put("frame", np.zeros(4, np.uint8), give_up()) is not None for _ in range(4)] == [True] * 4
     preprocess.close()
     render.close()
+    writer.close()
+
+
+def test_a_withdrawn_frame_holds_no_slot_and_reads_as_gone(ring_name):
+    """A stage that wrote its output and then dropped the frame (its input was torn
+    meanwhile) never sends the reference: nobody will release it. Withdrawing the frame
+    frees the slot; without it a lossless writer waits for it for good (found by the chaos
+    test: a restarted preprocess stalled on its first frame)."""
+    writer = RingWriter(ring_name, slots=2, readers=1, wait=True)
+    reader = RingReader(0, in_order=False)
+    dropped = writer.put("x", np.zeros(4, np.uint8))
+    writer.withdraw(dropped)
+    assert reader.view(dropped) is None and not reader.intact(dropped)
+    second = writer.put("x", np.ones(4, np.uint8))
+    reader.release(second)
+    give_up = iter(range(50))
+    assert all(writer.put("x", np.zeros(4, np.uint8), lambda: next(give_up, 49) >= 49) is not None
+               for _ in range(2))  # frame 1's slot was free again, frame 2's was released
+    writer.withdraw(dropped)  # long since reused: withdrawing it again changes nothing
+    assert int(writer._segment.seq[dropped.ref.slot]) == 3
+    reader.close()
+    writer.close()
+
+
+@pytest.mark.parametrize("mode", list(PayloadMode))
+def test_a_payload_writer_withdraws_the_parts_it_added(ring_name, mode):
+    writer = PayloadWriter(mode, ring_name, readers=1)
+    reader = PayloadReader(0)
+    message = Message(Header(Kind.TENSOR, "cam0", 0))
+    carried = Part("frame", (4,), "uint8", ref=ShmRef("segstream-someone-else-0", 0, 7))
+    message.header.parts.append(carried)  # forwarded from upstream: not this writer's to withdraw
+    assert writer.add(message, "input", np.ones((2, 3), np.float32))
+    writer.withdraw(message, "input")
+    writer.withdraw(message, "input")  # gone already: nothing happens
+    assert message.header.parts == [carried]
+    if mode is PayloadMode.SHM:
+        assert int(writer._ring._segment.seq[1]) == 0  # the slot reads as empty
+    reader.close()
     writer.close()

@@ -212,6 +212,8 @@ def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processo
                 source = message.header.source
                 if check_source and source not in known:
                     runtime.refuse(None, "unknown_source", f"source {source!r} is not one of {sorted(known)}")
+                    if message.header.kind is not Kind.EOS:
+                        processor.discard(message)  # its slots upstream: a lossless writer waits for them
                     continue
                 if message.header.kind is Kind.EOS:
                     if source in ended:  # sent again by a restarted stage

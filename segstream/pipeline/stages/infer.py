@@ -116,7 +116,7 @@ class InferProcessor:
                 continue
             model_input = self._input_of(message, len(inputs), len(messages))
             if model_input is None:
-                self.inputs.release(message, "input")
+                self._drop(message, out)
                 self.runtime.stats.skipped.add("overwritten", message.header.source)
                 continue
             taken.append((position, message, out, pinned))
@@ -128,8 +128,8 @@ class InferProcessor:
         outputs = self._run_available(stacked)
         self._engine_ms.append((time.monotonic_ns() - engine_ns) / 1e6 / len(taken))
         if outputs is None:  # live flow, backend unreachable: these frames are skipped (counted)
-            for _, message, _, _ in taken:
-                self.inputs.release(message, "input")
+            for _, message, out, _ in taken:
+                self._drop(message, out)
                 self.runtime.stats.skipped.add(UNAVAILABLE, message.header.source)
             return results
         self._calls += 1  # how full batches are: engine calls, and frames in them
@@ -139,14 +139,20 @@ class InferProcessor:
         for k, (position, message, out, pinned) in enumerate(taken):
             # The engine read the input where preprocess wrote it (no copy); in live flow
             # the slot may have been reused meanwhile: the result is kept only if it stayed.
-            torn = self._preprocess is None and not self.inputs.intact(message, "input")
-            self.inputs.release(message, "input")
-            if torn:
+            if self._preprocess is None and not self.inputs.intact(message, "input"):
+                self._drop(message, out)
                 self.runtime.stats.skipped.add("overwritten", message.header.source)
                 continue
+            self.inputs.release(message, "input")
             own = outputs if len(taken) == 1 else {name: value[k:k + 1] for name, value in outputs.items()}
             results[position] = self._result(message, out, pinned, own)
         return results
+
+    def _drop(self, message: Message, out: Message) -> None:
+        """A frame skipped after its result was begun: release its input and take back
+        the copy of its frame this stage may have pinned in its own ring."""
+        self.inputs.release(message, "input")
+        self.writer.withdraw(out, "frame")
 
     def _problem(self, message: Message) -> str:
         """What is wrong with the frame's input part ("" if nothing)."""
@@ -251,7 +257,7 @@ class InferProcessor:
         if not self.writer.add(out, "frame", frame, lambda: self.runtime.stopping):
             return None
         if not self._frames.intact(message, "frame"):  # reused while copied: the copy is torn
-            out.header.parts.pop()
+            self.writer.withdraw(out, "frame")
             return False
         return True
 

@@ -70,7 +70,8 @@ class PreprocessProcessor:
             torn = not self.frames.intact(message, "frame")  # live flow: capture may have reused the slot
         finally:
             self.frames.release(message, "frame")
-        if torn:
+        if torn:  # the tensor came from a torn frame: take it back (nobody will release it)
+            self.writer.withdraw(out, "input")
             self.runtime.stats.skipped.add("overwritten", message.header.source)
             return None
         return out if added else None

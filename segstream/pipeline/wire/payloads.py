@@ -96,6 +96,17 @@ class PayloadWriter:
         message.payload.append(array)
         return True
 
+    def withdraw(self, message: Message, name: str) -> None:
+        """Take part ``name`` back out of ``message``, which will not be sent after all:
+        its shared-memory slot is free again at once (in lossless flow nobody would ever
+        release it otherwise, and the ring would stall on it)."""
+        part = message.header.part(name)
+        if part is None:
+            return
+        message.header.parts.remove(part)
+        if self._ring is not None and part.ref is not None:
+            self._ring.withdraw(part)
+
     def close(self, unlink: bool = True) -> None:
         """Close the ring (if any); ``unlink=False`` leaves its segments in place."""
         if self._ring is not None:

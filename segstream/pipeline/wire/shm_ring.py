@@ -227,6 +227,18 @@ class RingWriter:
         self._seq = seq
         return Part(name, tuple(shape), dtype.name, ref=ShmRef(seg.shm.name, slot, seq))
 
+    def withdraw(self, part: Part) -> None:
+        """Take back a frame that was written but will never be sent (the stage dropped it
+        after writing): its slot reads as empty, so no reader is waited for. Lossless flow
+        needs it, since nobody will ever release a frame they never heard of; a frame
+        whose slot was reused since is left alone."""
+        seg = self._segment
+        ref = part.ref
+        if seg is None or ref is None or ref.ring != seg.shm.name or not 0 <= ref.slot < seg.slots:
+            return
+        if int(seg.seq[ref.slot]) == ref.seq:
+            seg.seq[ref.slot] = 0
+
     def _slot_free(self, seg: _Segment, slot: int) -> bool:
         occupant = int(seg.seq[slot])
         for reader in range(self.readers):
@@ -361,38 +373,3 @@ def sweep(prefix: str) -> list[str]:
     own clean-up is relied on).
     """
     return [name for name in _segment_names(prefix) if _unlink(name)]
-
-
-def release_everything(ring: str, reader_id: int, downstream: tuple[int, ...] = ()) -> int:
-    """Release, for reader ``reader_id``, every frame now in the segments of ``ring``.
-
-    The supervisor calls this when it restarts a reader in lossless flow: the frames the
-    dead process held will never be released by it, and the writer would wait for them
-    forever. The frames it had not released yet (queued for it, or in its hands) died with
-    it, so readers that get this ring's frames only through it (``downstream``: render,
-    behind a dead preprocess, on capture's ring) will never see them either: they are
-    released for those readers too. Otherwise a ring full of such frames would stall the
-    run (render releases in order, and never hears of them). Returns how many segments
-    were touched.
-    """
-    touched = 0
-    if not 0 <= reader_id < MAX_READERS or not all(0 <= d < MAX_READERS for d in downstream):
-        return 0
-    for name in _segment_names(f"{ring}-"):
-        try:
-            shm = Segment(name)
-        except (OSError, ValueError):
-            continue
-        try:
-            seg = _Segment(shm)
-            lost = (seg.seq > 0) & (seg.released[reader_id] < seg.seq) & (seg.slot_released[reader_id] < seg.seq)
-            for other in downstream:
-                np.maximum(seg.slot_released[other], np.where(lost, seg.seq, 0), out=seg.slot_released[other])
-            newest = int(seg.seq.max(initial=0))
-            seg.released[reader_id] = max(int(seg.released[reader_id]), newest)
-            np.maximum(seg.slot_released[reader_id], seg.seq, out=seg.slot_released[reader_id])
-            touched += 1
-            seg.close()
-        except ValueError:
-            shm.close()
-    return touched
