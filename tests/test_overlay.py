@@ -219,3 +219,47 @@ def test_the_blend_is_the_same_whether_or_not_it_is_told_the_class_counts():
     for values in ((0, 2), (0, 1, 2), (0, 2, 255)):  # nothing hidden; a filtered-out class; the ignore label
         mask = np.random.default_rng(len(values)).choice(values, (40, 60)).astype(np.uint8)
         assert np.array_equal(renderer.blend(frame, mask, class_counts(mask)), renderer.blend(frame, mask))
+
+
+def test_a_warmed_up_renderer_draws_exactly_what_a_fresh_one_draws(scene):
+    """``warm_up`` (a live render pays OpenCV's first calls before its first frame) leaves
+    nothing behind that shows in an overlay."""
+    from segstream.pipeline.overlay import class_counts
+
+    frame, mask = scene
+    for style in ({"legend": True}, {"legend": False, "mode": RenderMode.SIDE_BY_SIDE}):
+        warmed, fresh = _renderer(**style), _renderer(**style)
+        warmed.warm_up()
+        for index in range(2):
+            np.testing.assert_array_equal(warmed.annotate(frame, mask, index, 25.0, class_counts(mask)),
+                                          fresh.annotate(frame, mask, index, 25.0, class_counts(mask)))
+
+
+def test_the_video_sink_queues_overlays_while_its_encoder_starts(tmp_path):
+    """The encoder's start-up (opening it, its first frames: ~200 ms at 1080p) must not
+    hold a live render back: ``ENCODER_QUEUE`` overlays wait for it without blocking."""
+    import threading
+
+    from segstream.pipeline.sinks import SinkContext, SinkResult
+    from segstream.pipeline.sinks.video import ENCODER_QUEUE, VideoFiles
+    from segstream.pipeline.wire.messages import Header, Kind
+
+    sink = VideoFiles(str(tmp_path), SinkContext())
+    starting = threading.Event()
+    sink._work.submit(lambda: starting.wait(60))  # the encoder thread is busy starting up
+    written = threading.Event()
+
+    def render() -> None:
+        for k in range(ENCODER_QUEUE):
+            sink.write(SinkResult(Header(Kind.RESULT, "cam", k, f"{k:06d}"), image=np.full((48, 64, 3), 9, np.uint8)))
+        written.set()
+
+    drawer = threading.Thread(target=render)
+    drawer.start()
+    try:
+        assert written.wait(30), "the render stage waited for the encoder's start-up"
+    finally:
+        starting.set()
+        drawer.join()
+    sink.close()
+    assert sink.frames == ENCODER_QUEUE

@@ -160,6 +160,13 @@ class OverlayRenderer:
             self._hidden[[c for c in range(256) if c not in set(style.classes)]] = 1
         self._scratch: tuple[np.ndarray, np.ndarray] | None = None
 
+    def warm_up(self) -> None:
+        """Draw one small overlay and forget it: OpenCV's first calls (its thread pool, the
+        font) cost ~40 ms, which a live stage should pay before its first frame."""
+        mask = np.zeros((64, 128), np.uint8)
+        self.annotate(np.zeros((64, 128, 3), np.uint8), mask, 0, 1.0, class_counts(mask))
+        self._scratch = None
+
     def blend(self, frame: np.ndarray, mask: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
         """The frame with class colours blended in (ignored and filtered-out pixels
         untouched); in ``mask`` mode the colours alone (those pixels black). ``counts``

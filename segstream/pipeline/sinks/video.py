@@ -139,6 +139,9 @@ class VideoFile:
             os.replace(self.partial, self.path)
 
 
+ENCODER_QUEUE = 8  # overlays that may wait for the encoder thread
+
+
 class VideoFiles(BaseSink):
     """One ``VideoFile`` per source, encoded on a thread of its own: the stage draws the
     next overlay while this one is converted and encoded. A source's file is complete when
@@ -149,7 +152,9 @@ class VideoFiles(BaseSink):
         self.per_source = context.per_source_dirs
         self.files: dict[str, VideoFile] = {}
         self.frames = 0
-        self._work = BackgroundWork("video-encoder")
+        # Deep enough for the encoder's start-up (at 1080p: opening it ~90 ms, the first
+        # two frames ~110 ms), which would otherwise hold a live render back for ~6 frames.
+        self._work = BackgroundWork("video-encoder", depth=ENCODER_QUEUE)
 
     def write(self, result: SinkResult) -> None:
         if result.image is None:

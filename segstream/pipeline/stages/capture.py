@@ -88,16 +88,15 @@ def _usable_image(frame: SourceFrame, source_id: str) -> tuple[np.ndarray | None
 
 
 def _wait_until(deadline_ns: int, stopping: Callable[[], bool]) -> None:
-    """Sleep until ``deadline_ns`` (monotonic), in slices short enough to notice a stop,
-    finishing with a short spin for millisecond accuracy."""
+    """Sleep until ``deadline_ns`` (monotonic), in slices short enough to notice a stop.
+
+    No spinning at the end: the kernel's timers wake a sleeper within ~0.1 ms here, and a
+    spin would take that CPU from inference, which runs on the same cores."""
     while True:
         remaining = deadline_ns - time.monotonic_ns()
         if remaining <= 0 or stopping():
             return
-        if remaining > 2_000_000:
-            time.sleep(min(remaining - 1_000_000, 50_000_000) / 1e9)
-        else:
-            time.sleep(0)
+        time.sleep(min(remaining, 50_000_000) / 1e9)
 
 
 def _stream(source: FrameSource, settings: CaptureSettings, spec: StageSpec, runtime: StageRuntime,

@@ -42,6 +42,7 @@ class RenderProcessor:
         style = OverlayStyle(opacity=settings.opacity, legend=settings.legend, mode=settings.mode,
                              classes=settings.classes)
         self.renderer = OverlayRenderer(meta.class_names, meta.palette, meta.ignore_index, style)
+        self.renderer.warm_up()  # before ready: a live run's first frame would wait ~40 ms for it
         self.frames = PayloadReader(spec.reads.get("frame"))
         self.masks = PayloadReader(spec.reads.get("mask"))
         self.sinks = open_sinks(spec, runtime, settings.sinks, meta, settings.per_source_dirs, self._live_figures)
