@@ -4,9 +4,12 @@ have ends nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import zmq
@@ -46,21 +49,35 @@ def _final_report(control: zmq.Socket):
     return report
 
 
-def test_a_preprocess_stage_skips_what_does_not_fit_and_goes_on(tmp_path):
+@contextlib.contextmanager
+def _preprocess_stage(tmp_path: Path, run: str, **spec_fields) -> Iterator[tuple[zmq.Socket, ...]]:
+    """A real lossless preprocess stage process, fed on ``in.sock``; yields the feed, its
+    results, its control channel and the process, and stops them all."""
     context = zmq.Context()
     feed, results, control = context.socket(zmq.PUSH), context.socket(zmq.PULL), context.socket(zmq.PULL)
     feed.bind(f"ipc://{tmp_path}/in.sock")
     control.bind(f"ipc://{tmp_path}/control.sock")
-    spec = StageSpec("preprocess", StageKind.PREPROCESS, "0a1b2c3d", FlowPolicy.LOSSLESS,
+    spec = StageSpec("preprocess", StageKind.PREPROCESS, run, FlowPolicy.LOSSLESS,
                      PreprocessSettings(ModelMetadata.example()), inputs=(f"ipc://{tmp_path}/in.sock",),
                      outputs=(f"ipc://{tmp_path}/out.sock",), control=f"ipc://{tmp_path}/control.sock",
-                     payloads=PayloadChoice.INLINE, ring=RingSpec("segstream-0a1b2c3d-preprocess", 4),
-                     source_ids=("cam",))
+                     payloads=PayloadChoice.INLINE, ring=RingSpec(f"segstream-{run}-preprocess", 4),
+                     source_ids=("cam",), **spec_fields)
     path = tmp_path / "spec.json"
     path.write_text(spec.to_json())
     stage = subprocess.Popen([sys.executable, "-m", "segstream.pipeline.stage_main", str(path)], cwd=ROOT)
     try:
         results.connect(f"ipc://{tmp_path}/out.sock")
+        yield feed, results, control, stage
+    finally:
+        if stage.poll() is None:
+            stage.kill()
+        for sock in (feed, results, control):
+            sock.close(0)
+        context.term()
+
+
+def test_a_preprocess_stage_skips_what_does_not_fit_and_goes_on(tmp_path):
+    with _preprocess_stage(tmp_path, "0a1b2c3d") as (feed, results, control, stage):
         good = np.full((64, 128, 3), 90, np.uint8)
         for message in (_frame(0, np.zeros(12, np.uint8)),  # 1-D
                         _frame(1, np.zeros((8, 8, 4), np.uint8)),  # 4 channels
@@ -78,12 +95,6 @@ def test_a_preprocess_stage_skips_what_does_not_fit_and_goes_on(tmp_path):
         report = _final_report(control)
         assert report.skipped == {"bad_input": 4, "unknown_source": 2}
         assert report.frames_in == 5 and report.frames_out == 1
-    finally:
-        if stage.poll() is None:
-            stage.kill()
-        for sock in (feed, results, control):
-            sock.close(0)
-        context.term()
 
 
 def _result(index: int, parts: dict[str, np.ndarray], meta: dict | None = None) -> list:
@@ -214,37 +225,27 @@ def test_a_frame_of_an_unknown_source_is_refused_and_its_slot_released(tmp_path)
     from segstream.pipeline.wire.shm_ring import RingWriter, sweep
 
     run = secrets.token_hex(4)
-    context = zmq.Context()
-    feed, results, control = context.socket(zmq.PUSH), context.socket(zmq.PULL), context.socket(zmq.PULL)
-    feed.bind(f"ipc://{tmp_path}/in.sock")
-    control.bind(f"ipc://{tmp_path}/control.sock")
     capture = RingWriter(f"segstream-{run}-capture-0", slots=2, readers=1, wait=True)
-    spec = StageSpec("preprocess", StageKind.PREPROCESS, run, FlowPolicy.LOSSLESS,
-                     PreprocessSettings(ModelMetadata.example()), inputs=(f"ipc://{tmp_path}/in.sock",),
-                     outputs=(f"ipc://{tmp_path}/out.sock",), control=f"ipc://{tmp_path}/control.sock",
-                     payloads=PayloadChoice.INLINE, ring=RingSpec(f"segstream-{run}-preprocess", 4),
-                     reads={"frame": 0}, source_ids=("cam",))
-    path = tmp_path / "spec.json"
-    path.write_text(spec.to_json())
-    stage = subprocess.Popen([sys.executable, "-m", "segstream.pipeline.stage_main", str(path)], cwd=ROOT)
     try:
-        results.connect(f"ipc://{tmp_path}/out.sock")
-        deadline = time.monotonic() + 30
-        for index, source in enumerate(("intruder", "intruder", "cam", "cam")):
-            part = capture.put("frame", np.full((64, 128, 3), 90, np.uint8), lambda: time.monotonic() > deadline)
-            assert part is not None, "the ring stalled on a refused frame's slot"
-            header = Header(Kind.FRAME, source, index, f"{index:06d}", 1, 1, parts=[part])
-            feed.send_multipart(encode(Message(header, [])))
-        feed.send_multipart(encode(eos("cam")))
-        out = _until_end_of_stream(results)
-        assert [(m.header.kind, m.header.index) for m in out] == [(Kind.TENSOR, 2), (Kind.TENSOR, 3), (Kind.EOS, -1)]
-        assert stage.wait(timeout=60) == 0
-        assert _final_report(control).skipped == {"unknown_source": 2}
+        with _preprocess_stage(tmp_path, run, reads={"frame": 0}) as (feed, results, control, stage):
+            _feed_a_shared_ring(feed, capture, ("intruder", "intruder", "cam", "cam"))
+            out = _until_end_of_stream(results)
+            assert [(m.header.kind, m.header.index) for m in out] == \
+                [(Kind.TENSOR, 2), (Kind.TENSOR, 3), (Kind.EOS, -1)]
+            assert stage.wait(timeout=60) == 0
+            assert _final_report(control).skipped == {"unknown_source": 2}
     finally:
-        if stage.poll() is None:
-            stage.kill()
-        for sock in (feed, results, control):
-            sock.close(0)
-        context.term()
         capture.close()
         sweep(f"segstream-{run}")
+
+
+def _feed_a_shared_ring(feed: zmq.Socket, capture, sources: tuple[str, ...]) -> None:
+    """Frames by reference into ``capture``'s lossless ring, one of each source in turn,
+    then the end of ``cam``; fails if the ring stalls on a slot nobody released."""
+    deadline = time.monotonic() + 30
+    for index, source in enumerate(sources):
+        part = capture.put("frame", np.full((64, 128, 3), 90, np.uint8), lambda: time.monotonic() > deadline)
+        assert part is not None, "the ring stalled on a refused frame's slot"
+        header = Header(Kind.FRAME, source, index, f"{index:06d}", 1, 1, parts=[part])
+        feed.send_multipart(encode(Message(header, [])))
+    feed.send_multipart(encode(eos("cam")))
