@@ -217,7 +217,7 @@ def _burst_inbox(catch_up: CatchUp, frames: int, fps: float = 30.0) -> tuple[lis
 
 
 def test_live_inbox_takes_a_burst_a_fast_stage_can_clear_and_only_the_newest_for_a_slow_one():
-    fast = CatchUp()
+    fast = CatchUp(warm_up_s=0)
     for _ in range(20):
         fast.note(5_000_000)  # 5 ms a frame, sources at 30 fps: four frames in two intervals
     got, skipped = _burst_inbox(fast, 3)
@@ -226,7 +226,7 @@ def test_live_inbox_takes_a_burst_a_fast_stage_can_clear_and_only_the_newest_for
     got, skipped = _burst_inbox(fast, 7)  # never more than CATCH_UP_MAX at once, the newest
     assert [m.header.index for m in got] == [*range(7 - CATCH_UP_MAX, 7), -1]
     assert skipped["superseded"] == 7 - CATCH_UP_MAX
-    slow = CatchUp()
+    slow = CatchUp(warm_up_s=0)
     for _ in range(20):
         slow.note(300_000_000)  # a 300 ms model
     got, skipped = _burst_inbox(slow, 5, fps=25.0)
@@ -236,14 +236,14 @@ def test_live_inbox_takes_a_burst_a_fast_stage_can_clear_and_only_the_newest_for
 
 @pytest.mark.parametrize("fps", [None, "30", float("nan"), -5.0, 1e12, True])
 def test_catch_up_takes_a_source_rate_it_cannot_read_as_the_default(fps):
-    catch_up = CatchUp()
+    catch_up = CatchUp(warm_up_s=0)
     for _ in range(20):
         catch_up.note(20_000_000)  # 20 ms a frame: three in two intervals at the default 30 fps
     assert catch_up.allowance(fps, burst=9) == 3
 
 
 def test_catch_up_shares_the_budget_among_the_sources_of_a_burst():
-    catch_up = CatchUp()
+    catch_up = CatchUp(warm_up_s=0)
     for _ in range(20):
         catch_up.note(10_000_000)  # 10 ms a frame at 30 fps: six in two intervals, for all sources
     assert catch_up.allowance(30.0, burst=9) == CATCH_UP_MAX
@@ -262,6 +262,25 @@ def test_catch_up_does_not_count_the_first_frame_and_warms_up_on_bursts_it_can_c
     slow.note(1)
     slow.note(400_000_000)
     assert slow.allowance(25.0, burst=3) == 1  # warming up, but slower than its source
+
+
+def test_catch_up_keeps_warming_up_for_the_first_seconds_of_a_stage():
+    """Every process of a run warms up at once, so a live stage's first second costs more
+    than the rest (render at 1080p: 20-45 ms an overlay, then 8-12): bursts it can clear are
+    taken whole for ``warm_up_s`` after its first frame, however many frames it measured."""
+    now = [100.0]
+    catch_up = CatchUp(warm_up_s=2.0, clock=lambda: now[0])
+    for _ in range(40):
+        catch_up.note(25_000_000)  # 25 ms a frame at 30 fps: two frames in two intervals
+    now[0] += 1.5
+    assert catch_up.allowance(30.0, burst=7) == 7  # still warming up
+    assert catch_up.allowance(30.0, burst=7, sharing=2) == CATCH_UP_MAX  # the budget shared
+    now[0] += 1.0
+    assert catch_up.allowance(30.0, burst=7) == 2  # warmed up: what two intervals hold
+    slow = CatchUp(warm_up_s=2.0, clock=lambda: now[0])
+    for _ in range(40):
+        slow.note(80_000_000)  # slower than two intervals: not kept up, warming up or not
+    assert slow.allowance(30.0, burst=7) == 1
 
 
 def test_instances_meta_is_checked_on_receipt():

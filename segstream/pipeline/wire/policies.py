@@ -37,6 +37,7 @@ POLL_MS = 50  # how long any blocking wait lasts before the stop flag is checked
 RESYNC_PENDING = 4  # frames a reorderer waits with after a worker restart (its ring has 8 slots)
 CATCH_UP_INTERVALS = 2  # a live stage takes a burst it can clear within this many frame intervals
 CATCH_UP_MAX = 4  # and never more frames of one source at once than this
+CATCH_UP_WARM_UP_S = 2.0  # a stage's first seconds, while every process of the run warms up
 DEFAULT_FPS = 30.0  # for frames that do not say their source's rate
 
 
@@ -50,14 +51,20 @@ class CatchUp:
     one). A stage slower than its source keeps only the newest frame, as strict live flow
     does. A stage's first frames pay for one-off set-up (encoders opened, buffers first
     touched, every process of the run warming up at once): the very first is not
-    counted, and until ``window`` frames are measured a stage whose median cost so far
-    is within those intervals takes up to twice ``CATCH_UP_MAX`` frames of a burst (what
-    queued behind the set-up); before anything is measured, a burst of at most
+    counted, and until ``window`` frames are measured and ``warm_up_s`` passed since the
+    first, a stage whose median cost so far is within those intervals takes up to twice
+    ``CATCH_UP_MAX`` frames of a burst (what queued behind the set-up, or while the other
+    stages' set-up took the cores); before anything is measured, a burst of at most
     ``CATCH_UP_MAX`` frames is taken whole and a longer one (a slow stage) down to its
     newest frame.
 
+    Args:
+        window: frames whose median cost counts.
+        warm_up_s: how long after its first frame a stage is still warming up.
+        clock: seconds, monotonic (a test's own clock).
+
     Example:
-        >>> catch_up = CatchUp()
+        >>> catch_up = CatchUp(warm_up_s=0)  # warmed up after 16 frames, however soon
         >>> catch_up.allowance(30.0, burst=3), catch_up.allowance(30.0, burst=9)  # nothing measured
         (3, 1)
         >>> catch_up.note(90_000_000); catch_up.note(5_000_000)  # first frame, then 5 ms a frame
@@ -71,14 +78,17 @@ class CatchUp:
         1
     """
 
-    def __init__(self, window: int = 16) -> None:
+    def __init__(self, window: int = 16, warm_up_s: float = CATCH_UP_WARM_UP_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._costs: deque[int] = deque(maxlen=window)
-        self._first_seen = False
+        self._warm_up_s = warm_up_s
+        self._clock = clock
+        self._first_at: float | None = None  # when the first frame was done
 
     def note(self, busy_ns: int) -> None:
         """One frame kept the stage busy for ``busy_ns``."""
-        if not self._first_seen:
-            self._first_seen = True
+        if self._first_at is None:
+            self._first_at = self._clock()
             return
         self._costs.append(max(int(busy_ns), 1))
 
@@ -92,7 +102,9 @@ class CatchUp:
         rate = source_rate(fps) or DEFAULT_FPS
         budget_ns = CATCH_UP_INTERVALS * 1e9 / rate / share
         cost = sorted(self._costs)[len(self._costs) // 2]
-        if len(self._costs) < (self._costs.maxlen or 0) and cost <= budget_ns:
+        warming = len(self._costs) < (self._costs.maxlen or 0) or \
+            (self._first_at is not None and self._clock() - self._first_at < self._warm_up_s)
+        if warming and cost <= budget_ns:
             return min(burst, max(1, 2 * CATCH_UP_MAX // share))  # warming up, keeping up
         return max(1, min(CATCH_UP_MAX, int(budget_ns // cost)))
 
