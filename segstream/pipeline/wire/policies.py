@@ -51,12 +51,13 @@ class CatchUp:
     one). A stage slower than its source keeps only the newest frame, as strict live flow
     does. A stage's first frames pay for one-off set-up (encoders opened, buffers first
     touched, every process of the run warming up at once): the very first is not
-    counted, and until ``window`` frames are measured and ``warm_up_s`` passed since the
-    first, a stage whose median cost so far is within those intervals takes up to twice
-    ``CATCH_UP_MAX`` frames of a burst (what queued behind the set-up, or while the other
-    stages' set-up took the cores); before anything is measured, a burst of at most
-    ``CATCH_UP_MAX`` frames is taken whole and a longer one (a slow stage) down to its
-    newest frame.
+    counted; until ``window`` frames are measured, a stage whose median cost so far is
+    within those intervals takes up to twice ``CATCH_UP_MAX`` frames of a burst (what
+    queued behind the set-up), and so does one within a single interval for
+    ``warm_up_s`` after its first frame (what queued while the other stages' set-up took
+    the cores: it keeps up, so the backlog clears); before anything is measured, a
+    burst of at most ``CATCH_UP_MAX`` frames is taken whole and a longer one (a slow
+    stage) down to its newest frame.
 
     Args:
         window: frames whose median cost counts.
@@ -102,10 +103,12 @@ class CatchUp:
         rate = source_rate(fps) or DEFAULT_FPS
         budget_ns = CATCH_UP_INTERVALS * 1e9 / rate / share
         cost = sorted(self._costs)[len(self._costs) // 2]
-        warming = len(self._costs) < (self._costs.maxlen or 0) or \
-            (self._first_at is not None and self._clock() - self._first_at < self._warm_up_s)
-        if warming and cost <= budget_ns:
-            return min(burst, max(1, 2 * CATCH_UP_MAX // share))  # warming up, keeping up
+        # Warming up and keeping up: its first frames within the budget, or its first
+        # seconds at most one frame interval a frame (the backlog clears by itself).
+        early = self._first_at is not None and self._clock() - self._first_at < self._warm_up_s
+        if (len(self._costs) < (self._costs.maxlen or 0) and cost <= budget_ns) or \
+                (early and cost <= budget_ns / CATCH_UP_INTERVALS):
+            return min(burst, max(1, 2 * CATCH_UP_MAX // share))
         return max(1, min(CATCH_UP_MAX, int(budget_ns // cost)))
 
 
