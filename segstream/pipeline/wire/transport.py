@@ -37,14 +37,19 @@ class Role(str, Enum):
     COMMANDS_SUB = "commands_sub"
 
 
+_RECONNECT_FAST = {zmq.RECONNECT_IVL: 10, zmq.RECONNECT_IVL_MAX: 0}
+
 # role -> (socket type, options). HWMs count messages. Lossless links keep a short queue:
 # the shared-memory ring is the real buffer and credits bound it; live links keep a longer
 # one that the receiver drains to the newest message, so nothing queues for long.
 SOCKET_OPTIONS: dict[Role, tuple[int, dict[int, Any]]] = {
     Role.STAGE_OUT_LOSSLESS: (zmq.PUSH, {zmq.SNDHWM: 4, zmq.LINGER: 2000}),
     Role.STAGE_OUT_LIVE: (zmq.PUSH, {zmq.SNDHWM: 64, zmq.LINGER: 500}),
-    Role.STAGE_IN_LOSSLESS: (zmq.PULL, {zmq.RCVHWM: 4, zmq.LINGER: 0}),
-    Role.STAGE_IN_LIVE: (zmq.PULL, {zmq.RCVHWM: 64, zmq.LINGER: 0}),
+    # A stage's input often connects before the stage in front binds (publish binds after
+    # its subscribers' grace): retry every 10 ms, not ZeroMQ's 100, or the first frames of
+    # a live run find no peer there and are dropped.
+    Role.STAGE_IN_LOSSLESS: (zmq.PULL, {zmq.RCVHWM: 4, zmq.LINGER: 0, **_RECONNECT_FAST}),
+    Role.STAGE_IN_LIVE: (zmq.PULL, {zmq.RCVHWM: 64, zmq.LINGER: 0, **_RECONNECT_FAST}),
     Role.RESULTS_PUB: (zmq.PUB, {zmq.SNDHWM: 256, zmq.LINGER: 1000}),
     Role.RESULTS_SUB: (zmq.SUB, {zmq.RCVHWM: 256, zmq.LINGER: 0, zmq.RECONNECT_IVL: 100, zmq.RECONNECT_IVL_MAX: 0}),
     Role.RESULTS_PUSH: (zmq.PUSH, {zmq.SNDHWM: 16, zmq.LINGER: 1000}),
