@@ -44,8 +44,12 @@ def repo(tmp_path_factory) -> Path:
 @pytest.fixture
 def server(repo):
     triton = LocalTriton(repo).start()
+    # Its Python backend names its shared memory by the server's own prefix, so none of it
+    # outlives the server (a killed stub frees none; 1 MB a model instance otherwise).
+    assert triton.leftover_shm(), "the Python backend did not take the server's shm-region prefix"
     yield triton
     triton.close()
+    assert not triton.leftover_shm()
 
 
 def _masks(record: Path) -> dict[str, np.ndarray]:

@@ -86,6 +86,9 @@ class LocalTriton:
         self.proc: subprocess.Popen | None = None
         self._work = Path(tempfile.mkdtemp(prefix="segstream-triton-"))
         self.log = self._work / "tritonserver.log"
+        # The Python backend names its shared-memory regions by this prefix, so the ones
+        # a killed server leaves behind can be found and removed (see ``leftover_shm``).
+        self.shm_prefix = f"segstream_triton_{self._work.name.rsplit('-', 1)[-1]}_"
 
     @property
     def url(self) -> str:
@@ -117,7 +120,8 @@ class LocalTriton:
         cmd = [str(root / "bin" / "tritonserver"), "--model-repository", str(self.repo),
                "--backend-directory", str(self._backends(root, version)), "--grpc-address", "127.0.0.1",
                "--grpc-port", str(self.grpc_port), "--allow-http", "false", "--allow-metrics", "false",
-               "--log-verbose", "0", "--exit-on-error", "true"]
+               "--log-verbose", "0", "--exit-on-error", "true",
+               f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}"]
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self._wait_ready(ready_timeout_s)
@@ -142,15 +146,33 @@ class LocalTriton:
             client.close()
         raise RuntimeError(f"tritonserver not ready after {timeout_s:.0f} s:\n{self.log.read_text()[-3000:]}")
 
-    def stop(self) -> None:
-        """Kill the server (and its backend stubs)."""
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    def _signal_group(self, sig: int) -> None:
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def leftover_shm(self) -> list[Path]:
+        """The shared-memory regions of this server's Python backend still in /dev/shm."""
+        return sorted(Path("/dev/shm").glob(f"{self.shm_prefix}*"))
+
+    def stop(self, grace_s: float = 15) -> None:
+        """Stop the server and its backend stubs: SIGTERM (Triton then unloads its models and
+        frees their shared memory), SIGKILL after ``grace_s``; then remove whatever shared
+        memory of its Python backend is left (a killed stub frees none)."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self._signal_group(signal.SIGTERM)
+                try:
+                    self.proc.wait(grace_s)
+                except subprocess.TimeoutExpired:
+                    pass
+            self._signal_group(signal.SIGKILL)  # the server, and any stub that outlived it
             self.proc.wait()
         self.proc = None
+        for region in self.leftover_shm():
+            region.unlink(missing_ok=True)
 
     def close(self) -> None:
         self.stop()
