@@ -112,7 +112,7 @@ def test_the_next_run_sweeps_what_runs_with_a_dead_supervisor_left_and_nothing_o
     import sys
 
     from segstream.pipeline.run_folder import sweep_orphans
-    from segstream.pipeline.wire.shm_ring import Segment, _unlink
+    from segstream.pipeline.wire.shm_segments import Segment, unlink_segment
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -136,7 +136,7 @@ def test_the_next_run_sweeps_what_runs_with_a_dead_supervisor_left_and_nothing_o
         live.wait()
         for shm in segments:
             shm.close()
-            _unlink(shm.name)
+            unlink_segment(shm.name)
 
 
 def test_a_ledger_outlives_its_killed_process_and_corrects_the_last_report(tmp_path):

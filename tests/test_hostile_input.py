@@ -170,7 +170,8 @@ def test_a_lossless_preprocess_whose_input_is_torn_while_it_converts_frees_its_o
     from segstream.pipeline.runtime import StageRuntime
     from segstream.pipeline.stages.preprocess import PreprocessProcessor
     from segstream.pipeline.wire.payloads import PayloadReader
-    from segstream.pipeline.wire.shm_ring import RingWriter, sweep
+    from segstream.pipeline.wire.shm_ring import RingWriter
+    from segstream.pipeline.wire.shm_segments import sweep
 
     run = secrets.token_hex(4)
     capture = RingWriter(f"segstream-{run}-capture-0", slots=4, readers=1, wait=False)  # free to reuse
@@ -222,7 +223,8 @@ def test_a_frame_of_an_unknown_source_is_refused_and_its_slot_released(tmp_path)
     refused, and their slots upstream released (else the writer waits for them for good)."""
     import secrets
 
-    from segstream.pipeline.wire.shm_ring import RingWriter, sweep
+    from segstream.pipeline.wire.shm_ring import RingWriter
+    from segstream.pipeline.wire.shm_segments import sweep
 
     run = secrets.token_hex(4)
     capture = RingWriter(f"segstream-{run}-capture-0", slots=2, readers=1, wait=True)

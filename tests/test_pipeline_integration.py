@@ -84,6 +84,8 @@ def test_lossless_run_on_the_dashcam_clip(tmp_path, espnet_onnx):
     assert stats["stages"]["publish"]["sinks"]["masks"] == {"written": 16, "folder": str(record)}
     stages = stats["stages"]
     assert {"capture-0", "preprocess", "publish", "render"} <= set(stages)
+    # Capture decoded every frame straight into its shared-memory ring (no copy on the way out)
+    assert stages["capture-0"]["extra"]["decoded_into_ring"] == 16
     workers = [name for name in stages if name.startswith("infer")]
     assert workers == ["infer-0", "infer-1"] and sum(stages[w]["frames_out"] for w in workers) == 16
     for stage in stages.values():

@@ -13,7 +13,8 @@ import pytest
 
 from segstream.pipeline.wire.messages import Header, Kind, Message, Part, ShmRef
 from segstream.pipeline.wire.payloads import PayloadMode, PayloadReader, PayloadWriter
-from segstream.pipeline.wire.shm_ring import RingReader, RingWriter, sweep
+from segstream.pipeline.wire.shm_ring import RingReader, RingWriter
+from segstream.pipeline.wire.shm_segments import sweep
 
 
 @pytest.fixture
@@ -261,5 +262,70 @@ def test_a_payload_writer_withdraws_the_parts_it_added(ring_name, mode):
     assert message.header.parts == [carried]
     if mode is PayloadMode.SHM:
         assert int(writer._ring._segment.seq[1]) == 0  # the slot reads as empty
+    reader.close()
+    writer.close()
+
+
+def test_a_reserved_slot_is_published_as_it_is_without_a_copy(ring_name):
+    writer = RingWriter(ring_name, slots=3, readers=1, wait=True)
+    reader = RingReader(0)
+    slot = writer.reserve((4, 6, 3), np.uint8)
+    slot[:] = 9  # a decoder writing its frame in place
+    assert writer.reserve((4, 6, 3), np.uint8) is slot  # asked again before it is published: the same slot
+    part = writer.put("frame", slot)
+    assert writer.in_place == 1 and part.ref is not None
+    view = reader.view(part)
+    assert (view == 9).all()
+    slot[0, 0, 0] = 1  # the reader's view is that very memory: the frame was not copied
+    assert view[0, 0, 0] == 1
+    # Something else than the reserved slot is copied as ever; the reservation is given up
+    other = writer.reserve((4, 6, 3), np.uint8)
+    copied = writer.put("frame", np.full((4, 6, 3), 5, np.uint8))
+    assert writer.in_place == 1 and (reader.view(copied) == 5).all()
+    assert copied.ref.slot == (part.ref.slot + 1) % 3
+    other[0, 0, 0] = 2  # into the slot that was reserved
+    assert reader.view(copied)[0, 0, 0] == 2
+    # Another shape gives up the reserved slot and takes the next one of that shape
+    writer.reserve((4, 6, 3), np.uint8)
+    bigger = writer.reserve((8, 6, 3), np.uint8)
+    assert bigger.shape == (8, 6, 3)
+    writer.abandon()
+    reader.close()
+    writer.close()
+    assert _shm_names(ring_name) == []
+
+
+def test_a_reservation_waits_for_a_free_slot_in_lossless_flow_and_gives_up_on_stop(ring_name):
+    writer = RingWriter(ring_name, slots=2, readers=1, wait=True)
+    reader = RingReader(0)
+    parts = [writer.put("x", np.full(4, i, np.uint8)) for i in range(2)]
+    assert writer.reserve((4,), np.uint8, stop=lambda: True) is None  # both slots held by the reader
+    released = threading.Timer(0.2, reader.release, args=(parts[0],))
+    released.start()
+    slot = writer.reserve((4,), np.uint8, stop=lambda: False)
+    released.join()
+    assert slot is not None and writer.last_wait_ns > 0
+    assert reader.view(parts[0]) is None  # the reserved slot reads as busy, not as the old frame
+    assert (reader.view(parts[1]) == 1).all()
+    writer.abandon()  # never published: the slot is free again, and empty
+    reader.release(parts[1])
+    assert (reader.view(writer.put("x", np.full(4, 7, np.uint8))) == 7).all()
+    reader.close()
+    writer.close()
+
+
+@pytest.mark.parametrize("mode", [PayloadMode.SHM, PayloadMode.INLINE])
+def test_a_payload_writer_reserves_a_slot_only_where_arrays_travel_by_shared_memory(ring_name, mode):
+    writer = PayloadWriter(mode, ring_name, readers=1, slots=4)
+    reader = PayloadReader(0)
+    slot = writer.reserve((5, 5), np.uint16)
+    if mode is PayloadMode.INLINE:
+        assert slot is None
+        slot = np.empty((5, 5), np.uint16)
+    slot[:] = 300
+    message = Message(Header(Kind.FRAME, "cam", 0))
+    assert writer.add(message, "frame", slot)
+    assert writer.in_place == (1 if mode is PayloadMode.SHM else 0)
+    assert (reader.get(message, "frame") == 300).all()
     reader.close()
     writer.close()

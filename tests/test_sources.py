@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from conftest import CLIP, KITTI_FRAMES
@@ -45,6 +46,61 @@ def test_folder_in_natural_order_with_unreadable_files_reported(tmp_path):
 def test_glob_source(tmp_path):
     source = open_source(str(KITTI_FRAMES[0].parent / "kitti_*.png"))
     assert [f.name for f in source.frames()] == ["kitti_000000", "kitti_000001", "kitti_000002"]
+
+
+class _Buffers:
+    """Hands out a fresh buffer per frame, as the capture's ring hands out its next slot,
+    and remembers what it handed out; ``every`` > 1 hands out none for the others."""
+
+    def __init__(self, every: int = 1) -> None:
+        self.given: list[np.ndarray] = []
+        self.asked = 0
+        self.every = every
+
+    def __call__(self, shape: tuple[int, int, int]) -> np.ndarray | None:
+        self.asked += 1
+        if (self.asked - 1) % self.every:
+            return None
+        self.given.append(np.full(shape, 17, np.uint8))
+        return self.given[-1]
+
+
+@pytest.mark.parametrize("uri", [str(CLIP), "test-pattern:320x240@50"])
+def test_a_source_decodes_into_the_buffers_it_is_given_exactly_as_into_its_own(uri):
+    def first(source, count: int) -> list:
+        frames = source.frames()
+        try:
+            return [next(frames) for _ in range(count)]
+        finally:
+            source.close()
+
+    plain = first(open_source(uri), 6)
+    source = open_source(uri)
+    buffers = source.buffers = _Buffers(every=2)  # a slot for every other frame (the others: none free)
+    given = first(source, 6)
+    assert buffers.asked == 6 and len(buffers.given) == 3
+    for k, (want, got) in enumerate(zip(plain, given)):
+        np.testing.assert_array_equal(got.image, want.image)
+        assert (got.image is buffers.given[k // 2]) == (k % 2 == 0)  # decoded in place, not copied there
+        assert got.name == want.name
+
+
+def test_a_video_decoded_into_buffers_loops_and_ends_like_one_decoded_plain(tmp_path):
+    clip = tmp_path / "short.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for k in range(3):
+        writer.write(np.full((48, 64, 3), 40 * k, np.uint8))
+    writer.release()
+    source = open_source(str(clip), loop=True)
+    buffers = source.buffers = _Buffers()
+    frames = source.frames()
+    names = [next(frames).name for _ in range(7)]
+    source.close()
+    assert names == [f"{k:06d}" for k in range(7)] and buffers.given[0].shape == (48, 64, 3)
+    once = open_source(str(clip))
+    once.buffers = _Buffers()
+    assert [f.name for f in once.frames()] == ["000000", "000001", "000002"]  # ends at the end
+    once.close()
 
 
 def test_test_pattern_parses_size_and_rate():

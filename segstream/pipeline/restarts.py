@@ -23,7 +23,7 @@ from segstream.pipeline.telemetry.ledger import Entry, read_ledger
 from segstream.pipeline.telemetry.stats import StageReport, combine, retire
 from segstream.pipeline.wire.choices import FlowPolicy
 from segstream.pipeline.wire.ring_recovery import release_everything
-from segstream.pipeline.wire.shm_ring import sweep
+from segstream.pipeline.wire.shm_segments import sweep
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from segstream.pipeline.wire.shm_ring import SHM_PREFIX, sweep
+from segstream.pipeline.wire.shm_segments import SHM_PREFIX, sweep
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ and the conversion of any 8/16-bit grey, BGR or BGRA image to the BGR uint8 the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import cv2
 import numpy as np
@@ -34,6 +34,12 @@ class SourceFrame:
     time_s: float | None = None
 
 
+FrameBuffers = Callable[[tuple[int, int, int]], "np.ndarray | None"]
+"""Where a source may decode its next frame: given the frame's (H, W, 3) shape, a writable
+BGR uint8 array of that shape (the next shared-memory slot of the capture's ring, so the
+frame is never copied on its way out), or None (decode into an array of your own)."""
+
+
 class FrameSource(Protocol):
     """What the capture stage reads from."""
 
@@ -57,6 +63,17 @@ class FrameSource(Protocol):
     def close(self) -> None:
         """Release the device or file."""
         ...
+
+
+def decode_target(buffers: FrameBuffers | None, shape: tuple[int, int, int]) -> np.ndarray | None:
+    """The array a source that can decode in place (it has a ``buffers`` attribute, which
+    the capture stage sets) should write its next frame of ``shape`` into, or None.
+
+    Such a source yields that very array as the frame's image when the frame filled it; a
+    frame of another shape (a stream that changed size) comes in an array of its own, and
+    the capture copies it as it would any other.
+    """
+    return buffers(shape) if buffers is not None else None
 
 
 def to_bgr(image: np.ndarray) -> np.ndarray:

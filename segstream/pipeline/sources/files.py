@@ -13,18 +13,19 @@ import numpy as np
 
 from segstream.datasets.images import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageEntry
 from segstream.errors import SourceError
-from segstream.pipeline.sources.base import SourceFrame, to_bgr
+from segstream.pipeline.sources.base import FrameBuffers, SourceFrame, decode_target, to_bgr
 
 logger = logging.getLogger(__name__)
 
 
 class VideoFileSource:
     """A video file read through OpenCV's FFmpeg backend; ``loop`` starts it over at the end
-    (frame indices keep counting)."""
+    (frame indices keep counting). Decodes into ``buffers`` where the capture gives them."""
 
     live = False
     gt_kind = ""
     self_paced = False
+    buffers: FrameBuffers | None = None
 
     def __init__(self, path: Path, source_id: str, loop: bool = False) -> None:
         self.path = path
@@ -38,18 +39,31 @@ class VideoFileSource:
         self.fps = fps if fps and math.isfinite(fps) and fps < 1000 else 0.0
         self.frame_count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         self.frames_missing = 0  # the container holds more frames than could be read: cut short
+        width, height = int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        self._shape = (height, width, 3) if width > 0 and height > 0 else None
+
+    def _read(self) -> tuple[bool, np.ndarray | None]:
+        """The next frame, decoded into ``buffers`` where there are some (OpenCV writes into
+        an array of the right size and type; it makes its own for another size)."""
+        target = decode_target(self.buffers, self._shape) if self._shape is not None else None
+        if target is None:
+            return self._cap.read()
+        ok, image = self._cap.read(target)
+        if ok and image is not None and image.shape != self._shape:
+            self._shape = image.shape  # the stream changed size: ask for that from now on
+        return ok, image
 
     def frames(self) -> Iterator[SourceFrame]:
         index = in_pass = 0
         while True:
-            ok, image = self._cap.read()
+            ok, image = self._read()
             if not ok:
                 self._check_complete(in_pass)
                 if not self.loop or index == 0:
                     return
                 self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
                 in_pass = 0
-                ok, image = self._cap.read()
+                ok, image = self._read()
                 if not ok:
                     return
             yield SourceFrame(image, f"{index:06d}")
@@ -138,12 +152,14 @@ class TestPatternSource:
     """Synthetic moving pattern: needs no files; live (paced at ``fps`` like a camera by
     the capture stage, or as fast as possible with ``--rate max``).
 
-    URI: ``test-pattern[:WIDTHxHEIGHT[@FPS]]``, e.g. ``test-pattern:1280x720@30``.
+    URI: ``test-pattern[:WIDTHxHEIGHT[@FPS]]``, e.g. ``test-pattern:1280x720@30``. Draws
+    into ``buffers`` where the capture gives them.
     """
 
     live = True
     self_paced = False
     gt_kind = ""
+    buffers: FrameBuffers | None = None
     __test__ = False  # not a pytest class
 
     def __init__(self, source_id: str, width: int = 960, height: int = 540, fps: float = 25.0) -> None:
@@ -158,7 +174,10 @@ class TestPatternSource:
         """Frames stamped ``index / fps``; the capture stage paces them (``--rate``)."""
         index = 0
         while True:
-            image = self._base.copy()
+            image = decode_target(self.buffers, self._base.shape)
+            if image is None:
+                image = np.empty_like(self._base)
+            np.copyto(image, self._base)
             x = int((index * 7) % max(self.width - 120, 1))
             cv2.rectangle(image, (x, self.height // 3), (x + 120, self.height // 3 + 120), (0, 0, 230), -1)
             cv2.circle(image, (self.width - x - 60, 2 * self.height // 3), 50, (230, 230, 230), -1)

@@ -264,14 +264,15 @@ class InferProcessor:
     def _ring_outlasts(self, message: Message) -> bool:
         """Whether capture's ring will still hold the frame when render draws it, with a
         wide margin: then it goes on by reference and is not copied (6 MB at 1080p). The
-        ring lasts its slots over the source's frame rate; the frame is this old already,
-        and inference, publish and render are still to come (``PIN_MARGIN`` times this
-        stage's time between frames; the first frames, with none measured, are copied)."""
+        ring lasts its slots, less the one capture holds for the frame it decodes next,
+        over the source's frame rate; the frame is this old already, and inference,
+        publish and render are still to come (``PIN_MARGIN`` times this stage's time
+        between frames; the first frames, with none measured, are copied)."""
         fps = message.header.meta.get("fps")
         slots = self._frames.ring_slots(message, "frame") if self._frames is not None else 0
         if not (isinstance(fps, (int, float)) and 0 < fps < 1000 and slots and self._cycle_ns):
             return False
-        lifetime_ns = slots / fps * 1e9
+        lifetime_ns = (slots - 1) / fps * 1e9
         age_ns = time.monotonic_ns() - message.header.capture_ns
         return age_ns + PIN_MARGIN * self._cycle_ns < lifetime_ns / 2
 

@@ -56,7 +56,7 @@ class PayloadWriter:
         Args:
             message: the outgoing message.
             name: the part's name.
-            array: the data (copied).
+            array: the data (copied, unless it is the slot ``reserve`` handed out).
             stop: ends a wait for a free shared-memory slot.
             inline: put the bytes in the message even on one host (for occasional parts,
                 such as ground truth, that must not hold ring slots).
@@ -95,6 +95,30 @@ class PayloadWriter:
         message.header.parts.append(Part(name, tuple(array.shape), array.dtype.name, inline=len(message.payload)))
         message.payload.append(array)
         return True
+
+    def reserve(self, shape: tuple[int, ...], dtype: np.dtype | str,
+                stop: Callable[[], bool] = lambda: False) -> np.ndarray | None:
+        """A shared-memory slot to produce the next array in (a decoder writing its frame
+        straight into it); ``add`` of that very array then sends it without a copy.
+
+        None where arrays travel inline (make your own), or if ``stop`` ended a wait for
+        a free slot. See ``RingWriter.reserve``.
+        """
+        if self._ring is None:
+            return None
+        view = self._ring.reserve(shape, dtype, stop)
+        self.blocked_ns += self._ring.last_wait_ns
+        return view
+
+    @property
+    def in_place(self) -> int:
+        """Arrays sent from the slot ``reserve`` handed out, with no copy."""
+        return self._ring.in_place if self._ring is not None else 0
+
+    def abandon(self) -> None:
+        """Give up a ``reserve``d slot that will not be sent."""
+        if self._ring is not None:
+            self._ring.abandon()
 
     def withdraw(self, message: Message, name: str) -> None:
         """Take part ``name`` back out of ``message``, which will not be sent after all:

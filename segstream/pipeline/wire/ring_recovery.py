@@ -7,7 +7,8 @@ import logging
 
 import numpy as np
 
-from segstream.pipeline.wire.shm_ring import MAX_READERS, Segment, _Segment, _segment_names
+from segstream.pipeline.wire.shm_ring import MAX_READERS, _Segment
+from segstream.pipeline.wire.shm_segments import Segment, segment_names
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ def release_everything(ring: str, reader_id: int, downstream: tuple[int, ...] = 
     touched = 0
     if not 0 <= reader_id < MAX_READERS or not all(0 <= d < MAX_READERS for d in downstream):
         return 0
-    for name in _segment_names(f"{ring}-"):
+    for name in segment_names(f"{ring}-"):
         try:
             shm = Segment(name)
         except (OSError, ValueError):

@@ -19,93 +19,28 @@ Layout of a ring segment (all int64, little endian, then the slot data):
   covers frames a stage in between dropped). Live flow: the writer never waits.
 
 Segments are named ``segstream-<run>-<stage>-<k>`` so a supervisor can sweep what a
-killed stage left behind (``sweep``).
+killed stage left behind (``shm_segments.sweep``).
 """
 
 from __future__ import annotations
 
 import logging
-import mmap
-import os
 import time
-from multiprocessing.shared_memory import _posixshmem  # type: ignore[attr-defined]
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from segstream.pipeline.wire.messages import Part, ShmRef
+from segstream.pipeline.wire.shm_segments import Segment, check_room, unlink_segment
 
 logger = logging.getLogger(__name__)
 
 MAGIC = 0x53454753545245  # "SEGSTRE"
 MAX_READERS = 8
 _FIXED = 4
-SHM_PREFIX = "segstream-"
 _ALIGN = 64
 WAIT_MIN_S = 0.0002  # a writer waiting for a free slot polls from this interval...
 WAIT_MAX_S = 0.005  # ...backing off to this one
-
-
-class Segment:
-    """One POSIX shared-memory segment, mapped: ``shm_open`` and ``mmap``, nothing more.
-
-    Not ``multiprocessing.shared_memory.SharedMemory``: that starts a resource-tracker
-    process in every process that touches a segment (one more process and ~15 MB per
-    stage) and would unlink a segment when a *reader* exits. Lifetime is ours: the writer
-    unlinks, the supervisor sweeps. Segments are created 0600 (this user only).
-
-    Args:
-        name: the segment's name (no leading slash).
-        create: create it (fails if it exists) instead of attaching to it.
-        size: its size in bytes when created.
-    """
-
-    def __init__(self, name: str, create: bool = False, size: int = 0) -> None:
-        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
-        fd = _posixshmem.shm_open("/" + name, flags, mode=0o600)
-        try:
-            if create:
-                os.ftruncate(fd, size)
-            else:
-                size = os.fstat(fd).st_size
-            self._mmap = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)
-        self.name = name
-        self.size = size
-        self.buf: memoryview | None = memoryview(self._mmap)
-
-    def close(self) -> None:
-        """Unmap (raises BufferError while numpy views of it are alive)."""
-        if self.buf is not None:
-            self.buf.release()
-            self.buf = None
-        self._mmap.close()
-
-
-def _unlink(name: str) -> bool:
-    """Remove a segment by name; False if it was already gone."""
-    try:
-        _posixshmem.shm_unlink("/" + name)
-        return True
-    except FileNotFoundError:
-        return False
-
-
-def _check_room(size: int) -> None:
-    """Refuse a segment /dev/shm cannot hold: writing past its end would kill the process
-    with SIGBUS instead of raising (Docker's default /dev/shm is 64 MB)."""
-    try:
-        stat = os.statvfs("/dev/shm")
-    except OSError:
-        return
-    free = stat.f_bavail * stat.f_frsize
-    if size > free:
-        raise MemoryError(
-            f"shared memory needs {size / 2**20:.0f} MB for a frame ring but /dev/shm has {free / 2**20:.0f} MB "
-            f"free; give the container more (docker run --shm-size=1g) or use --transport tcp (no shared memory)"
-        )
 
 
 def _control_bytes(slots: int) -> int:
@@ -145,6 +80,12 @@ class _Segment:
             logger.debug("segment %s still has views; left mapped until exit", self.shm.name)
 
 
+def _same_buffer(array: np.ndarray, view: np.ndarray) -> bool:
+    """Whether ``array`` is exactly ``view``'s memory (same start, shape and type)."""
+    return (array.shape == view.shape and array.dtype == view.dtype and array.flags.c_contiguous
+            and array.__array_interface__["data"][0] == view.__array_interface__["data"][0])
+
+
 class RingWriter:
     """The writing side: owns its segments and unlinks them on close.
 
@@ -166,13 +107,15 @@ class RingWriter:
         self._segment: _Segment | None = None
         self._owned: list[Segment] = []
         self._seq = 0
-        self.last_wait_ns = 0  # how long the last put waited for a free slot
+        self._reserved: tuple[_Segment, int, np.ndarray] | None = None  # reserve()d, not yet published
+        self.in_place = 0  # frames published where reserve() handed them out (no copy)
+        self.last_wait_ns = 0  # how long the last put (or reserve) waited for a free slot
 
     def _new_segment(self, slot_bytes: int) -> _Segment:
         slot_bytes = (slot_bytes + _ALIGN - 1) // _ALIGN * _ALIGN
         control = _control_bytes(self.slots)
         size = (control + _ALIGN - 1) // _ALIGN * _ALIGN + self.slots * slot_bytes
-        _check_room(size)
+        check_room(size)
         shm = Segment(f"{self.name}-{len(self._owned)}", create=True, size=size)
         self._owned.append(shm)
         head = np.ndarray((_FIXED,), np.int64, shm.buf, 0)
@@ -186,12 +129,21 @@ class RingWriter:
         return segment
 
     def put(self, name: str, array: np.ndarray, stop: Callable[[], bool] = lambda: False) -> Part | None:
-        """Copy ``array`` into the next slot and return the part that references it.
+        """Copy ``array`` into the next slot and return the part that references it; if
+        ``array`` is the slot ``reserve`` handed out, publish it as it is (no copy).
 
         In lossless flow (``readers > 0``) this waits until the slot is free; returns
         None only if ``stop()`` turned true while waiting.
         """
         array = np.asarray(array)
+        if self._reserved is not None:
+            seg, slot, view = self._reserved
+            if _same_buffer(array, view):
+                self._reserved = None
+                self.last_wait_ns = 0  # reserve() counted the wait
+                self.in_place += 1
+                return self._publish(seg, slot, name, view.shape, view.dtype)
+            self.abandon()
         return self.put_with(name, array.shape, array.dtype, lambda slot: np.copyto(slot, array), stop)
 
     def put_with(self, name: str, shape: tuple[int, ...], dtype: np.dtype | str,
@@ -202,6 +154,45 @@ class RingWriter:
         Waits for a free slot like ``put``; returns None only if ``stop()`` turned true
         while waiting. A ``fill`` that raises leaves the slot marked busy and unpublished.
         """
+        self.abandon()
+        taken = self._take_slot(shape, dtype, stop)
+        if taken is None:
+            return None
+        seg, slot, view = taken
+        fill(view)
+        return self._publish(seg, slot, name, view.shape, view.dtype)
+
+    def reserve(self, shape: tuple[int, ...], dtype: np.dtype | str,
+                stop: Callable[[], bool] = lambda: False) -> np.ndarray | None:
+        """The next slot as a writable array, for a producer to fill in place (a decoder
+        writing its frame straight into shared memory); ``put`` of that very array then
+        publishes it without a copy.
+
+        Waits for a free slot like ``put``; None if ``stop()`` turned true while waiting.
+        The slot reads as busy until it is published. Asked again before that, the same
+        slot comes back (for a frame that could not be decoded into it, say) if it fits;
+        ``abandon`` gives it up.
+        """
+        if self._reserved is not None:
+            view = self._reserved[2]
+            if view.shape == tuple(shape) and view.dtype == np.dtype(dtype) and self._reserved[0] is self._segment:
+                return view
+            self.abandon()
+        self._reserved = self._take_slot(shape, dtype, stop)
+        return None if self._reserved is None else self._reserved[2]
+
+    def abandon(self) -> None:
+        """Give up a reserved slot that was not published: it reads as empty again."""
+        if self._reserved is not None:
+            seg, slot, _ = self._reserved
+            self._reserved = None
+            if seg.seq is not None:
+                seg.seq[slot] = 0
+
+    def _take_slot(self, shape: tuple[int, ...], dtype: np.dtype | str,
+                   stop: Callable[[], bool]) -> tuple[_Segment, int, np.ndarray] | None:
+        """The next slot, waited for in lossless flow and marked busy, as an array of
+        ``shape`` and ``dtype``; None if ``stop()`` turned true while waiting."""
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if self._segment is None or nbytes > self._segment.slot_bytes:
@@ -209,8 +200,7 @@ class RingWriter:
             # readers may still hold references into them).
             self._segment = self._new_segment(int(nbytes * 1.25) + _ALIGN)
         seg = self._segment
-        seq = self._seq + 1
-        slot = seq % self.slots
+        slot = (self._seq + 1) % self.slots
         self.last_wait_ns = 0
         if self.wait and not self._slot_free(seg, slot):
             waited_from = time.monotonic_ns()
@@ -222,10 +212,12 @@ class RingWriter:
                 pause = min(pause * 2, WAIT_MAX_S)  # back off: waiting must not eat the cores
             self.last_wait_ns = time.monotonic_ns() - waited_from
         seg.seq[slot] = -1
-        fill(np.ndarray(tuple(shape), dtype, seg.shm.buf, seg.data_offset + slot * seg.slot_bytes))
-        seg.seq[slot] = seq
-        self._seq = seq
-        return Part(name, tuple(shape), dtype.name, ref=ShmRef(seg.shm.name, slot, seq))
+        return seg, slot, np.ndarray(tuple(shape), dtype, seg.shm.buf, seg.data_offset + slot * seg.slot_bytes)
+
+    def _publish(self, seg: _Segment, slot: int, name: str, shape: tuple[int, ...], dtype: np.dtype) -> Part:
+        self._seq += 1
+        seg.seq[slot] = self._seq
+        return Part(name, tuple(shape), dtype.name, ref=ShmRef(seg.shm.name, slot, self._seq))
 
     def withdraw(self, part: Part) -> None:
         """Take back a frame that was written but will never be sent (the stage dropped it
@@ -249,6 +241,8 @@ class RingWriter:
     def close(self, unlink: bool = True) -> None:
         """Unmap every segment this writer created and unlink them (unless a supervisor
         will sweep them once the readers are done: ``unlink=False``)."""
+        self.abandon()
+        self._reserved = None
         if self._segment is not None:
             self._segment.close()
             self._segment = None
@@ -258,7 +252,7 @@ class RingWriter:
             except BufferError:
                 pass
             if unlink:
-                _unlink(shm.name)
+                unlink_segment(shm.name)
         self._owned.clear()
 
 
@@ -354,22 +348,3 @@ class RingReader:
         for seg in self._segments.values():
             seg.close()
         self._segments.clear()
-
-
-def _segment_names(prefix: str) -> list[str]:
-    """The names of the shared-memory segments starting with ``prefix``, sorted. Only Linux
-    lists segments (``/dev/shm``); elsewhere none are found."""
-    shm_dir = Path("/dev/shm")
-    if not shm_dir.is_dir():
-        return []
-    return sorted(entry.name for entry in shm_dir.iterdir() if entry.name.startswith(prefix))
-
-
-def sweep(prefix: str) -> list[str]:
-    """Unlink every shared-memory segment whose name starts with ``prefix``.
-
-    Used by the supervisor after the stages ended, to remove what a killed stage left.
-    Returns the names removed (none where segments cannot be listed: there the writers'
-    own clean-up is relied on).
-    """
-    return [name for name in _segment_names(prefix) if _unlink(name)]
