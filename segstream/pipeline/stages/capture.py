@@ -7,10 +7,11 @@ frame leaves on schedule; its capture timestamp is the scheduled time, so latenc
 stay honest when the pipeline falls behind.
 
 A replay at ``--rate max`` has no clock of its own: its frame is captured when the
-pipeline takes it in, that is when the ring gives it a slot. Capture decodes the next frame
-while it waits for that slot (decoding overlaps the wait), but the frame decoded ahead is
-not yet in the pipeline, and its wait is not latency. A live source's frame (camera,
-stream) keeps the time it was read: its wait for a slot is latency.
+pipeline takes it in, that is once it is in the ring. A source that decodes straight into
+the ring (video files, the test pattern: ``sources/base.py:decode_target``) waits for the
+free slot first and then decodes into it; any other source's frame is decoded first and
+waits for its slot after. Either way the wait is not latency. A live source's frame
+(camera, stream) keeps the time it was read: its wait for a slot is latency.
 """
 
 from __future__ import annotations
