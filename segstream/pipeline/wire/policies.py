@@ -6,7 +6,9 @@ the frame and counts it (``downstream_full``). A stage that is fast next to its 
 frame rate still takes the few frames that came together in a burst (a hiccup of the
 scheduler, not a lack of CPU), as many as it can clear within two frame intervals
 (``CatchUp``): end-to-end latency stays bounded by a couple of frame times per stage, and
-a frame is dropped only where the stage cannot keep up.
+a frame is dropped only where the stage cannot keep up. The stage gets a burst one frame
+at a time, and what is left of it is judged again after each, with the stage's newest
+cost and the frames that came meanwhile.
 
 ``lossless``: every frame, in order, exactly once. Sends block (in short polls, so a stop
 request is still seen) and upstream shared-memory rings wait for credits; nothing drops.
@@ -55,9 +57,10 @@ class CatchUp:
     within those intervals takes up to twice ``CATCH_UP_MAX`` frames of a burst (what
     queued behind the set-up), and so does one within a single interval for
     ``warm_up_s`` after its first frame (what queued while the other stages' set-up took
-    the cores: it keeps up, so the backlog clears); before anything is measured, a
-    burst of at most ``CATCH_UP_MAX`` frames is taken whole and a longer one (a slow
-    stage) down to its newest frame.
+    the cores: it keeps up, so the backlog clears). Before anything is measured, up to
+    twice ``CATCH_UP_MAX`` frames are taken for the time being: the inbox hands them
+    out one at a time and asks again after each, by when the cost of the first is known
+    (a slow stage then drops the rest; one stale frame is what it costs).
 
     Args:
         window: frames whose median cost counts.
@@ -67,7 +70,7 @@ class CatchUp:
     Example:
         >>> catch_up = CatchUp(warm_up_s=0)  # warmed up after 16 frames, however soon
         >>> catch_up.allowance(30.0, burst=3), catch_up.allowance(30.0, burst=9)  # nothing measured
-        (3, 1)
+        (3, 8)
         >>> catch_up.note(90_000_000); catch_up.note(5_000_000)  # first frame, then 5 ms a frame
         >>> catch_up.allowance(30.0, burst=9)  # warming up
         8
@@ -98,8 +101,8 @@ class CatchUp:
         together, at the source's ``fps``, when ``sharing`` sources' bursts came at once
         (they share the stage's time: each gets its part of the budget)."""
         share = max(1, sharing)
-        if not self._costs:
-            return burst if burst <= max(1, CATCH_UP_MAX // share) else 1
+        if not self._costs:  # taken for the time being, and judged again after one
+            return min(burst, max(1, 2 * CATCH_UP_MAX // share))
         rate = source_rate(fps) or DEFAULT_FPS
         budget_ns = CATCH_UP_INTERVALS * 1e9 / rate / share
         cost = sorted(self._costs)[len(self._costs) // 2]
@@ -130,6 +133,7 @@ class Inbox:
         self.skipped = skipped
         self.catch_up = catch_up
         self.superseded: list[Message] = []
+        self._pending: list[Message] = []  # live: kept from a burst, handed out one by one
         self._throttle = LogThrottle()
 
     def _recv_one(self) -> Message | None:
@@ -148,11 +152,14 @@ class Inbox:
 
         In live flow, frames superseded by newer frames of the same source (beyond what
         ``catch_up`` allows) are left out, counted, and kept in ``self.superseded`` so the
-        stage can release them upstream. End-of-stream messages are never dropped.
+        stage can release them upstream; of what is kept only the oldest message comes
+        back, and the rest waits here to be judged again, with whatever came meanwhile,
+        at the next call (which then does not wait). End-of-stream messages are never
+        dropped.
         """
-        if not self.socket.poll(timeout_ms, zmq.POLLIN):
+        if not self.socket.poll(0 if self._pending else timeout_ms, zmq.POLLIN) and not self._pending:
             return []
-        out: list[Message] = []
+        out, self._pending = self._pending, []
         while True:
             try:
                 message = self._recv_one()
@@ -164,6 +171,7 @@ class Inbox:
                 break
         if self.policy is FlowPolicy.LIVE and len(out) > 1:
             out = self._keep_newest(out)
+            out, self._pending = out[:1], out[1:]
         return out
 
     def _keep_newest(self, messages: list[Message]) -> list[Message]:
