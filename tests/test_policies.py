@@ -73,3 +73,35 @@ def test_after_a_restart_the_reorderer_gives_gaps_up_without_counting_them_twice
     assert [m.header.meta["seq"] for m in reorder.push(_frame(5))] == []
     assert [m.header.meta["seq"] for m in reorder.flush("cam0")] == [5]
     assert not skipped
+
+
+def test_after_a_restart_a_gap_that_nothing_fills_is_given_up_once_frames_stop_coming():
+    """Found by the chaos test (1 run in 10 beside a CPU hog): a worker died holding frame
+    18, then preprocess died holding 19-21, after the resync for the first. Frames 22-25
+    came and waited behind frame 18, 4 of them (not more than RESYNC_PENDING), and capture's
+    window (8 frames) let nothing more in until 18 was released downstream of here: the run
+    stalled. A resynced reorderer now gives such a gap up once no frame has come for a while
+    (its patience grows with the time between frames, so a slow worker is still waited for)."""
+    now = [0]
+    skipped = SkipCounter()
+    reorder = Reorderer(FlowPolicy.LOSSLESS, skipped, clock_ns=lambda: now[0])
+    for seq in range(18):  # a frame every 40 ms
+        assert reorder.push(_frame(seq))
+        now[0] += 40_000_000
+    assert reorder.resync() == []
+    for seq in range(22, 26):
+        assert reorder.push(_frame(seq)) == []
+        now[0] += 40_000_000
+    assert reorder.expire() == []  # just came: a slower worker's frame 18 may still come
+    now[0] += int(0.5e9)
+    assert reorder.expire() == []
+    now[0] += int(2e9)
+    assert [m.header.meta["seq"] for m in reorder.expire()] == [22, 23, 24, 25]
+    assert not skipped  # the restart's accounting has frame 18 (and 19-21)
+    assert reorder.expire() == []
+    # Before any restart a gap is waited for as long as it takes (frames are only ever
+    # late, never lost, unless a process died)
+    patient = Reorderer(FlowPolicy.LOSSLESS, SkipCounter(), clock_ns=lambda: now[0])
+    assert patient.push(_frame(0)) and not patient.push(_frame(2))
+    now[0] += int(60e9)
+    assert patient.expire() == []

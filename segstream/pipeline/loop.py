@@ -202,6 +202,8 @@ def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processo
             if runtime.take_resync() and reorder is not None:  # a restarted worker lost what it held
                 for held in reorder.resync():
                     handle_frame(held, time.monotonic_ns())
+            for held in reorder.expire() if reorder is not None else []:  # gaps nothing will fill
+                handle_frame(held, time.monotonic_ns())
             due = batch.deadline_ns() if batch is not None else None
             messages = inbox.receive(POLL_MS if due is None else max(0, (due - time.monotonic_ns()) // 1_000_000))
             for old in inbox.superseded:

@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 POLL_MS = 50  # how long any blocking wait lasts before the stop flag is checked again
 RESYNC_PENDING = 4  # frames a reorderer waits with after a worker restart (its ring has 8 slots)
+RESYNC_PATIENCE = 8  # after a restart, a gap is given up when no frame came for this many frame gaps
+RESYNC_PATIENCE_MIN_S = 2.0  # and at least this long
 CATCH_UP_INTERVALS = 2  # a live stage takes a burst it can clear within this many frame intervals
 CATCH_UP_MAX = 4  # and never more frames of one source at once than this
 CATCH_UP_WARM_UP_S = 2.0  # a stage's first seconds, while every process of the run warms up
@@ -287,13 +289,17 @@ class Reorderer:
     Live: a frame older than one already passed on is dropped as ``late``.
     """
 
-    def __init__(self, policy: FlowPolicy, skipped: SkipCounter, max_pending: int = 64) -> None:
+    def __init__(self, policy: FlowPolicy, skipped: SkipCounter, max_pending: int = 64,
+                 clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
         self.policy = policy
         self.skipped = skipped
         self.max_pending = max_pending
         self._next: dict[str, int] = {}
         self._pending: dict[str, dict[int, Message]] = {}
         self._resynced = False
+        self._clock_ns = clock_ns
+        self._last_ns: int | None = None  # when the last frame came
+        self._gaps_ns: deque[int] = deque(maxlen=16)  # the time between frames, lately
 
     def push(self, message: Message) -> list[Message]:
         """Messages now ready, in order."""
@@ -301,6 +307,10 @@ class Reorderer:
         seq = int(message.header.meta.get("seq", -1))
         if seq < 0:
             return [message]
+        now = self._clock_ns()
+        if self._last_ns is not None:
+            self._gaps_ns.append(now - self._last_ns)
+        self._last_ns = now
         expected = self._next.get(source, 0)
         if self.policy is FlowPolicy.LIVE:
             if seq < expected:
@@ -336,6 +346,24 @@ class Reorderer:
         out of order) instead of dropping it, and wait for at most ``RESYNC_PENDING``
         frames. Returns what was waiting, in order."""
         self._resynced = True
+        return [m for source in list(self._pending) for m in self.flush(source)]
+
+    def expire(self) -> list[Message]:
+        """After a restart, what waits behind a gap that nothing will fill: every gap is
+        given up once no frame has come for ``RESYNC_PATIENCE`` times the recent time
+        between frames (at least ``RESYNC_PATIENCE_MIN_S``). Frames lost in a dead process
+        can leave fewer frames waiting than ``RESYNC_PENDING`` while the lossless window
+        upstream lets no more in until those frames are released past this stage: without
+        this the run would stall. Before any restart nothing expires (a gap is only ever a
+        slow worker's frame). Returns what was waiting, in order."""
+        if not self._resynced or self._last_ns is None or not any(self._pending.values()):
+            return []
+        gap = sorted(self._gaps_ns)[len(self._gaps_ns) // 2] if self._gaps_ns else 0
+        patience_ns = max(RESYNC_PATIENCE_MIN_S * 1e9, RESYNC_PATIENCE * gap)
+        if self._clock_ns() - self._last_ns < patience_ns:
+            return []
+        logger.info("gave up the gaps that frames waited behind for %.1f s after a restart",
+                    (self._clock_ns() - self._last_ns) / 1e9)
         return [m for source in list(self._pending) for m in self.flush(source)]
 
     def flush(self, source: str) -> list[Message]:
