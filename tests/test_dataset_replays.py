@@ -120,6 +120,8 @@ def test_a_max_rate_replay_frame_is_captured_when_the_pipeline_takes_it_in(tmp_p
         assert stage == "capture-0" and in_ns <= header["capture_ns"] <= out_ns
     capture = read_stats(tmp_path / "rec")["stages"]["capture-0"]
     assert capture["extra"]["decoded_into_ring"] == 24
-    # past the window (8 capture slots, 2 preprocess), frames waited about an inference each
-    assert capture["blocked_ms"]["median"] > 20, capture["blocked_ms"]
-    assert capture["process_ms"]["median"] < capture["blocked_ms"]["median"]
+    # Past the window (8 capture slots, 2 preprocess) frames waited about an inference each:
+    # 14 frames x 60 ms, of which a third at least on a loaded machine
+    blocked = capture["blocked_ms"]
+    assert blocked["mean"] * blocked["count"] > 14 * 60 / 3, blocked
+    assert capture["process_ms"]["median"] < blocked["mean"]

@@ -267,7 +267,7 @@ def test_a_payload_writer_withdraws_the_parts_it_added(ring_name, mode):
 
 
 def test_a_reserved_slot_is_published_as_it_is_without_a_copy(ring_name):
-    writer = RingWriter(ring_name, slots=3, readers=1, wait=True)
+    writer = RingWriter(ring_name, slots=8, readers=1, wait=True)
     reader = RingReader(0)
     slot = writer.reserve((4, 6, 3), np.uint8)
     slot[:] = 9  # a decoder writing its frame in place
@@ -282,9 +282,15 @@ def test_a_reserved_slot_is_published_as_it_is_without_a_copy(ring_name):
     other = writer.reserve((4, 6, 3), np.uint8)
     copied = writer.put("frame", np.full((4, 6, 3), 5, np.uint8))
     assert writer.in_place == 1 and (reader.view(copied) == 5).all()
-    assert copied.ref.slot == (part.ref.slot + 1) % 3
+    assert copied.ref.slot == (part.ref.slot + 1) % 8
     other[0, 0, 0] = 2  # into the slot that was reserved
     assert reader.view(copied)[0, 0, 0] == 2
+    # An array made from the reserved slot (flipped) is copied into that same slot right
+    # (numpy copies overlapping memory through a buffer)
+    flipped = writer.reserve((4, 6, 3), np.uint8)
+    flipped[:] = np.arange(72, dtype=np.uint8).reshape(4, 6, 3)
+    want = flipped[:, ::-1].copy()
+    np.testing.assert_array_equal(reader.view(writer.put("frame", flipped[:, ::-1])), want)
     # Another shape gives up the reserved slot and takes the next one of that shape
     writer.reserve((4, 6, 3), np.uint8)
     bigger = writer.reserve((8, 6, 3), np.uint8)
