@@ -346,7 +346,7 @@ class Reorderer:
         out of order) instead of dropping it, and wait for at most ``RESYNC_PENDING``
         frames. Returns what was waiting, in order."""
         self._resynced = True
-        return [m for source in list(self._pending) for m in self.flush(source)]
+        return self._flush_all()
 
     def expire(self) -> list[Message]:
         """After a restart, what waits behind a gap that nothing will fill: every gap is
@@ -360,10 +360,13 @@ class Reorderer:
             return []
         gap = sorted(self._gaps_ns)[len(self._gaps_ns) // 2] if self._gaps_ns else 0
         patience_ns = max(RESYNC_PATIENCE_MIN_S * 1e9, RESYNC_PATIENCE * gap)
-        if self._clock_ns() - self._last_ns < patience_ns:
+        idle_ns = self._clock_ns() - self._last_ns
+        if idle_ns < patience_ns:
             return []
-        logger.info("gave up the gaps that frames waited behind for %.1f s after a restart",
-                    (self._clock_ns() - self._last_ns) / 1e9)
+        logger.info("gave up the gaps that frames waited behind for %.1f s after a restart", idle_ns / 1e9)
+        return self._flush_all()
+
+    def _flush_all(self) -> list[Message]:
         return [m for source in list(self._pending) for m in self.flush(source)]
 
     def flush(self, source: str) -> list[Message]:

@@ -143,7 +143,6 @@ class RingWriter:
                 self.last_wait_ns = 0  # reserve() counted the wait
                 self.in_place += 1
                 return self._publish(seg, slot, name, view.shape, view.dtype)
-            self.abandon()
         return self.put_with(name, array.shape, array.dtype, lambda slot: np.copyto(slot, array), stop)
 
     def put_with(self, name: str, shape: tuple[int, ...], dtype: np.dtype | str,
