@@ -104,8 +104,11 @@ def _result(index: int, parts: dict[str, np.ndarray], meta: dict | None = None) 
     return encode(Message(header, [np.ascontiguousarray(a) for a in arrays]))
 
 
-def test_a_publish_stage_refuses_malformed_instances_and_publishes_good_ones(tmp_path):
-    from segstream.engines.models.zoo import MODELS
+@contextlib.contextmanager
+def _publish_stage(tmp_path: Path, run: str, metadata: ModelMetadata) -> Iterator[tuple[zmq.Socket, ...]]:
+    """A real lossless publish stage process, fed on ``in.sock``; yields the feed, a
+    subscriber to what it publishes (past the subscriber's grace), its control channel and
+    the process, and stops them all."""
     from segstream.pipeline.spec import PublishSettings
 
     context = zmq.Context()
@@ -113,8 +116,7 @@ def test_a_publish_stage_refuses_malformed_instances_and_publishes_good_ones(tmp
     feed.bind(f"ipc://{tmp_path}/in.sock")
     control.bind(f"ipc://{tmp_path}/control.sock")
     publish = f"ipc://{tmp_path}/pub.sock"
-    spec = StageSpec("publish", StageKind.PUBLISH, "0a1b2c3e", FlowPolicy.LOSSLESS,
-                     PublishSettings(MODELS["maskrcnn-r18-fpn"].metadata, endpoint=publish),
+    spec = StageSpec("publish", StageKind.PUBLISH, run, FlowPolicy.LOSSLESS, PublishSettings(metadata, endpoint=publish),
                      inputs=(f"ipc://{tmp_path}/in.sock",), control=f"ipc://{tmp_path}/control.sock",
                      payloads=PayloadChoice.INLINE, source_ids=("cam",))
     path = tmp_path / "spec.json"
@@ -123,12 +125,25 @@ def test_a_publish_stage_refuses_malformed_instances_and_publishes_good_ones(tmp
     try:
         sub.connect(publish)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
+        time.sleep(1.0)  # the subscriber's grace: the good results must reach it
+        yield feed, sub, control, stage
+    finally:
+        if stage.poll() is None:
+            stage.kill()
+        for sock in (feed, control, sub):
+            sock.close(0)
+        context.term()
+
+
+def test_a_publish_stage_refuses_malformed_instances_and_publishes_good_ones(tmp_path):
+    from segstream.engines.models.zoo import MODELS
+
+    with _publish_stage(tmp_path, "0a1b2c3e", MODELS["maskrcnn-r18-fpn"].metadata) as (feed, sub, control, stage):
         labels = np.full((40, 60), 255, np.uint8)
         labels[5:15, 5:25] = 2
         ids = np.zeros((40, 60), np.uint16)
         ids[5:15, 5:25] = 1
         good = [{"id": 1, "class_id": 3, "label": "car", "score": 0.9, "box": [5.0, 5.0, 25.0, 15.0]}]
-        time.sleep(1.0)  # the subscriber's grace: the good result must reach it
         for message in (_result(0, {"labels": labels, "instance_ids": ids.astype(np.uint8)}, {"instances": good}),
                         _result(1, {"instance_ids": ids}, {"instances": good}),  # no labels
                         _result(2, {"labels": labels, "instance_ids": ids[:0]}, {"instances": good}),  # 0 rows
@@ -148,12 +163,34 @@ def test_a_publish_stage_refuses_malformed_instances_and_publishes_good_ones(tmp
         report = _final_report(control)
         assert report.skipped.get("bad_input") == 3, report.skipped  # wrong dtype, no labels, no rows
         assert sum(n for reason, n in report.skipped.items() if reason.startswith("malformed")) == 2, report.skipped
-    finally:
-        if stage.poll() is None:
-            stage.kill()
-        for sock in (feed, control, sub):
-            sock.close(0)
-        context.term()
+
+
+def test_a_publish_stage_refuses_a_full_size_that_does_not_fit_its_frame_and_sizes_masks_by_one_that_does(tmp_path):
+    """A frame decoded reduced (``--reduced-decode``) says how large its image is; publish
+    puts the mask at that size, and refuses (counts, goes on) a size it cannot be."""
+    labels = np.zeros((16, 32), np.uint8)
+    labels[:, 16:] = 7
+    frame = np.zeros((30, 60, 3), np.uint8)  # the frame as decoded: a quarter of 120x240
+    bad_sizes = ([120], [120, "240"], [120.0, 240], [True, 240], [float("nan"), 240], [29, 60], [120, 481],
+                 [10**30, 240], [-120, 240], {"h": 120})
+    with _publish_stage(tmp_path, "0a1b2c3f", ModelMetadata.example()) as (feed, sub, control, stage):
+        for k, size in enumerate(bad_sizes):
+            feed.send_multipart(_result(k, {"labels": labels, "frame": frame}, {"full_size": size}))
+        good = len(bad_sizes)
+        feed.send_multipart(_result(good, {"labels": labels, "frame": frame}, {"full_size": [120, 240]}))
+        feed.send_multipart(_result(good + 1, {"labels": labels, "frame": frame}))  # not reduced: the frame's size
+        feed.send_multipart(encode(eos("cam")))
+        received = _until_end_of_stream(sub)
+        assert [m.header.index for m in received] == [good, good + 1, -1]
+        shapes = [m.header.part("mask").shape for m in received[:2]]
+        assert shapes == [(120, 240), (30, 60)]
+        mask = np.frombuffer(received[0].payload[received[0].header.part("mask").inline], np.uint8).reshape(120, 240)
+        assert (mask[:, :120] == 0).all() and (mask[:, 120:] == 7).all()
+        assert stage.wait(timeout=60) == 0
+        report = _final_report(control)
+        assert report.skipped.get("bad_input") == len(bad_sizes) - 1, report.skipped
+        assert report.skipped.get("malformed_bad_json") == 1, report.skipped  # NaN is not JSON
+        assert report.frames_out == 2
 
 
 def test_a_lossless_preprocess_whose_input_is_torn_while_it_converts_frees_its_output_slot(tmp_path):

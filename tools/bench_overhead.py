@@ -12,9 +12,12 @@ Prints Markdown tables (paste them into BENCHMARKS.md):
    latency minus inference;
 4. one hop of a 2048x1024x3 frame (ring write, message, ring read) against a memcpy;
 5. lossless latency with 1, 2 and 4 sources at the same total frames;
-6. start-up to the first mask (cold and warm) and the run's total RSS.
+6. start-up to the first mask (cold and warm) and the run's total RSS;
+7. a folder of JPEGs (the clip's frames at 1920x1080 and 2048x1024), masks written as PNGs
+   (``masks:DIR``), decoded whole and with ``--reduced-decode``: throughput and capture's
+   and preprocess's CPU per frame.
 
-    python tools/bench_overhead.py [--frames N] [--sections 1,3,4,5,6]
+    python tools/bench_overhead.py [--frames N] [--sections 1,3,4,5,6,7]
 
 To compare two trees, run each from its own folder (``cd TREE && PYTHONPATH=TREE python
 /path/to/this/script``): the stage processes are started with ``python -m``, which imports
@@ -327,6 +330,38 @@ def section_startup(model: Path, tmp: Path) -> None:
     print(f"| {cold_cell} | **{warm_s:.2f}** | **{rss:.0f}** |")
 
 
+def jpeg_folder(clip: Path, size: tuple[int, int], frames: int, folder: Path) -> Path:
+    """The clip's first ``frames`` frames at ``size`` as JPEG files (quality 90)."""
+    out = folder / f"jpeg-{size[0]}x{size[1]}"
+    out.mkdir()
+    cap = cv2.VideoCapture(str(clip))
+    for k in range(frames):
+        ok, frame = cap.read()
+        if not ok:
+            break
+        cv2.imwrite(str(out / f"{k:06d}.jpg"), cv2.resize(frame, size, interpolation=cv2.INTER_LINEAR),
+                    [cv2.IMWRITE_JPEG_QUALITY, 90])
+    cap.release()
+    return out
+
+
+def section_jpeg(model: Path, clip: Path, frames: int, tmp: Path) -> None:
+    print("\n### JPEG folder, near-free model, lossless --rate max, masks:DIR: whole vs --reduced-decode\n")
+    print("| input | decode | pipeline fps | capture CPU ms/frame | preprocess CPU ms/frame | frames decoded reduced |")
+    print("|---|---|---:|---:|---:|---:|")
+    for size in SIZES[1:]:
+        folder = jpeg_folder(clip, size, frames, tmp)
+        for reduced in (False, True):
+            config = PipelineConfig(sources=(str(folder),), model=str(model), rate="max", policy=FlowPolicy.LOSSLESS,
+                                    quiet=True, publish="", reduced_decode=reduced,
+                                    sinks=(f"masks:{tmp}/jpeg-masks-{size[0]}-{reduced}",))
+            stats = pipeline(config, model)
+            costs = stage_costs(stats)
+            count = stats["stages"]["capture-0"]["extra"].get("decoded_reduced", 0)
+            print(f"| {size[0]}x{size[1]} | {'reduced' if reduced else 'whole'} | {stats['throughput_fps']:.1f} | "
+                  f"{costs['capture']:.1f} | {costs['preprocess']:.1f} | {count} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=221, help="frames of the clip per run (max 221)")
@@ -355,6 +390,8 @@ def main() -> int:
             section_sources(model, clip, args.frames, tmp)
         if 6 in sections:
             section_startup(model, tmp)
+        if 7 in sections:
+            section_jpeg(model, clip, args.frames, tmp)
     return 0
 
 

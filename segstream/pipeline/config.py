@@ -63,6 +63,10 @@ class PipelineConfig:
                                "fast as possible (max); default: max in lossless flow, native in live flow",
                                flag="--rate", section="sources", metavar="native|N|max", coerce=_as_text)
     loop: bool = setting(False, "start video files over at their end", flag="--loop", section="sources")
+    reduced_decode: bool = setting(False, "decode JPEG images at 1/2, 1/4 or 1/8 size where that still covers the "
+                                   "model's input (faster; masks still at full size; not with an overlay, which "
+                                   "needs the whole frame, nor with instance models)", flag="--reduced-decode",
+                                   section="sources")
     live: LiveOptions = setting(help="how streams and cameras connect", section="sources",
                                 default_factory=LiveOptions)
     # -- engine --------------------------------------------------------------------------

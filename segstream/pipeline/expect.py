@@ -50,3 +50,20 @@ def part_problem(message: Message, name: str, expected: PartShape) -> str | None
         return f"part {name!r} has shape {shape}{'' if part.dtype in expected.dtypes else ' ' + part.dtype}; " \
                f"expected {expected.describe}"
     return None
+
+
+FULL_SIZE_KEY = "full_size"  # header meta of a frame decoded reduced: [height, width] in its file
+MAX_REDUCTION = 8  # libjpeg's largest: what a full size may be, at most, over the frame's
+
+
+def full_size_problem(value: object, frame_shape: tuple[int, ...]) -> str | None:
+    """Why ``meta.full_size`` cannot be the size of a frame decoded reduced to
+    ``frame_shape`` (None if it can): it must be [height, width], integers at least the
+    frame's and at most ``MAX_REDUCTION`` times as large."""
+    if not (isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value)):
+        return f"meta {FULL_SIZE_KEY!r} is {value!r:.60}; expected [height, width] as integers"
+    for full, reduced, side in zip(value, frame_shape[:2], ("height", "width")):
+        if not reduced <= full <= MAX_REDUCTION * reduced:
+            return (f"meta {FULL_SIZE_KEY!r} {side} {full} does not fit a frame reduced to {reduced}; expected "
+                    f"{reduced} to {MAX_REDUCTION * reduced}")
+    return None

@@ -184,6 +184,7 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
     ids = tuple(source_ids(config.sources))
 
     workers, threads = worker_layout(config, policy, model.choice.device)
+    reduce_to = reduced_decode_size(config, metadata, render)
     batch = auto_batch(config.batch, model.choice.device, None if open_ended else len(ids))
 
     def spec(name: str, kind: StageKind, settings: StageSettings, sources: int = len(ids), **kw: object) -> StageSpec:
@@ -231,7 +232,7 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
         outs = tuple(endpoint(f"capture-{index}" if per_capture == 1 else f"capture-{index}-{k}")
                      for k in range(per_capture))
         fields = capture_fields(options, config)
-        settings = CaptureSettings(source=uri, source_id=sid, instance_gt=instance_eval,
+        settings = CaptureSettings(source=uri, source_id=sid, instance_gt=instance_eval, reduce_to=reduce_to,
                                    **{**fields, "rate": fields["rate"] or rate})
         return spec(f"capture-{index}", StageKind.CAPTURE, settings, sources=sources, outputs=outs)
 
@@ -296,6 +297,19 @@ def class_ids(names: tuple[str, ...], metadata: ModelMetadata) -> tuple[int, ...
             raise ConfigError(f"unknown class {name!r} for render_classes; the model's classes are "
                               f"{', '.join(metadata.class_names)}")
     return tuple(ids)
+
+
+def reduced_decode_size(config: PipelineConfig, metadata: ModelMetadata, render: bool) -> tuple[int, int] | None:
+    """The (height, width) JPEG frames may be decoded down to (``--reduced-decode``): the
+    model's input; None where frames must stay whole: an overlay is drawn on them, or an
+    instance model places its boxes and masks in the frame's pixels."""
+    if not config.reduced_decode:
+        return None
+    if render or metadata.output(OutputKind.INSTANCE_COUNT) is not None:
+        logger.warning("--reduced-decode is ignored: %s needs whole frames",
+                       "the overlay" if render else "an instance model")
+        return None
+    return metadata.input_height, metadata.input_width
 
 
 def worker_layout(config: PipelineConfig, policy: FlowPolicy, device: str = "cpu") -> tuple[int, int]:

@@ -74,6 +74,10 @@ class CaptureSettings:
         instance_gt: send dataset replays' instance ground truth (Cityscapes
             ``gtFine_instanceIds.png``) with each frame, as part ``gt_instances``, for the
             live evaluation of an instance model.
+        reduce_to: decode JPEG images at 1/2, 1/4 or 1/8 of their size where that is still
+            at least this (height, width), the model's input (``--reduced-decode``; None:
+            whole). Frames so read carry their full size (``meta.full_size``), at which
+            publish puts the mask.
     """
 
     source: str
@@ -85,8 +89,13 @@ class CaptureSettings:
     start_index: int = 0
     start_seq: int = 0
     instance_gt: bool = False
+    reduce_to: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
+        if self.reduce_to is not None:
+            object.__setattr__(self, "reduce_to", tuple(self.reduce_to))
+            if len(self.reduce_to) != 2 or not all(isinstance(v, int) and v > 0 for v in self.reduce_to):
+                raise ValueError(f"reduce_to must be a (height, width) of positive integers, found {self.reduce_to!r}")
         if self.rate not in ("native", "max") and not _positive_rate(self.rate):
             raise ValueError(f"rate must be 'native', 'max' or a positive number of frames per second, "
                              f"found {self.rate!r}")

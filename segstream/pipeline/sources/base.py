@@ -24,6 +24,8 @@ class SourceFrame:
             k``) when asked for (``instance_gt``) and the dataset has it, else None.
         time_s: the frame's own timestamp, seconds from the first frame (KITTI
             timestamps), or None; pacing at ``native`` rate follows it.
+        full_size: the (height, width) the image has in its file, where ``image`` was
+            decoded at a fraction of it (``reduced_decode``); None otherwise.
     """
 
     image: np.ndarray | None
@@ -32,6 +34,7 @@ class SourceFrame:
     gt: np.ndarray | None = None
     gt_instances: np.ndarray | None = None
     time_s: float | None = None
+    full_size: tuple[int, int] | None = None
 
 
 FrameBuffers = Callable[[tuple[int, int, int]], "np.ndarray | None"]

@@ -14,6 +14,7 @@ import numpy as np
 from segstream.datasets.images import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageEntry
 from segstream.errors import SourceError
 from segstream.pipeline.sources.base import FrameBuffers, SourceFrame, decode_target, to_bgr
+from segstream.pipeline.sources.reduced_decode import read_reduced
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,9 @@ class ImageListSource:
     live = False
     self_paced = False
     instance_gt = False  # also read each image's gtFine_instanceIds.png (capture sets it)
+    # JPEGs decoded at 1/2, 1/4 or 1/8 of their size where that is still at least this
+    # (height, width), the model's input (capture sets it: ``--reduced-decode``)
+    reduce_to: tuple[int, int] | None = None
 
     def __init__(self, entries: list[ImageEntry] | list[Path], source_id: str, description: str, fps: float = 0.0,
                  gt_kind: str = "") -> None:
@@ -117,7 +121,7 @@ class ImageListSource:
     def frames(self) -> Iterator[SourceFrame]:
         for entry in self.entries:
             path = entry.path
-            image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            image, full_size = self._decode(path)
             if image is None:
                 yield SourceFrame(None, path.stem, f"cannot decode {path.name}", time_s=entry.time_s)
                 continue
@@ -128,9 +132,21 @@ class ImageListSource:
                     logger.warning("cannot decode ground truth %s; frame %s goes without", entry.gt_path, path.stem)
             instances = self._instance_gt(entry.gt_path) if self.instance_gt and entry.gt_path else None
             try:
-                yield SourceFrame(to_bgr(image), path.stem, gt=gt, time_s=entry.time_s, gt_instances=instances)
+                yield SourceFrame(to_bgr(image), path.stem, gt=gt, time_s=entry.time_s, gt_instances=instances,
+                                  full_size=full_size)
             except ValueError as exc:
                 yield SourceFrame(None, path.stem, f"{path.name}: {exc}", time_s=entry.time_s)
+
+    def _decode(self, path: Path) -> tuple[np.ndarray | None, tuple[int, int] | None]:
+        """The image (None where it cannot be read), and its full size where it was
+        decoded reduced."""
+        if self.reduce_to is None:
+            return cv2.imread(str(path), cv2.IMREAD_UNCHANGED), None
+        try:
+            data = np.fromfile(path, np.uint8)
+        except OSError:
+            return None, None
+        return read_reduced(data, self.reduce_to) if data.size else (None, None)
 
     @staticmethod
     def _instance_gt(gt_path: Path) -> np.ndarray | None:

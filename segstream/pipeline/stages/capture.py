@@ -25,6 +25,7 @@ import numpy as np
 
 from segstream.errors import SourceError
 from segstream.pipeline.control import EventKind
+from segstream.pipeline.expect import FULL_SIZE_KEY
 from segstream.pipeline.loop import EOS_LINGER_MS, open_outbox, open_writer, stamp
 from segstream.pipeline.runtime import StageRuntime
 from segstream.pipeline.sources import FrameSource, SourceFrame, open_source, to_bgr
@@ -159,6 +160,9 @@ def _stream(source: FrameSource, settings: CaptureSettings, spec: StageSpec, run
             meta: dict[str, Any] = {"fps": source.fps, "seq": seq}
             if frame.gt is not None:
                 meta["gt_kind"] = source.gt_kind
+            if frame.full_size is not None:  # decoded reduced: the mask goes out at this size
+                meta[FULL_SIZE_KEY] = list(frame.full_size)
+                stats.extra["decoded_reduced"] = stats.extra.get("decoded_reduced", 0) + 1
             message = Message(Header(Kind.FRAME, settings.source_id, this_index, sanitize_name(frame.name),
                                      capture_ns, wall_ns, meta=meta))
             seq += 1
@@ -223,6 +227,8 @@ def run(spec: StageSpec, runtime: StageRuntime) -> int:
                              live_options=settings.live)
         if settings.instance_gt and hasattr(source, "instance_gt"):  # dataset replays that have it
             source.instance_gt = True
+        if settings.reduce_to is not None and hasattr(source, "reduce_to"):  # image files
+            source.reduce_to = settings.reduce_to
         stats.frame_count = source.frame_count
         stats.extra.update({"source": settings.source, "fps": source.fps, "rate": settings.rate})
     except SourceError as exc:

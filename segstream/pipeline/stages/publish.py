@@ -14,7 +14,7 @@ import time
 import cv2
 import numpy as np
 
-from segstream.pipeline.expect import IMAGE, INSTANCE_IDS, LABELS, part_problem
+from segstream.pipeline.expect import FULL_SIZE_KEY, IMAGE, INSTANCE_IDS, LABELS, full_size_problem, part_problem
 from segstream.pipeline.loop import CARRIED, open_sinks, open_writer, run_middle_stage
 from segstream.pipeline.overlay import COUNTS_KEY, class_counts, counts_to_meta, resized_class_counts
 from segstream.pipeline.runtime import StageRuntime
@@ -69,6 +69,9 @@ class PublishProcessor:
         problem = part_problem(message, "labels", LABELS) if message.header.part("labels") else None
         if not problem and message.header.part("frame") is not None:
             problem = part_problem(message, "frame", IMAGE)
+            full_size = message.header.meta.get(FULL_SIZE_KEY)
+            if not problem and full_size is not None:
+                problem = full_size_problem(full_size, message.header.part("frame").shape)
         if not problem and message.header.part("instance_ids") is not None:
             problem = part_problem(message, "instance_ids", INSTANCE_IDS)
             if not problem and message.header.part("labels") is None:
@@ -84,7 +87,9 @@ class PublishProcessor:
                 self.runtime.stats.skipped.add("overwritten", message.header.source)
                 return None
             frame_part = message.header.part("frame")
-            height, width = frame_part.shape[:2] if frame_part else labels.shape
+            # a frame decoded reduced (--reduced-decode) has its mask at the image's own size
+            height, width = labels.shape if frame_part is None else \
+                message.header.meta.get(FULL_SIZE_KEY) or frame_part.shape[:2]
             mask = _at_size(labels, height, width)
         ids = None
         if message.header.part("instance_ids") is not None:  # an instance model's: at frame resolution
