@@ -15,9 +15,12 @@ Prints Markdown tables (paste them into BENCHMARKS.md):
 6. start-up to the first mask (cold and warm) and the run's total RSS;
 7. a folder of JPEGs (the clip's frames at 1920x1080 and 2048x1024), masks written as PNGs
    (``masks:DIR``), decoded whole and with ``--reduced-decode``: throughput and capture's
-   and preprocess's CPU per frame.
+   and preprocess's CPU per frame;
+8. a live H.264 stream (HTTP-FLV from ``tools/flv_stream.py``, 1280x720 at 25 fps): how long
+   after a frame was sent the stream source hands it out, decoded by one thread and by
+   FFmpeg's default (one per core, frame threading).
 
-    python tools/bench_overhead.py [--frames N] [--sections 1,3,4,5,6,7]
+    python tools/bench_overhead.py [--frames N] [--sections 1,3,4,5,6,7,8] [--repeat R]
 
 To compare two trees, run each from its own folder (``cd TREE && PYTHONPATH=TREE python
 /path/to/this/script``): the stage processes are started with ``python -m``, which imports
@@ -30,9 +33,11 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -136,24 +141,40 @@ def stage_costs(stats: dict) -> dict[str, float]:
     return {key: 1000 * cpu[key] / max(frames[key], 1) for key in cpu}
 
 
-def section_near_free(model: Path, clip: Path, frames: int, tmp: Path) -> None:
+def section_near_free(model: Path, clip: Path, frames: int, tmp: Path, repeat: int = 1) -> None:
+    """Naive loop and pipeline, with and without --record, one right after the other,
+    ``repeat`` times per size: the ratio of each round (this machine's speed moves by
+    10-20 % from one minute to the next), their median in bold."""
     print("\n### Near-free model: pipeline vs naive loop (lossless, --rate max)\n")
+    if repeat > 1:
+        print(f"{repeat} rounds per size, each round naive then pipeline; fps of the last round, ratios of every "
+              f"round (median in bold).\n")
     print("| input | naive fps | pipeline fps | ratio | naive + record fps | pipeline + record fps | ratio |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     cost_rows = []
+    busy: dict[tuple[int, int], float] = {}
     for size in SIZES:
         source = scaled_clip(clip, size, frames, tmp)
-        naive, _ = naive_loop(model, source, frames, None)
-        naive_rec, _ = naive_loop(model, source, frames, tmp / f"naive-{size[0]}")
         base = PipelineConfig(sources=(str(source),), model=str(model), max_frames=frames, rate="max",
                               policy=FlowPolicy.LOSSLESS, quiet=True)
-        plain = pipeline(replace(base, publish=f"ipc://{tmp}/pub-{size[0]}"), model)
-        recorded = pipeline(replace(base, publish=f"ipc://{tmp}/pubr-{size[0]}", record=str(tmp / f"rec-{size[0]}")),
-                            model)
-        p, r = plain["throughput_fps"], recorded["throughput_fps"]
-        print(f"| {size[0]}x{size[1]} | {naive:.1f} | {p:.1f} | **{p / naive:.2f}** | {naive_rec:.1f} | {r:.1f} | "
-              f"**{r / naive_rec:.2f}** |")
+        ratios: tuple[list[float], list[float]] = ([], [])
+        for _ in range(repeat):
+            cpu_before, wall_before = _own_cpu_s(), time.perf_counter()
+            naive, _ = naive_loop(model, source, frames, None)
+            busy[size] = (_own_cpu_s() - cpu_before) / (time.perf_counter() - wall_before)
+            plain = pipeline(replace(base, publish=f"ipc://{tmp}/pub-{size[0]}"), model)
+            naive_rec, _ = naive_loop(model, source, frames, tmp / f"naive-{size[0]}")
+            recorded = pipeline(replace(base, publish=f"ipc://{tmp}/pubr-{size[0]}",
+                                        record=str(tmp / f"rec-{size[0]}")), model)
+            p, r = plain["throughput_fps"], recorded["throughput_fps"]
+            ratios[0].append(p / naive)
+            ratios[1].append(r / naive_rec)
+        cells = [_ratio_cell(values) for values in ratios]
+        print(f"| {size[0]}x{size[1]} | {naive:.1f} | {p:.1f} | {cells[0]} | {naive_rec:.1f} | {r:.1f} | {cells[1]} |")
         cost_rows.append((f"{size[0]}x{size[1]}", stage_costs(plain), stage_costs(recorded)))
+    print("\nThe naive loop (no --record) keeps " + ", ".join(f"{b:.2f}" for b in busy.values()) +
+          " cores busy (its CPU time over its wall time; FFmpeg's and ONNX Runtime's threads), at " +
+          ", ".join(f"{w}x{h}" for w, h in busy) + ".")
     print("\n### CPU time per frame of each stage, ms (near-free model; without / with --record)\n")
     stages = ["capture", "preprocess", "infer", "publish", "render"]
     print("| input | " + " | ".join(stages) + " |")
@@ -161,6 +182,18 @@ def section_near_free(model: Path, clip: Path, frames: int, tmp: Path) -> None:
     for label, plain, rec in cost_rows:
         cells = [f"{plain[s]:.1f} / {rec[s]:.1f}" if s in plain else f"- / {rec[s]:.1f}" for s in stages if s in rec]
         print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds of this process, all its threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _ratio_cell(values: list[float]) -> str:
+    """``**median**`` of the rounds' ratios, then every round's where there are several."""
+    median = f"**{float(np.median(values)):.2f}**"
+    return median if len(values) == 1 else f"{median} ({', '.join(f'{v:.2f}' for v in values)})"
 
 
 def section_live(model: Path, tmp: Path, seconds: float) -> None:
@@ -362,11 +395,63 @@ def section_jpeg(model: Path, clip: Path, frames: int, tmp: Path) -> None:
                   f"{costs['capture']:.1f} | {costs['preprocess']:.1f} | {count} |")
 
 
+def stream_delays(decode_threads: int, frames: int = 100, fps: int = 25) -> list[float]:
+    """ms from sending each frame of a paced live stream to the source handing it out."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from flv_stream import FlvStream, level
+
+    from segstream.pipeline.sources.streams import LiveOptions, open_stream
+
+    stream = FlvStream(1280, 720, fps)
+    sent: dict[int, float] = {}
+    done = threading.Event()
+
+    def pace() -> None:
+        start = time.monotonic()
+        while not done.is_set() and stream.sent < frames + 20:
+            k = stream.send()
+            sent[k] = time.monotonic()
+            done.wait(max(0.0, start + (k + 1) / fps - time.monotonic()))
+
+    threading.Thread(target=pace, daemon=True).start()
+    source = open_stream(stream.url, "bench", LiveOptions(decode_threads=decode_threads))
+    delays: list[float] = []
+    try:
+        for frame in source.frames():
+            now = time.monotonic()
+            if frame is None:
+                if done.is_set() or stream.sent >= frames + 20:
+                    break
+                continue
+            # the newest frame sent so far with this grey level (levels repeat every 11 frames)
+            value = float(frame.image.mean())
+            candidates = [k for k, at in sent.items() if at <= now and abs(level(k) - value) < 6]
+            if candidates and stream.sent > 20:  # after FFmpeg's probing
+                delays.append((now - sent[max(candidates)]) * 1000)
+            if len(delays) >= frames:
+                break
+    finally:
+        done.set()
+        source.close()
+        stream.close()
+    return delays
+
+
+def section_stream_delay() -> None:
+    print("\n### Live stream (HTTP-FLV, H.264 1280x720 at 25 fps): frame sent -> handed out by the source, ms\n")
+    print("| decoding threads | p50 | p95 | frames |")
+    print("|---|---:|---:|---:|")
+    for threads, label in ((1, "1 (`--decode-threads 1`, the default)"), (0, f"FFmpeg's default ({os.cpu_count()})")):
+        delays = stream_delays(threads)
+        print(f"| {label} | {np.median(delays):.1f} | {np.percentile(delays, 95):.1f} | {len(delays)} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=221, help="frames of the clip per run (max 221)")
     parser.add_argument("--sections", default="1,3,4,5,6", help="which sections to run (1 includes 2)")
     parser.add_argument("--live-seconds", type=float, default=10.0)
+    parser.add_argument("--repeat", type=int, default=1, help="section 1: rounds per size (median ratio)")
     args = parser.parse_args()
     sections = {int(s) for s in args.sections.split(",") if s}
     clip = resolve_asset("solidWhiteRight.mp4")
@@ -376,12 +461,13 @@ def main() -> int:
 
     print(f"machine: {os.cpu_count()} cores, {cpu}; Python {platform.python_version()}, "
           f"onnxruntime {onnxruntime.__version__}, OpenCV {cv2.__version__}")
-    print(f"command: python tools/bench_overhead.py --frames {args.frames} --sections {args.sections}")
+    print(f"command: python tools/bench_overhead.py --frames {args.frames} --sections {args.sections}"
+          + (f" --repeat {args.repeat}" if args.repeat > 1 else ""))
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
         model = near_free_model(tmp)
         if 1 in sections:
-            section_near_free(model, clip, args.frames, tmp)
+            section_near_free(model, clip, args.frames, tmp, max(1, args.repeat))
         if 3 in sections:
             section_live(model, tmp, args.live_seconds)
         if 4 in sections:
@@ -392,6 +478,8 @@ def main() -> int:
             section_startup(model, tmp)
         if 7 in sections:
             section_jpeg(model, clip, args.frames, tmp)
+        if 8 in sections:
+            section_stream_delay()
     return 0
 
 

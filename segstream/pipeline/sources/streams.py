@@ -35,6 +35,7 @@ FAILED_READ_S = 0.5  # reads failing for this long (no timeout involved) mean th
 READ_TIMEOUT_MARGIN_S = 1.0
 PROBE_US = 500_000  # how long FFmpeg may look at a stream to find its format
 PROBE_BYTES = 262_144
+MAX_DECODE_THREADS = 64
 
 
 class RtspTransport(str, Enum):
@@ -75,11 +76,17 @@ class LiveOptions:
     height: int = setting(0, "camera frame height to ask for (0: the device's default)")
     fps: float = setting(0.0, "camera frame rate to ask for (0: the device's default)", flag="--camera-fps",
                          metavar="N")
+    decode_threads: int = setting(1, "threads that decode a stream (0: FFmpeg's default, one per core, whose frame "
+                                  "threading delays every frame by a frame interval per thread beyond the first)",
+                                  flag="--decode-threads", metavar="N")
 
     def __post_init__(self) -> None:
         coerce_fields(self)
         if self.connect_attempts < 1:
             raise ConfigError(f"connect_attempts must be at least 1, found {self.connect_attempts}")
+        if not 0 <= self.decode_threads <= MAX_DECODE_THREADS:
+            raise ConfigError(f"decode_threads must be 0 (FFmpeg's default) to {MAX_DECODE_THREADS}, found "
+                              f"{self.decode_threads}")
         for name in ("open_timeout_s", "stall_timeout_s", "backoff_initial_s", "backoff_max_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be above 0 s, found {getattr(self, name)}")
@@ -329,6 +336,11 @@ def open_stream(uri: str, source_id: str, options: LiveOptions) -> LatestFrameSo
               # FFmpeg's own read timeout is the backstop that ends a read the watchdog
               # (stall_timeout_s) has given up on
               cv2.CAP_PROP_READ_TIMEOUT_MSEC, int((options.stall_timeout_s + READ_TIMEOUT_MARGIN_S) * 1000)]
+    if options.decode_threads:
+        # OpenCV decodes with one thread per core by default, and FFmpeg's frame threading
+        # hands out each frame only once (threads - 1) later ones have come in: on a live
+        # stream, that many frame intervals of latency
+        params += [cv2.CAP_PROP_N_THREADS, options.decode_threads]
     # Probing the stream for at most half a second (FFmpeg's default is 5 s) makes a
     # stream that comes back deliver frames again about a second sooner.
     ffmpeg_options = (f"rtsp_transport;{options.rtsp_transport.value}|fflags;nobuffer|"

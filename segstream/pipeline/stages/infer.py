@@ -26,6 +26,7 @@ from segstream.pipeline.loop import CARRIED, open_writer, run_middle_stage
 from segstream.pipeline.runtime import StageRuntime
 from segstream.pipeline.sources.streams import Backoff
 from segstream.pipeline.spec import InferSettings, StageSpec
+from segstream.pipeline.wire.checks import source_rate
 from segstream.pipeline.wire.choices import FlowPolicy
 from segstream.pipeline.wire.messages import Kind, Message, derive
 from segstream.pipeline.wire.payloads import PayloadReader
@@ -268,9 +269,9 @@ class InferProcessor:
         over the source's frame rate; the frame is this old already, and inference,
         publish and render are still to come (``PIN_MARGIN`` times this stage's time
         between frames; the first frames, with none measured, are copied)."""
-        fps = message.header.meta.get("fps")
+        fps = source_rate(message.header.meta.get("fps"))
         slots = self._frames.ring_slots(message, "frame") if self._frames is not None else 0
-        if not (isinstance(fps, (int, float)) and 0 < fps < 1000 and slots and self._cycle_ns):
+        if not (fps and slots and self._cycle_ns):
             return False
         lifetime_ns = (slots - 1) / fps * 1e9
         age_ns = time.monotonic_ns() - message.header.capture_ns
