@@ -50,23 +50,18 @@ def _final_report(control: zmq.Socket):
 
 
 @contextlib.contextmanager
-def _preprocess_stage(tmp_path: Path, run: str, **spec_fields) -> Iterator[tuple[zmq.Socket, ...]]:
-    """A real lossless preprocess stage process, fed on ``in.sock``; yields the feed, its
-    results, its control channel and the process, and stops them all."""
+def _stage(tmp_path: Path, spec: StageSpec, output: int) -> Iterator[tuple[zmq.Socket, ...]]:
+    """A real stage process run from ``spec`` (input ``in.sock``, control ``control.sock``);
+    yields the feed, a socket of type ``output`` for what it sends (not yet connected), its
+    control channel and the process, and stops them all."""
     context = zmq.Context()
-    feed, results, control = context.socket(zmq.PUSH), context.socket(zmq.PULL), context.socket(zmq.PULL)
+    feed, results, control = context.socket(zmq.PUSH), context.socket(output), context.socket(zmq.PULL)
     feed.bind(f"ipc://{tmp_path}/in.sock")
     control.bind(f"ipc://{tmp_path}/control.sock")
-    spec = StageSpec("preprocess", StageKind.PREPROCESS, run, FlowPolicy.LOSSLESS,
-                     PreprocessSettings(ModelMetadata.example()), inputs=(f"ipc://{tmp_path}/in.sock",),
-                     outputs=(f"ipc://{tmp_path}/out.sock",), control=f"ipc://{tmp_path}/control.sock",
-                     payloads=PayloadChoice.INLINE, ring=RingSpec(f"segstream-{run}-preprocess", 4),
-                     source_ids=("cam",), **spec_fields)
     path = tmp_path / "spec.json"
     path.write_text(spec.to_json())
     stage = subprocess.Popen([sys.executable, "-m", "segstream.pipeline.stage_main", str(path)], cwd=ROOT)
     try:
-        results.connect(f"ipc://{tmp_path}/out.sock")
         yield feed, results, control, stage
     finally:
         if stage.poll() is None:
@@ -74,6 +69,20 @@ def _preprocess_stage(tmp_path: Path, run: str, **spec_fields) -> Iterator[tuple
         for sock in (feed, results, control):
             sock.close(0)
         context.term()
+
+
+@contextlib.contextmanager
+def _preprocess_stage(tmp_path: Path, run: str, **spec_fields) -> Iterator[tuple[zmq.Socket, ...]]:
+    """A real lossless preprocess stage process, fed on ``in.sock``; yields the feed, its
+    results, its control channel and the process, and stops them all."""
+    spec = StageSpec("preprocess", StageKind.PREPROCESS, run, FlowPolicy.LOSSLESS,
+                     PreprocessSettings(ModelMetadata.example()), inputs=(f"ipc://{tmp_path}/in.sock",),
+                     outputs=(f"ipc://{tmp_path}/out.sock",), control=f"ipc://{tmp_path}/control.sock",
+                     payloads=PayloadChoice.INLINE, ring=RingSpec(f"segstream-{run}-preprocess", 4),
+                     source_ids=("cam",), **spec_fields)
+    with _stage(tmp_path, spec, zmq.PULL) as (feed, results, control, stage):
+        results.connect(f"ipc://{tmp_path}/out.sock")
+        yield feed, results, control, stage
 
 
 def test_a_preprocess_stage_skips_what_does_not_fit_and_goes_on(tmp_path):
@@ -111,28 +120,15 @@ def _publish_stage(tmp_path: Path, run: str, metadata: ModelMetadata) -> Iterato
     the process, and stops them all."""
     from segstream.pipeline.spec import PublishSettings
 
-    context = zmq.Context()
-    feed, control, sub = context.socket(zmq.PUSH), context.socket(zmq.PULL), context.socket(zmq.SUB)
-    feed.bind(f"ipc://{tmp_path}/in.sock")
-    control.bind(f"ipc://{tmp_path}/control.sock")
     publish = f"ipc://{tmp_path}/pub.sock"
     spec = StageSpec("publish", StageKind.PUBLISH, run, FlowPolicy.LOSSLESS, PublishSettings(metadata, endpoint=publish),
                      inputs=(f"ipc://{tmp_path}/in.sock",), control=f"ipc://{tmp_path}/control.sock",
                      payloads=PayloadChoice.INLINE, source_ids=("cam",))
-    path = tmp_path / "spec.json"
-    path.write_text(spec.to_json())
-    stage = subprocess.Popen([sys.executable, "-m", "segstream.pipeline.stage_main", str(path)], cwd=ROOT)
-    try:
+    with _stage(tmp_path, spec, zmq.SUB) as (feed, sub, control, stage):
         sub.connect(publish)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         time.sleep(1.0)  # the subscriber's grace: the good results must reach it
         yield feed, sub, control, stage
-    finally:
-        if stage.poll() is None:
-            stage.kill()
-        for sock in (feed, control, sub):
-            sock.close(0)
-        context.term()
 
 
 def test_a_publish_stage_refuses_malformed_instances_and_publishes_good_ones(tmp_path):
