@@ -107,6 +107,33 @@ def test_a_stage_that_keeps_dying_ends_the_run_once_its_restarts_are_spent(tmp_p
     assert leftovers(run_id, tmp_path / "t") == []
 
 
+def test_a_run_embedded_in_another_program_is_not_swept_and_a_reused_pid_does_not_keep_a_dead_run(tmp_path):
+    """A supervisor run from a program of the user's (the Python API), whose command line
+    says nothing of segstream, keeps its folder while it lives; a folder whose owner's pid
+    now belongs to a process started later (the pid was reused) is swept."""
+    import subprocess
+    import sys
+
+    from segstream.pipeline.run_folder import claim, sweep_orphans
+
+    embedded = tmp_path / "segstream-embedded"
+    embedded.mkdir()
+    claim(embedded, "0badcafe")  # by this test's process: pytest, not "segstream" on its command line
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "segstream"])
+    try:
+        reused = tmp_path / "segstream-reused"
+        reused.mkdir()
+        # owner: the other process's pid, but a start time before it began (as a dead
+        # supervisor's pid taken by a newer process would read)
+        (reused / "owner").write_text(f"{other.pid} feedface 1\n")
+        removed = sweep_orphans(tmp_path)
+        assert removed == [str(reused)]
+        assert embedded.is_dir()
+    finally:
+        other.kill()
+        other.wait()
+
+
 def test_the_next_run_sweeps_what_runs_with_a_dead_supervisor_left_and_nothing_of_a_live_one(tmp_path):
     import subprocess
     import sys

@@ -1,6 +1,7 @@
 """``--reduced-decode``: JPEG frames decoded at 1/2, 1/4 or 1/8 of their size where the
-model takes less, masks still published at the image's full size. The JPEG header reader is
-fuzzed; the pipeline runs for real on JPEGs made from the shared Cityscapes frames."""
+model takes less, masks still published at the image's full size. The JPEG and PNG header
+readers are fuzzed, and images whose header claims more than a frame may be are refused
+undecoded; the pipeline runs for real on JPEGs made from the shared Cityscapes frames."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from conftest import CITYSCAPES_FRAMES
 
 from segstream.engines.metadata import ModelMetadata
 from segstream.pipeline.sources.files import ImageListSource
-from segstream.pipeline.sources.reduced_decode import HEADER_SCAN_BYTES, jpeg_size, read_reduced, reduction
+from segstream.pipeline.sources.image_headers import HEADER_SCAN_BYTES, jpeg_size, png_size
+from segstream.pipeline.sources.reduced_decode import read_reduced, reduction
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +49,10 @@ def test_anything_but_a_well_formed_jpeg_header_has_no_size(cityscapes_jpeg):
     for data in (b"", b"\xff", b"\xff\xd8", png.tobytes(), cityscapes_jpeg[:sof + 6], bytes(lying_length),
                  bytes(zero_size), b"\xff\xd8\xff\xda\x00\x08" + bytes(20), b"\xff\xd8\x00\x00" + bytes(100), huge_app):
         assert jpeg_size(data) is None, data[:16]
+    assert png_size(png) == (8, 8) and png_size(png.tobytes()[:23]) is None and png_size(cityscapes_jpeg) is None
+    zero_width = bytearray(png.tobytes())
+    zero_width[16:20] = bytes(4)
+    assert png_size(bytes(zero_width)) is None and png_size(b"\x89PNG\r\n\x1a\n" + bytes(16)) is None
 
 
 def test_random_and_mangled_headers_never_raise(cityscapes_jpeg):
@@ -59,6 +65,7 @@ def test_random_and_mangled_headers_never_raise(cityscapes_jpeg):
         size = jpeg_size(mangled)
         assert size is None or (isinstance(size, tuple) and min(size) > 0)
         jpeg_size(b"\xff\xd8" + rng.integers(0, 256, size=int(rng.integers(0, 64)), dtype=np.uint8).tobytes())
+        png_size(b"\x89PNG\r\n\x1a\n" + rng.integers(0, 256, size=int(rng.integers(0, 32)), dtype=np.uint8).tobytes())
 
 
 @pytest.mark.parametrize(("size", "at_least", "factor"), [
@@ -154,7 +161,8 @@ def test_a_run_over_jpegs_publishes_full_size_masks_from_reduced_frames(tmp_path
         out = tmp_path / f"masks-{reduced}"
         result = Supervisor(replace(base, reduced_decode=reduced, sinks=(f"masks:{out}",)),
                             resolve_inference(str(fast_onnx), backend="onnxruntime")).run()
-        assert result.exit_code == 0, result.error
+        assert result.exit_code == 0, (result.error, {name: stage.get("error") for name, stage in
+                                                      result.stats.get("stages", {}).items()})
         stats[reduced] = result.stats
         masks[reduced] = {p.name: cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted(out.rglob("*.png"))}
     capture = {reduced: s["stages"]["capture-0"] for reduced, s in stats.items()}
@@ -167,3 +175,38 @@ def test_a_run_over_jpegs_publishes_full_size_masks_from_reduced_frames(tmp_path
     for name, mask in masks[True].items():
         assert mask.shape == masks[False][name].shape == (1024, 2048)
         assert (mask == masks[False][name]).mean() > 0.85, name  # a 1/8 decode against a 16x linear resize
+
+
+def _claiming(data: bytes, height: int, width: int) -> bytes:
+    """A JPEG or PNG whose header claims ``height`` x ``width`` (PNG's header checksum
+    made right), with the small image's data behind it: a decompression bomb."""
+    import zlib
+
+    out = bytearray(data)
+    if out.startswith(b"\x89PNG"):
+        out[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+        out[29:33] = zlib.crc32(bytes(out[12:29])).to_bytes(4, "big")
+    else:
+        sof = out.index(b"\xff\xc0")
+        out[sof + 5:sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(out)
+
+
+@pytest.mark.parametrize("reduce_to", [None, (64, 128)])
+def test_an_image_whose_header_claims_more_pixels_than_a_frame_may_have_is_refused_before_decoding(tmp_path,
+                                                                                                  reduce_to):
+    """A few hundred bytes claiming 30000x30000 made OpenCV allocate 2.7 GB and decode for
+    7 s, for a frame the wire then refuses anyway: it is refused from its header, with why."""
+    small = np.full((16, 16, 3), 120, np.uint8)
+    for suffix in (".jpg", ".png"):
+        ok, buf = cv2.imencode(suffix, small)
+        (tmp_path / f"bomb{suffix}").write_bytes(_claiming(buf.tobytes(), 30000, 30000))
+    cv2.imwrite(str(tmp_path / "fine.png"), small)
+    source = ImageListSource(sorted(tmp_path.iterdir()), "cam", "test folder")
+    source.reduce_to = reduce_to
+    frames = list(source.frames())
+    assert [f.name for f in frames] == ["bomb", "bomb", "fine"]
+    for frame in frames[:2]:
+        assert frame.image is None
+        assert "30000x30000" in frame.error and "pixels" in frame.error, frame.error
+    assert frames[2].image.shape == (16, 16, 3)

@@ -40,20 +40,41 @@ def make_run_dir(run_id: str) -> Path:
 
 
 def claim(run_dir: Path, run_id: str) -> None:
-    """Mark ``run_dir`` as the folder of run ``run_id``, owned by this process."""
-    (run_dir / OWNER).write_text(f"{os.getpid()} {run_id}\n")
+    """Mark ``run_dir`` as the folder of run ``run_id``, owned by this process (its pid and
+    start time: a pid the system gives to a newer process later does not keep it)."""
+    started = _start_time(os.getpid())
+    (run_dir / OWNER).write_text(f"{os.getpid()} {run_id}" + (f" {started}" if started is not None else "") + "\n")
 
 
-def _owner(run_dir: Path) -> tuple[int, str] | None:
+def _owner(run_dir: Path) -> tuple[int, str, int | None] | None:
+    """(pid, run id, start time if recorded) from a run folder's owner file."""
     try:
-        pid, run_id = (run_dir / OWNER).read_text().split()
-        return int(pid), run_id
+        fields = (run_dir / OWNER).read_text().split()
+        if len(fields) not in (2, 3):
+            return None
+        return int(fields[0]), fields[1], int(fields[2]) if len(fields) == 3 else None
     except (OSError, ValueError):
         return None
 
 
-def _alive(pid: int) -> bool:
-    """A live process that is a segstream supervisor (a reused pid is not)."""
+def _start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot, /proc/PID/stat), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[19])  # field 22; the name may hold spaces
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int, started: int | None = None) -> bool:
+    """Whether the owner of a run folder still runs: process ``pid``, started at ``started``
+    where the owner file says (any program: a supervisor run through the Python API is
+    not ``segstream`` on its command line); for an owner file without it, a live process
+    with ``segstream`` on its command line (a reused pid is not)."""
+    if started is not None:
+        now = _start_time(pid)
+        if now is not None or Path("/proc/self/stat").exists():
+            return now == started
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
@@ -86,7 +107,7 @@ def sweep_orphans(base: Path) -> list[str]:
     runs = 0
     for folder in folders:
         owner = _owner(folder)
-        if owner is None or _alive(owner[0]):
+        if owner is None or _alive(owner[0], owner[2]):
             continue  # not ours to judge, or still running
         removed += sweep_run(folder, owner[1])
         runs += 1
@@ -100,7 +121,7 @@ def sweep_after_supervisor(spec_path: Path, run_id: str) -> None:
     (the one holding its spec, if it belongs to ``run_id``) and shared memory."""
     run_dir = spec_path.parent
     owner = _owner(run_dir)
-    if owner is None or owner[1] != run_id or _alive(owner[0]):
+    if owner is None or owner[1] != run_id or _alive(owner[0], owner[2]):
         return
     removed = sweep_run(run_dir, run_id)
     if removed:

@@ -14,6 +14,7 @@ import numpy as np
 from segstream.datasets.images import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageEntry
 from segstream.errors import SourceError
 from segstream.pipeline.sources.base import FrameBuffers, SourceFrame, decode_target, to_bgr
+from segstream.pipeline.sources.image_headers import image_size, too_large
 from segstream.pipeline.sources.reduced_decode import read_reduced
 
 logger = logging.getLogger(__name__)
@@ -121,13 +122,13 @@ class ImageListSource:
     def frames(self) -> Iterator[SourceFrame]:
         for entry in self.entries:
             path = entry.path
-            image, full_size = self._decode(path)
+            image, full_size, problem = self._decode(path)
             if image is None:
-                yield SourceFrame(None, path.stem, f"cannot decode {path.name}", time_s=entry.time_s)
+                yield SourceFrame(None, path.stem, problem, time_s=entry.time_s)
                 continue
             gt = None
             if entry.gt_path is not None:
-                gt = cv2.imread(str(entry.gt_path), cv2.IMREAD_GRAYSCALE)
+                gt = _read_ground_truth(entry.gt_path, cv2.IMREAD_GRAYSCALE)
                 if gt is None:
                     logger.warning("cannot decode ground truth %s; frame %s goes without", entry.gt_path, path.stem)
             instances = self._instance_gt(entry.gt_path) if self.instance_gt and entry.gt_path else None
@@ -137,22 +138,30 @@ class ImageListSource:
             except ValueError as exc:
                 yield SourceFrame(None, path.stem, f"{path.name}: {exc}", time_s=entry.time_s)
 
-    def _decode(self, path: Path) -> tuple[np.ndarray | None, tuple[int, int] | None]:
-        """The image (None where it cannot be read), and its full size where it was
-        decoded reduced."""
-        if self.reduce_to is None:
-            return cv2.imread(str(path), cv2.IMREAD_UNCHANGED), None
+    def _decode(self, path: Path) -> tuple[np.ndarray | None, tuple[int, int] | None, str]:
+        """The image (None where it cannot be read), its full size where it was decoded
+        reduced, and why it was not read (a JPEG or PNG larger than a frame may be is
+        refused from its header, before OpenCV allocates it)."""
         try:
             data = np.fromfile(path, np.uint8)
-        except OSError:
-            return None, None
-        return read_reduced(data, self.reduce_to) if data.size else (None, None)
+        except OSError as exc:
+            return None, None, f"cannot read {path.name}: {exc.strerror or exc}"
+        if not data.size:
+            return None, None, f"cannot decode {path.name}: the file is empty"
+        refused = too_large(image_size(data))
+        if refused:
+            return None, None, f"{path.name}: {refused}"
+        if self.reduce_to is not None:
+            image, full_size = read_reduced(data, self.reduce_to)
+        else:
+            image, full_size = cv2.imdecode(data, cv2.IMREAD_UNCHANGED), None
+        return image, full_size, "" if image is not None else f"cannot decode {path.name}"
 
     @staticmethod
     def _instance_gt(gt_path: Path) -> np.ndarray | None:
         """The ``*_gtFine_instanceIds.png`` beside a ``*_gtFine_labelIds.png``, or None."""
         path = gt_path.with_name(gt_path.name.replace("_labelIds.png", "_instanceIds.png"))
-        ids = cv2.imread(str(path), cv2.IMREAD_UNCHANGED) if path.is_file() else None
+        ids = _read_ground_truth(path, cv2.IMREAD_UNCHANGED) if path.is_file() else None
         if ids is None or ids.ndim != 2:
             return None
         return ids.astype(np.uint16)
@@ -162,6 +171,20 @@ class ImageListSource:
 
     def close(self) -> None:
         pass
+
+
+def _read_ground_truth(path: Path, flags: int) -> np.ndarray | None:
+    """A ground-truth image, or None where it cannot be read or its header claims more
+    pixels than a frame may have (not decoded, logged)."""
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError:
+        return None
+    refused = too_large(image_size(data)) if data.size else "it is empty"
+    if refused:
+        logger.warning("ground truth %s is not read: %s", path, refused)
+        return None
+    return cv2.imdecode(data, flags)
 
 
 class TestPatternSource:

@@ -6,9 +6,9 @@ preprocessing then resizes a smaller frame. OpenCV offers it as ``IMREAD_REDUCED
 PNG has no such path (OpenCV decodes the whole image and shrinks it after: no faster), so
 only JPEG is read this way.
 
-The image's own size is read from the JPEG's frame header first, so that the scale is the
-smallest that still leaves the frame at least as large as the model's input, and so that
-the mask can still be published at the image's full size.
+The image's own size is read from the JPEG's frame header first (``image_headers.py``),
+so that the scale is the smallest that still leaves the frame at least as large as the
+model's input, and so that the mask can still be published at the image's full size.
 """
 
 from __future__ import annotations
@@ -18,47 +18,11 @@ import logging
 import cv2
 import numpy as np
 
+from segstream.pipeline.sources.image_headers import jpeg_size
+
 logger = logging.getLogger(__name__)
 
 _FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
-# Start-of-frame markers: baseline, extended, progressive, lossless and the arithmetic-coded
-# ones (not C4: Huffman tables, C8: reserved, CC: arithmetic conditioning).
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and RSTn carry no length
-HEADER_SCAN_BYTES = 1 << 20  # a frame header further in than this (huge EXIF) is not looked for
-
-
-def jpeg_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
-    """(height, width) from a JPEG's frame header, or None for anything that is not a
-    well-formed JPEG up to that header (the caller then decodes it whole, as any image)."""
-    buf = memoryview(np.ascontiguousarray(data, np.uint8).ravel() if isinstance(data, np.ndarray) else data)
-    end = min(len(buf), HEADER_SCAN_BYTES)
-    if end < 4 or buf[0] != 0xFF or buf[1] != 0xD8:
-        return None
-    pos = 2
-    while pos + 4 <= end:
-        if buf[pos] != 0xFF:
-            return None
-        marker = buf[pos + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            pos += 1
-            continue
-        if marker in _STANDALONE:
-            pos += 2
-            continue
-        length = (buf[pos + 2] << 8) | buf[pos + 3]
-        if length < 2:
-            return None
-        if marker in _SOF:
-            if pos + 9 > end or length < 8:
-                return None
-            height = (buf[pos + 5] << 8) | buf[pos + 6]
-            width = (buf[pos + 7] << 8) | buf[pos + 8]
-            return (height, width) if height > 0 and width > 0 else None
-        if marker in (0xD9, 0xDA):  # end of image, or the scan began before any frame header
-            return None
-        pos += 2 + length
-    return None
 
 
 def reduction(size: tuple[int, int], at_least: tuple[int, int]) -> int:
