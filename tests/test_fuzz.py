@@ -372,7 +372,7 @@ def test_the_supervisor_fed_ten_thousand_forged_events_runs_on_and_counts_each(t
     import tempfile
 
     run_dirs = [p.parent for base in (tmpdir, Path(tempfile.gettempdir()), Path("/tmp"))
-                for p in base.glob("segstream-*/owner") if p.read_text().split()[1:] == [run_id]]
+                for p in base.glob("segstream-*/owner") if p.read_text().split()[1:2] == [run_id]]
     control = run_dirs[0] / "control.sock"
     stages = {"capture-0", "infer", "publish", "render"}  # live flow: the worker preprocesses
     bases = [json.loads(encode_control(StageEvent("infer", EventKind.STATS, report=StageReport("infer", 5, 5)))),

@@ -2,8 +2,9 @@
 
 A run's folder (``segstream-*`` in the temp folder: spec files, ledgers, ipc sockets)
 holds an ``owner`` file with the supervisor's pid, the run id and the process's start
-time (so a supervisor inside any program counts as alive, and a reused pid does not). Normally the supervisor
-removes the folder and the run's shared memory itself. When it was killed:
+time (so a supervisor inside any program counts as alive, and a reused pid does not).
+Normally the supervisor removes the folder and the run's shared memory itself. When it
+was killed:
 
 - its stages notice (their parent is gone), stop, and on their way out remove the folder
   and sweep the run's shared memory (``sweep_run``);
