@@ -449,7 +449,7 @@ def section_stream_delay() -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=221, help="frames of the clip per run (max 221)")
-    parser.add_argument("--sections", default="1,3,4,5,6", help="which sections to run (1 includes 2)")
+    parser.add_argument("--sections", default="1,3,4,5,6,7,8", help="which sections to run (1 includes 2)")
     parser.add_argument("--live-seconds", type=float, default=10.0)
     parser.add_argument("--repeat", type=int, default=1, help="section 1: rounds per size (median ratio)")
     args = parser.parse_args()
