@@ -140,17 +140,10 @@ class ImageListSource:
 
     def _decode(self, path: Path) -> tuple[np.ndarray | None, tuple[int, int] | None, str]:
         """The image (None where it cannot be read), its full size where it was decoded
-        reduced, and why it was not read (a JPEG or PNG larger than a frame may be is
-        refused from its header, before OpenCV allocates it)."""
-        try:
-            data = np.fromfile(path, np.uint8)
-        except OSError as exc:
-            return None, None, f"cannot read {path.name}: {exc.strerror or exc}"
-        if not data.size:
-            return None, None, f"cannot decode {path.name}: the file is empty"
-        refused = too_large(image_size(data))
-        if refused:
-            return None, None, f"{path.name}: {refused}"
+        reduced, and why it was not read."""
+        data, problem = _encoded(path)
+        if data is None:
+            return None, None, problem
         if self.reduce_to is not None:
             image, full_size = read_reduced(data, self.reduce_to)
         else:
@@ -173,16 +166,26 @@ class ImageListSource:
         pass
 
 
-def _read_ground_truth(path: Path, flags: int) -> np.ndarray | None:
-    """A ground-truth image, or None where it cannot be read or its header claims more
-    pixels than a frame may have (not decoded, logged)."""
+def _encoded(path: Path) -> tuple[np.ndarray | None, str]:
+    """The bytes of an image file, or None and why not: it cannot be read, it is empty, or
+    its header claims more pixels than a frame may have (refused before OpenCV allocates
+    them)."""
     try:
         data = np.fromfile(path, np.uint8)
-    except OSError:
-        return None
-    refused = too_large(image_size(data)) if data.size else "it is empty"
-    if refused:
-        logger.warning("ground truth %s is not read: %s", path, refused)
+    except OSError as exc:
+        return None, f"cannot read {path.name}: {exc.strerror or exc}"
+    if not data.size:
+        return None, f"cannot decode {path.name}: the file is empty"
+    refused = too_large(image_size(data))
+    return (None, f"{path.name}: {refused}") if refused else (data, "")
+
+
+def _read_ground_truth(path: Path, flags: int) -> np.ndarray | None:
+    """A ground-truth image, or None where it cannot be read (logged when ``_encoded``
+    says why)."""
+    data, problem = _encoded(path)
+    if data is None:
+        logger.warning("ground truth %s is not read: %s", path, problem)
         return None
     return cv2.imdecode(data, flags)
 

@@ -241,7 +241,6 @@ class RingWriter:
         """Unmap every segment this writer created and unlink them (unless a supervisor
         will sweep them once the readers are done: ``unlink=False``)."""
         self.abandon()
-        self._reserved = None
         if self._segment is not None:
             self._segment.close()
             self._segment = None
