@@ -210,3 +210,16 @@ def test_an_image_whose_header_claims_more_pixels_than_a_frame_may_have_is_refus
         assert frame.image is None
         assert "30000x30000" in frame.error and "pixels" in frame.error, frame.error
     assert frames[2].image.shape == (16, 16, 3)
+
+
+def test_a_full_size_larger_than_a_frame_may_be_is_refused_though_within_eight_times_the_frame():
+    """A forged message with a large frame and a full size 8x it would make publish resize
+    the mask to 4.3 GB: the full size is held to the pixels a frame may have."""
+    from segstream.pipeline.expect import full_size_problem
+    from segstream.pipeline.wire.checks import MAX_FRAME_PIXELS
+
+    assert full_size_problem([8192, 8192], (1024, 1024, 3)) is None
+    problem = full_size_problem([65535, 65535], (8192, 8192, 3))
+    assert problem is not None and "pixels" in problem, problem
+    side = int(MAX_FRAME_PIXELS ** 0.5)
+    assert full_size_problem([side, side], (side // 4, side // 4, 3)) is None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from segstream.pipeline.wire.checks import MAX_FRAME_PIXELS
 from segstream.pipeline.wire.messages import Message
 
 
@@ -59,9 +60,13 @@ MAX_REDUCTION = 8  # libjpeg's largest: what a full size may be, at most, over t
 def full_size_problem(value: object, frame_shape: tuple[int, ...]) -> str | None:
     """Why ``meta.full_size`` cannot be the size of a frame decoded reduced to
     ``frame_shape`` (None if it can): it must be [height, width], integers at least the
-    frame's and at most ``MAX_REDUCTION`` times as large."""
+    frame's and at most ``MAX_REDUCTION`` times as large, and no more pixels than a frame
+    may have (the mask is made at that size)."""
     if not (isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value)):
         return f"meta {FULL_SIZE_KEY!r} is {value!r:.60}; expected [height, width] as integers"
+    if value[0] * value[1] > MAX_FRAME_PIXELS:
+        return (f"meta {FULL_SIZE_KEY!r} {value} has {value[0] * value[1]} pixels; a frame may have "
+                f"{MAX_FRAME_PIXELS} at most")
     for full, reduced, side in zip(value, frame_shape[:2], ("height", "width")):
         if not reduced <= full <= MAX_REDUCTION * reduced:
             return (f"meta {FULL_SIZE_KEY!r} {side} {full} does not fit a frame reduced to {reduced}; expected "

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from segstream.pipeline.wire.checks import MAX_ELEMENTS
+from segstream.pipeline.wire.checks import MAX_FRAME_PIXELS
 
-MAX_FRAME_PIXELS = MAX_ELEMENTS // 3  # a BGR frame the wire carries: 89 M pixels (8K has 33 M)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # Start-of-frame markers: baseline, extended, progressive, lossless and the arithmetic-coded

@@ -22,6 +22,7 @@ MAX_NS = (1 << 63) - 1
 MAX_DIMS = 4
 MAX_SIDE = 1 << 16  # 65,536 pixels on a side
 MAX_ELEMENTS = 1 << 28  # 268 M elements (a 16-bit 8K frame has 100 M)
+MAX_FRAME_PIXELS = MAX_ELEMENTS // 3  # a BGR frame the wire carries: 89 M pixels (8K has 33 M)
 MAX_PARTS = 16
 MAX_STAMPS = 64
 MAX_SLOTS = 1 << 16
