@@ -87,6 +87,10 @@ def test_config_from_yaml_and_flag_overrides(tmp_path):
     ("sources: {uris: a.mp4}\n", "expected a list"),
     ("telemetry: {metrics_port: 1e9}\n", "expected an integer"),
     ("flow: {ready_timeout_s: .nan}\n", "expected a finite number"),
+    # a wrong type names the key as the file writes it, after the file's name
+    ("outputs: {opacity: abc}\n", r"bad\.yaml: outputs\.opacity: expected a finite number, found 'abc'"),
+    ("sources: {live: {stall_timeout_s: x}}\n", r"bad\.yaml: sources\.live\.stall_timeout_s: expected a finite"),
+    ("max_frames: [1]\n", r"bad\.yaml: max_frames: expected an integer"),
 ])
 def test_bad_config_values_are_named(tmp_path, text, message):
     path = tmp_path / "bad.yaml"

@@ -35,6 +35,46 @@ def _version(package: str) -> str | None:
         return None
 
 
+def check_versions(distribution: str = "segstream") -> list[Check]:
+    """One check per installed dependency of ``distribution`` (core and extras): its version,
+    and whether it lies in the range segstream is tested with (pyproject.toml)."""
+    try:
+        requirements = importlib.metadata.requires(distribution) or []
+    except importlib.metadata.PackageNotFoundError:
+        return [Check("dependency versions", False, f"{distribution} is not installed as a package, so its tested "
+                      f"ranges are unknown", "pip install -e . from the repository")]
+    return version_checks(requirements, exclude=distribution)
+
+
+def version_checks(requirements: list[str], exclude: str = "") -> list[Check]:
+    """Checks of the installed versions against requirement lines (``name>=1,<2``, with or
+    without an ``extra`` marker): a core requirement not installed is needed; an extra's is
+    left out; a version outside its range is flagged with the install command that fixes it."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    checks, seen = [], {exclude.lower()}
+    for line in requirements:
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:
+            continue
+        name = requirement.name.lower()
+        if name in seen or not requirement.specifier:
+            continue
+        seen.add(name)
+        version = _version(requirement.name)
+        wanted = f"pip install '{requirement.name}{requirement.specifier}'"
+        if version is None:
+            if requirement.marker is None:
+                checks.append(Check(f"version: {requirement.name}", False, "not installed", wanted, needed=True))
+            continue
+        ok = requirement.specifier.contains(version, prereleases=True)
+        detail = f"{version} (tested: {requirement.specifier})" if ok else (
+            f"{version} is outside the tested range {requirement.specifier}: results may differ from the tested ones")
+        checks.append(Check(f"version: {requirement.name}", ok, detail, "" if ok else wanted))
+    return checks
+
+
 def check_onnxruntime() -> Check:
     version = _version("onnxruntime") or _version("onnxruntime-gpu")
     if version is None:
@@ -120,7 +160,7 @@ def run_checks() -> list[Check]:
     """Every check, in the order they are printed."""
     return [Check("Python", True, f"{platform.python_version()} ({platform.machine()})"), check_onnxruntime(),
             check_torch(), *check_gpu(), check_h264(), check_ffmpeg(), check_gstreamer(), check_shm(),
-            *check_data()]
+            *check_data(), *check_versions()]
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

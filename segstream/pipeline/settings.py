@@ -130,14 +130,16 @@ def apply(base: Any, overrides: dict[str, Any]) -> Any:
     return dataclasses.replace(base, **changes)
 
 
-def _flatten(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
-    """YAML sections (``engine: {model: ...}``) to field names; flat keys pass through."""
+def _flatten(cls: type, data: dict[str, Any], where: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """YAML sections (``engine: {model: ...}``) to field names; flat keys pass through.
+    Also returns each field's key path as written (``engine.model``), for errors."""
     by_path = {}
     for f, _ in _settings(cls):
         if f.metadata["section"]:
             by_path[(f.metadata["section"], f.metadata["yaml"] or f.name)] = f.name
     fields = {f.name for f in dataclasses.fields(cls)}
     flat: dict[str, Any] = {}
+    paths: dict[str, str] = {}
     for key, value in data.items():
         if key in SECTIONS and isinstance(value, dict):
             known = sorted(k for s, k in by_path if s == key)
@@ -146,12 +148,14 @@ def _flatten(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
                 if name is None:
                     raise ConfigError(f"{where}: unknown key {key}.{inner}; known in {key}: {known}")
                 flat[name] = item
+                paths[name] = f"{key}.{inner}"
         elif key in fields:
             flat[key] = value
+            paths[key] = key
         else:
             raise ConfigError(f"{where}: unknown key {key!r}; known: sections {list(SECTIONS)} or the flat keys "
                               f"{sorted(fields)}")
-    return flat
+    return flat, paths
 
 
 def from_mapping(cls: type, data: Any, where: str) -> Any:
@@ -162,12 +166,12 @@ def from_mapping(cls: type, data: Any, where: str) -> Any:
     """
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must hold a mapping of settings, found {type(data).__name__}")
-    flat = _flatten(cls, data, where)
+    flat, paths = _flatten(cls, data, where)
     for f in dataclasses.fields(cls):
         coerce = f.metadata.get("coerce") if f.metadata else None
         if coerce is not None and flat.get(f.name) is not None:
             flat[f.name] = coerce(flat[f.name])
-    return load_dataclass(cls, flat, where, ConfigError)
+    return load_dataclass(cls, flat, where, ConfigError, paths=paths)
 
 
 def coerce_fields(instance: Any) -> None:

@@ -170,9 +170,12 @@ def load(tp: Any, value: Any, where: str, error: type[Exception] = ValueError, d
     raise error(f"{where}: cannot read a {getattr(tp, '__name__', tp)} from {_describe(value)}")
 
 
-def load_dataclass(cls: type, value: Any, where: str, error: type[Exception] = ValueError, depth: int = 0) -> Any:
+def load_dataclass(cls: type, value: Any, where: str, error: type[Exception] = ValueError, depth: int = 0,
+                   paths: dict[str, str] | None = None) -> Any:
     """A dataclass instance from a JSON object: unknown keys refused (the known ones
-    listed), missing required fields named, every field checked."""
+    listed), missing required fields named, every field checked. ``paths`` names a field
+    in errors by where it was written (``outputs.opacity`` for a YAML section's key) as
+    ``WHERE: PATH``; without it a field is ``WHERE.NAME``."""
     if not isinstance(value, dict):
         raise error(f"{where}: expected an object with {known_fields(cls)}, found {_describe(value)}")
     hints = _hints(cls)
@@ -188,7 +191,8 @@ def load_dataclass(cls: type, value: Any, where: str, error: type[Exception] = V
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise error(f"{where}: missing {f.name!r}")
             continue
-        kwargs[f.name] = load(hints[f.name], value[f.name], f"{where}.{f.name}", error, depth + 1)
+        at = f"{where}: {paths[f.name]}" if paths and f.name in paths else f"{where}.{f.name}"
+        kwargs[f.name] = load(hints[f.name], value[f.name], at, error, depth + 1)
     try:
         return cls(**kwargs)
     except error:
