@@ -163,3 +163,52 @@ def test_metadata_is_read_from_the_protobuf_without_the_onnx_package(tmp_path, f
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "--model", "fcn-resnet18", "--source", "test-pattern:64x48@5", "--max-frames", "1", "--publish", "",
+     "--record", "{tmp}/rec"],
+    ["export", "unet", "-o", "{tmp}/never.onnx"],
+    ["triton-repo", "ddrnet23-slim", "-o", "{tmp}/never-repo"],
+])
+def test_a_model_without_trained_weights_is_refused_with_where_they_come_from(args, tmp_path):
+    result = run_segstream(*(arg.format(tmp=tmp_path) for arg in args), timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "has no trained weights" in result.stderr and "segstream train" in result.stderr
+    assert "--random-weights" in result.stderr
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_the_mask_rcnn_refusal_names_the_coco_weights_file():
+    result = run_segstream("run", "--model", "maskrcnn-r50-fpn", "--publish", "", timeout=120)
+    assert result.returncode == 2
+    assert "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth" in result.stderr and "--weights" in result.stderr
+
+
+def test_random_weights_on_purpose_warn_on_the_run_and_in_stats(tmp_path):
+    """--random-weights runs it, and says so on stderr, in the summary and in stats.json;
+    the exported file carries it, so a later run of that file warns too."""
+    record = tmp_path / "rec"
+    result = run_segstream("run", "--model", "unet", "--random-weights", "--source", "test-pattern:64x48@5",
+                           "--max-frames", "2", "--policy", "lossless", "--publish", "", "--record", str(record),
+                           "--quiet", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "runs on random weights" in result.stderr
+    assert "warning: model unet runs on random weights" in result.stdout
+    stats = json.loads((record / "stats.json").read_text())
+    assert any("random weights" in w for w in stats["warnings"])
+    exported = tmp_path / "unet.onnx"
+    assert run_segstream("export", "unet", "-o", str(exported), "--random-weights", "--height", "64", "--width",
+                         "64", timeout=300).returncode == 0
+    assert read_onnx_metadata(exported).untrained_warning
+
+
+def test_a_trained_model_carries_no_warning(fast_onnx):
+    assert read_onnx_metadata(fast_onnx).untrained_warning is None
+
+
+def test_cli_models_says_which_run_as_they_are():
+    result = run_segstream("models")
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line and not line.startswith(("name", "'"))}
+    assert "pretrained" in rows["espnet-cityscapes"] and "needs --weights" in rows["fcn-resnet18"]
+    assert "needs --weights" in rows["maskrcnn-r50-fpn"]

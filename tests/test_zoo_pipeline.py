@@ -28,7 +28,7 @@ def _check_labels(classification):
 
 
 def test_joint_model_mask_and_label_reach_consume(tmp_path):
-    model = export_onnx("joint-resnet18", tmp_path / "joint.onnx", height=128, width=256)
+    model = export_onnx("joint-resnet18", tmp_path / "joint.onnx", height=128, width=256, random_weights=True)
     endpoint = f"ipc://{tmp_path}/lossless.sock"
     record = tmp_path / "rec"
     proc = start_pipeline(["run", "--source", str(CLIP), "--model", str(model), "--max-frames", str(FRAMES),
@@ -52,7 +52,8 @@ def test_joint_model_mask_and_label_reach_consume(tmp_path):
 
 
 def test_classifier_labels_reach_the_client_the_record_and_the_overlay(tmp_path):
-    model = export_onnx("resnet18-classifier", tmp_path / "classifier.onnx", height=128, width=256)
+    model = export_onnx("resnet18-classifier", tmp_path / "classifier.onnx", height=128, width=256,
+                        random_weights=True)
     endpoint = f"ipc://{tmp_path}/lossless.sock"
     record = tmp_path / "rec"
     with MaskSubscriber(endpoint, timeout_s=120, lossless=True) as results:

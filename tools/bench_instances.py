@@ -79,7 +79,9 @@ def main() -> int:
     clip = data / "solidWhiteRight.mp4"
     work = Path(tempfile.mkdtemp(prefix="segstream-instances-"))
     height, width = (int(v) for v in args.size.split("x"))
-    model = export_onnx(args.model, work / "model.onnx", weights=args.weights, height=height, width=width)
+    # without --weights the model runs untrained: its speed, not its detections, is measured
+    model = export_onnx(args.model, work / "model.onnx", weights=args.weights, height=height, width=width,
+                        random_weights=True)
     fps, frame_ms, detections = bare(model, clip, args.frames)
     limit = ("--max-frames", str(args.frames))
     recorded = pipeline(model, clip, work / "recorded", "--policy", "lossless", "--rate", "max", *limit)

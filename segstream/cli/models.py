@@ -10,7 +10,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     """``segstream export``."""
     from segstream.engines.export import export_onnx
 
-    path = export_onnx(args.model, args.output, args.weights, args.height, args.width, args.confidence, args.dynamic)
+    path = export_onnx(args.model, args.output, args.weights, args.height, args.width, args.confidence, args.dynamic,
+                       args.random_weights)
     print(f"wrote {path}")
     return 0
 
@@ -37,7 +38,7 @@ def cmd_triton_repo(args: argparse.Namespace) -> int:
     from segstream.engines.triton_repo import write_repository
 
     folder = write_repository(args.model, args.output, args.max_batch, args.instances, args.platform, args.weights,
-                              args.name, args.confidence, args.height, args.width)
+                              args.name, args.confidence, args.height, args.width, args.random_weights)
     print(f"model repository entry: {folder}\nserve it: tritonserver --model-repository {folder.parent}\n"
           f"run against it: segstream run --backend triton --triton-url grpc://HOST:8001 --model {folder.name} "
           f"--source ...")
@@ -86,12 +87,15 @@ def cmd_models(args: argparse.Namespace) -> int:
         params = sum(p.numel() for p in spec.build().parameters()) if args.count_params else spec.params
         classes = "+".join(str(n) for n in (meta.num_classes, len(meta.label_names)) if n)
         rows.append((spec.name, spec.task, f"{meta.input_width}x{meta.input_height}", classes, f"{params:,}",
-                     "pretrained" if spec.weights_asset else "none", spec.description))
+                     "pretrained" if spec.usable_as_is else "needs --weights", spec.description))
     widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]) - 1)]
     right = {2, 3, 4}  # numbers line up on the right
     for row in rows:
         cells = [cell.rjust(w) if k in right else cell.ljust(w) for k, (cell, w) in enumerate(zip(row, widths))]
         print("  ".join([*cells, row[-1]]))
+    print("\n'pretrained': runs as it is (its weights are fetched on first use, checked by sha256). 'needs "
+          "--weights': no trained weights are known for it; `segstream run --model NAME` says where they come from, "
+          "and --random-weights runs it untrained on purpose.")
     return 0
 
 
@@ -105,6 +109,8 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
     p.add_argument("--width", type=int, help="input width (default: the model's own)")
     p.add_argument("--confidence", action="store_true", help="add a per-pixel confidence output")
     p.add_argument("--dynamic", action="store_true", help="dynamic input height and width")
+    p.add_argument("--random-weights", action="store_true", help="export a model that has no trained weights "
+                   "untrained, on purpose (its metadata says so; every run of it warns)")
     p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(func=cmd_export)
 
@@ -134,6 +140,8 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
                         "ONNX Runtime (default onnxruntime)")
     p.add_argument("--name", help="the model's name on the server (default: the zoo name)")
     p.add_argument("--weights", metavar="FILE", help="weights file (default: lookup, see README)")
+    p.add_argument("--random-weights", action="store_true", help="serve a model that has no trained weights "
+                   "untrained, on purpose")
     p.add_argument("--confidence", action="store_true", help="add the confidence output")
     p.add_argument("--height", type=int, help="model input height (default: the model's own)")
     p.add_argument("--width", type=int, help="model input width (default: the model's own)")

@@ -43,8 +43,11 @@ def _execute(config: PipelineConfig) -> int:
     from segstream.pipeline.telemetry.run_summary import format_summary, write_stats
 
     model = resolve_inference(config.model, config.weights, config.confidence, config.backend, config.precision,
-                              config.providers, config.cuda_graph, config.triton_url, config.triton_shm)
+                              config.providers, config.cuda_graph, config.triton_url, config.triton_shm,
+                              config.random_weights)
     check_scorable(config, model.metadata)
+    if model.metadata.untrained_warning:
+        print(f"segstream: warning: {model.metadata.untrained_warning}", file=sys.stderr)
     if config.view:
         print(f"live view: http://{config.view}/")
     if config.api:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from segstream.assets import ASSETS, cache_dir, resolve_asset, sha256_of
 from segstream.engines.metadata import ModelMetadata, OutputKind, OutputSpec, write_onnx_metadata
-from segstream.engines.models.zoo import ModelSpec, get_model_spec
+from segstream.engines.models.zoo import ModelSpec, get_model_spec, untrained_error
 from segstream.errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -25,15 +25,45 @@ EXPORT_VERSION = 2  # bump when the exported graph changes, to invalidate caches
 OPSET = 17
 
 
-def load_torch_model(name: str, weights: str | os.PathLike[str] | None = None):
+RANDOM_WEIGHTS = "random"  # metadata.extra["weights"] of a model exported untrained
+
+
+def untrained(spec: ModelSpec, weights: str | os.PathLike[str] | None, random_weights: bool) -> bool:
+    """Whether the model would run on random weights (no known asset, no ``--weights``).
+
+    Raises:
+        ModelError: it would, and ``random_weights`` does not say that is meant (the error
+            says where its weights come from).
+    """
+    if spec.weights_asset is not None or weights is not None:
+        return False
+    if not random_weights:
+        raise untrained_error(spec)
+    return True
+
+
+def load_torch_model(name: str, weights: str | os.PathLike[str] | None = None, random_weights: bool = False):
     """Build a zoo model and load its weights (``--weights`` or the asset lookup).
+
+    Args:
+        name: a zoo model name.
+        weights: weights file overriding the asset lookup.
+        random_weights: a model without known weights and no ``weights`` keeps its random
+            initialisation (training from scratch, or an untrained run asked for on purpose);
+            without it such a model is refused.
 
     Returns:
         ``(module, spec)`` with the module in eval mode on the CPU.
+
+    Raises:
+        ModelError: no weights for the model and ``random_weights`` not set, or weights
+            that do not fit it.
     """
     import torch
 
     spec = get_model_spec(name)
+    if untrained(spec, weights, random_weights):
+        logger.warning("%s runs with random weights (--random-weights): its outputs mean nothing", name)
     module = spec.build()
     if spec.weights_asset is not None or weights is not None:
         path = resolve_asset(spec.weights_asset or "", explicit=weights)
@@ -96,8 +126,10 @@ def _inference_head(module, spec: ModelSpec, meta: ModelMetadata, confidence: bo
 
 
 def inference_metadata(spec: ModelSpec, confidence: bool = False, height: int | None = None,
-                       width: int | None = None) -> ModelMetadata:
+                       width: int | None = None, random_weights: bool = False) -> ModelMetadata:
     """The metadata of a zoo model's exported outputs, at an input size (no torch needed).
+    A model run on random weights says so (``extra["weights"] == "random"``), so that every
+    run of it warns.
 
     Raises:
         ModelError: an input size the model cannot take, or a model without class ids.
@@ -119,11 +151,13 @@ def inference_metadata(spec: ModelSpec, confidence: bool = False, height: int | 
         seg = [o for o in meta.outputs if o.kind is OutputKind.CLASS_IDS]
         rest = [o for o in meta.outputs if o.kind is not OutputKind.CLASS_IDS]
         meta = dataclasses.replace(meta, outputs=(*seg, OutputSpec("confidence", OutputKind.CONFIDENCE), *rest))
+    if random_weights:
+        meta = dataclasses.replace(meta, extra={**meta.extra, "weights": RANDOM_WEIGHTS})
     return meta
 
 
 def inference_module(name: str, weights: str | os.PathLike[str] | None = None, confidence: bool = False,
-                     height: int | None = None, width: int | None = None):
+                     height: int | None = None, width: int | None = None, random_weights: bool = False):
     """A zoo model wrapped to produce exactly its ONNX export's outputs, and their metadata.
 
     The PyTorch backend runs this module; ``export_onnx`` exports it.
@@ -135,14 +169,14 @@ def inference_module(name: str, weights: str | os.PathLike[str] | None = None, c
     Raises:
         ModelError: an input size the model cannot take.
     """
-    module, spec = load_torch_model(name, weights)
-    meta = inference_metadata(spec, confidence, height, width)
+    module, spec = load_torch_model(name, weights, random_weights)
+    meta = inference_metadata(spec, confidence, height, width, untrained(spec, weights, random_weights))
     return _inference_head(module, spec, meta, confidence), meta
 
 
 def export_onnx(name: str, output: str | os.PathLike[str], weights: str | os.PathLike[str] | None = None,
                 height: int | None = None, width: int | None = None, confidence: bool = False,
-                dynamic: bool = False) -> Path:
+                dynamic: bool = False, random_weights: bool = False) -> Path:
     """Export zoo model ``name`` to ``output`` with its metadata embedded.
 
     Args:
@@ -156,16 +190,21 @@ def export_onnx(name: str, output: str | os.PathLike[str], weights: str | os.Pat
         dynamic: input height and width are dynamic axes (the metadata's size stays the
             default the pipeline resizes to); for TensorRT profiles and other sizes. The
             batch axis is dynamic in every export.
+        random_weights: export a model without known weights untrained, on purpose (its
+            metadata says so); without it such a model is refused.
 
     Returns:
         The written path.
+
+    Raises:
+        ModelError: a model without trained weights, unless ``random_weights``.
     """
     import torch
 
     if dynamic and get_model_spec(name).task == "instances":
         raise ModelError(f"{name} exports for one input size (its anchors are laid out for it); leave out "
                          f"--dynamic and pass --height/--width for another size")
-    wrapped, meta = inference_module(name, weights, confidence, height, width)
+    wrapped, meta = inference_module(name, weights, confidence, height, width, random_weights)
     dummy = torch.zeros(1, 3, meta.input_height, meta.input_width)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -229,12 +268,17 @@ def needs_weights(name: str) -> str | None:
     return None if cached else spec.weights_asset
 
 
-def cached_onnx(name: str, weights: str | os.PathLike[str] | None = None, confidence: bool = False) -> Path:
+def cached_onnx(name: str, weights: str | os.PathLike[str] | None = None, confidence: bool = False,
+                random_weights: bool = False) -> Path:
     """Path of the exported ONNX for a zoo model, exporting it into the cache on first use.
 
     The cache key holds the weights' sha256, so other weights get their own file.
+
+    Raises:
+        ModelError: a model without trained weights, unless ``random_weights``.
     """
     spec: ModelSpec = get_model_spec(name)
+    untrained(spec, weights, random_weights)
     weights_path: Path | None = None
     if weights is not None:
         weights_path = resolve_asset("", explicit=weights)
@@ -243,11 +287,11 @@ def cached_onnx(name: str, weights: str | os.PathLike[str] | None = None, confid
         # The known checksum names the export, so a cached export needs no weights file.
         key = ASSETS[spec.weights_asset].sha256[:12]
     else:
-        key = "random"
+        key = RANDOM_WEIGHTS
     target = cached_onnx_path(name, key, confidence)
     if not target.is_file():
         if weights_path is None and spec.weights_asset is not None:
             weights_path = resolve_asset(spec.weights_asset)
         logger.info("exporting %s to ONNX (first use; cached in %s)", name, target.parent)
-        export_onnx(name, target, weights_path, confidence=confidence)
+        export_onnx(name, target, weights_path, confidence=confidence, random_weights=random_weights)
     return target

@@ -171,6 +171,15 @@ class ModelMetadata:
         return len(self.class_names)
 
     @property
+    def untrained_warning(self) -> str | None:
+        """What to warn of on every run of a model exported untrained on purpose
+        (``--random-weights``: ``extra["weights"] == "random"``), else None."""
+        if self.extra.get("weights") != "random":
+            return None
+        return (f"model {self.name} runs on random weights (--random-weights): its masks mean nothing; pass "
+                f"--weights FILE with trained weights")
+
+    @property
     def segments(self) -> bool:
         """True when the model produces a label map (class ids or segmentation logits)."""
         return any(o.kind in (OutputKind.CLASS_IDS, OutputKind.SEGMENTATION_LOGITS) for o in self.outputs)

@@ -29,19 +29,20 @@ PRECISIONS = tuple(p.value for p in EnginePrecision)
 
 
 def resolve_model(model: str, weights: str | os.PathLike[str] | None = None,
-                  confidence: bool = False) -> tuple[Path, ModelMetadata]:
+                  confidence: bool = False, random_weights: bool = False) -> tuple[Path, ModelMetadata]:
     """An ONNX path and its metadata for a zoo name or an ONNX file.
 
     Zoo models are exported on first use into the cache (``segstream.engines.export``),
     with a ``confidence`` output when asked. An ONNX file asked for confidence must have one.
 
     Raises:
-        ModelError: neither a known model name nor a readable ONNX file.
+        ModelError: neither a known model name nor a readable ONNX file; a zoo model
+            without trained weights, unless ``random_weights``.
     """
     if model in MODELS:
         from segstream.engines.export import cached_onnx
 
-        path = cached_onnx(model, weights, confidence)
+        path = cached_onnx(model, weights, confidence, random_weights)
         return path, read_onnx_metadata(path)
     path = Path(model).expanduser()
     if path.suffix.lower() in (".onnx", ENGINE_SUFFIX) or path.exists():
@@ -77,7 +78,8 @@ class InferenceModel:
 
 def resolve_inference(model: str, weights: str | os.PathLike[str] | None = None, confidence: bool = False,
                       backend: str = "onnxruntime", precision: str = "fp32", providers: tuple[str, ...] = (),
-                      cuda_graph: bool = False, triton_url: str = "", triton_shm: str = "") -> InferenceModel:
+                      cuda_graph: bool = False, triton_url: str = "", triton_shm: str = "",
+                      random_weights: bool = False) -> InferenceModel:
     """Choose the backend for ``model`` and prepare it: export a zoo model to ONNX, build
     (or find cached) a TensorRT engine, check the options fit the device.
 
@@ -109,13 +111,15 @@ def resolve_inference(model: str, weights: str | os.PathLike[str] | None = None,
         if model not in MODELS:
             raise ModelError(f"the torch backend runs zoo models by name ({', '.join(MODELS)}); for the file "
                              f"{model} use --backend onnxruntime or tensorrt")
-        from segstream.engines.export import inference_metadata
+        from segstream.engines.export import inference_metadata, untrained
 
-        metadata = inference_metadata(get_model_spec(model), confidence)
+        spec = get_model_spec(model)
+        metadata = inference_metadata(spec, confidence, random_weights=untrained(spec, weights, random_weights))
         options: dict[str, object] = {"weights": None if weights is None else str(weights), "device": choice.device,
-                                      "precision": precision, "cuda_graph": cuda_graph, "confidence": confidence}
+                                      "precision": precision, "cuda_graph": cuda_graph, "confidence": confidence,
+                                      "random_weights": random_weights}
         return InferenceModel(model, metadata, choice, options)
-    path, metadata = resolve_model(model, weights, confidence)
+    path, metadata = resolve_model(model, weights, confidence, random_weights)
     if choice.backend == "tensorrt":
         if path.suffix != ENGINE_SUFFIX:
             from segstream.engines.backends.tensorrt.builder import BuildOptions, build_engine

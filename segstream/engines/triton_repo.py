@@ -107,14 +107,15 @@ def _image_input_module(module, meta: ModelMetadata):
 
 
 def export_image_onnx(name: str, output: Path, weights: str | None = None, confidence: bool = False,
-                      height: int | None = None, width: int | None = None) -> ModelMetadata:
+                      height: int | None = None, width: int | None = None,
+                      random_weights: bool = False) -> ModelMetadata:
     """Export zoo model ``name`` with its normalisation in the graph (input ``height`` x
     ``width``, default the model's own); returns its metadata."""
     import torch
 
     from segstream.engines.export import inference_module
 
-    module, meta = inference_module(name, weights, confidence, height, width)
+    module, meta = inference_module(name, weights, confidence, height, width, random_weights)
     wrapped = _image_input_module(module, meta)
     served = served_metadata(meta)
     dummy = torch.zeros(1, meta.input_height, meta.input_width, 3, dtype=torch.uint8)
@@ -171,12 +172,13 @@ def config_pbtxt(model: str, meta: ModelMetadata, platform: Platform, max_batch:
 def write_repository(name: str, repo: str | os.PathLike[str], max_batch: int = 8, instances: int = 1,
                      platform: Platform = Platform.ONNXRUNTIME, weights: str | None = None,
                      served_name: str | None = None, confidence: bool = False, height: int | None = None,
-                     width: int | None = None) -> Path:
+                     width: int | None = None, random_weights: bool = False) -> Path:
     """Write the model repository entry of zoo model ``name`` under ``repo``; returns its
     folder (``repo/<served_name or name>``).
 
     Raises:
-        ModelError: bad counts, or an entry there already that is not segstream's.
+        ModelError: bad counts, an entry there already that is not segstream's, or a
+            model without trained weights (unless ``random_weights``).
         BackendUnavailable: ``tensorrt`` without TensorRT and a GPU here.
     """
     if not 1 <= max_batch <= 64 or not 1 <= instances <= 64:
@@ -185,6 +187,9 @@ def write_repository(name: str, repo: str | os.PathLike[str], max_batch: int = 8
         raise ModelError(f"{name} is an instance model (one image per call, padded detections): Triton model "
                          f"repositories are written for segmentation and classification models only; run it "
                          f"locally (--backend onnxruntime or torch)")
+    from segstream.engines.export import untrained
+
+    untrained(get_model_spec(name), weights, random_weights)  # refused before any folder is made
     platform = Platform(platform)
     served_name = served_name or name
     folder = Path(repo) / served_name
@@ -194,7 +199,7 @@ def write_repository(name: str, repo: str | os.PathLike[str], max_batch: int = 8
     version.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         onnx_path = Path(tmp) / "model.onnx"
-        meta = export_image_onnx(name, onnx_path, weights, confidence, height, width)
+        meta = export_image_onnx(name, onnx_path, weights, confidence, height, width, random_weights)
         if platform is Platform.TENSORRT:
             from segstream.engines.backends.tensorrt.builder import BuildOptions, build_engine
 

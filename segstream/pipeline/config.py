@@ -74,6 +74,9 @@ class PipelineConfig:
                          flag="--model", section="engine")
     weights: str | None = setting(None, "weights file for a zoo model (default: lookup, see README)",
                                   flag="--weights", section="engine")
+    random_weights: bool = setting(False, "run a zoo model that has no trained weights untrained, on purpose "
+                                          "(its masks mean nothing; every run warns)",
+                                   flag="--random-weights", section="engine")
     backend: Backend = setting(Backend.AUTO, "inference backend (auto: TensorRT, else ONNX Runtime CUDA, else "
                                "ONNX Runtime CPU)", flag="--backend", section="engine")
     precision: EnginePrecision = setting(EnginePrecision.FP32, "GPU backends: engine precision",

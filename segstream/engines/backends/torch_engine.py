@@ -54,16 +54,18 @@ class TorchEngine:
         confidence: also return the confidence map.
         height: input height (default: the model's own).
         width: input width (default: the model's own).
+        random_weights: run a model without known weights untrained, on purpose.
 
     Raises:
         BackendUnavailable: CUDA asked for where PyTorch cannot use it.
-        ModelError: fp16 or CUDA graphs asked for on the CPU.
+        ModelError: fp16 or CUDA graphs asked for on the CPU; a model without trained
+            weights, unless ``random_weights``.
     """
 
     def __init__(self, model: str, weights: str | os.PathLike[str] | None = None, device: str = "auto",
                  precision: str = "fp32", channels_last: bool | None = None, cuda_graph: bool = False,
                  threads: int = 0, confidence: bool = False, height: int | None = None,
-                 width: int | None = None) -> None:
+                 width: int | None = None, random_weights: bool = False) -> None:
         import torch
 
         from segstream.engines.export import inference_module
@@ -82,7 +84,7 @@ class TorchEngine:
         if threads and not cuda:
             torch.set_num_threads(threads)
         self._torch = torch
-        module, metadata = inference_module(str(model), weights, confidence, height, width)
+        module, metadata = inference_module(str(model), weights, confidence, height, width, random_weights)
         self.metadata: ModelMetadata = metadata
         self._dtype = torch.float16 if precision == "fp16" else torch.float32
         module = module.to(self._device, self._dtype)

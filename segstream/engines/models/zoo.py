@@ -49,6 +49,8 @@ class ModelSpec:
         architecture: the family, for listings.
         params: trainable parameters of ``build()``'s module (listed without building it;
             the zoo contract test checks the number).
+        weights_source: for a model without ``weights_asset``, where trained weights for it
+            come from (said when it is asked to run without ``--weights``).
     """
 
     name: str
@@ -60,6 +62,12 @@ class ModelSpec:
     task: str = "segmentation"
     architecture: str = "espnet"
     params: int = 0
+    weights_source: str = ""
+
+    @property
+    def usable_as_is(self) -> bool:
+        """Trained weights are known for it (it runs without ``--weights``)."""
+        return self.weights_asset is not None
 
     def split_outputs(self, out: object) -> tuple[object, object]:
         """``(segmentation logits or None, classification logits or None)`` from what the
@@ -132,10 +140,15 @@ def _builder(module: str, cls: str, config: str, **kwargs: object) -> Callable[[
     return build
 
 
+# Where the weights of a zoo model without a known download come from.
+TRAIN_IT = ("no published weights in this layout: train it with `segstream train {name} --data "
+            "cityscapes:ROOT` (README: Models) and pass --weights segstream-train/best.pt")
+
+
 def _segmenter(name: str, description: str, architecture: str, build: Callable[[], "nn.Module"],
                size_multiple: int = 32, params: int = 0) -> ModelSpec:
     return ModelSpec(name, description, build, None, _metadata(name, 1024, 512), size_multiple, "segmentation",
-                     architecture, params)
+                     architecture, params, TRAIN_IT.format(name=name))
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -180,11 +193,13 @@ MODELS: dict[str, ModelSpec] = {
         "resnet18-classifier", "ResNet-18 image classifier (scene type: highway/urban/residential), top-k scores",
         _builder("classifier", "Classifier", "ClassifierConfig", classes=len(SCENE_LABELS)), None,
         _metadata("resnet18-classifier", 448, 224, segments=False, labels=SCENE_LABELS), 32, "classification",
-        "classifier", 11_178_051),
+        "classifier", 11_178_051, TRAIN_IT.format(name="resnet18-classifier").replace(
+            "cityscapes:ROOT", "ROOT (ROOT/<label>/*.png)")),
     "joint-resnet18": ModelSpec(
         "joint-resnet18", "ResNet-18 shared encoder: Cityscapes segmentation + scene type in one call",
         _builder("joint", "JointSegClassifier", "JointConfig", labels=len(SCENE_LABELS)), None,
-        _metadata("joint-resnet18", 1024, 512, labels=SCENE_LABELS), 32, "joint", "joint", 13_518_262),
+        _metadata("joint-resnet18", 1024, 512, labels=SCENE_LABELS), 32, "joint", "joint", 13_518_262,
+        TRAIN_IT.format(name="joint-resnet18").replace("cityscapes:ROOT", "ROOT (ROOT/<label>/*.png)")),
 }
 
 
@@ -205,19 +220,41 @@ def _instance_metadata(name: str, width: int, height: int, detections: int) -> M
                                          **INSTANCE_DEFAULTS})
 
 
-def _maskrcnn(name: str, description: str, width: int, height: int, params: int, **config: object) -> ModelSpec:
+def _maskrcnn(name: str, description: str, width: int, height: int, params: int, source: str,
+              **config: object) -> ModelSpec:
     return ModelSpec(name, description, _builder("maskrcnn", "MaskRCNN", "MaskRCNNConfig", **config), None,
-                     _instance_metadata(name, width, height, 100), 32, "instances", "maskrcnn", params)
+                     _instance_metadata(name, width, height, 100), 32, "instances", "maskrcnn", params, source)
+
+
+# torchvision publishes its COCO Mask R-CNN weights under a name that ends in the first 8 hex
+# digits of the file's sha256 (torchvision.models.detection.MaskRCNN_ResNet50_FPN_Weights.COCO_V1).
+MASKRCNN_COCO_WEIGHTS = ("torchvision's COCO weights: download "
+                         "https://download.pytorch.org/models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth (its sha256 "
+                         "starts with bf2d0c1e, as the name says; COCO box AP 37.9, mask AP 34.6 as torchvision "
+                         "reports them) and pass --weights maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")
 
 
 MODELS.update({
     "maskrcnn-r50-fpn": _maskrcnn(
         "maskrcnn-r50-fpn", "Mask R-CNN, ResNet-50-FPN, COCO 91 classes (torchvision's layout: its COCO weights load "
-        "with --weights)", 1344, 768, 44_401_393),
+        "with --weights)", 1344, 768, 44_401_393, MASKRCNN_COCO_WEIGHTS),
     "maskrcnn-r18-fpn": _maskrcnn(
         "maskrcnn-r18-fpn", "Mask R-CNN, ResNet-18-FPN with 128 channels, for CPUs, COCO classes (train it: "
-        "segstream train)", 512, 288, 20_647_025, depth=18, channels=128, frozen_norm=False, pre_nms=500, post_nms=300),
+        "segstream train)", 512, 288, 20_647_025,
+        "no published weights: train it with `segstream train maskrcnn-r18-fpn --data coco:ROOT[:SPLIT] --optimizer "
+        "sgd --lr 0.02` (README: Instance segmentation) and pass --weights segstream-train/best.pt",
+        depth=18, channels=128, frozen_norm=False, pre_nms=500, post_nms=300),
 })
+
+
+def untrained_error(spec: ModelSpec) -> ModelError:
+    """The error for a zoo model asked to run without trained weights: where its weights
+    come from, and how to run it untrained on purpose."""
+    return ModelError(
+        f"model {spec.name!r} has no trained weights here: {spec.weights_source}. To run it untrained on purpose "
+        f"(random weights: its masks mean nothing), pass --random-weights. `segstream models` lists which models "
+        f"run as they are"
+    )
 
 
 def get_model_spec(name: str) -> ModelSpec:

@@ -111,7 +111,8 @@ class Trainer:
         self.steps_per_epoch = config.repeat * self._open_data()
         from segstream.engines.export import load_torch_model
 
-        self.model, _ = load_torch_model(config.model, config.weights)
+        # no weights known nor given: it trains from its random initialisation
+        self.model, _ = load_torch_model(config.model, config.weights, random_weights=True)
         if config.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=0.9, weight_decay=1e-4)
         else:

@@ -112,6 +112,9 @@ def assemble_stats(facts: RunFacts, reports: dict[str, StageReport], stopped: bo
     evaluation = _eval(facts, publish)
     if evaluation is not None:
         stats["eval"] = evaluation
+    warnings = [w for w in (facts.model.metadata.untrained_warning,) if w]
+    if warnings:
+        stats["warnings"] = warnings
     return stats
 
 def _per_source(facts: RunFacts, reports: dict[str, StageReport], publish: StageReport | None) -> dict[str, Any]:

@@ -68,4 +68,5 @@ def format_summary(stats: dict[str, Any]) -> str:
         lines.append(format_instance_scores({"images": overall["frames"], **overall}))
     elif "eval" in stats:
         lines.append(format_scores(stats["eval"]))
+    lines += [f"  warning: {warning}" for warning in stats.get("warnings", ())]
     return "\n".join(lines)
