@@ -224,3 +224,36 @@ def test_forged_records_are_skipped_and_counted_by_the_reader(scheme, tmp_path):
         assert skipped == (4 if scheme == "redis" else len(forged))  # each forged record counted, none crashed it
     finally:
         broker.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not REDIS, reason="no redis-server here (.ci/run installs it)")
+def test_a_redis_sink_publishes_png_masks_by_default_and_says_what_its_stream_will_take(tmp_path, fast_onnx):
+    """No --mask-encoding: entries hold png masks (a raw 960x540 mask is ~500 KB an entry);
+    the sink measures its entries, gives the stream's expected memory at --sink-maxlen, and
+    warns with the settings that fit when that is over --sink-budget-mb."""
+    import redis
+
+    server = Broker("redis", tmp_path).start()
+    try:
+        record = tmp_path / "rec"
+        result = run_segstream("run", "--source", str(CLIP), "--max-frames", "12", "--policy", "lossless",
+                               "--model", str(fast_onnx), "--sink", server.uri("masks"), "--publish", "",
+                               "--record", str(record), "--quiet", "--sink-maxlen", "100000", "--sink-budget-mb",
+                               "50", timeout=240)
+        assert result.returncode == 0, result.stderr[-3000:]
+        entries = redis.Redis(port=server.port).xrange("masks")
+        header = json.loads(entries[0][1][b"header"])
+        assert [p["encoding"] for p in header["parts"] if p["name"] == "mask"] == ["png"]
+        figures = json.loads((record / "stats.json").read_text())["stages"]["publish"]["sinks"]["redis"]
+        assert 1000 < figures["entry_bytes"] < 100_000  # png: far below the raw 518 KB
+        assert figures["expected_mb"] == pytest.approx(100_000 * figures["entry_bytes"] / 1e6, rel=0.01)
+        assert "over the budget of 50 MB" in result.stderr and "lower --sink-maxlen to" in result.stderr
+        # raw asked for: the warning says png would fit
+        raw = run_segstream("run", "--source", str(CLIP), "--max-frames", "12", "--policy", "lossless",
+                            "--model", str(fast_onnx), "--sink", server.uri("raw"), "--publish", "",
+                            "--mask-encoding", "raw", "--quiet", timeout=240)
+        assert raw.returncode == 0, raw.stderr[-3000:]
+        assert "--mask-encoding png" in raw.stderr and "over the budget of 1024 MB" in raw.stderr
+    finally:
+        server.stop()

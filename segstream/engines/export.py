@@ -62,8 +62,7 @@ def load_torch_model(name: str, weights: str | os.PathLike[str] | None = None, r
     import torch
 
     spec = get_model_spec(name)
-    if untrained(spec, weights, random_weights):
-        logger.warning("%s runs with random weights (--random-weights): its outputs mean nothing", name)
+    untrained(spec, weights, random_weights)
     module = spec.build()
     if spec.weights_asset is not None or weights is not None:
         path = resolve_asset(spec.weights_asset or "", explicit=weights)
@@ -171,6 +170,8 @@ def inference_module(name: str, weights: str | os.PathLike[str] | None = None, c
     """
     module, spec = load_torch_model(name, weights, random_weights)
     meta = inference_metadata(spec, confidence, height, width, untrained(spec, weights, random_weights))
+    if meta.untrained_warning:
+        logger.warning("%s", meta.untrained_warning)
     return _inference_head(module, spec, meta, confidence), meta
 
 

@@ -124,8 +124,9 @@ class PipelineConfig:
     publish_keys: str = setting("", "CURVE keys for the tcp:// publish endpoints: DIR/server.key_secret and the "
                                 "consumers allowed in DIR/authorized/*.key (segstream keys DIR --client NAME)",
                                 flag="--publish-keys", section="outputs", metavar="DIR")
-    mask_encoding: MaskEncoding = setting(MaskEncoding.RAW, "published mask encoding", flag="--mask-encoding",
-                                          section="outputs")
+    mask_encoding: MaskEncoding | None = setting(
+        None, "published mask encoding (default: png when a broker sink is set, where a raw 960x540 mask takes "
+        "~500 KB an entry and a png one ~16 KB; raw otherwise)", flag="--mask-encoding", section="outputs")
     mask_resolution: MaskResolution = setting(MaskResolution.FRAME, "publish masks at frame or model resolution",
                                               flag="--mask-resolution", section="outputs")
     confidence: bool = setting(False, "publish a per-pixel confidence map (uint8) with each mask",
@@ -135,6 +136,9 @@ class PipelineConfig:
                                      section="outputs", metavar="URI", append=True)
     sink_maxlen: int = setting(10_000, "entries a redis:// sink's stream keeps (XADD MAXLEN ~ N; 0: no cap)",
                                flag="--sink-maxlen", section="outputs", metavar="N")
+    sink_budget_mb: int = setting(1024, "memory a redis:// sink's stream may take at --sink-maxlen entries: the "
+                                  "sink measures its entries and warns when the stream would outgrow this",
+                                  flag="--sink-budget-mb", section="outputs", metavar="MB")
     eval: bool = setting(False, "score masks against the sources' ground truth as they are made (IoU, accuracy, "
                          "F1; live and in stats.json)", flag="--eval", section="outputs")
     cityscapes_results: str = setting("", "write predictions for the official Cityscapes evaluation (label ids, "
@@ -202,6 +206,8 @@ class PipelineConfig:
             raise ConfigError(f"--triton-shm takes system or cuda, found {self.triton_shm!r}")
         if self.sink_maxlen < 0:
             raise ConfigError(f"sink_maxlen must be >= 0 (0: no cap), found {self.sink_maxlen}")
+        if self.sink_budget_mb < 1:
+            raise ConfigError(f"sink_budget_mb must be at least 1 (MB), found {self.sink_budget_mb}")
         if self.max_frames < 0:
             raise ConfigError(f"max_frames must be >= 0, found {self.max_frames}")
         if not 0.0 <= self.opacity <= 1.0:
@@ -216,6 +222,16 @@ class PipelineConfig:
 
         for uri in self.sinks:
             parse_sink(uri)
+
+    @property
+    def published_mask_encoding(self) -> MaskEncoding:
+        """The encoding masks are published in: the one asked for, else png where a broker
+        sink keeps them (raw masks would take ~30x the broker's memory), else raw."""
+        if self.mask_encoding is not None:
+            return self.mask_encoding
+        from segstream.pipeline.brokers import is_broker_uri
+
+        return MaskEncoding.PNG if any(is_broker_uri(uri) for uri in self.sinks) else MaskEncoding.RAW
 
     def with_overrides(self, **overrides: Any) -> "PipelineConfig":
         """A copy with the non-None ``overrides`` applied (command-line flags); a dict for

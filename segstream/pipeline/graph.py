@@ -260,9 +260,9 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
             inputs=infer_inputs[k], outputs=(infer_outs[k],),
             reader_in_order=workers == 1))
     stages.append(spec("publish", StageKind.PUBLISH, PublishSettings(
-        metadata=metadata, endpoint=config.publish, mask_encoding=config.mask_encoding,
+        metadata=metadata, endpoint=config.publish, mask_encoding=config.published_mask_encoding,
         mask_resolution=config.mask_resolution, sinks=publish_uris, per_source_dirs=per_source,
-        publish_keys=public_keys(config), sink_maxlen=config.sink_maxlen),
+        publish_keys=public_keys(config), sink_maxlen=config.sink_maxlen, sink_budget_mb=config.sink_budget_mb),
         inputs=infer_outs, outputs=publish_out, eos_per_source=workers, reorder=workers > 1))
     if render:
         stages.append(spec("render", StageKind.RENDER, RenderSettings(

@@ -159,6 +159,7 @@ class PublishSettings:
         per_source_dirs: outputs under ``<folder>/<source id>/`` (several sources).
         publish_keys: CURVE keys of the public tcp:// endpoints (``--publish-keys``).
         sink_maxlen: entries a broker stream keeps (``--sink-maxlen``).
+        sink_budget_mb: memory a broker stream may take before its sink warns.
     """
 
     metadata: ModelMetadata
@@ -169,6 +170,7 @@ class PublishSettings:
     per_source_dirs: bool = False
     publish_keys: CurveServer | None = None
     sink_maxlen: int = 10_000
+    sink_budget_mb: int = 1024
 
 
 @dataclass(frozen=True)

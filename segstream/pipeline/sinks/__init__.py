@@ -108,6 +108,8 @@ class SinkContext:
         lossless: the run's flow is lossless (a sink applies backpressure instead of
             dropping).
         sink_maxlen: how many entries a broker stream keeps (``--sink-maxlen``).
+        sink_budget_mb: the memory a broker stream may take at ``sink_maxlen`` entries
+            before the sink warns (``--sink-budget-mb``).
     """
 
     per_source_dirs: bool = False
@@ -124,6 +126,7 @@ class SinkContext:
     guard: Any = None
     lossless: bool = False
     sink_maxlen: int = 10_000
+    sink_budget_mb: int = 1024
 
 
 class Sink(Protocol):

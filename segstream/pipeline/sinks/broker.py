@@ -13,6 +13,10 @@ them, so the publish stage never waits on the network:
 - lossless flow: the same bounded queue applies backpressure: ``write`` waits for room,
   so the pipeline slows to what the broker takes, and nothing is dropped (records wait
   for a broker that is down, retried with backoff).
+
+A Redis stream keeps ``--sink-maxlen`` entries; the sink measures its first entries and
+says what the stream will take at that length (log, and ``expected_mb`` in its figures),
+warning when that is over ``--sink-budget-mb`` with the settings that fit.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 QUEUE_DEPTH = 64
 UNAVAILABLE = "sink-unavailable"
+MEASURED_ENTRIES = 10  # the entries whose mean size estimates a stream's memory
 CLOSE_DRAIN_S = 5.0  # live flow: how long close waits for the queue to empty
 EOS_WAIT_S = 2.0  # live flow: how long an end of stream waits for room in a full queue
 
@@ -54,6 +59,8 @@ class BrokerSink(BaseSink):
         self.reconnects = 0
         self.skipped = 0
         self.last_error = ""
+        self.entry_bytes = 0.0  # mean size of an entry, once measured
+        self._measured: list[int] = []
         self._queue: deque[tuple[str, Any]] = deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -64,7 +71,37 @@ class BrokerSink(BaseSink):
 
     def write(self, result: SinkResult) -> None:
         if result.public is not None:
-            self._put(result.header.source, self.publisher.encode(result.public))
+            record = self.publisher.encode(result.public)
+            if not self.entry_bytes:
+                self._measure(record, any(part.name == "mask" and part.encoding == "raw"
+                                          for part in result.public.header.parts))
+            self._put(result.header.source, record)
+
+    def _measure(self, record: Any, raw_mask: bool) -> None:
+        """Sizes the first entries; then says what a capped stream of them takes."""
+        self._measured.append(_record_bytes(record))
+        if len(self._measured) < MEASURED_ENTRIES:
+            return
+        self.entry_bytes = sum(self._measured) / len(self._measured)
+        maxlen, budget = self.context.sink_maxlen, self.context.sink_budget_mb
+        if self.scheme != "redis":
+            logger.info("%s: entries of ~%.0f KB", self.uri, self.entry_bytes / 1e3)
+            return
+        if not maxlen:
+            logger.warning("%s: entries of ~%.0f KB and no cap (--sink-maxlen 0): the stream grows by ~%.0f MB "
+                           "every 1000 results until Redis runs out of memory", self.uri, self.entry_bytes / 1e3,
+                           self.entry_bytes / 1e3)
+            return
+        expected_mb = maxlen * self.entry_bytes / 1e6
+        if expected_mb <= budget:
+            logger.info("%s: entries of ~%.0f KB; at --sink-maxlen %d the stream takes ~%.0f MB of Redis memory "
+                        "(budget %d MB)", self.uri, self.entry_bytes / 1e3, maxlen, expected_mb, budget)
+            return
+        logger.warning("%s: entries of ~%.0f KB; at --sink-maxlen %d the stream would take ~%.0f MB of Redis "
+                       "memory, over the budget of %d MB (--sink-budget-mb): lower --sink-maxlen to %d%s",
+                       self.uri, self.entry_bytes / 1e3, maxlen, expected_mb, budget,
+                       int(budget * 1e6 // self.entry_bytes),
+                       " or publish --mask-encoding png (~30x smaller)" if raw_mask else "")
 
     def end_source(self, final: SinkResult) -> None:
         if final.public is not None:
@@ -150,7 +187,18 @@ class BrokerSink(BaseSink):
             figures["skipped"][UNAVAILABLE] = self.skipped + failed
         if self.last_error:
             figures["last_error"] = self.last_error
+        if self.entry_bytes:
+            figures["entry_bytes"] = round(self.entry_bytes)
+            if self.scheme == "redis" and self.context.sink_maxlen:
+                figures["expected_mb"] = round(self.context.sink_maxlen * self.entry_bytes / 1e6, 1)
         return figures
+
+
+def _record_bytes(record: Any) -> int:
+    """The bytes a broker record holds (a blob, or Redis fields with their names)."""
+    if isinstance(record, dict):
+        return sum(len(k) + _record_bytes(v) for k, v in record.items())
+    return memoryview(record).nbytes
 
 
 class RedisSink(BrokerSink):
