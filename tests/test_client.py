@@ -11,6 +11,7 @@ import pytest
 from conftest import KITTI_FRAMES
 from pipeline_helpers import start_pipeline, wait_for_log
 
+from segstream.datasets.cityscapes import CLASS_NAMES
 from segstream.pipeline.client import MaskSubscriber
 
 pytestmark = pytest.mark.integration
@@ -36,6 +37,23 @@ def test_subscriber_filters_sources_and_ends_with_the_stream(tmp_path, fast_onnx
         share_ignored = (result.mask == 255).mean()
         assert sum(result.classes.values()) == pytest.approx(1 - share_ignored, abs=1e-3)
         assert result.latency_ms > 0
+        # every class in the mask is named, by the model's own names
+        assert set(result.class_names) == set(np.unique(result.mask).tolist()) - {255} == set(result.classes)
+        assert all(result.class_names[k] == CLASS_NAMES[k] for k in result.class_names)
+        assert result.named_classes() == {CLASS_NAMES[k]: v for k, v in result.classes.items()}
+
+
+def test_a_subscriber_waiting_for_a_source_that_never_comes_says_what_it_waited_for(tmp_path, fast_onnx, caplog):
+    endpoint = f"ipc://{tmp_path}/pub.sock"
+    with MaskSubscriber(endpoint, sources=["no-such-camera"], timeout_s=3) as masks:
+        proc = start_pipeline(["run", "--source", str(KITTI_FRAMES[0].parent / "kitti_*.png"), "--model",
+                               str(fast_onnx), "--publish", endpoint, "--rate", "2"], tmp_path / "run.log",
+                              tmp_path / "t")
+        assert list(masks) == [] and masks.timed_out
+    proc.wait(timeout=60)
+    assert "no mask of sources ['no-such-camera'] for 3 s" in masks.timeout_reason()
+    assert "file's stem" in masks.timeout_reason()
+    assert masks.timeout_reason() in caplog.text
 
 
 def test_subscriber_reports_gaps_of_a_live_pipeline_and_times_out(tmp_path, fast_onnx):

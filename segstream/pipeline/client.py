@@ -39,6 +39,9 @@ class MaskResult:
         name: frame name (file stem or zero-padded index).
         mask: (H, W) uint8 class indices; None for a model that only classifies.
         classes: class id -> share of the frame's pixels, for the classes present.
+        class_names: class id -> the model's name for it (``road``, ``car``...), for the
+            classes present (every id in ``mask`` but the ignore label); empty from a
+            pipeline older than ``meta.labels``.
         latency_ms: capture (wall clock) to reception here.
         gap: frames of this source not received just before this one (skipped by a
             live pipeline, or lost by a subscriber that fell behind).
@@ -66,6 +69,11 @@ class MaskResult:
     instances: list["Instance"] | None = None
     instance_ids: np.ndarray | None = None
     header: dict[str, Any] = field(default_factory=dict, repr=False)
+    class_names: dict[int, str] = field(default_factory=dict)
+
+    def named_classes(self) -> dict[str, float]:
+        """``classes`` keyed by class name (the id where the model gives none)."""
+        return {self.class_names.get(k, str(k)): share for k, share in self.classes.items()}
 
 
 # One detected instance (``meta.instances``): the same record the pipeline made it from.
@@ -113,6 +121,17 @@ class MaskSubscriber:
         self._feed: Feed = open_feed(endpoint, sources) if is_broker_uri(endpoint) else \
             _SocketFeed(endpoint, sources, lossless, curve)
 
+    def timeout_reason(self) -> str:
+        """What the subscriber waited for when it timed out, and the likely reason."""
+        what = f"sources {sorted(self.sources)}" if self.sources else "any source"
+        reason = f"no mask of {what} for {self.timeout_s:g} s on {self.endpoint}"
+        if self.sources and self.skipped.get("other_source"):
+            return reason + (f": masks of other sources came ({self.skipped['other_source']} left out); a source's "
+                             f"id is its file's stem (clip.mp4 -> 'clip'), or the id it was added with")
+        if self.sources:
+            return reason + ": is a pipeline running with these source ids (a file's stem: clip.mp4 -> 'clip')?"
+        return reason + ": is a pipeline publishing there (segstream run ... --publish ENDPOINT)?"
+
     def __enter__(self) -> "MaskSubscriber":
         return self
 
@@ -129,6 +148,7 @@ class MaskSubscriber:
             if frames is None:
                 if self.timeout_s is not None and time.monotonic() - last_message > self.timeout_s:
                     self.timed_out = True
+                    logger.warning("%s", self.timeout_reason())
                     return
                 continue
             last_message = time.monotonic()
@@ -175,6 +195,7 @@ class MaskSubscriber:
                 name=header.name,
                 mask=mask,
                 classes={int(k): float(v) for k, v in header.meta.get("classes", {}).items()},
+                class_names={int(k): str(v) for k, v in header.meta.get("labels", {}).items()},
                 latency_ms=(time.time_ns() - header.wall_ns) / 1e6,
                 gap=gap,
                 gt=inline_array(gt_part, message.payload) if gt_part is not None and gt_part.inline is not None

@@ -17,6 +17,7 @@ from segstream.pipeline.sinks.records import frame_file, inside, write_png
 from segstream.pipeline.wire.keys import CurveClient
 
 logger = logging.getLogger(__name__)
+TOP_CLASSES = 5  # classes printed per mask, largest share first
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,10 @@ def consume(options: ConsumeOptions, out: TextIO = sys.stdout) -> int:
             labels = " labels=" + ",".join(f"{c['label']}:{float(c['score']):.2f}" for c in result.classification) \
                 if result.classification else ""
             instances = f" instances={len(result.instances)}" if result.instances is not None else ""
-            out.write(f"source={result.source} frame={result.index} name={result.name}{shape}{labels}{instances} "
+            top = sorted(result.named_classes().items(), key=lambda item: -item[1])[:TOP_CLASSES]
+            classes = " classes=" + ",".join(f"{name}:{share:.2f}" for name, share in top) if top else ""
+            out.write(f"source={result.source} frame={result.index} name={result.name}{shape}{classes}{labels}"
+                      f"{instances} "
                       f"latency={result.latency_ms:.1f}ms" + (f" gap={result.gap}" if result.gap else "") + "\n")
             out.flush()
             if options.save and result.mask is not None:
@@ -70,7 +74,7 @@ def consume(options: ConsumeOptions, out: TextIO = sys.stdout) -> int:
             reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(subscriber.skipped.items()))
             out.write(f"skipped {sum(subscriber.skipped.values())} messages ({reasons})\n")
         if subscriber.timed_out:
-            out.write(f"no message for {options.timeout_s:.0f} s on {options.endpoint}\n")
+            out.write(subscriber.timeout_reason() + "\n")
             return 1
         return 0
     finally:

@@ -37,6 +37,11 @@ def class_shares(counts: np.ndarray, pixels: int, ignore_index: int) -> dict[str
     return {str(i): round(int(c) / pixels, 5) for i, c in enumerate(counts) if c and i != ignore_index}
 
 
+def class_labels(shares: dict[str, float], names: tuple[str, ...]) -> dict[str, str]:
+    """The name of each class id in ``shares`` that the model names (``meta.labels``)."""
+    return {key: names[int(key)] for key in shares if int(key) < len(names)}
+
+
 class PublishProcessor:
     """Resizes labels to the frame, publishes, drives the sinks and forwards to render."""
 
@@ -149,7 +154,8 @@ class PublishProcessor:
         published = labels if self.settings.mask_resolution is MaskResolution.MODEL else mask
         if published is not mask or counts is None:
             counts = class_counts(published)
-        public.header.meta.update({"classes": class_shares(counts, published.size, meta.ignore_index),
+        shares = class_shares(counts, published.size, meta.ignore_index)
+        public.header.meta.update({"classes": shares, "labels": class_labels(shares, meta.class_names),
                                    "ignore_index": meta.ignore_index})
         encoding = self.settings.mask_encoding.value
         public.header.parts.append(Part("mask", tuple(published.shape), "uint8", inline=0, encoding=encoding))

@@ -146,9 +146,19 @@ def _classes(value: Any) -> None:
         number(share, f"meta.classes[{key}]", 0.0, 1.0)
 
 
+def _labels(value: Any) -> None:
+    if not isinstance(value, dict) or len(value) > 256:
+        raise MessageError("bad_meta", "meta.labels must be an object of at most 256 class names")
+    for key, name in value.items():
+        if not (isinstance(key, str) and key.isdigit() and len(key) <= 3 and int(key) <= 255):
+            raise MessageError("bad_meta", f"meta.labels keys are class ids 0-255, found {key!r:.20}")
+        text(name, f"meta.labels[{key}]", 128)
+
+
 _META: dict[str, Any] = {
     "classification": _classification,
     "classes": _classes,
+    "labels": _labels,
     "instances": _instances,
     "fps": lambda v: number(v, "meta.fps", 0.0, 1e6),
     "seq": lambda v: integer(v, "meta.seq"),
