@@ -193,10 +193,13 @@ def test_sources_added_and_removed_while_running(tmp_path, fast_onnx):
 def test_a_run_with_api_and_no_source_waits_for_sources(tmp_path, fast_onnx):
     port = free_port()
     log, tmpdir = tmp_path / "run.log", tmp_path / "t"
+    record = tmp_path / "cams"
     proc = start_pipeline(["run", "--api", f"127.0.0.1:{port}", "--model", str(fast_onnx), "--publish", "",
-                           "--quiet"], log, tmpdir)
+                           "--quiet", "--record", str(record)], log, tmpdir)
     wait_api(port, proc, log)
     assert api(port, "GET", "/sources") == (200, [])
+    listed = cli("list", "--api", str(port))  # a bare port, as run --api takes it
+    assert listed.returncode == 0, listed.stderr
     status, answer = api(port, "POST", "/sources", {"uri": "test-pattern:160x120@20", "id": "short",
                                                      "options": {"max_frames": 15}})
     assert status == 201, answer
@@ -205,8 +208,15 @@ def test_a_run_with_api_and_no_source_waits_for_sources(tmp_path, fast_onnx):
     time.sleep(1.0)
     status, health = api(port, "GET", "/health")
     assert status == 200 and health["state"] == "running" and proc.poll() is None  # it waits for more
+    listed = cli("list", "--api", str(port))
+    assert listed.returncode == 0 and "short" in listed.stdout, listed.stderr
+    assert "--api takes PORT, HOST:PORT" in cli("list", "--api", "nonsense").stderr
     os.killpg(proc.pid, signal.SIGINT)
     assert wait_for_exit(proc, log, 30) == 130
+    # the end summary names the folders written: the source's own, under its id
+    summary = next(line for line in log.read_text().splitlines() if "outputs in" in line)
+    assert f"outputs in {record}/:" in summary and "short/ (" in summary and "masks/" in summary
+    assert (record / "short" / "masks").is_dir() and "stats.json" in summary
 
 
 def test_control_api_token_and_bind_rules(tmp_path):

@@ -63,11 +63,28 @@ def _execute(config: PipelineConfig) -> int:
         path = write_stats(result.stats, config.record)
         result.stats["stats_file"] = str(path)
     print(format_summary(result.stats))
-    if config.record:
-        print(f"  outputs in {config.record}/ (masks/, overlay.mp4, stats.json)")
+    if config.record and Path(config.record).is_dir():
+        print(f"  outputs in {config.record}/: {describe_outputs(Path(config.record))}")
     if result.error:
         print(f"segstream: pipeline failed: {result.error}", file=sys.stderr)
     return result.exit_code
+
+
+def describe_outputs(folder: Path) -> str:
+    """What a run wrote in its record folder, one level down: ``stats.json, cam1/ (masks/,
+    overlay.mp4)``; a folder of frames is named, not listed."""
+
+    def name(entry: Path) -> str:
+        return f"{entry.name}/" if entry.is_dir() else entry.name
+
+    items = []
+    for entry in sorted(folder.iterdir()):
+        inner = sorted(entry.iterdir()) if entry.is_dir() else []
+        if any(child.is_dir() or child.suffix in (".mp4", ".json", ".jsonl") for child in inner):
+            items.append(f"{name(entry)} ({', '.join(name(child) for child in inner)})")
+        else:
+            items.append(name(entry))
+    return ", ".join(items) or "nothing"
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -34,14 +34,29 @@ class ApiCallFailed(SegstreamError):
     """The control API answered with an error, or could not be reached."""
 
 
+def api_base(text: str) -> str:
+    """The control API's base URL from ``--api`` as ``run --api`` takes it (``PORT`` or
+    ``HOST:PORT``, host 127.0.0.1 by default) or as a URL (``http://HOST:PORT``).
+
+    Raises:
+        ApiCallFailed: none of these forms.
+    """
+    if "://" in text:
+        return text
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ApiCallFailed(f"--api takes PORT, HOST:PORT or http://HOST:PORT (as `segstream run --api` prints "
+                            f"it), found {text!r}")
+    return f"http://{host or '127.0.0.1'}:{port}"
+
+
 def api_call(base: str, method: str, path: str, body: Any = None, token: str = "") -> tuple[int, Any]:
     """One request to the control API at ``base``; returns the status and the JSON answer.
 
     Raises:
         ApiCallFailed: the API could not be reached, or did not answer JSON.
     """
-    if "://" not in base:
-        base = f"http://{base}"
+    base = api_base(base)
     url = base.rstrip("/") + ("" if base.rstrip("/").endswith("/api") else "/api") + path
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)
@@ -126,8 +141,8 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
     p = sub.add_parser("sources", help="list, add or remove the sources of a pipeline running with --api")
     p.add_argument("action", choices=("list", "add", "remove"))
     p.add_argument("target", nargs="?", help="add: the source URI; remove: the source id")
-    p.add_argument("--api", required=True, metavar="URL", help="the pipeline's control API, e.g. "
-                   "http://127.0.0.1:8081")
+    p.add_argument("--api", required=True, metavar="[HOST:]PORT|URL", help="the pipeline's control API as "
+                   "`segstream run --api` took it (8081, 127.0.0.1:8081) or its URL (http://127.0.0.1:8081)")
     p.add_argument("--id", help="add: the source's id (default: from its name)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="add: a source option (max_frames, "
                    "rate, loop); repeat for several")
