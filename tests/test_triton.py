@@ -147,3 +147,49 @@ def test_live_run_skips_frames_while_the_server_is_away_and_goes_on(server, tmp_
     stats = json.loads((record / "stats.json").read_text())
     assert stats["frames_skipped"]["by_stage"]["infer"].get("backend-unavailable", 0) > 0
     assert len(list(record.rglob("masks/*.png"))) > before  # masks again once the server is back
+
+
+def test_the_local_triton_tool_stops_its_server_on_sigterm(repo, tmp_path):
+    """tools/triton_local.py as a user runs it: SIGTERM to the tool stops tritonserver and
+    its backend stubs (their own session) and frees their shared memory; nothing outlives it."""
+    import os
+    import signal
+
+    from triton_local import free_port
+
+    port = free_port()
+    log = (tmp_path / "tool.log").open("w")
+    tool = subprocess.Popen([sys.executable, str(ROOT / "tools" / "triton_local.py"), str(repo), "--grpc-port",
+                             str(port)], stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        ready = tool.stdout.readline()
+        assert "tritonserver ready" in ready, (tmp_path / "tool.log").read_text()[-3000:]
+        server_log = Path(ready.split("(log: ", 1)[1].split(")", 1)[0])
+        prefix = "segstream_triton_" + server_log.parent.name.rsplit("-", 1)[-1] + "_"
+        assert list(Path("/dev/shm").glob(prefix + "*"))  # the backend's regions, while it runs
+
+        def servers() -> list[int]:
+            found = []
+            for proc in Path("/proc").iterdir():
+                try:
+                    cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                joined = b" ".join(cmdline)
+                server = any(b"tritonserver" in arg for arg in cmdline) and str(port).encode() in joined
+                if proc.name.isdigit() and (server or prefix.encode() in joined):  # the server, or its stubs
+                    found.append(int(proc.name))
+            return found
+
+        assert servers()
+        tool.send_signal(signal.SIGTERM)
+        assert tool.wait(timeout=60) == 0
+        deadline = time.monotonic() + 10
+        while servers() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert servers() == [] and not list(Path("/dev/shm").glob(prefix + "*"))
+        assert not server_log.parent.exists()
+    finally:
+        if tool.poll() is None:
+            os.kill(tool.pid, signal.SIGKILL)
+        log.close()

@@ -184,15 +184,28 @@ def main() -> int:
     parser.add_argument("repo")
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV)
+    parser.add_argument("--grace", type=float, default=5.0, metavar="S",
+                        help="on Ctrl-C or SIGTERM, how long the server may take to unload before SIGKILL")
     args = parser.parse_args()
-    server = LocalTriton(Path(args.repo), args.venv, args.grpc_port).start()
-    print(f"tritonserver ready at {server.url} (log: {server.log}); Ctrl-C to stop", flush=True)
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    # The server runs in a session of its own (so that a stop reaches its backend stubs):
+    # a SIGTERM or SIGHUP to this script must stop it too, not orphan it.
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
+    server = LocalTriton(Path(args.repo), args.venv, args.grpc_port)
     try:
+        server.start()
+        print(f"tritonserver ready at {server.url} (log: {server.log}); Ctrl-C to stop", flush=True)
         assert server.proc is not None
         server.proc.wait()
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+        server.stop(args.grace)
         server.close()
     return 0
 
