@@ -130,7 +130,7 @@ def eval_run(tmp_path_factory):
         if stem != GT_FRAME:
             cv2.imwrite(str(gts / f"{stem}_gtFine_labelIds.png"), train_ids_to_label_ids(espnet_train_ids(src, "espnet-cityscapes-q3")))
     shutil.copyfile(DATA / f"{GT_FRAME}_gtFine_color.png", gts / f"{GT_FRAME}_gtFine_color.png")
-    converted = run_segstream("gt-from-color", str(gts / f"{GT_FRAME}_gtFine_color.png"))
+    converted = run_segstream("gt-from-color", str(gts / f"{GT_FRAME}_gtFine_color.png"), "-o", str(gts))
     assert converted.returncode == 0, converted.stderr
     assert (gts / f"{GT_FRAME}_gtFine_labelIds.png").is_file()
 
@@ -358,3 +358,49 @@ def test_status_line_on_a_terminal_and_in_a_log(monkeypatch):
     lines = log.getvalue().splitlines()
     assert 2 <= len(lines) <= 3 and "\r" not in log.getvalue()
     assert all(" published | " in x for x in lines)  # looping: no progress bar
+
+
+def test_gt_from_color_writes_where_it_is_told_and_builds_a_layout_that_evaluates(tmp_path, fast_onnx):
+    """Without -o the label ids go to the current folder, never beside the input (the shared
+    data folder); --cityscapes-root makes a layout --eval replays. A frame without ground
+    truth in it is said in the summary, and so is a run where no frame has any."""
+    color = DATA / f"{GT_FRAME}_gtFine_color.png"
+    here = tmp_path / "cwd"
+    here.mkdir()
+    done = subprocess.run(segstream_cmd("gt-from-color", str(color)), cwd=here, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in here.iterdir()] == [f"{GT_FRAME}_gtFine_labelIds.png"]
+    assert not (DATA / f"{GT_FRAME}_gtFine_labelIds.png").exists()
+
+    root = tmp_path / "cs"
+    done = run_segstream("gt-from-color", str(color), "--cityscapes-root", str(root))
+    assert done.returncode == 0, done.stderr
+    assert (root / "gtFine" / "val" / "frankfurt" / f"{GT_FRAME}_gtFine_labelIds.png").is_file()
+    assert (root / "leftImg8bit" / "val" / "frankfurt" / f"{GT_FRAME}_leftImg8bit.png").is_file()
+    assert f"--source cityscapes:{root}:val --eval" in done.stdout
+    # a second frame without ground truth
+    other = CITYSCAPES_FRAMES[0]
+    shutil.copyfile(other, root / "leftImg8bit" / "val" / "frankfurt" / other.name)
+    record = tmp_path / "rec"
+    run = run_segstream("run", "--source", f"cityscapes:{root}:val", "--eval", "--model", str(fast_onnx),
+                        "--publish", "", "--record", str(record), "--quiet", timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    stats = json.loads((record / "stats.json").read_text())
+    assert stats["eval"]["frames"] == 1 and stats["eval"]["frames_without_gt"] == 1
+    assert "evaluation: 1 frame(s) had no ground truth and are not in the scores above (1 scored)" in run.stdout
+
+    bad = run_segstream("gt-from-color", str(tmp_path / "cwd" / f"{GT_FRAME}_gtFine_labelIds.png"),
+                        "--cityscapes-root", str(root))
+    assert bad.returncode == 2 and "names like frankfurt_000001_058914_gtFine_color.png" in bad.stderr
+
+
+def test_eval_of_a_source_without_ground_truth_says_so(tmp_path, fast_onnx):
+    record = tmp_path / "rec"
+    run = run_segstream("run", "--source", "test-pattern:64x48@10", "--max-frames", "3", "--sink", "eval:",
+                        "--policy", "lossless", "--model", str(fast_onnx), "--publish", "", "--record", str(record),
+                        "--quiet", timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "evaluation: none of the 3 published frames had ground truth, nothing was scored" in run.stdout
+    stats = json.loads((record / "stats.json").read_text())
+    assert stats["eval"] == {"frames": 0, "frames_without_gt": 3}

@@ -43,13 +43,21 @@ def _report(summary: dict, table: str, items: str, json_path: str | None) -> int
 
 def cmd_gt_from_color(args: argparse.Namespace) -> int:
     """``segstream gt-from-color COLOR.png... [-o DIR]``."""
-    from segstream.evaluation.ground_truth import convert_color_file
+    from segstream.evaluation.ground_truth import cityscapes_layout, convert_color_file
 
+    if args.output and args.cityscapes_root:
+        raise EvalError("-o and --cityscapes-root go to different places: give one")
     for name in args.files:
         try:
-            print(convert_color_file(Path(name), Path(args.output) if args.output else None))
+            if args.cityscapes_root:
+                labels, image = cityscapes_layout(Path(name), Path(args.cityscapes_root), args.split)
+                print(labels if image is None else f"{labels}\n{image}")
+            else:
+                print(convert_color_file(Path(name), Path(args.output or ".")))
         except ValueError as exc:
             raise EvalError(str(exc)) from None
+    if args.cityscapes_root:
+        print(f"replay and score it: segstream run --source cityscapes:{args.cityscapes_root}:{args.split} --eval")
     return 0
 
 
@@ -81,7 +89,12 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
 
     p = sub.add_parser("gt-from-color", help="Cityscapes *_gtFine_color.png to *_gtFine_labelIds.png")
     p.add_argument("files", nargs="+", metavar="COLOR.png")
-    p.add_argument("-o", "--output", metavar="DIR", help="write here (default: beside each file)")
+    p.add_argument("-o", "--output", metavar="DIR", help="write the label ids here (default: the "
+                   "current folder; never beside the input unless told so with -o)")
+    p.add_argument("--cityscapes-root", metavar="DIR", help="instead, build a Cityscapes layout under DIR: the "
+                   "label ids in gtFine/SPLIT/CITY/ and the matching *_leftImg8bit.png copied to leftImg8bit/, "
+                   "ready for --source cityscapes:DIR:SPLIT --eval")
+    p.add_argument("--split", default="val", help="the layout's split (default val)")
     p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(func=cmd_gt_from_color)
 

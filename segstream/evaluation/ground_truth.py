@@ -5,6 +5,7 @@ and KITTI-360) mapped to train ids, and colour-coded ``*_gtFine_color.png`` turn
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import cv2
@@ -80,6 +81,37 @@ def convert_color_file(color_path: Path, out_dir: Path | None = None) -> Path:
         raise ValueError(f"cannot write {out}")
     logger.info("%s -> %s", color_path, out)
     return out
+
+
+def cityscapes_layout(color_path: Path, root: Path, split: str = "val") -> tuple[Path, Path | None]:
+    """Put one colour-coded ground truth file into a Cityscapes layout under ``root``, so
+    that ``--source cityscapes:ROOT:SPLIT --eval`` replays and scores it: its label ids as
+    ``gtFine/SPLIT/CITY/NAME_gtFine_labelIds.png`` and, where ``NAME_leftImg8bit.png`` lies
+    beside it, a copy of that image as ``leftImg8bit/SPLIT/CITY/NAME_leftImg8bit.png``
+    (CITY: the name's first part, ``frankfurt_000001_058914`` -> ``frankfurt``).
+
+    Returns:
+        ``(label ids path, image path or None)``.
+
+    Raises:
+        ValueError: a name that is not ``CITY_NNNNNN_NNNNNN_gtFine_color.png``, or an
+            unreadable file.
+    """
+    name = color_path.name
+    stem = name[: -len(COLOR_SUFFIX)] if name.endswith(COLOR_SUFFIX) else ""
+    parts = stem.split("_")
+    if len(parts) != 3 or not parts[0] or not all(p.isdigit() for p in parts[1:]):
+        raise ValueError(f"{color_path}: a Cityscapes layout needs names like frankfurt_000001_058914{COLOR_SUFFIX}, "
+                         f"found {name!r}; without --cityscapes-root any name converts")
+    city = parts[0]
+    labels = convert_color_file(color_path, root / "gtFine" / split / city)
+    image = color_path.parent / f"{stem}_leftImg8bit.png"
+    if not image.is_file():
+        return labels, None
+    target = root / "leftImg8bit" / split / city / image.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(image, target)
+    return labels, target
 
 
 def gt_train_ids(gt: np.ndarray, gt_kind: str) -> np.ndarray:

@@ -117,7 +117,7 @@ def prometheus_text(stats: dict[str, Any]) -> str:
             if evaluation.get(key) is not None:
                 f.add(f"segstream_eval_{key}", "gauge", f"{key} over the frames scored so far.", {},
                       evaluation[key])
-        for cls, figures in evaluation["classes"].items():
+        for cls, figures in evaluation.get("classes", {}).items():
             if figures["iou"] is not None:
                 f.add("segstream_eval_class_iou", "gauge", "IoU per class so far.", {"class": cls}, figures["iou"])
     return f.text()

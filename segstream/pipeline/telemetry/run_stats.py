@@ -151,7 +151,8 @@ def _eval(facts: RunFacts, publish: StageReport | None) -> dict[str, Any] | None
     if figures.get("instances"):  # an instance model: COCO AP, overall ("all") and per source
         return {"instances": figures["instances"], "frames_without_gt": figures.get("frames_without_gt", 0)}
     if not per_source:
-        return None
+        # evaluation asked for, and no frame came with ground truth: said, not left out
+        return {"frames": 0, "frames_without_gt": figures["frames_without_gt"]} if figures else None
     summary = eval_summary({sid: ConfusionAccumulator.from_json(acc) for sid, acc in per_source.items()},
                            facts.model.metadata.class_names)
     if figures.get("frames_without_gt"):

@@ -32,6 +32,21 @@ def format_skips(skipped: dict[str, Any]) -> str:
                      for reason, count in reasons.items() if count)
 
 
+def missing_gt_lines(evaluation: dict[str, Any]) -> list[str]:
+    """What the summary says of frames evaluation could not score for want of ground truth."""
+    missing = int(evaluation.get("frames_without_gt", 0))
+    if not missing:
+        return []
+    scored = evaluation.get("frames", evaluation.get("instances", {}).get("all", {}).get("frames", 0))
+    if not scored:
+        return [f"  evaluation: none of the {missing} published frames had ground truth, nothing was scored; ground "
+                f"truth comes with dataset replays (cityscapes:ROOT, kitti-semantics:ROOT, kitti360:ROOT:SEQ; "
+                f"`segstream gt-from-color COLOR.png --cityscapes-root DIR` makes a Cityscapes layout of "
+                f"colour-coded ground truth)"]
+    return [f"  evaluation: {missing} frame(s) had no ground truth and are not in the scores above "
+            f"({scored} scored)"]
+
+
 def format_summary(stats: dict[str, Any]) -> str:
     """A short human summary of a run's stats, in the vocabulary of ``telemetry.timing``
     (in stage, queued, busy, end to end)."""
@@ -66,7 +81,9 @@ def format_summary(stats: dict[str, Any]) -> str:
 
         overall = stats["eval"]["instances"]["all"]
         lines.append(format_instance_scores({"images": overall["frames"], **overall}))
-    elif "eval" in stats:
+    elif "eval" in stats and stats["eval"]["frames"]:
         lines.append(format_scores(stats["eval"]))
+    if "eval" in stats:
+        lines += missing_gt_lines(stats["eval"])
     lines += [f"  warning: {warning}" for warning in stats.get("warnings", ())]
     return "\n".join(lines)
