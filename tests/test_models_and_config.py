@@ -212,3 +212,41 @@ def test_cli_models_says_which_run_as_they_are():
     rows = {line.split()[0]: line for line in result.stdout.splitlines() if line and not line.startswith(("name", "'"))}
     assert "pretrained" in rows["espnet-cityscapes"] and "needs --weights" in rows["fcn-resnet18"]
     assert "needs --weights" in rows["maskrcnn-r50-fpn"]
+
+
+def test_run_help_is_grouped_by_purpose_with_defaults():
+    result = run_segstream("run", "--help", timeout=60)
+    assert result.returncode == 0
+    text = result.stdout
+    titles = ["sources: what is read, and how:", "model and inference:", "flow: how frames move between the stages:",
+              "outputs: publishing, records, views and sinks:", "telemetry:", "control API:",
+              "security: keys and tokens:"]
+    positions = [text.index(f"\n{title}\n") for title in titles]
+    assert positions == sorted(positions)
+
+    def section(title: str) -> str:
+        start = text.index(f"\n{title}\n")
+        end = text.find("\n\n", start + 1)
+        return text[start:end if end > 0 else len(text)]
+
+    assert "--source" in section(titles[0]) and "--model" in section(titles[1]) and "--policy" in section(titles[2])
+    assert "--api-token" in section(titles[-1]) and "--publish-keys" in section(titles[-1])
+    flat = " ".join(text.split())
+    assert "--max-restarts N restarts of one stage allowed per 10 minutes before the run fails (default: 5)" in flat
+    assert "(default: tcp://127.0.0.1:5560)" in flat and "(default: espnet-cityscapes)" in flat
+    assert "--no-legend the legend (class colours and names) on the overlay; --no-legend leaves it out" in flat
+
+
+def test_the_readme_lists_every_config_key():
+    """The README's paragraph on configs names every section and key PipelineConfig declares."""
+    from conftest import ROOT
+
+    from segstream.pipeline.config import PipelineConfig
+    from segstream.pipeline.settings import documented
+
+    readme = (ROOT / "README.md").read_text()
+    paragraph = " ".join(readme[readme.index("YAML takes the sections"):readme.index("names as flat top-level")].split())
+    missing = [path for path, *_ in documented(PipelineConfig) if f"`{path.rsplit('.', 1)[-1]}`" not in paragraph]
+    assert not missing, missing
+    for section in ("sources", "engine", "flow", "outputs", "telemetry", "control"):
+        assert f"`{section}` (" in paragraph, section

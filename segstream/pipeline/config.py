@@ -103,7 +103,7 @@ class PipelineConfig:
     policy: FlowPolicy | None = setting(None, "flow policy (default: lossless for files, live for live sources)",
                                         flag="--policy", section="flow")
     transport: Transport = setting(Transport.IPC, "ipc (one host, shared memory) or tcp (inline payloads)",
-                                   flag="--transport", section="flow")
+                                   flag="--transport", section="flow", group="security")
     tcp_host: str = setting("127.0.0.1", "host the tcp endpoints bind on", section="flow")
     tcp_base_port: int = setting(5600, "first port of the stage endpoints over tcp", section="flow")
     ready_timeout_s: float = setting(120.0, "how long the stages may take to start (s)", section="flow")
@@ -123,7 +123,7 @@ class PipelineConfig:
                                     metavar="ENDPOINT")
     publish_keys: str = setting("", "CURVE keys for the tcp:// publish endpoints: DIR/server.key_secret and the "
                                 "consumers allowed in DIR/authorized/*.key (segstream keys DIR --client NAME)",
-                                flag="--publish-keys", section="outputs", metavar="DIR")
+                                flag="--publish-keys", section="outputs", metavar="DIR", group="security")
     mask_encoding: MaskEncoding | None = setting(
         None, "published mask encoding (default: png when a broker sink is set, where a raw 960x540 mask takes "
         "~500 KB an entry and a png one ~16 KB; raw otherwise)", flag="--mask-encoding", section="outputs")
@@ -152,7 +152,8 @@ class PipelineConfig:
     render: bool | None = setting(None, "run the render stage even without an output that needs it "
                                   "(default: when one does)", section="outputs")
     opacity: float = setting(0.5, "overlay opacity 0-1", flag="--opacity", section="outputs")
-    legend: bool = setting(True, "draw the legend", flag="--no-legend", section="outputs", negate=True)
+    legend: bool = setting(True, "the legend (class colours and names) on the overlay; --no-legend leaves it out",
+                           flag="--no-legend", section="outputs", negate=True)
     render_mode: RenderMode = setting(RenderMode.BLEND, "what the overlay shows", flag="--render-mode",
                                       section="outputs")
     render_classes: tuple[str, ...] = setting((), "colour only these classes, e.g. road,car (names or ids)",
@@ -167,7 +168,7 @@ class PipelineConfig:
                        "docs/api.md); with no --source the run waits for sources until stopped",
                        flag="--api", section="control", metavar="[HOST:]PORT")
     api_token: str = setting("", "bearer token the control API requires (required for a non-loopback --api)",
-                             flag="--api-token", section="control", metavar="TOKEN")
+                             flag="--api-token", section="control", metavar="TOKEN", group="security")
 
     def __post_init__(self) -> None:
         coerce_fields(self)

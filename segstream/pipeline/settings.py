@@ -24,13 +24,23 @@ from segstream.errors import ConfigError
 from segstream.pipeline.typed_json import load_dataclass
 
 SECTIONS = ("sources", "engine", "flow", "outputs", "telemetry", "control")
+# ``--help`` groups flags by purpose: a setting's ``group``, else its section's.
+GROUP_TITLES = {
+    "sources": "sources: what is read, and how",
+    "engine": "model and inference",
+    "flow": "flow: how frames move between the stages",
+    "outputs": "outputs: publishing, records, views and sinks",
+    "telemetry": "telemetry",
+    "control": "control API",
+    "security": "security: keys and tokens",
+}
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, flag: str = "", section: str = "",
             yaml: str = "", metavar: str | None = None, parse: Callable[[str], Any] | None = None,
             append: bool = False, negate: bool = False, const: Any = None,
             targets: tuple[str, ...] = (), coerce: Callable[[Any], Any] | None = None,
-            default_factory: Callable[[], Any] | None = None) -> Any:
+            default_factory: Callable[[], Any] | None = None, group: str = "") -> Any:
     """A dataclass field that declares one setting.
 
     Args:
@@ -48,9 +58,12 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, flag: str = "
         targets: the flag's parsed tuple sets these fields, in order (``--camera-size WxH``).
         coerce: applied to a YAML value before it is checked (``rate: 10`` -> ``"10"``).
         default_factory: for mutable defaults.
+        group: its ``--help`` group (a key of ``GROUP_TITLES``) where that is not its
+            section's (``security`` for keys and tokens).
     """
     meta = {"help": help, "flag": flag, "section": section, "yaml": yaml, "metavar": metavar, "parse": parse,
-            "append": append, "negate": negate, "const": const, "targets": targets, "coerce": coerce}
+            "append": append, "negate": negate, "const": const, "targets": targets, "coerce": coerce,
+            "group": group}
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -65,17 +78,24 @@ def _nested(tp: Any) -> type | None:
     return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
 
 
-def add_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
-    """Add one flag per declared setting of ``cls`` (and of its nested settings classes)."""
+def add_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "", section: str = "",
+              groups: dict[str, Any] | None = None) -> None:
+    """Add one flag per declared setting of ``cls`` (and of its nested settings classes),
+    in ``--help`` groups by purpose, each with its default."""
+    if groups is None:  # made in the order of GROUP_TITLES; argparse leaves out those left empty
+        groups = {key: parser.add_argument_group(title) for key, title in GROUP_TITLES.items()}
     for f, tp in _settings(cls):
+        meta = f.metadata
         nested = _nested(tp)
         if nested is not None:
-            add_flags(parser, nested, f"{prefix}{f.name}.")
-        meta = f.metadata
+            add_flags(parser, nested, f"{prefix}{f.name}.", meta["section"] or section, groups)
         if not meta["flag"]:
             continue
+        key = meta["group"] or meta["section"] or section
+        if key not in groups:
+            groups[key] = parser.add_argument_group(GROUP_TITLES.get(key, key or "other"))
         kwargs: dict[str, Any] = {"dest": f"{prefix}{f.name}".replace(".", "__"), "default": None,
-                                  "help": meta["help"]}
+                                  "help": _with_default(meta, f)}
         base = typing.get_args(tp)[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) else tp
         if base is bool and meta["parse"] is None:
             kwargs["action"] = "store_false" if meta["negate"] else "store_true"
@@ -90,7 +110,20 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> N
                 kwargs["choices"] = [m.value for m in base]
             elif base in (int, float) and meta["parse"] is None:
                 kwargs["type"] = base
-        parser.add_argument(meta["flag"], **kwargs)
+        groups[key].add_argument(meta["flag"], **kwargs)
+
+
+def _with_default(meta: Any, f: dataclasses.Field) -> str:
+    """The flag's help with its default, unless the help already says it or there is none
+    worth saying (off, empty, or a flag that turns something off)."""
+    text = str(meta["help"]).replace("%", "%%")
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if isinstance(default, Enum):
+        default = default.value
+    if "default:" in text or "(default" in text or meta["negate"] or default in (None, False, "", ()) or isinstance(default, bool):
+        return text
+    shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+    return f"{text} (default: {shown})"
 
 
 def overrides_from_args(cls: type, args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
