@@ -62,6 +62,26 @@ class RestartBudget:
         return min(BACKOFF_MIN_S * 2 ** recent, BACKOFF_MAX_S)
 
 
+class CaptureDeaths:
+    """Which captures to stop restarting because they die at start-up, before their first
+    frame, on the same error twice: another try would only die again (a source that cannot
+    run, such as a frame too large to allocate). Such a source fails alone (its stream ended
+    on its behalf), as one whose restart budget is spent does."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, str] = {}  # capture stage -> the error it died of at start-up
+
+    def give_up(self, stage: str, error: str, started: bool) -> str | None:
+        """Note a death of capture ``stage``; the reason to stop restarting it, or None."""
+        if started or not error:
+            self._last.pop(stage, None)  # a kill, or a death after a start, is restarted as usual
+            return None
+        if self._last.get(stage) == error:
+            return f"its capture died twice at start-up on the same error ({error}), so it is not restarted"
+        self._last[stage] = error
+        return None
+
+
 def ring_name(spec: StageSpec, incarnation: int) -> str:
     """The output ring name of a stage's ``incarnation`` (the first keeps the planned one)."""
     assert spec.ring is not None
@@ -69,13 +89,16 @@ def ring_name(spec: StageSpec, incarnation: int) -> str:
     return base if incarnation == 0 else f"{base}.r{incarnation}"
 
 
-def next_incarnation(spec: StageSpec, ledger: dict[Entry, int] | None, ended_sources: tuple[str, ...]) -> StageSpec:
+def next_incarnation(spec: StageSpec, ledger: dict[Entry, int] | None, ended_sources: tuple[str, ...],
+                     failed: str = "") -> StageSpec:
     """The spec of the process that replaces a dead one.
 
     Args:
         spec: the dead process's spec.
         ledger: the counters it left (a capture goes on from its position).
         ended_sources: sources whose end of stream went through before the death.
+        failed: for a capture given up on: why; the new process opens nothing, reports the
+            source failed and ends its stream.
     """
     incarnation = spec.incarnation + 1
     changes: dict[str, object] = {"incarnation": incarnation, "ended_sources": ended_sources}
@@ -83,8 +106,10 @@ def next_incarnation(spec: StageSpec, ledger: dict[Entry, int] | None, ended_sou
         changes["ring"] = replace(spec.ring, name=ring_name(spec, incarnation))
     settings = spec.settings
     if isinstance(settings, CaptureSettings) and ledger is not None:
-        changes["settings"] = replace(settings, start_index=max(settings.start_index, ledger[Entry.NEXT_INDEX]),
-                                      start_seq=max(settings.start_seq, ledger[Entry.NEXT_SEQ]))
+        settings = replace(settings, start_index=max(settings.start_index, ledger[Entry.NEXT_INDEX]),
+                           start_seq=max(settings.start_seq, ledger[Entry.NEXT_SEQ]))
+    if isinstance(settings, CaptureSettings):
+        changes["settings"] = replace(settings, failed=failed) if failed else settings
     return replace(spec, **changes)  # type: ignore[arg-type]
 
 

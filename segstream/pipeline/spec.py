@@ -78,6 +78,8 @@ class CaptureSettings:
             at least this (height, width), the model's input (``--reduced-decode``; None:
             whole). Frames so read carry their full size (``meta.full_size``), at which
             publish puts the mask.
+        failed: a capture given up on (it kept dying): why. It opens nothing, reports the
+            source failed and sends its end of stream, so the other stages close it.
     """
 
     source: str
@@ -90,6 +92,7 @@ class CaptureSettings:
     start_seq: int = 0
     instance_gt: bool = False
     reduce_to: tuple[int, int] | None = None
+    failed: str = ""
 
     def __post_init__(self) -> None:
         if self.reduce_to is not None:

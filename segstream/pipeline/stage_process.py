@@ -30,6 +30,7 @@ class StageProcess:
         report: its latest report.
         error: the error it reported.
         restart_at: it died and is restarted at this time (monotonic), or None.
+        give_up: a capture given up on: why (its next process only ends the stream).
     """
 
     spec: StageSpec
@@ -42,6 +43,7 @@ class StageProcess:
     report: StageReport | None = None
     error: str = ""
     restart_at: float | None = None
+    give_up: str = ""
 
     @property
     def ledger_path(self) -> Path:

@@ -31,7 +31,7 @@ from segstream.pipeline.control import Command, CommandMessage, EventKind, decod
 from segstream.pipeline.control_api import ApiRequests, ControlApi
 from segstream.pipeline.graph import RunPlan, plan_run
 from segstream.pipeline.preflight import default_policy
-from segstream.pipeline.restarts import Restarter, next_incarnation
+from segstream.pipeline.restarts import CaptureDeaths, Restarter, next_incarnation
 from segstream.pipeline.run_folder import make_run_dir, sweep_run
 from segstream.pipeline.source_book import SourceBook, SourceEntry
 from segstream.pipeline.sources_api import SourcesApi
@@ -98,6 +98,7 @@ class Supervisor:
         self._guard: PeerGuard | None = None  # refuses tcp peers without the run's key
         self._started = False  # every stage started
         self.restarter = Restarter(config.max_restarts)
+        self._capture_deaths = CaptureDeaths()
         self._run_dir = Path()
         self._env: dict[str, str] = {}
         self.book = SourceBook()
@@ -277,12 +278,23 @@ class Supervisor:
             death = f"stage '{stage.spec.name}' (pid {stage.process.pid}) {exit_reason(code)}{detail}"
             if commands is None or self.state is not RunState.RUNNING or self.config.restart is RestartPolicy.NEVER:
                 return death
+            capture = isinstance(stage.spec.settings, CaptureSettings)
+            give_up = self._capture_deaths.give_up(stage.spec.name, stage.error, stage.started) if capture else None
             budget = self.restarter.budget(stage.spec.name)
-            wait = budget.take(now)
-            if wait is None:
+            wait = None if give_up else budget.take(now)
+            if wait is None and not capture:
                 return (f"{death}; it died {budget.limit + 1} times within {budget.window_s / 60:.0f} minutes "
                         f"(--max-restarts {budget.limit}), so the run ends")
-            logger.warning("%s; restarting it in %.2f s", death, wait)
+            if wait is None:
+                # A source that cannot run fails alone: one more process of its capture opens
+                # nothing, reports it failed and ends its stream, so that every stage closes it.
+                give_up = give_up or (f"its capture died {budget.limit + 1} times within "
+                                      f"{budget.window_s / 60:.0f} minutes (--max-restarts {budget.limit})")
+                stage.give_up = f"{death}; {give_up}"
+                wait = 0.0
+                logger.error("source %s failed: %s", stage.spec.settings.source_id, stage.give_up)
+            else:
+                logger.warning("%s; restarting it in %.2f s", death, wait)
             self.restarter.retire(stage, self.stages, self.policy)
             stage.restart_at = now + wait
             commands.send(encode(CommandMessage(Command.RESYNC)))
@@ -290,7 +302,7 @@ class Supervisor:
             if stage.restart_at is not None and now >= stage.restart_at:
                 ended = tuple(s.spec.settings.source_id for s in self.stages
                               if isinstance(s.spec.settings, CaptureSettings) and (s.ended or s.process.poll() == 0))
-                spec = next_incarnation(stage.spec, read_ledger(stage.ledger_path), ended)
+                spec = next_incarnation(stage.spec, read_ledger(stage.ledger_path), ended, stage.give_up)
                 self.stages[k] = self.spawn(spec)
                 logger.info("stage %s restarted (pid %d)", spec.name, self.stages[k].process.pid)
         return ""

@@ -37,6 +37,7 @@ from segstream.pipeline.sources.base import FrameSource, SourceFrame, to_bgr
 from segstream.pipeline.sources.files import ImageListSource, TestPatternSource, VideoFileSource
 from segstream.pipeline.sources.streams import LiveOptions, is_camera_uri, is_stream_uri, open_stream
 from segstream.pipeline.wire.names import sanitize_name
+from segstream.pipeline.wire.checks import MAX_FRAME_PIXELS
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class Scheme:
     live: bool = False
 
 
+MAX_PATTERN_FPS = 1000
 _PATTERN = re.compile(r"^test-pattern(?::(\d+)x(\d+))?(?:@(\d+(?:\.\d+)?))?$")
 
 
@@ -97,7 +99,14 @@ def _open_pattern(request: SourceRequest) -> FrameSource:
         raise SourceError(f"bad test pattern {request.uri!r}; expected test-pattern[:WIDTHxHEIGHT[@FPS]], "
                           f"e.g. test-pattern:1280x720@30")
     w, h, fps = match.groups()
-    return TestPatternSource(request.source_id, int(w or 960), int(h or 540), float(fps or 25.0))
+    width, height, rate = int(w or 960), int(h or 540), float(fps or 25.0)
+    if width < 1 or height < 1 or width * height > MAX_FRAME_PIXELS:
+        raise SourceError(f"test pattern {request.uri!r} is {width}x{height}, {width * height / 1e6:.0f} M pixels; a "
+                          f"frame has 1 to {MAX_FRAME_PIXELS / 1e6:.0f} M pixels (8K is 33 M): ask for a smaller one")
+    if not 0 < rate <= MAX_PATTERN_FPS:
+        raise SourceError(f"test pattern {request.uri!r} asks for {rate:g} frames a second; expected more than 0 "
+                          f"and at most {MAX_PATTERN_FPS}")
+    return TestPatternSource(request.source_id, width, height, rate)
 
 
 def _open_dataset(request: SourceRequest) -> FrameSource:

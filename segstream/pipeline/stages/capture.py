@@ -221,8 +221,10 @@ def run(spec: StageSpec, runtime: StageRuntime) -> int:
         raise ValueError("capture needs an output endpoint")
     writer = open_writer(spec)
     source: FrameSource | None = None
-    failure = ""
+    failure = settings.failed  # given up on after it kept dying: end its stream, open nothing
     try:
+        if failure:
+            raise SourceError(failure)
         source = open_source(settings.source, settings.source_id, loop=settings.loop,
                              live_options=settings.live)
         if settings.instance_gt and hasattr(source, "instance_gt"):  # dataset replays that have it
