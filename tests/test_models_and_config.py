@@ -250,3 +250,41 @@ def test_the_readme_lists_every_config_key():
     assert not missing, missing
     for section in ("sources", "engine", "flow", "outputs", "telemetry", "control"):
         assert f"`{section}` (" in paragraph, section
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--threads", "-1"], "threads must be between 0"),
+    (["--threads", "2000"], "threads must be between 0"),
+    (["--camera-fps", "-5"], "a camera frame rate takes 0"),
+    (["--camera-fps", "nan"], "a camera frame rate takes 0"),
+    (["--camera-size", "100000x100000"], "a camera size takes 0"),
+    (["--publish", "bogus://x"], "publish takes a ZeroMQ endpoint"),
+    (["--publish-lossless", "redis://127.0.0.1/x"], "for a broker use --sink"),
+    (["--rate", "inf"], "frames per second above 0 and at most 10000"),
+    (["--rate", "1e9"], "frames per second above 0 and at most 10000"),
+])
+def test_every_setting_is_checked_before_the_run(args, message):
+    result = run_segstream("run", "--source", "test-pattern:64x48@5", "--max-frames", "1", "--quiet", *args,
+                           timeout=120)
+    assert result.returncode == 2, result.stdout[-1000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_config_files_that_cannot_be_read_as_written_are_refused(tmp_path):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("outputs:\n  opacity: 0.3\n  opacity: 0.9\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: key 'opacity' is given twice \(lines 2 and 3\)"):
+        load_config(twice)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("sources: [caf\xe9.mp4]\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="is not UTF-8 text .* save it as UTF-8"):
+        load_config(latin)
+
+
+def test_weights_that_are_not_weights_are_refused_clearly(tmp_path):
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(bytes(range(256)) * 8)
+    result = run_segstream("export", "espnet-cityscapes", "--weights", str(garbage), "-o", str(tmp_path / "x.onnx"),
+                           timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"cannot read weights from {garbage}: it is not a PyTorch weights file" in result.stderr

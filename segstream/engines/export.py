@@ -66,7 +66,15 @@ def load_torch_model(name: str, weights: str | os.PathLike[str] | None = None, r
     module = spec.build()
     if spec.weights_asset is not None or weights is not None:
         path = resolve_asset(spec.weights_asset or "", explicit=weights)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a file that is not weights
+            raise ModelError(f"cannot read weights from {path}: it is not a PyTorch weights file that loads safely "
+                             f"({type(exc).__name__}). Expected a state dict saved with torch.save, or a `segstream "
+                             f"train` checkpoint (.pth/.pt)") from None
+        if not isinstance(state, dict):
+            raise ModelError(f"{path} holds a {type(state).__name__}, not a state dict of tensors; pass weights "
+                             f"saved with torch.save(model.state_dict(), ...) or a `segstream train` checkpoint")
         if isinstance(state, dict) and "state_dict" in state:  # a `segstream train` checkpoint
             if state.get("model", name) != name:
                 raise ModelError(f"{path} is a checkpoint of {state['model']!r}, not {name!r}; pass the matching "

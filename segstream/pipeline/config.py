@@ -28,7 +28,7 @@ from segstream.errors import ConfigError
 from segstream.pipeline.overlay import RenderMode
 from segstream.pipeline.settings import coerce_fields, from_mapping, setting
 from segstream.pipeline.sources.streams import LiveOptions
-from segstream.pipeline.spec import MaskResolution, StageKind
+from segstream.pipeline.spec import MAX_RATE, MaskResolution, StageKind, frame_rate
 from segstream.pipeline.typed_json import load_dataclass
 from segstream.pipeline.wire.choices import FlowPolicy, RestartPolicy, Transport
 from segstream.pipeline.wire.messages import MaskEncoding
@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["ConfigError", "PipelineConfig", "load_config", "check_display", "DEFAULT_PUBLISH"]
 
 DEFAULT_PUBLISH = "tcp://127.0.0.1:5560"
+MAX_THREADS = 256  # threads per inference process
 
 
 def _commas(text: str) -> tuple[str, ...]:
@@ -193,14 +194,20 @@ class PipelineConfig:
             check_display()
         if self.rate is not None:
             set_(self, "rate", str(self.rate))
-            try:
-                valid = self.rate in ("native", "max") or float(self.rate) > 0
-            except ValueError:
-                valid = False
-            if not valid:
-                raise ConfigError(f"rate must be 'native', 'max' or frames per second (e.g. 10), found {self.rate!r}")
+            if self.rate not in ("native", "max") and not frame_rate(self.rate):
+                raise ConfigError(f"rate must be 'native', 'max' or frames per second above 0 and at most "
+                                  f"{MAX_RATE:g} (e.g. 10), found {self.rate!r}")
         if self.workers < 0 or self.workers > 8:
             raise ConfigError(f"workers must be between 0 (auto) and 8, found {self.workers}")
+        if not 0 <= self.threads <= MAX_THREADS:
+            raise ConfigError(f"threads must be between 0 (the cores divided among workers) and {MAX_THREADS}, "
+                              f"found {self.threads}")
+        for name in ("publish", "publish_lossless"):
+            endpoint = getattr(self, name)
+            if endpoint and not endpoint.startswith(("tcp://", "ipc://")):
+                raise ConfigError(f"{name} takes a ZeroMQ endpoint, tcp://HOST:PORT or ipc:///PATH ('' for none), "
+                                  f"found {endpoint!r}; for a broker use --sink redis://..., kafka://... or "
+                                  f"mqtt://...")
         if self.max_restarts < 0:
             raise ConfigError(f"max_restarts must be >= 0, found {self.max_restarts}")
         if self.triton_shm not in ("", "system", "cuda"):
@@ -284,6 +291,21 @@ def check_display() -> None:
                           "browser with --view")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last
+    silently, so a setting written twice would be half ignored)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(f"key {key!r} is given twice (lines {seen[key] + 1} and "
+                                  f"{key_node.start_mark.line + 1}); keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def load_config(path: str | Path | None) -> PipelineConfig:
     """Read a YAML config (None: the defaults); every key and value is checked.
 
@@ -297,9 +319,14 @@ def load_config(path: str | Path | None) -> PipelineConfig:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; see configs/ for examples")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                          f"save it as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     if isinstance(data, dict) and "source" in data:
         raise ConfigError(f"{path}: use 'sources: [...]' (a list), not 'source'")
     if isinstance(data, dict) and isinstance(data.get("sources"), str):

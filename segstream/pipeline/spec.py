@@ -50,11 +50,17 @@ class MaskResolution(str, Enum):
     MODEL = "model"
 
 
-def _positive_rate(rate: str) -> bool:
+MAX_RATE = 10_000.0  # frames per second a replay may be paced at (beyond any camera)
+
+
+def frame_rate(rate: str) -> bool:
+    """Whether ``rate`` is a number of frames per second a replay can be paced at: above 0,
+    finite, at most ``MAX_RATE`` (``inf`` and ``nan`` are not)."""
     try:
-        return float(rate) > 0
+        value = float(rate)
     except ValueError:
         return False
+    return 0 < value <= MAX_RATE
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,7 @@ class CaptureSettings:
             object.__setattr__(self, "reduce_to", tuple(self.reduce_to))
             if len(self.reduce_to) != 2 or not all(isinstance(v, int) and v > 0 for v in self.reduce_to):
                 raise ValueError(f"reduce_to must be a (height, width) of positive integers, found {self.reduce_to!r}")
-        if self.rate not in ("native", "max") and not _positive_rate(self.rate):
+        if self.rate not in ("native", "max") and not frame_rate(self.rate):
             raise ValueError(f"rate must be 'native', 'max' or a positive number of frames per second, "
                              f"found {self.rate!r}")
 

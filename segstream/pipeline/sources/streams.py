@@ -45,6 +45,10 @@ class RtspTransport(str, Enum):
     UDP = "udp"
 
 
+MAX_CAMERA_SIDE = 8192  # 8K: 7680x4320 fits
+MAX_CAMERA_FPS = 1000.0
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """``WIDTHxHEIGHT`` to ``(width, height)``.
 
@@ -82,6 +86,14 @@ class LiveOptions:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
+        if not (0 <= self.width <= MAX_CAMERA_SIDE and 0 <= self.height <= MAX_CAMERA_SIDE) or \
+                self.width * self.height > MAX_CAMERA_SIDE * MAX_CAMERA_SIDE // 2:
+            raise ConfigError(f"a camera size takes 0 (the device's default) or up to {MAX_CAMERA_SIDE} a side, and "
+                              f"no more than {MAX_CAMERA_SIDE}x{MAX_CAMERA_SIDE // 2} in all, found "
+                              f"{self.width}x{self.height}")
+        if not 0 <= self.fps <= MAX_CAMERA_FPS:
+            raise ConfigError(f"a camera frame rate takes 0 (the device's default) to {MAX_CAMERA_FPS}, found "
+                              f"{self.fps}")
         if self.connect_attempts < 1:
             raise ConfigError(f"connect_attempts must be at least 1, found {self.connect_attempts}")
         if not 0 <= self.decode_threads <= MAX_DECODE_THREADS:
