@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from pipeline_helpers import start_pipeline, wait_for_exit
@@ -103,3 +104,42 @@ def test_a_capture_that_dies_at_start_up_on_the_same_error_is_not_restarted_in_a
     assert deaths.give_up("capture-3", "MemoryError", started=True) is None
     assert deaths.give_up("capture-4", "", started=False) is None
     assert deaths.give_up("capture-4", "", started=False) is None
+
+
+def test_well_formed_control_events_from_outside_the_run_are_refused(tmp_path, fast_onnx):
+    """Another process of the same user that reaches the control socket sends what a stage
+    would: a source failure, an error and a stage's end. Without the run's token none is
+    taken: the source stays running, the run goes on, each is counted."""
+    import tempfile
+
+    import zmq
+
+    from segstream.pipeline.control import EventKind, StageEvent
+    from segstream.pipeline.control import encode as encode_control
+
+    port, proc, log, subscriber = _service(tmp_path, fast_onnx)
+    try:
+        run_id = api(port, "GET", "/health")[1]["run_id"]
+        run_dirs = [p.parent for base in (tmp_path / "t", Path(tempfile.gettempdir()))
+                    for p in base.glob("segstream-*/owner") if p.read_text().split()[1:2] == [run_id]]
+        context = zmq.Context()
+        push = context.socket(zmq.PUSH)
+        push.connect(f"ipc://{run_dirs[0] / 'control.sock'}")
+        forged = [StageEvent("capture-0", EventKind.SOURCE_FAILED, source="test-pattern", message="forged"),
+                  StageEvent("infer", EventKind.ERROR, message="forged"),
+                  StageEvent("publish", EventKind.DONE, exit_code=1),
+                  StageEvent("capture-0", EventKind.SOURCE_FAILED, source="test-pattern", message="forged",
+                             token="not-the-token")]
+        for event in forged:
+            push.send(encode_control(event))
+        push.close(linger=5000)
+        context.term()
+        before = subscriber.masks["test-pattern"]
+        subscriber.wait(lambda: subscriber.masks["test-pattern"] >= before + 5)
+        source = api(port, "GET", "/sources/test-pattern")[1]
+        assert source["state"] == "running" and not source.get("error"), source
+        assert api(port, "GET", "/stats")[1]["control_events_refused"] == len(forged)
+    finally:
+        subscriber.close()
+        os.killpg(proc.pid, signal.SIGINT)
+    assert wait_for_exit(proc, log, 30) == 130

@@ -114,6 +114,8 @@ class StageEvent:
         message: what went wrong (``error``, ``source_failed``).
         source: the source that failed, ended or joined (``source_failed``,
             ``source_ended``, ``source_joined``).
+        token: the run's control token (from the stage's spec): the supervisor takes an
+            event only with it.
     """
 
     stage: str
@@ -123,6 +125,7 @@ class StageEvent:
     stopped: bool = False
     message: str = ""
     source: str = ""
+    token: str = ""
     version: int = CONTROL_VERSION
 
 

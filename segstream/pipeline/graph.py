@@ -11,6 +11,8 @@ Pure planning: no processes, no sockets. The supervisor turns the plan into proc
 
 from __future__ import annotations
 
+import secrets
+
 import logging
 import os
 from dataclasses import dataclass
@@ -68,6 +70,9 @@ class RunPlan:
             (``--api``): ``capture(index, uri, source_id, options, sources)`` with the
             number of sources it makes.
         capture_readers: per output of a capture, the stage whose input connects to it.
+        control_token: the run's secret that every stage puts in its events; the
+            supervisor takes events only with it (another process that reaches the control
+            socket cannot end the run or fail a source).
     """
 
     run_id: str
@@ -78,6 +83,7 @@ class RunPlan:
     per_source_dirs: bool
     capture: Callable[[int, str, str, SourceOptions, int], StageSpec]
     capture_readers: tuple[str, ...]
+    control_token: str = ""
 
 
 def source_ids(sources: tuple[str, ...]) -> list[str]:
@@ -180,6 +186,7 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
     if render:
         present.add(StageKind.RENDER)
     control, commands = endpoint("control"), endpoint("commands")
+    control_token = secrets.token_hex(16)
     rate = config.rate or ("native" if live else "max")
     ids = tuple(source_ids(config.sources))
 
@@ -221,7 +228,7 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
                          commands=commands, ring=ring, reads=reads_of(kind, present),
                          nice=nice, sources=len(config.sources), source_ids=ids,
                          delay_ms=float(config.stage_delay_ms.get(kind.value, 0.0)), keys=keys,
-                         open_ended=open_ended, **kw)  # type: ignore[arg-type]
+                         open_ended=open_ended, control_token=control_token, **kw)  # type: ignore[arg-type]
 
     stages: list[StageSpec] = []
     # Live: each capture sends to every worker straight (one endpoint per worker, so end of
@@ -269,7 +276,8 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
             metadata=metadata, opacity=config.opacity, legend=config.legend, mode=config.render_mode,
             classes=class_ids(config.render_classes, metadata), sinks=render_uris, per_source_dirs=per_source),
             inputs=publish_out))
-    return RunPlan(run_id, policy, tuple(stages), control, commands, per_source, capture, capture_readers)
+    return RunPlan(run_id, policy, tuple(stages), control, commands, per_source, capture, capture_readers,
+                   control_token)
 
 
 def public_keys(config: PipelineConfig) -> CurveServer | None:

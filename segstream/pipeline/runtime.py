@@ -166,7 +166,8 @@ class StageRuntime:
         if self.control is None:
             return
         try:
-            self.control.send(encode(StageEvent(self.spec.name, kind, **fields)), zmq.NOBLOCK)  # type: ignore[arg-type]
+            event = StageEvent(self.spec.name, kind, token=self.spec.control_token, **fields)  # type: ignore[arg-type]
+            self.control.send(encode(event), zmq.NOBLOCK)
         except zmq.Again:
             logger.debug("control channel full; event %s dropped", kind.value)
 

@@ -269,6 +269,8 @@ class StageSpec:
         ended_sources: sources that ended before this process started (a restart): it
             passes their end of stream on at once.
         keys: the run's CURVE keys for its tcp:// sockets (None on ipc://).
+        control_token: the run's secret, sent with every event (the supervisor refuses
+            events without it).
         open_ended: sources come and go while the pipeline runs (``--api``): the stage
             goes on when every source it knows has ended, until a stop.
     """
@@ -296,6 +298,7 @@ class StageSpec:
     ended_sources: tuple[str, ...] = ()
     keys: RunKeys | None = None
     open_ended: bool = False
+    control_token: str = ""
 
     def __post_init__(self) -> None:
         expected = SETTINGS[self.kind]

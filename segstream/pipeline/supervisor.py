@@ -10,6 +10,7 @@ is left.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import secrets
@@ -225,6 +226,13 @@ class Supervisor:
             if self._refusals.allow(exc.reason):
                 logger.warning("ignored a malformed control event (counted; logged at most every %.0f s): %s",
                                self._refusals.every_s, exc)
+            return
+        if self.plan is not None and not hmac.compare_digest(  # bytes: a forged token may be any text
+                event.token.encode("utf-8", "surrogatepass"), self.plan.control_token.encode()):
+            self.malformed_events += 1  # not from a process of this run: a forgery, or another run's stage
+            if self._refusals.allow("bad_token"):
+                logger.warning("ignored a control event without this run's token (counted; logged at most every "
+                               "%.0f s): %s from %r", self._refusals.every_s, event.kind.value, event.stage[:80])
             return
         stage = self._by_name(event.stage)
         if stage is None:
