@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any
+from typing import Any, Callable
 
 from segstream.errors import MessageError
 from segstream.pipeline.wire.names import is_safe_name
@@ -137,22 +137,22 @@ def _instances(value: Any) -> None:
             number(v, "meta.instances box", 0.0, float(MAX_SIDE))
 
 
-def _classes(value: Any) -> None:
+def _by_class_id(value: Any, what: str, items: str, check: Callable[[Any, str], object]) -> None:
+    """An object keyed by class ids "0"-"255" (at most 256), each value checked."""
     if not isinstance(value, dict) or len(value) > 256:
-        raise MessageError("bad_meta", "meta.classes must be an object of at most 256 class shares")
-    for key, share in value.items():
+        raise MessageError("bad_meta", f"{what} must be an object of at most 256 {items}")
+    for key, item in value.items():
         if not (isinstance(key, str) and key.isdigit() and len(key) <= 3 and int(key) <= 255):
-            raise MessageError("bad_meta", f"meta.classes keys are class ids 0-255, found {key!r:.20}")
-        number(share, f"meta.classes[{key}]", 0.0, 1.0)
+            raise MessageError("bad_meta", f"{what} keys are class ids 0-255, found {key!r:.20}")
+        check(item, f"{what}[{key}]")
+
+
+def _classes(value: Any) -> None:
+    _by_class_id(value, "meta.classes", "class shares", lambda share, at: number(share, at, 0.0, 1.0))
 
 
 def _labels(value: Any) -> None:
-    if not isinstance(value, dict) or len(value) > 256:
-        raise MessageError("bad_meta", "meta.labels must be an object of at most 256 class names")
-    for key, name in value.items():
-        if not (isinstance(key, str) and key.isdigit() and len(key) <= 3 and int(key) <= 255):
-            raise MessageError("bad_meta", f"meta.labels keys are class ids 0-255, found {key!r:.20}")
-        text(name, f"meta.labels[{key}]", 128)
+    _by_class_id(value, "meta.labels", "class names", lambda name, at: text(name, at, 128))
 
 
 _META: dict[str, Any] = {
