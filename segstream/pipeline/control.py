@@ -25,6 +25,7 @@ data-plane messages (``typed_json``): a malformed or forged message raises
 
 from __future__ import annotations
 
+import hmac
 import json
 from dataclasses import dataclass, field
 from enum import Enum
@@ -127,6 +128,11 @@ class StageEvent:
     source: str = ""
     token: str = ""
     version: int = CONTROL_VERSION
+
+    def carries(self, token: str) -> bool:
+        """Whether the event has the run's ``token`` (compared in constant time, as bytes:
+        a forged token may be any text)."""
+        return hmac.compare_digest(self.token.encode("utf-8", "surrogatepass"), token.encode())
 
 
 def encode(message: CommandMessage | StageEvent) -> bytes:

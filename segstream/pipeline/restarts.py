@@ -124,6 +124,26 @@ class Restarter:
         self.limit = limit
         self.budgets: dict[str, RestartBudget] = {}
         self.retired: dict[str, StageReport] = {}
+        self.capture_deaths = CaptureDeaths()
+
+    def after_death(self, stage: StageProcess, death: str, now: float) -> tuple[float | None, str]:
+        """What follows the death of ``stage`` (``death`` says how it died): ``(wait, "")``
+        to restart it after ``wait``; ``(None, error)`` when the run must end (a stage
+        other than a capture spent its budget). A capture that spent its budget, or died
+        twice at start-up on the same error, fails its source alone: ``(0, "")`` with
+        ``stage.give_up`` set, so that one last process of it opens nothing, reports the
+        source failed and ends its stream through every stage."""
+        capture = isinstance(stage.spec.settings, CaptureSettings)
+        give_up = self.capture_deaths.give_up(stage.spec.name, stage.error, stage.started) if capture else None
+        budget = self.budget(stage.spec.name)
+        wait = None if give_up else budget.take(now)
+        if wait is not None:
+            return wait, ""
+        spent = f"died {budget.limit + 1} times within {budget.window_s / 60:.0f} minutes (--max-restarts {budget.limit})"
+        if not capture:
+            return None, f"{death}; it {spent}, so the run ends"
+        stage.give_up = f"{death}; {give_up or f'its capture {spent}'}"
+        return 0.0, ""
 
     def budget(self, stage: str) -> RestartBudget:
         """The budget of ``stage``."""

@@ -10,7 +10,6 @@ is left.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import secrets
@@ -32,7 +31,7 @@ from segstream.pipeline.control import Command, CommandMessage, EventKind, decod
 from segstream.pipeline.control_api import ApiRequests, ControlApi
 from segstream.pipeline.graph import RunPlan, plan_run
 from segstream.pipeline.preflight import default_policy
-from segstream.pipeline.restarts import CaptureDeaths, Restarter, next_incarnation
+from segstream.pipeline.restarts import Restarter, next_incarnation
 from segstream.pipeline.run_folder import make_run_dir, sweep_run
 from segstream.pipeline.source_book import SourceBook, SourceEntry
 from segstream.pipeline.sources_api import SourcesApi
@@ -99,7 +98,6 @@ class Supervisor:
         self._guard: PeerGuard | None = None  # refuses tcp peers without the run's key
         self._started = False  # every stage started
         self.restarter = Restarter(config.max_restarts)
-        self._capture_deaths = CaptureDeaths()
         self._run_dir = Path()
         self._env: dict[str, str] = {}
         self.book = SourceBook()
@@ -227,12 +225,11 @@ class Supervisor:
                 logger.warning("ignored a malformed control event (counted; logged at most every %.0f s): %s",
                                self._refusals.every_s, exc)
             return
-        if self.plan is not None and not hmac.compare_digest(  # bytes: a forged token may be any text
-                event.token.encode("utf-8", "surrogatepass"), self.plan.control_token.encode()):
+        if self.plan is not None and not event.carries(self.plan.control_token):
             self.malformed_events += 1  # not from a process of this run: a forgery, or another run's stage
             if self._refusals.allow("bad_token"):
-                logger.warning("ignored a control event without this run's token (counted; logged at most every "
-                               "%.0f s): %s from %r", self._refusals.every_s, event.kind.value, event.stage[:80])
+                logger.warning("ignored a control event without this run's token: %s from %r (counted)",
+                               event.kind.value, event.stage[:80])
             return
         stage = self._by_name(event.stage)
         if stage is None:
@@ -286,20 +283,10 @@ class Supervisor:
             death = f"stage '{stage.spec.name}' (pid {stage.process.pid}) {exit_reason(code)}{detail}"
             if commands is None or self.state is not RunState.RUNNING or self.config.restart is RestartPolicy.NEVER:
                 return death
-            capture = isinstance(stage.spec.settings, CaptureSettings)
-            give_up = self._capture_deaths.give_up(stage.spec.name, stage.error, stage.started) if capture else None
-            budget = self.restarter.budget(stage.spec.name)
-            wait = None if give_up else budget.take(now)
-            if wait is None and not capture:
-                return (f"{death}; it died {budget.limit + 1} times within {budget.window_s / 60:.0f} minutes "
-                        f"(--max-restarts {budget.limit}), so the run ends")
+            wait, verdict = self.restarter.after_death(stage, death, now)
             if wait is None:
-                # A source that cannot run fails alone: one more process of its capture opens
-                # nothing, reports it failed and ends its stream, so that every stage closes it.
-                give_up = give_up or (f"its capture died {budget.limit + 1} times within "
-                                      f"{budget.window_s / 60:.0f} minutes (--max-restarts {budget.limit})")
-                stage.give_up = f"{death}; {give_up}"
-                wait = 0.0
+                return verdict
+            if stage.give_up:
                 logger.error("source %s failed: %s", stage.spec.settings.source_id, stage.give_up)
             else:
                 logger.warning("%s; restarting it in %.2f s", death, wait)
