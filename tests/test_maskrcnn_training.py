@@ -37,7 +37,11 @@ def test_a_mask_rcnn_trained_on_real_frames_learns(tmp_path, espnet_onnx):
     config = TrainConfig("maskrcnn-r18-fpn", data, val=data, epochs=3, repeat=2, crop=(HEIGHT, WIDTH),
                          batch_size=2, lr=0.02, optimizer="sgd", scale=(1.0, 1.0), jitter=0.0,
                          output=str(tmp_path / "ckpt"), threads=1)
-    history = InstanceTrainer(config).run()
+    threads = torch.get_num_threads()
+    try:
+        history = InstanceTrainer(config).run()
+    finally:  # the trainer sets torch's threads for the whole process: the worker's next tests need its own
+        torch.set_num_threads(threads)
     losses = [result.loss for result in history]
     assert len(losses) == 3 and all(loss == loss for loss in losses)  # no NaN
     assert losses[-1] < LOSS_FALLS_TO * losses[0], losses
