@@ -108,7 +108,9 @@ def test_engines_infer_a_batch_as_each_frame_alone(backend, fast_onnx):
     from segstream.engines.backends.base import labels_from_outputs, load_engine
 
     if backend == "torch":
-        engine = load_engine("espnet-cityscapes-q3", "torch", device="cpu")
+        # Two threads whatever an earlier test of this worker left: with one, oneDNN's kernels
+        # for a batch of three and for one frame round differently (noted in the issue).
+        engine = load_engine("espnet-cityscapes-q3", "torch", device="cpu", threads=2)
     else:
         engine = load_engine(fast_onnx, "onnxruntime", threads=1)
     assert engine.max_batch >= 8  # every export has a dynamic batch axis
