@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from segstream.assets import ASSETS, cache_dir, resolve_asset, sha256_of
-from segstream.engines.metadata import ModelMetadata, OutputKind, OutputSpec, write_onnx_metadata
+from segstream.engines.metadata import RANDOM_WEIGHTS, ModelMetadata, OutputKind, OutputSpec, write_onnx_metadata
 from segstream.engines.models.zoo import ModelSpec, get_model_spec, untrained_error
 from segstream.errors import ModelError
 
@@ -23,9 +23,6 @@ logger = logging.getLogger(__name__)
 
 EXPORT_VERSION = 2  # bump when the exported graph changes, to invalidate caches (2: dynamic batch)
 OPSET = 17
-
-
-RANDOM_WEIGHTS = "random"  # metadata.extra["weights"] of a model exported untrained
 
 
 def untrained(spec: ModelSpec, weights: str | os.PathLike[str] | None, random_weights: bool) -> bool:
@@ -75,7 +72,7 @@ def load_torch_model(name: str, weights: str | os.PathLike[str] | None = None, r
         if not isinstance(state, dict):
             raise ModelError(f"{path} holds a {type(state).__name__}, not a state dict of tensors; pass weights "
                              f"saved with torch.save(model.state_dict(), ...) or a `segstream train` checkpoint")
-        if isinstance(state, dict) and "state_dict" in state:  # a `segstream train` checkpoint
+        if "state_dict" in state:  # a `segstream train` checkpoint
             if state.get("model", name) != name:
                 raise ModelError(f"{path} is a checkpoint of {state['model']!r}, not {name!r}; pass the matching "
                                  f"model name")

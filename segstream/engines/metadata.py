@@ -78,6 +78,9 @@ class OutputSpec:
 RESIZE_PRECISIONS = ("float", "uint8")
 
 
+RANDOM_WEIGHTS = "random"  # extra["weights"] of a model exported untrained on purpose (--random-weights)
+
+
 @dataclass(frozen=True)
 class ModelMetadata:
     """How to feed a model and how to read what it returns.
@@ -174,7 +177,7 @@ class ModelMetadata:
     def untrained_warning(self) -> str | None:
         """What to warn of on every run of a model exported untrained on purpose
         (``--random-weights``: ``extra["weights"] == "random"``), else None."""
-        if self.extra.get("weights") != "random":
+        if self.extra.get("weights") != RANDOM_WEIGHTS:
             return None
         return (f"model {self.name} runs on random weights (--random-weights): its masks mean nothing; pass "
                 f"--weights FILE with trained weights")
