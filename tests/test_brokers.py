@@ -105,7 +105,7 @@ def test_framing_round_trip_and_refusals():
 
 
 def _collect(uri: str, until_sources: set[str], timeout_s: float, out: dict) -> None:
-    with MaskSubscriber(uri, timeout_s=timeout_s) as masks:
+    with MaskSubscriber(uri, sources=sorted(until_sources), timeout_s=timeout_s) as masks:
         out["results"] = [(r.source, r.index, r.name, r.mask) for r in masks]
         out["ended"] = set(masks.ended)
         out["skipped"] = dict(masks.skipped)
@@ -119,7 +119,7 @@ def test_results_reach_a_reader_through_the_broker(broker, tmp_path, fast_onnx):
     got: dict = {}
     reader = None
     if broker.scheme == "mqtt":  # MQTT keeps nothing for later subscribers: read while it runs
-        reader = threading.Thread(target=_collect, args=(reader_uri, {"clip", "kitti"}, 60, got))
+        reader = threading.Thread(target=_collect, args=(reader_uri, {"solidWhiteRight", "kitti"}, 60, got))
         reader.start()
         time.sleep(1.0)
     record = tmp_path / "rec"

@@ -186,3 +186,38 @@ def test_the_client_returns_an_instance_models_detections_typed(tmp_path, instan
     assert result.instance_ids.dtype == np.uint16
     np.testing.assert_array_equal(result.instance_ids, recorded)
     assert set(np.unique(result.instance_ids)) <= {0, *(i.id for i in result.instances)}
+
+
+def _result_frames(source: str, index: int, mask: np.ndarray) -> list[bytes]:
+    from segstream.pipeline.wire.messages import Header, Kind, Message, Part, encode
+
+    header = Header(Kind.RESULT, source, index, f"{index:06d}", 1, time.time_ns(),
+                    parts=[Part("mask", mask.shape, "uint8", inline=0)],
+                    meta={"classes": {"0": 1.0}, "ignore_index": 255, "model": "example"})
+    return [bytes(f) if not isinstance(f, np.ndarray) else f.tobytes() for f in encode(Message(header, [mask]))]
+
+
+def test_a_subscriber_given_sources_waits_for_the_end_of_each_even_when_one_ends_first(tmp_path):
+    # A broker topic of several partitions (Kafka) hands one source's results and end of
+    # stream before another's first result: the subscriber must not stop at the first end.
+    import zmq
+
+    from segstream.pipeline.wire.messages import eos, encode
+
+    endpoint = f"ipc://{tmp_path}/lossless.sock"
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.bind(endpoint)
+    mask = np.zeros((4, 6), np.uint8)
+    try:
+        with MaskSubscriber(endpoint, sources=["a", "b"], timeout_s=30, lossless=True) as masks:
+            for source in ("a", "b"):
+                for index in range(3):
+                    push.send_multipart(_result_frames(source, index, mask))
+                push.send_multipart([bytes(f) for f in encode(eos(source))])
+            got = [(r.source, r.index) for r in masks]
+    finally:
+        push.close(0)
+        context.term()
+    assert not masks.timed_out and masks.ended == {"a", "b"}
+    assert got == [(s, k) for s in ("a", "b") for k in range(3)]

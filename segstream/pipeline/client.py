@@ -88,7 +88,10 @@ class MaskSubscriber:
         sources: only these source ids (None: all).
         timeout_s: end the iteration after this long without a message (``timed_out``
             tells); None waits forever.
-        until_end: end the iteration once every source seen has sent end of stream.
+        until_end: end the iteration once every source in ``sources`` has sent end of
+            stream (without ``sources``: every source seen so far; give ``sources`` to
+            read a Kafka topic of several partitions, which may hand one source's whole
+            stream before another's first result).
         lossless: connect to a pipeline's ``--publish-lossless`` channel (PULL): every mask
             arrives, and a consumer that falls behind slows the pipeline.
         curve: this consumer's keys for a tcp:// endpoint published with
@@ -142,7 +145,7 @@ class MaskSubscriber:
         last_message = time.monotonic()
         seen: set[str] = set()
         while True:
-            if self.until_end and seen and seen <= self.ended:
+            if self.until_end and (self.sources <= self.ended if self.sources else seen and seen <= self.ended):
                 return
             frames = self._feed.receive(100)
             if frames is None:
