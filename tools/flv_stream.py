@@ -84,6 +84,9 @@ class FlvStream:
         return self.sent - 1
 
     def close(self) -> None:
+        # The container is closed here, not left to the garbage collector: PyAV 15
+        # crashed the process finalizing an output container that writes to Python I/O.
+        self.container.close()
         self.chunks.queue.put(None)
         self.server.shutdown()
         self.server.server_close()
