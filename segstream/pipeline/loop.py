@@ -8,6 +8,8 @@ import time
 from collections import Counter
 from typing import Any, Callable, Protocol
 
+import zmq
+
 from segstream.engines.metadata import ModelMetadata
 from segstream.pipeline.control import EventKind
 from segstream.pipeline.runtime import StageRuntime
@@ -107,17 +109,30 @@ def stamp(message: Message, stage: str, in_ns: int) -> None:
     message.header.stamps.append(Stamp(stage, in_ns, time.monotonic_ns()))
 
 
-def join_source(runtime: StageRuntime, pull: Any, known: set[str], source: str, endpoints: tuple[str, ...]) -> None:
+def join_source(runtime: StageRuntime, pull: Any, known: set[str], connected: dict[str, tuple[str, ...]],
+                source: str, endpoints: tuple[str, ...]) -> None:
     """A source joined the running pipeline: accept its frames, and connect the input to
-    the endpoints its capture binds (for the stages that read captures straight); said to
-    the supervisor each time (it repeats ``add_source`` until every stage said so)."""
+    the endpoints its capture binds (for the stages that read captures straight; kept in
+    ``connected`` until its end of stream); said to the supervisor each time (it repeats
+    ``add_source`` until every stage said so)."""
     if source not in known:
         known.add(source)
         for endpoint in endpoints:
             pull.connect(endpoint)
+        connected[source] = endpoints
         logger.info("%s: source %s joined%s", runtime.spec.name, source,
                     f" ({', '.join(endpoints)})" if endpoints else "")
     runtime.emit(EventKind.SOURCE_JOINED, source=source)
+
+
+def leave_source(pull: Any, connected: dict[str, tuple[str, ...]], source: str) -> None:
+    """A source that joined while running ended: disconnect from its capture's endpoints,
+    which are gone (ZeroMQ would otherwise try to reconnect to them for the whole run)."""
+    for endpoint in connected.pop(source, ()):
+        try:
+            pull.disconnect(endpoint)
+        except zmq.ZMQError:  # never connected (a restarted stage has it in its spec)
+            pass
 
 
 def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processor) -> int:
@@ -137,6 +152,7 @@ def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processo
     eos_seen: Counter[str] = Counter()
     ended: set[str] = set()
     known = set(spec.source_ids)  # grows as sources join a running pipeline (``add_source``)
+    connected: dict[str, tuple[str, ...]] = {}  # joined while running: source -> its capture's endpoints
     check_source = bool(spec.source_ids) or spec.open_ended
 
     batch = getattr(processor, "batch", None)  # inference: frames of several sources per engine call
@@ -199,7 +215,7 @@ def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processo
                 outbox.send(eos(source, restarted=True))
         while not runtime.stopping and (spec.open_ended or len(ended) < max(spec.sources, len(known))):
             for source, endpoints in runtime.take_added():
-                join_source(runtime, pull, known, source, endpoints)
+                join_source(runtime, pull, known, connected, source, endpoints)
             if runtime.take_resync() and reorder is not None:  # a restarted worker lost what it held
                 for held in reorder.resync():
                     handle_frame(held, time.monotonic_ns())
@@ -236,6 +252,8 @@ def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processo
                         outbox.send(message)
                     runtime.tick(now_too=True)  # the source's final figures, before the event that it ended
                     runtime.emit(EventKind.SOURCE_ENDED, source=source)
+                    leave_source(pull, connected, source)
+                    stats.source_ended(source)
                     continue
                 stats.count_in()
                 if batch is not None:

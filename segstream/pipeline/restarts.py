@@ -81,6 +81,10 @@ class CaptureDeaths:
         self._last[stage] = error
         return None
 
+    def forget(self, stage: str) -> None:
+        """``stage`` is gone for good."""
+        self._last.pop(stage, None)
+
 
 def ring_name(spec: StageSpec, incarnation: int) -> str:
     """The output ring name of a stage's ``incarnation`` (the first keeps the planned one)."""
@@ -148,6 +152,12 @@ class Restarter:
     def budget(self, stage: str) -> RestartBudget:
         """The budget of ``stage``."""
         return self.budgets.setdefault(stage, RestartBudget(self.limit))
+
+    def forget(self, stage: str) -> None:
+        """``stage`` is gone for good (a released capture): drop its budget and figures."""
+        self.budgets.pop(stage, None)
+        self.retired.pop(stage, None)
+        self.capture_deaths.forget(stage)
 
     def restarts(self) -> dict[str, int]:
         """Restarts so far, by stage (stages that never died left out)."""

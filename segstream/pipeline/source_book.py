@@ -5,18 +5,21 @@ A source is ``connecting`` until its capture delivers (a stream: until it opens)
 once its end of stream went through every stage (its records are complete), or
 ``failed`` with the error its capture reported. Ids are unique for the whole run: an id
 stays with its figures in stats.json and its records in ``--record DIR/<id>/`` after the
-source ended or was removed, so it is never given to another source.
+source ended or was removed, so it is never given to another source. The book keeps the
+sources running and the last ``KEEP_ENDED_SOURCES`` that ended (``source_release``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from segstream.pipeline.stage_process import StageProcess
+from segstream.pipeline.telemetry.stats import KEEP_ENDED_SOURCES
 from segstream.pipeline.wire.names import MAX_NAME, is_safe_name, unique_name
 
 logger = logging.getLogger(__name__)
@@ -65,11 +68,27 @@ class SourceBook:
     """The sources of one run, in the order they joined."""
 
     def __init__(self) -> None:
-        self.entries: dict[str, SourceEntry] = {}  # never shrinks: one capture stage each, ``capture-<k>``
+        self.entries: dict[str, SourceEntry] = {}  # the sources running, and the last ones that ended
+        self.added = 0  # sources ever booked: the next capture stage is ``capture-<added>``
+        self._taken: set[str] = set()  # every id the run gave, also of sources no longer in the book
+        self._released: deque[str] = deque()
 
     def add(self, entry: SourceEntry) -> None:
         """Book a new source (its id checked with ``check_id`` first)."""
         self.entries[entry.source_id] = entry
+        self._taken.add(entry.source_id)
+        self.added += 1
+
+    def release(self, source_id: str) -> list[str]:
+        """The source ended and its capture was released: it stays in the book while it is
+        one of the last ``KEEP_ENDED_SOURCES`` released; returns the ids that left the book."""
+        self._released.append(source_id)
+        dropped = []
+        while len(self._released) > KEEP_ENDED_SOURCES:
+            old = self._released.popleft()
+            self.entries.pop(old, None)
+            dropped.append(old)
+        return dropped
 
     def note(self, source_id: str, stage: str, ended: bool) -> None:
         """``stage`` passed the source's end of stream on (``ended``), or takes the source
@@ -79,6 +98,10 @@ class SourceBook:
             entry.ended_at.add(stage)
         elif entry is not None and entry.joined is not None:
             entry.joined.add(stage)
+
+    def was_booked(self, source_id: str) -> bool:
+        """Whether the run ever had a source with this id (in the book now or not)."""
+        return source_id in self._taken
 
     def get(self, source_id: str) -> SourceEntry | None:
         """The source with that id, if the run has one."""
@@ -100,11 +123,13 @@ class SourceBook:
         if entry is not None:
             when = "is in use" if not self.ended(entry) else "was used by a source that ended; its figures and records keep it"
             raise IdTaken(f"id {source_id!r} {when} ({entry.uri}); choose another id")
+        if source_id in self._taken:
+            raise IdTaken(f"id {source_id!r} was used by a source that ended; its records keep it; choose another id")
         return source_id
 
     def new_id(self, base: str) -> str:
         """``base``, or ``base-1``, ``base-2``... whichever no source of the run has had."""
-        return unique_name(base, self.entries)
+        return unique_name(base, self._taken)
 
     def ended(self, entry: SourceEntry, stages: tuple[str, ...] = ()) -> bool:
         """True once the source's end of stream went through every stage of ``stages``

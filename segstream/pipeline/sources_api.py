@@ -27,7 +27,9 @@ from segstream.pipeline.control import Command, CommandMessage
 from segstream.pipeline.control_api import ApiError, ApiRequest
 from segstream.pipeline.source_book import IdTaken, SourceEntry, SourceState, source_state, source_view
 from segstream.pipeline.source_options import parse_source_options
+from segstream.pipeline.source_release import release_source
 from segstream.pipeline.spec import CaptureSettings, StageKind
+from segstream.pipeline.telemetry.stats import KEEP_ENDED_SOURCES
 
 if TYPE_CHECKING:
     from segstream.pipeline.stage_process import StageProcess
@@ -111,7 +113,7 @@ class SourcesApi:
         if sup.state.value not in ("starting", "running") or sup.plan is None:
             raise ApiError(409, f"the pipeline is {sup.state.value}; it takes no new sources")
         uri, sid, options = self._source_request(body)
-        index = len(sup.book.entries)  # the next capture stage's number
+        index = sup.book.added  # the next capture stage's number
         active = sum(1 for e in sup.book.entries.values() if self._state(e) not in (SourceState.ENDED, SourceState.FAILED))
         spec = sup.plan.capture(index, uri, sid, options, active + 1)
         connect = {reader: (endpoint,) for reader, endpoint in zip(sup.plan.capture_readers, spec.outputs)}
@@ -159,8 +161,13 @@ class SourcesApi:
             elif now - sent >= RESEND_S:  # a stage that was still starting may not have heard it
                 self.sup.command(CommandMessage(Command.ADD_SOURCE, source=sid, connect=entry.connect))
                 self._joining[sid] = now
-        for entry in self.sup.book.entries.values():
+        for entry in list(self.sup.book.entries.values()):
             capture = self._capture(entry)
+            if capture is not None and capture.process.poll() == 0 and capture.restart_at is None \
+                    and self.sup.book.ended(entry, others):
+                release_source(self.sup, entry, capture)  # its stream went through: nothing of it stays
+                self._sent.pop(entry.stage, None)
+                continue
             if capture is None or capture.process.poll() is not None:
                 continue
             if now - self._sent.get(entry.stage, 0.0) < RESEND_S:
@@ -202,6 +209,9 @@ class SourcesApi:
 
     def _entry(self, sid: str) -> SourceEntry:
         entry = self.sup.book.get(sid)
+        if entry is None and self.sup.book.was_booked(sid):
+            raise ApiError(404, f"source {sid[:80]!r} ended long ago: the run lists its sources and the last "
+                                f"{KEEP_ENDED_SOURCES} that ended; its frames count in the run's totals")
         if entry is None:
             known = list(self.sup.book.entries)[:20]
             raise ApiError(404, f"no source {sid[:80]!r} in this run; its sources: {known}")

@@ -6,6 +6,7 @@ import logging
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,3 +75,20 @@ def exit_reason(code: int) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exited with code {code}"
+
+
+def stop_processes(alive: list[StageProcess], grace_s: float) -> None:
+    """SIGTERM to each of ``alive``; whichever has not exited after ``grace_s`` is killed."""
+    for stage in alive:
+        try:
+            stage.process.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    for stage in alive:
+        try:
+            stage.process.wait(timeout=max(deadline - time.monotonic(), 0.01))
+        except subprocess.TimeoutExpired:
+            logger.warning("stage %s did not stop in time; killing it", stage.spec.name)
+            stage.process.kill()
+            stage.process.wait()

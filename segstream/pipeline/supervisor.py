@@ -14,7 +14,6 @@ import logging
 import os
 import secrets
 import signal
-import subprocess
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -34,9 +33,10 @@ from segstream.pipeline.preflight import default_policy
 from segstream.pipeline.restarts import Restarter, next_incarnation
 from segstream.pipeline.run_folder import make_run_dir, sweep_run
 from segstream.pipeline.source_book import SourceBook, SourceEntry
+from segstream.pipeline.source_release import ReleasedCaptures
 from segstream.pipeline.sources_api import SourcesApi
 from segstream.pipeline.spec import CaptureSettings, StageSpec
-from segstream.pipeline.stage_process import StageProcess, exit_reason, spawn
+from segstream.pipeline.stage_process import StageProcess, exit_reason, spawn, stop_processes
 from segstream.pipeline.telemetry.ledger import read_ledger
 from segstream.pipeline.telemetry.prometheus import MetricsServer, prometheus_text
 from segstream.pipeline.telemetry.run_stats import RunFacts, assemble_stats, fallback_stats, pipeline_figures
@@ -98,6 +98,7 @@ class Supervisor:
         self._guard: PeerGuard | None = None  # refuses tcp peers without the run's key
         self._started = False  # every stage started
         self.restarter = Restarter(config.max_restarts)
+        self.released = ReleasedCaptures()  # the captures of sources that ended, released (--api)
         self._run_dir = Path()
         self._env: dict[str, str] = {}
         self.book = SourceBook()
@@ -360,19 +361,7 @@ class Supervisor:
                 commands.send(encode(CommandMessage(Command.STOP)), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
-        for stage in alive:
-            try:
-                stage.process.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + STOP_GRACE_S
-        for stage in alive:
-            try:
-                stage.process.wait(timeout=max(deadline - time.monotonic(), 0.01))
-            except subprocess.TimeoutExpired:
-                logger.warning("stage %s did not stop in time; killing it", stage.spec.name)
-                stage.process.kill()
-                stage.process.wait()
+        stop_processes(alive, STOP_GRACE_S)
         self.state = RunState.DONE
 
     # -- stats ------------------------------------------------------------------------
@@ -382,16 +371,18 @@ class Supervisor:
         return self._collect_stats(self._started_wall, time.monotonic() - self._t0, False, "", final=False)
 
     def _reports(self) -> dict[str, StageReport]:
-        return self.restarter.reports(self.stages)
+        return {**self.released.reports(), **self.restarter.reports(self.stages)}
 
     def _collect_stats(self, started_wall: float, duration_s: float, stopped: bool, error: str,
                        final: bool = True) -> dict[str, Any]:
         facts = RunFacts(self.run_id, started_wall, duration_s, self.policy, self.model,
                          tuple(entry.uri for entry in self.book.entries.values()),
-                         tuple((s.spec.name, s.spec.settings) for s in self.stages
-                               if isinstance(s.spec.settings, CaptureSettings)),
-                         dict(self.failed_sources), self.malformed_events, self.restarter.restarts(), final,
-                         self._guard.refused() if self._guard is not None else 0)
+                         self.released.captures() + tuple((s.spec.name, s.spec.settings) for s in self.stages
+                                                          if isinstance(s.spec.settings, CaptureSettings)),
+                         dict(self.failed_sources), self.malformed_events,
+                         {**self.released.restarts(), **self.restarter.restarts()}, final,
+                         self._guard.refused() if self._guard is not None else 0,
+                         frozenset(name for name, _ in self.released.captures()))
         try:
             return assemble_stats(facts, self._reports(), stopped, error)
         except Exception as exc:  # noqa: BLE001 - a bug in the figures must not cost the run its clean-up

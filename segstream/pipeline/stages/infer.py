@@ -284,7 +284,9 @@ class InferProcessor:
         self.inputs.release(message, "input")
 
     def end_of_stream(self, message: Message) -> None:
-        pass
+        self.inputs.forget_source(message.header.source)  # live flow: its capture's ring
+        if self._frames is not None:
+            self._frames.forget_source(message.header.source)
 
     def close(self) -> None:
         self.engine.close()

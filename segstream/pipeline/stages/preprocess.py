@@ -83,7 +83,7 @@ class PreprocessProcessor:
         self.frames.release(message, "frame")
 
     def end_of_stream(self, message: Message) -> None:
-        pass
+        self.frames.forget_source(message.header.source)  # its capture's ring
 
     def close(self) -> None:
         self.frames.close()

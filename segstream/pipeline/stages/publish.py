@@ -192,6 +192,7 @@ class PublishProcessor:
         if self.pub is not None:
             self.pub.send_multipart(encode(final), copy=False)
         self.sinks.end_source(SinkResult(message.header, public=final))
+        self.labels.forget_source(message.header.source)
 
     def close(self) -> None:
         self.sinks.close()

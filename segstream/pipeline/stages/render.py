@@ -128,6 +128,10 @@ class RenderProcessor:
 
     def end_of_stream(self, message: Message) -> None:
         self.sinks.end_source(SinkResult(message.header))
+        self.frames.forget_source(message.header.source)
+        self.masks.forget_source(message.header.source)
+        self._last_seen.pop(message.header.source, None)
+        self._rate.pop(message.header.source, None)
 
     def close(self) -> None:
         self.sinks.close()

@@ -76,17 +76,27 @@ def prometheus_text(stats: dict[str, Any]) -> str:
            "backend": backend.get("name", ""), "device": backend.get("device", "")}, 1)
     f.add("segstream_uptime_seconds", "gauge", "Seconds since the run started.", {}, stats["duration_s"])
     f.add("segstream_throughput_fps", "gauge", "Frames published per second.", {}, stats["throughput_fps"])
+    # A source that ended and was released, and its capture, are no longer exported (their
+    # figures stay in stats.json): a service whose cameras come and go exports what runs.
+    gone = {sid for sid, src in stats["per_source"].items() if src.get("released")}
+    gone_stages = set(stats.get("released_stages", ()))
     for sid, src in stats["per_source"].items():
+        if sid in gone:
+            continue
         f.add("segstream_frames_in", "counter", "Frames read from the source.", {"source": sid}, src["frames_in"])
         f.add("segstream_frames_published", "counter", "Masks published.", {"source": sid},
               src["frames_published"])
         f.add("segstream_reconnects", "counter", "Reconnections of a live source.", {"source": sid},
               src.get("reconnects", 0))
     for stage, reasons in stats["frames_skipped"]["by_stage"].items():
+        if stage in gone_stages:
+            continue
         for reason, count in reasons.items():
             f.add("segstream_frames_skipped", "counter", "Frames a stage did not pass on, by reason.",
                   {"stage": stage, "reason": reason}, count)
     for name, st in stats["stages"].items():
+        if name in gone_stages:
+            continue
         f.add("segstream_stage_frames_in", "counter", "Frames a stage received.", {"stage": name},
               st.get("frames_in", 0))
         f.add("segstream_stage_frames_out", "counter", "Frames a stage sent on.", {"stage": name},
@@ -94,13 +104,19 @@ def prometheus_text(stats: dict[str, Any]) -> str:
         f.add("segstream_stage_restarts", "counter", "Times the supervisor restarted a stage's process.",
               {"stage": name}, stats.get("restarts", {}).get(name, 0))
     for kind, parts in stage_latency(stats).items():
+        if kind in gone_stages or kind not in stats["stages"]:  # a capture released long ago
+            continue
         f.histogram("segstream_stage_seconds", "Time a frame spent in a stage (receive to send).", {"stage": kind},
                     parts["stage"]["histogram"])
         f.histogram("segstream_queue_seconds", "Time a frame waited before a stage (previous send to receive).",
                     {"stage": kind}, parts["queue"]["histogram"])
     for sid, hist in _histograms(stats["latency_ms"].get("by_source", {})):
+        if sid in gone:
+            continue
         f.histogram("segstream_latency_seconds", "End-to-end latency from capture to publish.", {"source": sid}, hist)
     for sid, hist in _histograms(stats["stages"].get("render", {}).get("latency_by_source_ms", {})):
+        if sid in gone or sid not in stats["per_source"]:
+            continue
         f.histogram("segstream_render_latency_seconds", "End-to-end latency from capture to the rendered overlay.",
                     {"source": sid}, hist)
     evaluation = stats.get("eval")

@@ -15,7 +15,7 @@ from segstream.evaluation.metrics import ConfusionAccumulator
 from segstream.evaluation.summary import eval_summary
 from segstream.pipeline.control import PipelineFigures
 from segstream.pipeline.spec import CaptureSettings
-from segstream.pipeline.telemetry.stats import StageReport, summarize
+from segstream.pipeline.telemetry.stats import RELEASED_CAPTURES, StageReport, summarize
 from segstream.pipeline.telemetry.timing import stage_latency
 from segstream.pipeline.wire.choices import FlowPolicy
 
@@ -37,6 +37,8 @@ class RunFacts:
         restarts: restarts by stage (stages that never died left out).
         final: the run is over (frames still in flight are not counted as lost before).
         peers_refused: tcp peers the supervisor's own sockets refused (no key, wrong key).
+        released: the capture stages of sources that ended and were released (``--api``):
+            their figures are final and metrics no longer export them.
     """
 
     run_id: str
@@ -51,11 +53,14 @@ class RunFacts:
     restarts: dict[str, int] = field(default_factory=dict)
     final: bool = True
     peers_refused: int = 0
+    released: frozenset[str] = frozenset()
 
 
 def assemble_stats(facts: RunFacts, reports: dict[str, StageReport], stopped: bool, error: str) -> dict[str, Any]:
     """The stats.json document of a run from its stages' latest reports."""
     captures = [reports[name] for name, _ in facts.captures if name in reports]
+    if RELEASED_CAPTURES in reports:  # the captures of sources released long ago, added up
+        captures.append(reports[RELEASED_CAPTURES])
     publish = reports.get("publish")
     render = reports.get("render")
     frames_in = sum(r.frames_in for r in captures)
@@ -76,6 +81,7 @@ def assemble_stats(facts: RunFacts, reports: dict[str, StageReport], stopped: bo
         by_stage.setdefault(stage, {})
         by_stage[stage]["stage-restart"] = by_stage[stage].get("stage-restart", 0) + lost
         before_publish += lost
+    per_source = _per_source(facts, reports, publish)
     stats: dict[str, Any] = {
         "version": 1,
         "run_id": facts.run_id,
@@ -95,7 +101,8 @@ def assemble_stats(facts: RunFacts, reports: dict[str, StageReport], stopped: bo
         "control_events_refused": facts.events_refused,
         "restarts": dict(facts.restarts),
         "peers_refused": facts.peers_refused + sum(int(r.extra.get("peers_refused", 0)) for r in reports.values()),
-        "per_source": _per_source(facts, reports, publish),
+        "per_source": per_source,
+        "released_stages": sorted(facts.released),
         "throughput_fps": publish.throughput_fps if publish else 0.0,
         "latency_ms": {
             "capture_to_publish": publish.latency_ms if publish else {},
@@ -103,7 +110,8 @@ def assemble_stats(facts: RunFacts, reports: dict[str, StageReport], stopped: bo
             "recent": publish.latency_recent_ms if publish else {},
             "breakdown": publish.breakdown_ms if publish else {},
             "breakdown_to_render": render.breakdown_ms if render else {},
-            "by_source": publish.latency_by_source_ms if publish else {},
+            "by_source": {sid: series for sid, series in (publish.latency_by_source_ms if publish else {}).items()
+                          if sid in per_source},
         },
         "stages": {name: r.to_json() for name, r in reports.items()},
         "stopped": stopped,
@@ -141,6 +149,7 @@ def _per_source(facts: RunFacts, reports: dict[str, StageReport], publish: Stage
             "latency_ms": {k: v for k, v in latency.get(sid, summarize([])).items() if k != "histogram"},
             "throughput_fps": throughput.get(sid, 0.0),
             "error": facts.failed_sources.get(sid, ""),
+            "released": name in facts.released,
         }
     return out
 

@@ -13,6 +13,11 @@ from segstream.pipeline.telemetry.ledger import Entry, Ledger
 from segstream.pipeline.telemetry.timing import pipeline_order
 
 MAX_SAMPLES = 50_000  # per series; older samples fall off so long runs keep bounded memory
+# A run that takes sources for weeks (``--api``) keeps the per-source figures of the last
+# sources that ended (the supervisor this many, each stage twice as many, so that what
+# the supervisor shows is never one a stage forgot); older ones count in the totals only.
+KEEP_ENDED_SOURCES = 32
+RELEASED_CAPTURES = "captures-released"  # the added-up figures of the captures released before those
 RECENT = 200  # samples behind the live figures (latency "now", not since the start)
 # Histogram bucket upper bounds (ms) for the Prometheus endpoint.
 BUCKETS_MS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
@@ -79,15 +84,23 @@ class Series:
     def __init__(self) -> None:
         self.samples: deque[float] = deque(maxlen=MAX_SAMPLES)
         self.histogram = Histogram()
+        self._summary: dict[str, float] | None = None
 
     def add(self, value_ms: float) -> None:
         """Add one value."""
         self.samples.append(value_ms)
         self.histogram.observe(value_ms)
+        self._summary = None
+
+    def freeze(self) -> None:
+        """No more values will come (its source ended): keep the summary, drop the samples."""
+        self._summary = summarize(self.samples)
+        self.samples = deque(maxlen=MAX_SAMPLES)
 
     def to_json(self) -> dict[str, Any]:
         """The summary (``summarize``) plus ``histogram``."""
-        return {**summarize(self.samples), "histogram": self.histogram.to_json()}
+        summary = self._summary if self._summary is not None else summarize(self.samples)
+        return {**summary, "histogram": self.histogram.to_json()}
 
 
 @dataclass
@@ -149,6 +162,24 @@ class StageStats:
     sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     ledger: Ledger | None = None
+    ended_sources: deque[str] = field(default_factory=deque)
+    capture_of: dict[str, str] = field(default_factory=dict)  # source -> its capture stage (first stamp)
+
+    def source_ended(self, source: str) -> None:
+        """``source`` ended (its last figures were reported): drop its latency samples and
+        those of its capture's breakdown (their summaries stay), and forget the figures of
+        the source that ended ``2 * KEEP_ENDED_SOURCES`` sources ago (totals keep them)."""
+        capture = self.breakdown.get(self.capture_of.get(source, ""), {})
+        for series in (self.latency_by_source.get(source), *capture.values()):
+            if series is not None:
+                series.freeze()
+        self.ended_sources.append(source)
+        while len(self.ended_sources) > 2 * KEEP_ENDED_SOURCES:
+            old = self.ended_sources.popleft()
+            self.breakdown.pop(self.capture_of.pop(old, ""), None)
+            for per in (self.per_source, self.latency_by_source, self.source_span, self.skipped.by_source,
+                        self.handed_over_skipped.by_source):
+                per.pop(old, None)
 
     def keep_ledger(self, ledger: Ledger) -> None:
         """Keep the counters accounting needs in ``ledger`` too, as they change."""
@@ -195,6 +226,8 @@ class StageStats:
             series["queue"].add(parts["queue_ms"])
             series["stage"].add(parts["stage_ms"])
         self.latency_by_source.setdefault(timing["source"], Series()).add(timing["e2e_ms"])
+        if timing["stages"] and timing["source"] not in self.capture_of:
+            self.capture_of[timing["source"]] = next(iter(timing["stages"]))
         self.latency_ms.append(timing["e2e_ms"])
 
     def throughput_fps(self, source: str | None = None) -> float:

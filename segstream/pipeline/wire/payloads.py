@@ -149,6 +149,7 @@ class PayloadReader:
 
     def __init__(self, reader_id: int | None = None, in_order: bool = True) -> None:
         self._rings = RingReader(reader_id, in_order)
+        self._sources_of: dict[str, set[str]] = {}  # ring -> the sources whose parts it held
 
     def get(self, message: Message, name: str, out: np.ndarray | None = None) -> np.ndarray | None:
         """The array of part ``name`` (a private copy for shared memory, written into
@@ -163,12 +164,23 @@ class PayloadReader:
             return inline_array(part, message.payload)
         return self._rings.read(part, out)
 
-    @staticmethod
-    def _part(message: Message, name: str) -> Part:
+    def _part(self, message: Message, name: str) -> Part:
         part = message.header.part(name)
         if part is None:
             raise KeyError(f"message has no part {name!r}; it has {[p.name for p in message.header.parts]}")
+        if part.ref is not None:
+            sources = self._sources_of.setdefault(part.ref.ring, set())
+            if len(sources) < 2:  # a ring of two sources or more is shared: never forgotten
+                sources.add(message.header.source)
         return part
+
+    def forget_source(self, source: str) -> None:
+        """``source`` ended: unmap the rings only its parts came in (its capture's), so
+        that a service whose sources come and go keeps no mapping of the ones gone."""
+        for ring, sources in list(self._sources_of.items()):
+            if sources == {source}:
+                del self._sources_of[ring]
+                self._rings.forget(ring)
 
     def view(self, message: Message, name: str) -> np.ndarray | None:
         """The array of part ``name`` where it lies, read-only and not copied; None if a

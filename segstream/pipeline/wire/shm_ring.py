@@ -341,6 +341,13 @@ class RingReader:
         if self.in_order and ref.seq > int(seg.released[self.reader_id]):
             seg.released[self.reader_id] = ref.seq
 
+    def forget(self, ring: str) -> None:
+        """Unmap segment ``ring`` (its writer is gone or done with this reader); a later
+        reference to it attaches it again."""
+        seg = self._segments.pop(ring, None)
+        if seg is not None:
+            seg.close()
+
     def close(self) -> None:
         """Unmap every attached segment (never unlinks: the writer owns them)."""
         for seg in self._segments.values():
