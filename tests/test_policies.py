@@ -105,3 +105,15 @@ def test_after_a_restart_a_gap_that_nothing_fills_is_given_up_once_frames_stop_c
     assert patient.push(_frame(0)) and not patient.push(_frame(2))
     now[0] += int(60e9)
     assert patient.expire() == []
+
+
+def test_a_restarted_stage_reorders_from_where_the_stream_is_not_from_frame_zero():
+    """A publish restarted in lossless flow gets frames 6, 7, ... (its predecessor passed
+    0-5 on): it passes them on at once instead of waiting for frame 0 forever."""
+    skipped = SkipCounter()
+    reorder = Reorderer(FlowPolicy.LOSSLESS, skipped, restarted=True)
+    assert [m.header.meta["seq"] for m in reorder.push(_frame(6, "a"))] == [6]
+    assert [m.header.meta["seq"] for m in reorder.push(_frame(8, "a"))] == []  # 7 is on its way
+    assert [m.header.meta["seq"] for m in reorder.push(_frame(7, "a"))] == [7, 8]
+    assert [m.header.meta["seq"] for m in reorder.push(_frame(3, "b"))] == [3]  # each source where it is
+    assert not skipped

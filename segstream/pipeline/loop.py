@@ -148,7 +148,7 @@ def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processo
     outbox = open_outbox(spec, runtime, stats.handed_over_skipped if finishes else None)
     catch_up = CatchUp()
     inbox = Inbox(pull, spec.policy, stats.skipped, catch_up)
-    reorder = Reorderer(spec.policy, stats.skipped) if spec.reorder else None
+    reorder = Reorderer(spec.policy, stats.skipped, restarted=spec.incarnation > 0) if spec.reorder else None
     eos_seen: Counter[str] = Counter()
     ended: set[str] = set()
     known = set(spec.source_ids)  # grows as sources join a running pipeline (``add_source``)

@@ -287,16 +287,21 @@ class Reorderer:
     given up at end of stream or when ``max_pending`` frames wait, counted as ``lost``;
     after a restart's ``resync`` not counted here: the restart's accounting has them).
     Live: a frame older than one already passed on is dropped as ``late``.
+
+    ``restarted``: this is a restarted process of its stage. Its predecessor passed on the
+    frames before the ones it gets, so each source starts at the first frame that comes
+    (not at 0, which would wait forever for frames long gone), and it is resynced.
     """
 
     def __init__(self, policy: FlowPolicy, skipped: SkipCounter, max_pending: int = 64,
-                 clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
+                 clock_ns: Callable[[], int] = time.monotonic_ns, restarted: bool = False) -> None:
         self.policy = policy
         self.skipped = skipped
         self.max_pending = max_pending
         self._next: dict[str, int] = {}
         self._pending: dict[str, dict[int, Message]] = {}
-        self._resynced = False
+        self._restarted = restarted
+        self._resynced = restarted
         self._clock_ns = clock_ns
         self._last_ns: int | None = None  # when the last frame came
         self._gaps_ns: deque[int] = deque(maxlen=16)  # the time between frames, lately
@@ -311,6 +316,8 @@ class Reorderer:
         if self._last_ns is not None:
             self._gaps_ns.append(now - self._last_ns)
         self._last_ns = now
+        if self._restarted and source not in self._next:
+            self._next[source] = seq  # where the stream is for this process
         expected = self._next.get(source, 0)
         if self.policy is FlowPolicy.LIVE:
             if seq < expected:
