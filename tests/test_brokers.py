@@ -53,14 +53,15 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 20) -> None:
 class Broker:
     """One broker process on 127.0.0.1 (started and stopped by the fixtures)."""
 
-    def __init__(self, scheme: str, tmp: Path, port: int | None = None) -> None:
-        self.scheme, self.tmp = scheme, tmp
+    def __init__(self, scheme: str, tmp: Path, port: int | None = None, extra: tuple[str, ...] = ()) -> None:
+        self.scheme, self.tmp, self.extra = scheme, tmp, extra
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Broker":
         if self.scheme == "redis":
-            cmd = [REDIS, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"]
+            cmd = [REDIS, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
+                   *self.extra]
         elif self.scheme == "mqtt":
             conf = self.tmp / f"mosquitto-{self.port}.conf"
             conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")

@@ -38,10 +38,11 @@ def run_config(args: argparse.Namespace) -> PipelineConfig:
 
 def _execute(config: PipelineConfig) -> int:
     from segstream.engines.resolve import resolve_inference
-    from segstream.pipeline.preflight import check_scorable
+    from segstream.pipeline.preflight import check_outputs, check_scorable
     from segstream.pipeline.supervisor import Supervisor
     from segstream.pipeline.telemetry.run_summary import format_summary, write_stats
 
+    check_outputs(config)  # before the model loads: a wrong path is known at once
     model = resolve_inference(config.model, config.weights, config.confidence, config.backend, config.precision,
                               config.providers, config.cuda_graph, config.triton_url, config.triton_shm,
                               config.random_weights)
@@ -60,8 +61,11 @@ def _execute(config: PipelineConfig) -> int:
     # The record folder is made by the first output written, or here for a run that
     # started: a run that failed before it started leaves no empty folder behind.
     if config.record and (result.started or Path(config.record).is_dir()):
-        path = write_stats(result.stats, config.record)
+        path, problem = write_stats(result.stats, config.record)
         result.stats["stats_file"] = str(path)
+        if problem:
+            print(f"segstream: could not write stats.json into {config.record} ({problem}): stats.json written to "
+                  f"{path} instead", file=sys.stderr)
     print(format_summary(result.stats))
     if config.record and Path(config.record).is_dir():
         print(f"  outputs in {config.record}/: {describe_outputs(Path(config.record))}")

@@ -14,6 +14,7 @@ declarations. YAML takes sections, or the flat keys of older configs::
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +141,9 @@ class PipelineConfig:
     sink_budget_mb: int = setting(1024, "memory a redis:// sink's stream may take at --sink-maxlen entries: the "
                                   "sink measures its entries and warns when the stream would outgrow this",
                                   flag="--sink-budget-mb", section="outputs", metavar="MB")
+    sink_wait_s: float = setting(30.0, "lossless flow: how long a sink that cannot write (disk full, broker full "
+                                 "or down) holds the pipeline back before it stops with an error naming it (the "
+                                 "run goes on without it)", flag="--sink-wait-s", section="outputs", metavar="S")
     eval: bool = setting(False, "score masks against the sources' ground truth as they are made (IoU, accuracy, "
                          "F1; live and in stats.json)", flag="--eval", section="outputs")
     cityscapes_results: str = setting("", "write predictions for the official Cityscapes evaluation (label ids, "
@@ -214,6 +218,8 @@ class PipelineConfig:
             raise ConfigError(f"--triton-shm takes system or cuda, found {self.triton_shm!r}")
         if self.sink_maxlen < 0:
             raise ConfigError(f"sink_maxlen must be >= 0 (0: no cap), found {self.sink_maxlen}")
+        if not (math.isfinite(self.sink_wait_s) and 0 < self.sink_wait_s <= 3600):
+            raise ConfigError(f"sink_wait_s must be a number of seconds in (0, 3600], found {self.sink_wait_s}")
         if self.sink_budget_mb < 1:
             raise ConfigError(f"sink_budget_mb must be at least 1 (MB), found {self.sink_budget_mb}")
         if self.max_frames < 0:

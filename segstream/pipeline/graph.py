@@ -269,12 +269,14 @@ def plan_run(config: PipelineConfig, policy: FlowPolicy, run_id: str, run_dir: P
     stages.append(spec("publish", StageKind.PUBLISH, PublishSettings(
         metadata=metadata, endpoint=config.publish, mask_encoding=config.published_mask_encoding,
         mask_resolution=config.mask_resolution, sinks=publish_uris, per_source_dirs=per_source,
-        publish_keys=public_keys(config), sink_maxlen=config.sink_maxlen, sink_budget_mb=config.sink_budget_mb),
+        publish_keys=public_keys(config), sink_maxlen=config.sink_maxlen, sink_budget_mb=config.sink_budget_mb,
+        sink_wait_s=config.sink_wait_s),
         inputs=infer_outs, outputs=publish_out, eos_per_source=workers, reorder=workers > 1))
     if render:
         stages.append(spec("render", StageKind.RENDER, RenderSettings(
             metadata=metadata, opacity=config.opacity, legend=config.legend, mode=config.render_mode,
-            classes=class_ids(config.render_classes, metadata), sinks=render_uris, per_source_dirs=per_source),
+            classes=class_ids(config.render_classes, metadata), sinks=render_uris, per_source_dirs=per_source,
+            sink_wait_s=config.sink_wait_s),
             inputs=publish_out))
     return RunPlan(run_id, policy, tuple(stages), control, commands, per_source, capture, capture_readers,
                    control_token)

@@ -91,7 +91,7 @@ def open_outbox(spec: StageSpec, runtime: StageRuntime, skipped: SkipCounter | N
 def open_sinks(spec: StageSpec, runtime: StageRuntime, uris: tuple[str, ...], metadata: ModelMetadata,
                per_source_dirs: bool, live_figures: Callable[[], dict[str, Any]] = dict,
                publish_keys: CurveServer | None = None, sink_maxlen: int = 10_000,
-               sink_budget_mb: int = 1024) -> SinkSet:
+               sink_budget_mb: int = 1024, sink_wait_s: float = 30.0) -> SinkSet:
     """The sinks a stage drives, with the context they may use; their figures are copied
     into every report the stage sends (the final one included)."""
     sinks = SinkSet(uris, SinkContext(
@@ -99,7 +99,8 @@ def open_sinks(spec: StageSpec, runtime: StageRuntime, uris: tuple[str, ...], me
         palette=tuple(tuple(c) for c in metadata.palette), ignore_index=metadata.ignore_index,
         zmq_context=runtime.context, stopping=lambda: runtime.stopping, skipped=runtime.stats.skipped,
         live_figures=live_figures, model=metadata.name, publish_keys=publish_keys, guard=runtime.guard,
-        lossless=spec.policy is FlowPolicy.LOSSLESS, sink_maxlen=sink_maxlen, sink_budget_mb=sink_budget_mb))
+        lossless=spec.policy is FlowPolicy.LOSSLESS, sink_maxlen=sink_maxlen, sink_budget_mb=sink_budget_mb,
+        wait_s=sink_wait_s))
     runtime.before_report(lambda: setattr(runtime.stats, "sinks", sinks.figures()))
     return sinks
 

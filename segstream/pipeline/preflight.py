@@ -3,6 +3,7 @@ the fix instead of after its stages loaded."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from segstream.datasets.cityscapes import CLASS_NAMES
@@ -48,6 +49,62 @@ def check_scorable(config: "PipelineConfig", metadata: "ModelMetadata") -> None:
     raise ConfigError(f"--eval needs a source whose frames carry ground truth (cityscapes:ROOT:SPLIT with gtFine, "
                       f"kitti-semantics:ROOT, kitti360:ROOT:SEQ; for an instance model cityscapes:ROOT:SPLIT with "
                       f"gtFine_instanceIds.png); {', '.join(config.sources)} has none")
+
+
+FOLDER_SINKS = ("masks", "classifications", "timings", "cityscapes-results", "video")
+
+
+def check_writable_folder(folder: str, what: str) -> None:
+    """Fail unless ``folder`` is, or can be made, a folder this process can write in. A
+    folder made for the check is removed again (a run that fails before it starts leaves
+    nothing behind).
+
+    Raises:
+        ConfigError: a file in the way, a folder that cannot be made or written (read-only,
+            /proc, no permission); says what was found and how to fix it.
+    """
+    path = Path(folder).expanduser().absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{what} {folder!r} cannot be a folder: {existing} is a file; give a folder path")
+    made: list[Path] = []
+    probe = path / ".segstream-write-check"
+    try:
+        for parent in reversed([path, *path.parents]):
+            if not parent.exists():
+                parent.mkdir()
+                made.append(parent)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{what} {folder!r} is not writable ({exc.strerror or exc}); give a folder you can "
+                          f"write in") from None
+    finally:
+        for parent in reversed(made):
+            try:
+                parent.rmdir()
+            except OSError:
+                pass
+
+
+def check_outputs(config: "PipelineConfig") -> None:
+    """Fail before starting when an output folder cannot be written (``--record``, a
+    folder sink such as ``masks:DIR``, ``--cityscapes-results``).
+
+    Raises:
+        ConfigError: which setting, the path, and why.
+    """
+    from segstream.pipeline.graph import publish_sinks, render_sinks
+    from segstream.pipeline.sinks import parse_sink
+
+    if config.record:
+        check_writable_folder(config.record, "--record")
+    for uri in (*publish_sinks(config), *render_sinks(config)):
+        kind, target = parse_sink(uri)
+        if kind.scheme in FOLDER_SINKS and target != config.record:
+            check_writable_folder(target, f"--sink {kind.scheme}:")
 
 
 def default_policy(sources: tuple[str, ...]) -> FlowPolicy:

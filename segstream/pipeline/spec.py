@@ -169,6 +169,7 @@ class PublishSettings:
         publish_keys: CURVE keys of the public tcp:// endpoints (``--publish-keys``).
         sink_maxlen: entries a broker stream keeps (``--sink-maxlen``).
         sink_budget_mb: memory a broker stream may take before its sink warns.
+        sink_wait_s: lossless flow: how long a sink that cannot write holds the stage back.
     """
 
     metadata: ModelMetadata
@@ -180,6 +181,7 @@ class PublishSettings:
     publish_keys: CurveServer | None = None
     sink_maxlen: int = 10_000
     sink_budget_mb: int = 1024
+    sink_wait_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,7 @@ class RenderSettings:
         classes: class ids to colour (None: all).
         sinks: the sink URIs render drives (``pipeline.sinks``).
         per_source_dirs: outputs under ``<folder>/<source id>/`` (several sources).
+        sink_wait_s: lossless flow: how long a sink that cannot write holds the stage back.
     """
 
     metadata: ModelMetadata
@@ -203,6 +206,7 @@ class RenderSettings:
     classes: tuple[int, ...] | None = None
     sinks: tuple[str, ...] = ()
     per_source_dirs: bool = False
+    sink_wait_s: float = 30.0
 
 
 StageSettings = Union[CaptureSettings, PreprocessSettings, InferSettings, PublishSettings, RenderSettings]

@@ -33,6 +33,8 @@ group ``segstream.sinks`` (name = scheme, value = ``module:Class``); see
 from __future__ import annotations
 
 import importlib
+import time
+from collections import Counter
 import logging
 from dataclasses import dataclass, field
 from enum import Enum
@@ -42,6 +44,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from segstream.errors import ConfigError, OutputError
+from segstream.log_throttle import LogThrottle
 from segstream.pipeline.telemetry.stats import SkipCounter
 from segstream.pipeline.wire.messages import Header, Message
 
@@ -110,6 +113,8 @@ class SinkContext:
         sink_maxlen: how many entries a broker stream keeps (``--sink-maxlen``).
         sink_budget_mb: the memory a broker stream may take at ``sink_maxlen`` entries
             before the sink warns (``--sink-budget-mb``).
+        wait_s: lossless flow: how long a sink that cannot write holds the stage back
+            before it stops (``--sink-wait-s``).
     """
 
     per_source_dirs: bool = False
@@ -127,6 +132,7 @@ class SinkContext:
     lossless: bool = False
     sink_maxlen: int = 10_000
     sink_budget_mb: int = 1024
+    wait_s: float = 30.0
 
 
 class Sink(Protocol):
@@ -255,6 +261,12 @@ class SinkSet:
     """The sinks one stage drives: each opened on its first result; one that fails is
     stopped alone, logged, and its error kept in its figures.
 
+    A write that fails on the system's side (``OSError``: disk full, I/O error) is the
+    sink's trouble, never the stage's: in live flow the frame is dropped for that sink and
+    counted (``failed``, ``last_error``), and the next frame tries again; in lossless flow
+    the write is retried, holding the stage back, for at most ``context.wait_s``; then the
+    sink stops with an error that names it and says how long it waited.
+
     Args:
         uris: the sink URIs of this stage.
         context: what the sinks may use.
@@ -264,6 +276,10 @@ class SinkSet:
         self._sinks: dict[str, Sink] = {}
         self._opened: set[str] = set()
         self._errors: dict[str, str] = {}
+        self._context = context
+        self._failed: Counter[str] = Counter()  # writes a sink could not make (live flow: dropped)
+        self._last_error: dict[str, str] = {}
+        self._throttle = LogThrottle()
         for uri in uris:
             kind, target = parse_sink(uri)
             name = kind.scheme if kind.scheme not in self._sinks else f"{kind.scheme}-{len(self._sinks)}"
@@ -273,12 +289,38 @@ class SinkSet:
         return bool(self._sinks)
 
     def _guarded(self, name: str, action: Callable[[Sink], None]) -> None:
-        try:
-            action(self._sinks[name])
-        except OutputError as exc:
-            logger.error("sink %s failed: %s; it stops here, the run goes on", name, exc)
-            self._errors[name] = str(exc)
-            self._close_one(name)
+        waited_from = None
+        while True:
+            try:
+                action(self._sinks[name])
+                return
+            except OutputError as exc:
+                self._stop(name, str(exc))
+                return
+            except OSError as exc:  # the system's side: a full disk, an I/O error
+                problem = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+            self._failed[name] += 1
+            self._last_error[name] = problem
+            if not self._context.lossless:
+                if self._throttle.allow(name):
+                    logger.warning("sink %s could not write (%s); the frame is dropped for it and counted (live "
+                                   "flow; logged at most every %.0f s)", name, problem, self._throttle.every_s)
+                return
+            now = time.monotonic()
+            if waited_from is None:
+                waited_from = now
+                logger.warning("sink %s could not write (%s); retrying for up to %.0f s (lossless flow: the "
+                               "pipeline waits)", name, problem, self._context.wait_s)
+            if now - waited_from >= self._context.wait_s or self._context.stopping():
+                self._stop(name, f"{problem} (waited {now - waited_from:.0f} s, --sink-wait-s "
+                                 f"{self._context.wait_s:g}); free the space or fix the output and run again")
+                return
+            time.sleep(min(0.5, self._context.wait_s / 4))
+
+    def _stop(self, name: str, error: str) -> None:
+        logger.error("sink %s failed: %s; it stops here, the run goes on", name, error)
+        self._errors[name] = error
+        self._close_one(name)
 
     def write(self, result: SinkResult) -> None:
         """Hand one frame's result to every working sink (opening it on its first)."""
@@ -301,7 +343,7 @@ class SinkSet:
     def _close_one(self, name: str) -> None:
         try:
             self._sinks[name].close()
-        except OutputError as exc:
+        except (OutputError, OSError) as exc:
             logger.error("sink %s failed to close: %s", name, exc)
             self._errors.setdefault(name, str(exc))
 
@@ -316,6 +358,8 @@ class SinkSet:
         out = {}
         for name, sink in self._sinks.items():
             figures = dict(sink.figures())
+            if self._failed[name]:
+                figures.update(failed=self._failed[name], last_error=self._last_error[name])
             if name in self._errors:
                 figures["error"] = self._errors[name]
             out[name] = figures

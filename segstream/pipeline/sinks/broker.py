@@ -12,7 +12,9 @@ them, so the publish stage never waits on the network:
   never slows the pipeline.
 - lossless flow: the same bounded queue applies backpressure: ``write`` waits for room,
   so the pipeline slows to what the broker takes, and nothing is dropped (records wait
-  for a broker that is down, retried with backoff).
+  for a broker that is down, retried with backoff) -- for at most ``--sink-wait-s``: a
+  broker that takes nothing for that long (down, or full: Redis at ``maxmemory`` with
+  ``noeviction``) stops the sink with an error naming it, and the run goes on.
 
 A Redis stream keeps ``--sink-maxlen`` entries; the sink measures its first entries and
 says what the stream will take at that length (log, and ``expected_mb`` in its figures),
@@ -64,6 +66,7 @@ class BrokerSink(BaseSink):
         self._queue: deque[tuple[str, Any]] = deque()
         self._cond = threading.Condition()
         self._closing = False
+        self._abandoned = False  # the wait ran out: the sender gives up what is left
         self._thread = threading.Thread(target=self._send_loop, name=f"sink-{self.scheme}", daemon=True)
         self._thread.start()
 
@@ -110,14 +113,19 @@ class BrokerSink(BaseSink):
     def _put(self, source: str, record: Any, wait_s: float = 0.0) -> None:
         with self._cond:
             if (self.lossless or wait_s) and len(self._queue) >= QUEUE_DEPTH:
-                # backpressure (lossless: as long as it takes), or an end of stream (live: a
+                # backpressure (lossless: up to --sink-wait-s), or an end of stream (live: a
                 # while): wait for room, in slices that notice a stop
-                deadline = time.monotonic() + wait_s
+                deadline = time.monotonic() + (self.context.wait_s if self.lossless else wait_s)
                 while len(self._queue) >= QUEUE_DEPTH and not self.context.stopping() and \
-                        (self.lossless or time.monotonic() < deadline):
+                        time.monotonic() < deadline:
                     self._cond.wait(0.05)
             if len(self._queue) >= QUEUE_DEPTH:
                 self.skipped += 1
+                if self.lossless and not self.context.stopping():
+                    self._abandon()
+                    raise OutputError(f"{self.uri} took no record for {self.context.wait_s:g} s (--sink-wait-s): "
+                                      f"{self.last_error or 'the broker is too slow'}; its {len(self._queue)} "
+                                      f"waiting results are dropped")
                 return
             self._queue.append((source, record))
             self._cond.notify_all()
@@ -142,7 +150,7 @@ class BrokerSink(BaseSink):
                                    "results that find the queue full are skipped: live flow")
                 self.last_error = str(exc)
                 self.reconnects += 1
-                if self._closing and not self.lossless:
+                if self._abandoned or (self._closing and not self.lossless):
                     with self._cond:  # a live run that ends does not wait for a broker that is down
                         self.skipped += len(self._queue)
                         self._queue.clear()
@@ -165,11 +173,20 @@ class BrokerSink(BaseSink):
                 self.sent += 1
                 self._cond.notify_all()
 
+    def _abandon(self) -> None:
+        """Stop waiting for the broker: the sender drops what is left (counted)."""
+        self._abandoned = True
+        self._cond.notify_all()
+
     def close(self) -> None:
-        deadline = time.monotonic() + CLOSE_DRAIN_S
+        deadline = time.monotonic() + (self.context.wait_s if self.lossless else CLOSE_DRAIN_S)
         with self._cond:
-            while self._queue and (self.lossless or time.monotonic() < deadline) and not self.context.stopping():
+            while self._queue and not self._abandoned and time.monotonic() < deadline and \
+                    not self.context.stopping():
                 self._cond.wait(0.05)
+            if self._queue and self.lossless and not self._abandoned:
+                self.last_error = self.last_error or "the broker did not take the last results"
+                self._abandoned = True  # waited --sink-wait-s: the sender gives up the rest
             self._closing = True
             self._cond.notify_all()
         self._thread.join(timeout=CLOSE_DRAIN_S)
@@ -178,6 +195,9 @@ class BrokerSink(BaseSink):
             self.skipped += left
             logger.warning("%s: %d results not sent at the end", self.uri, left)
         self.publisher.close()
+        if self.lossless and self._abandoned and not self.context.stopping():
+            raise OutputError(f"{self.uri} took no record for {self.context.wait_s:g} s (--sink-wait-s), "
+                              f"{self.skipped} results not sent: {self.last_error}")
 
     def figures(self) -> dict[str, Any]:
         figures: dict[str, Any] = {"broker": str(self.uri), "sent": self.sent, "reconnects": self.reconnects,

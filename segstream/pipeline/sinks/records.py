@@ -9,6 +9,7 @@ that exists is complete even if the run is stopped mid-write.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -50,16 +51,31 @@ FRAMES_NAME = "frames.jsonl"
 
 
 def append_jsonl(path: Path, record: dict) -> None:
-    """Append one JSON line (a whole line per write, so a stopped run leaves whole lines)."""
+    """Append one JSON line (a whole line per write, so a stopped run leaves whole lines;
+    a write that fails, on a full disk, is cut back off)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    line = (json.dumps(record) + "\n").encode()
+    with open(path, "ab", buffering=0) as f:
+        start = f.seek(0, os.SEEK_END)
+        try:
+            written = f.write(line)
+            if written != len(line):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        except OSError:
+            os.ftruncate(f.fileno(), start)
+            raise
 
 
 def write_png(path: Path, image: np.ndarray, compression: int = 1) -> None:
     """Write ``image`` as PNG atomically (fast compression by default)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
-    if not cv2.imwrite(str(tmp), image, png_params(compression)):
-        raise OSError(f"OpenCV could not write {tmp}")
-    os.replace(tmp, path)
+    ok, encoded = cv2.imencode(".png", image, png_params(compression))
+    if not ok:
+        raise OSError(f"OpenCV could not encode {path.name} as PNG")
+    try:
+        tmp.write_bytes(encoded.tobytes())  # the system's error (a full disk) as it is, not OpenCV's False
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -65,7 +65,7 @@ class PublishProcessor:
         grace_ends = time.monotonic() + SUBSCRIBER_GRACE_S if self.pub is not None else 0.0
         self.sinks = open_sinks(spec, runtime, settings.sinks, meta, settings.per_source_dirs,
                                 publish_keys=settings.publish_keys, sink_maxlen=settings.sink_maxlen,
-                                sink_budget_mb=settings.sink_budget_mb)
+                                sink_budget_mb=settings.sink_budget_mb, sink_wait_s=settings.sink_wait_s)
         self.labels = PayloadReader(spec.reads.get("labels"))  # also reads the inline parts
         self.writer = open_writer(spec) if spec.outputs else None
         time.sleep(max(0.0, grace_ends - time.monotonic()))

@@ -45,7 +45,8 @@ class RenderProcessor:
         self.renderer.warm_up()  # before ready: a live run's first frame would wait ~40 ms for it
         self.frames = PayloadReader(spec.reads.get("frame"))
         self.masks = PayloadReader(spec.reads.get("mask"))
-        self.sinks = open_sinks(spec, runtime, settings.sinks, meta, settings.per_source_dirs, self._live_figures)
+        self.sinks = open_sinks(spec, runtime, settings.sinks, meta, settings.per_source_dirs, self._live_figures,
+                                sink_wait_s=settings.sink_wait_s)
         self._last_seen: dict[str, float] = {}
         self._rate: dict[str, float] = {}
 

@@ -121,6 +121,8 @@ def assemble_stats(facts: RunFacts, reports: dict[str, StageReport], stopped: bo
     if evaluation is not None:
         stats["eval"] = evaluation
     warnings = [w for w in (facts.model.metadata.untrained_warning,) if w]
+    warnings += [f"sink {sink} of {name} stopped: {figures['error']}" for name, report in reports.items()
+                 for sink, figures in report.sinks.items() if figures.get("error")]
     if warnings:
         stats["warnings"] = warnings
     return stats

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +17,31 @@ from segstream.pipeline.telemetry.timing import stage_latency
 logger = logging.getLogger(__name__)
 
 
-def write_stats(stats: dict[str, Any], record: str | os.PathLike[str]) -> Path:
-    """Write ``stats.json`` into ``record`` atomically."""
-    path = Path(record) / "stats.json"
+def _write_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".stats.json.tmp")
-    tmp.write_text(json.dumps(stats, indent=2))
-    os.replace(tmp, path)
-    return path
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_stats(stats: dict[str, Any], record: str | os.PathLike[str]) -> tuple[Path, str]:
+    """Write ``stats.json`` into ``record`` atomically; where that fails (a full disk, a
+    folder gone read-only) into the temp folder instead, as ``segstream-stats-<run>.json``.
+    Returns where it went, and why not into ``record`` ("" if it did)."""
+    text = json.dumps(stats, indent=2)
+    try:
+        path = Path(record) / "stats.json"
+        _write_atomically(path, text)
+        return path, ""
+    except OSError as exc:
+        problem = f"{exc.strerror or exc}"
+    path = Path(tempfile.gettempdir()) / f"segstream-stats-{stats.get('run_id', 'run')}.json"
+    _write_atomically(path, text)
+    return path, problem
 
 
 def format_skips(skipped: dict[str, Any]) -> str:
