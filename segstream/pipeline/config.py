@@ -27,6 +27,7 @@ from segstream.engines.backends.choice import Backend
 from segstream.engines.resolve import EnginePrecision
 from segstream.errors import ConfigError
 from segstream.pipeline.overlay import RenderMode
+from segstream.pipeline.source_allow import check_patterns
 from segstream.pipeline.settings import coerce_fields, from_mapping, setting
 from segstream.pipeline.sources.streams import LiveOptions
 from segstream.pipeline.spec import MAX_RATE, MaskResolution, StageKind, frame_rate
@@ -174,12 +175,17 @@ class PipelineConfig:
                        flag="--api", section="control", metavar="[HOST:]PORT")
     api_token: str = setting("", "bearer token the control API requires (required for a non-loopback --api)",
                              flag="--api-token", section="control", metavar="TOKEN", group="security")
+    api_allow: tuple[str, ...] = setting((), "sources an API client may add: a pattern of URIs (rtsp://10.0.0.*/*, "
+                                         "/data/videos/*; paths resolved, see docs/api.md); repeat for several; "
+                                         "none: any", flag="--api-allow", section="control", metavar="PATTERN",
+                                         append=True, group="security")
 
     def __post_init__(self) -> None:
         coerce_fields(self)
         set_ = object.__setattr__
         set_(self, "sources", tuple(str(s) for s in self.sources))
         set_(self, "providers", tuple(str(p) for p in self.providers))
+        set_(self, "api_allow", tuple(str(p) for p in self.api_allow))
         set_(self, "render_classes", tuple(str(c) for c in self.render_classes))
         if isinstance(self.live, dict):
             set_(self, "live", load_dataclass(LiveOptions, self.live, "live", ConfigError))
@@ -188,6 +194,10 @@ class PipelineConfig:
                               "test-pattern), or --api PORT to add sources while the pipeline runs")
         if self.api:
             api_address(self.api, self.api_token)
+        try:
+            check_patterns(self.api_allow)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.batch < 0 or self.batch > MAX_BATCH:
             raise ConfigError(f"batch must be between 0 (auto) and {MAX_BATCH}, found {self.batch}")
         if self.batch_timeout_ms is not None and not 0 <= self.batch_timeout_ms <= 10_000:

@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
 
 from segstream.errors import PipelineFailed
-from segstream.pipeline.http_server import BackgroundHttpServer
+from segstream.pipeline.http_server import BackgroundHttpServer, request_received
 
 logger = logging.getLogger(__name__)
 
@@ -149,8 +149,12 @@ class ControlApi:
 
             def _handle(self) -> None:
                 try:
-                    status, payload = api.handle(self.command, self.path, self.headers, self._body())
+                    api.authorize(self.headers)  # before the body is read: a stranger's body costs nothing
+                    body = self._body()
+                    request_received(self)  # the supervisor may take its time to answer
+                    status, payload = api.handle(self.command, self.path, body)
                 except ApiError as exc:
+                    self.close_connection = True
                     status, payload = exc.status, {"error": exc.message}
                 self._send(status, payload)
 
@@ -163,7 +167,10 @@ class ControlApi:
                 if length < 0 or length > MAX_BODY:
                     self.close_connection = True  # the body is not read: the connection cannot be reused
                     raise ApiError(413, f"the body is {length} bytes; a request takes at most {MAX_BODY}")
-                return self.rfile.read(length) if length else b""
+                body = self.rfile.read(length) if length else b""
+                if len(body) < length:  # the client stopped, or the deadline shut the connection
+                    raise ApiError(400, f"the body ended after {len(body)} of its {length} bytes (Content-Length)")
+                return body
 
             def _send(self, status: int, payload: Any) -> None:
                 data = json.dumps(payload, indent=1).encode() + b"\n"
@@ -203,13 +210,20 @@ class ControlApi:
         """The port it listens on."""
         return self._server.port
 
-    def handle(self, method: str, target: str, headers: Any, raw: bytes) -> tuple[int, Any]:
-        """Check one request and have the supervisor answer it (on an HTTP thread)."""
+    def authorize(self, headers: Any) -> None:
+        """Refuse a request without the run's token (from its headers alone).
+
+        Raises:
+            ApiError: 401.
+        """
         if self.token:
             sent = headers.get("Authorization") or ""
             if not hmac.compare_digest(sent.encode(), f"Bearer {self.token}".encode()):
                 raise ApiError(401, "this API needs the header 'Authorization: Bearer TOKEN' with the run's "
                                     "--api-token")
+
+    def handle(self, method: str, target: str, raw: bytes) -> tuple[int, Any]:
+        """Have the supervisor answer one authorized request (on an HTTP thread)."""
         path = target.split("?", 1)[0].rstrip("/") or "/"
         if not path.startswith("/api/") and path != "/api":
             raise ApiError(404, f"no such path {path[:100]!r}; the API is under /api/ (GET /api/sources)")

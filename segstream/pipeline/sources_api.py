@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from segstream.errors import ConfigError
 from segstream.pipeline.control import Command, CommandMessage
 from segstream.pipeline.control_api import ApiError, ApiRequest
+from segstream.pipeline.source_allow import allowed, canonical_source
 from segstream.pipeline.source_book import IdTaken, SourceEntry, SourceState, source_state, source_view
 from segstream.pipeline.source_options import parse_source_options
 from segstream.pipeline.source_release import release_source
@@ -192,6 +193,10 @@ class SourcesApi:
         if not isinstance(uri, str) or not uri.strip() or len(uri) > MAX_URI or "\x00" in uri:
             raise ApiError(400, f"'uri' must be a non-empty string of at most {MAX_URI} characters (a video file, "
                                 f"folder, glob, test-pattern, rtsp://..., camera:N or dataset), found {str(uri)[:80]!r}")
+        patterns = self.sup.config.api_allow
+        if not allowed(uri.strip(), patterns):
+            raise ApiError(403, f"source {uri.strip()[:200]!r} (as {canonical_source(uri.strip())[:200]!r}) is not one "
+                                f"this run allows (--api-allow {' '.join(patterns)})")
         try:
             options = parse_source_options(body.get("options"))
         except ConfigError as exc:

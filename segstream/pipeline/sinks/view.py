@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from segstream.errors import OutputError
-from segstream.pipeline.http_server import BackgroundHttpServer
+from segstream.pipeline.http_server import BackgroundHttpServer, request_received
 from segstream.pipeline.instance_overlay import instance_colour
 from segstream.pipeline.sinks import BaseSink, SinkContext, SinkResult
 
@@ -212,6 +212,7 @@ def _handler(state: ViewState) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(body)
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            request_received(self)  # a stream may go on for hours
             if self.path == "/":
                 self._send(PAGE.encode(), "text/html; charset=utf-8")
             elif self.path.startswith("/stats.json"):

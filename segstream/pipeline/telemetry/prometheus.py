@@ -11,7 +11,7 @@ import logging
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Iterable
 
-from segstream.pipeline.http_server import BackgroundHttpServer
+from segstream.pipeline.http_server import BackgroundHttpServer, request_received
 from segstream.pipeline.telemetry.timing import stage_latency
 
 logger = logging.getLogger(__name__)
@@ -149,6 +149,7 @@ class MetricsServer:
     def __init__(self, host: str, port: int, provider: Callable[[], str]) -> None:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                request_received(self)
                 if self.path.split("?")[0] not in ("/metrics", "/"):
                     self.send_error(404, "metrics are at /metrics")
                     return
