@@ -214,6 +214,9 @@ def run_middle_stage(spec: StageSpec, runtime: StageRuntime, processor: Processo
             ended.add(source)
             if outbox is not None:
                 outbox.send(eos(source, restarted=True))
+            # said again: the process before may have died before it said so, and the
+            # supervisor releases a source only once every stage passed its end on
+            runtime.emit(EventKind.SOURCE_ENDED, source=source)
         while not runtime.stopping and (spec.open_ended or len(ended) < max(spec.sources, len(known))):
             for source, endpoints in runtime.take_added():
                 join_source(runtime, pull, known, connected, source, endpoints)

@@ -51,6 +51,11 @@ class StageProcess:
         """Where the process keeps its counters (``telemetry.ledger``)."""
         return self.path.with_suffix(".ledger")
 
+    def remove_files(self) -> None:
+        """Remove its spec file and ledger (a dead process whose figures were read)."""
+        for path in (self.path, self.ledger_path):
+            path.unlink(missing_ok=True)
+
 
 def spawn(spec: StageSpec, run_dir: Path, env: dict[str, str]) -> StageProcess:
     """Write ``spec`` into ``run_dir`` and start its process.

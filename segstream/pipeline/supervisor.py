@@ -300,6 +300,7 @@ class Supervisor:
                               if isinstance(s.spec.settings, CaptureSettings) and (s.ended or s.process.poll() == 0))
                 spec = next_incarnation(stage.spec, read_ledger(stage.ledger_path), ended, stage.give_up)
                 self.stages[k] = self.spawn(spec)
+                stage.remove_files()  # the dead incarnation's spec and ledger (read above)
                 logger.info("stage %s restarted (pid %d)", spec.name, self.stages[k].process.pid)
         return ""
 
