@@ -168,6 +168,6 @@ def wire_frames(header: bytes, payloads: list[bytes]) -> list[bytes]:
 
     try:
         source = json.loads(header).get("source", "")
-    except (ValueError, AttributeError, UnicodeDecodeError):
-        source = ""
+    except (ValueError, AttributeError, UnicodeDecodeError, TypeError, RecursionError):
+        source = ""  # decode refuses the header, with the reason
     return [str(source).encode(), header, *payloads]

@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 
+from segstream.errors import ConfigError
 from segstream.pipeline.brokers import BrokerDown, BrokerUri, wire_frames
 from segstream.pipeline.wire.messages import Message, encode
 
@@ -65,6 +66,11 @@ class Feed:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             logger.warning("%s: %s; retrying", self.uri, exc)
             return None
+        except redis.ResponseError as exc:
+            if "WRONGTYPE" in str(exc):
+                raise ConfigError(f"{self.uri}: key {self.uri.name!r} holds a {self._type()}, not a stream; give "
+                                  f"the key a pipeline's redis:// sink writes (--sink redis://HOST:PORT/KEY)") from None
+            raise ConfigError(f"{self.uri}: Redis refused the read: {exc}") from None
         if not answer:
             return None
         _stream, entries = answer[0]
@@ -76,9 +82,16 @@ class Feed:
             parts = json.loads(header).get("parts", [])
             order = sorted((p["inline"], p["name"]) for p in parts if isinstance(p, dict) and "inline" in p)
             payloads = [fields[name] for _, name in order]
-        except (ValueError, TypeError, KeyError, AttributeError):
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
             payloads = []  # decode refuses what does not add up, with the reason
         return wire_frames(header, payloads)
+
+    def _type(self) -> str:
+        try:
+            kind = self._redis.type(self.uri.name)
+        except redis.RedisError:
+            return "value of another type"
+        return (kind.decode() if isinstance(kind, bytes) else str(kind)) + " value"
 
     def close(self) -> None:
         self._redis.close()
