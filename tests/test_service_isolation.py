@@ -143,3 +143,37 @@ def test_well_formed_control_events_from_outside_the_run_are_refused(tmp_path, f
         subscriber.close()
         os.killpg(proc.pid, signal.SIGINT)
     assert wait_for_exit(proc, log, 30) == 130
+
+
+def test_a_fifo_source_removed_while_it_waits_for_a_writer_ends_within_a_bounded_time(tmp_path, fast_onnx):
+    """Was: a FIFO as a source stayed 'connecting'; DELETE answered 200 but its capture
+    stayed until the run stopped."""
+    port, proc, log, subscriber = _service(tmp_path, fast_onnx)
+    fifo = tmp_path / "feed.fifo"
+    os.mkfifo(fifo)
+    try:
+        status, answer = api(port, "POST", "/sources", {"uri": str(fifo), "id": "pipe"})
+        assert status == 201, answer
+        time.sleep(2.0)
+        assert api(port, "GET", "/sources/pipe")[1]["state"] == "connecting"
+        capture = api(port, "GET", "/sources/pipe")[1]["capture_stage"]
+        start = time.monotonic()
+        assert api(port, "DELETE", "/sources/pipe")[0] == 200
+        ended = wait_state(port, "pipe", ("ended",), timeout=60)
+        assert ended["removed"] and time.monotonic() - start < 30
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # its capture process is gone (no process of that stage)
+            try:
+                stage_pid(proc.pid, capture)
+            except AssertionError:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"{capture} still runs after its source was removed")
+        before = subscriber.masks["test-pattern"]
+        subscriber.wait(lambda: subscriber.masks["test-pattern"] >= before + 5)  # the others go on
+        assert api(port, "GET", "/health")[1]["state"] == "running"
+    finally:
+        subscriber.close()
+        os.killpg(proc.pid, signal.SIGINT)
+    assert wait_for_exit(proc, log, 30) == 130

@@ -45,6 +45,7 @@ class SourceEntry:
         stage: the name of its capture stage.
         added_wall: when it joined (Unix time).
         removed: a request removed it (its capture ends the stream).
+        removed_at: when (monotonic), for the bound on how long its capture may take.
         ended_at: the stages its end of stream went through.
         connect: added while running: per stage, the endpoints its input connects to.
         joined: added while running: the stages that said they take it.
@@ -55,6 +56,7 @@ class SourceEntry:
     stage: str
     added_wall: float = field(default_factory=time.time)
     removed: bool = False
+    removed_at: float = 0.0
     ended_at: set[str] = field(default_factory=set)
     connect: dict[str, tuple[str, ...]] = field(default_factory=dict)
     joined: set[str] | None = None

@@ -29,7 +29,9 @@ from segstream.pipeline.source_allow import allowed, canonical_source
 from segstream.pipeline.source_book import IdTaken, SourceEntry, SourceState, source_state, source_view
 from segstream.pipeline.source_options import parse_source_options
 from segstream.pipeline.source_release import release_source
+from segstream.pipeline.restarts import next_incarnation
 from segstream.pipeline.spec import CaptureSettings, StageKind
+from segstream.pipeline.telemetry.ledger import read_ledger
 from segstream.pipeline.telemetry.stats import KEEP_ENDED_SOURCES
 
 if TYPE_CHECKING:
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RESEND_S = 0.5  # end_source and a capture's finish are sent again until its process is gone
+REMOVE_GRACE_S = 5.0  # a removed source's capture that has not ended its stream by then is replaced
 MAX_URI = 4096
 SOURCE_FIELDS = ("uri", "id", "options")
 
@@ -140,7 +143,7 @@ class SourcesApi:
         """
         entry = self._entry(sid)
         if not entry.removed:
-            entry.removed = True
+            entry.removed, entry.removed_at = True, time.monotonic()
             logger.info("source %s removed: its stream ends", sid)
             self.sup.command(CommandMessage(Command.END_SOURCE, source=sid))
             self._sent[entry.stage] = time.monotonic()
@@ -176,9 +179,28 @@ class SourcesApi:
             if capture.ended and self.sup.book.ended(entry, others):
                 self.sup.command(CommandMessage(Command.FINISH, source=entry.source_id))
                 self._sent[entry.stage] = now
+            elif entry.removed and not capture.ended and now - entry.removed_at > REMOVE_GRACE_S and \
+                    isinstance(capture.spec.settings, CaptureSettings) and not capture.spec.settings.removed:
+                self._replace_deaf_capture(entry, capture)
             elif entry.removed and not capture.ended:
                 self.sup.command(CommandMessage(Command.END_SOURCE, source=entry.source_id))
                 self._sent[entry.stage] = now
+
+    def _replace_deaf_capture(self, entry: SourceEntry, capture: "StageProcess") -> None:
+        """A removed source's capture did not end its stream in ``REMOVE_GRACE_S`` (blocked
+        opening its source): kill it, and start one last process of it that opens nothing
+        and ends the stream as removed, so DELETE ends any source in a bounded time."""
+        logger.warning("source %s: its capture did not end within %.0f s of its removal (blocked opening %s?); "
+                       "killing it and ending its stream", entry.source_id, REMOVE_GRACE_S, entry.uri[:200])
+        capture.process.kill()
+        capture.process.wait()
+        self.sup.restarter.retire(capture, self.sup.stages, self.sup.policy)
+        spec = next_incarnation(capture.spec, read_ledger(capture.ledger_path), ())
+        assert isinstance(spec.settings, CaptureSettings)
+        spec = replace(spec, settings=replace(spec.settings, removed=True))
+        self.sup.stages[self.sup.stages.index(capture)] = self.sup.spawn(spec)
+        capture.remove_files()
+        self._sent[entry.stage] = time.monotonic()
 
     # -- helpers ------------------------------------------------------------------------
 

@@ -86,6 +86,9 @@ class CaptureSettings:
             publish puts the mask.
         failed: a capture given up on (it kept dying): why. It opens nothing, reports the
             source failed and sends its end of stream, so the other stages close it.
+        removed: the source was removed while its capture did not listen (blocked opening
+            it: a FIFO without a writer, a device that hangs): this process opens nothing
+            and ends the stream at once, as removed.
     """
 
     source: str
@@ -99,6 +102,7 @@ class CaptureSettings:
     instance_gt: bool = False
     reduce_to: tuple[int, int] | None = None
     failed: str = ""
+    removed: bool = False
 
     def __post_init__(self) -> None:
         if self.reduce_to is not None:

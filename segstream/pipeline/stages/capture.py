@@ -205,6 +205,10 @@ def _skip_to(frames: Iterator[SourceFrame | None], index: int, runtime: StageRun
     logger.info("resumed at frame %d", index)
 
 
+class _Removed(Exception):
+    """The source was removed before this process could open it."""
+
+
 def run(spec: StageSpec, runtime: StageRuntime) -> int:
     """Capture one source until it ends, ``max_frames``, ``end_source`` (the source was
     removed from the run: it ends as if the source had) or a stop; always send EOS.
@@ -225,6 +229,8 @@ def run(spec: StageSpec, runtime: StageRuntime) -> int:
     try:
         if failure:
             raise SourceError(failure)
+        if settings.removed:  # its process before could not be told: nothing to open, only the end
+            raise _Removed
         source = open_source(settings.source, settings.source_id, loop=settings.loop,
                              live_options=settings.live)
         if settings.instance_gt and hasattr(source, "instance_gt"):  # dataset replays that have it
@@ -235,6 +241,8 @@ def run(spec: StageSpec, runtime: StageRuntime) -> int:
         stats.extra.update({"source": settings.source, "fps": source.fps, "rate": settings.rate})
     except SourceError as exc:
         failure = str(exc)
+    except _Removed:
+        pass
     try:
         if not runtime.ready_and_wait_for_start():
             return 0
@@ -252,7 +260,7 @@ def run(spec: StageSpec, runtime: StageRuntime) -> int:
             logger.info("%s: end of stream after %d frames", settings.source_id, stats.frames_in)
             runtime.tick(now_too=True)  # the final figures, ahead of the end of stream and of "ended"
             extra: dict[str, Any] = {"error": failure} if failure else {}
-            if runtime.ending:  # removed from the run (end_source), not ended by itself
+            if runtime.ending or settings.removed:  # removed from the run (end_source), not ended by itself
                 extra["removed"] = True
             outbox.send(eos(settings.source_id, frames_in=stats.frames_in, frames_out=stats.frames_out,
                             skipped=dict(stats.skipped), **extra))
