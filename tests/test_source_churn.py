@@ -38,7 +38,11 @@ def _footprint(supervisor: int) -> dict[str, tuple[int, int, int]]:
         threads = int(next(line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines()
                            if line.startswith("Threads:")))
         out[name] = (len(segments), len(os.listdir(f"/proc/{pid}/fd")), threads)
+        SEGMENTS[name] = sorted(segments)
     return out
+
+
+SEGMENTS: dict[str, list[str]] = {}  # the last footprint's segment names per stage, for messages
 
 
 def _run_folder_files(supervisor: int) -> list[str]:
@@ -92,12 +96,18 @@ def test_sources_added_and_removed_fifty_times_leave_nothing_behind(tmp_path, fa
         before, files_before, metrics_before = _footprint(proc.pid), _run_folder_files(proc.pid), _metrics(metrics_port)
         for k in range(1, ROUNDS):
             _churn(port, k * PER_ROUND)
-        time.sleep(2.0)  # the stages release what the last round's ends let go
-        after, files_after, metrics_after = _footprint(proc.pid), _run_folder_files(proc.pid), _metrics(metrics_port)
+        deadline = time.monotonic() + 20  # the stages release what the last round's ends let go (a frame
+        while True:                       # still being drawn from a ring holds it a moment longer)
+            after = _footprint(proc.pid)
+            if all(after[s][0] <= before[s][0] for s in after) or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+        files_after, metrics_after = _run_folder_files(proc.pid), _metrics(metrics_port)
         assert proc.poll() is None, log.read_text()[-3000:]
         for stage, (segments, fds, threads) in after.items():
             was = before[stage]
-            assert segments <= was[0], (stage, "shared memory segments still mapped", was, after[stage])
+            assert segments <= was[0], (stage, "shared memory segments still mapped", was, after[stage],
+                                        SEGMENTS[stage])
             assert fds <= was[1] + 2, (stage, "fds", was, after[stage])
             assert threads <= was[2] + 2, (stage, "threads", was, after[stage])
         assert files_after == files_before, "the run folder kept files of removed sources"
