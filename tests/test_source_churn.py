@@ -98,11 +98,12 @@ def test_sources_added_and_removed_fifty_times_leave_nothing_behind(tmp_path, fa
             _churn(port, k * PER_ROUND)
         deadline = time.monotonic() + 20  # the stages release what the last round's ends let go (a frame
         while True:                       # still being drawn from a ring holds it a moment longer)
-            after = _footprint(proc.pid)
-            if all(after[s][0] <= before[s][0] for s in after) or time.monotonic() > deadline:
+            after, files_after = _footprint(proc.pid), _run_folder_files(proc.pid)
+            if (all(after[s][0] <= before[s][0] for s in after) and files_after == files_before) or \
+                    time.monotonic() > deadline:
                 break
             time.sleep(1.0)
-        files_after, metrics_after = _run_folder_files(proc.pid), _metrics(metrics_port)
+        metrics_after = _metrics(metrics_port)
         assert proc.poll() is None, log.read_text()[-3000:]
         for stage, (segments, fds, threads) in after.items():
             was = before[stage]
