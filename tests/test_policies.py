@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import zmq
 
 from segstream.pipeline.telemetry.stats import SkipCounter
@@ -117,3 +119,33 @@ def test_a_restarted_stage_reorders_from_where_the_stream_is_not_from_frame_zero
     assert [m.header.meta["seq"] for m in reorder.push(_frame(7, "a"))] == [7, 8]
     assert [m.header.meta["seq"] for m in reorder.push(_frame(3, "b"))] == [3]  # each source where it is
     assert not skipped
+
+
+def test_a_live_inbox_serves_every_source_its_share_when_it_cannot_serve_them_all():
+    """Was: with more frames than the stage takes, the source handed out first got every
+    turn: the others' frames were superseded and went to the back of the line (a camera
+    fell to 0 masks/s among 20). Three sources send a frame each per turn, the stage takes
+    one per turn: each gets a third."""
+    from collections import Counter
+
+    from segstream.pipeline.wire.messages import encode
+    from segstream.pipeline.wire.policies import Inbox
+
+    ctx = zmq.Context()
+    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    push.bind("inproc://fair")
+    pull.connect("inproc://fair")
+    skipped = SkipCounter()
+    inbox = Inbox(pull, FlowPolicy.LIVE, skipped)  # strict live: the newest frame of each source
+    served: Counter[str] = Counter()
+    for turn in range(30):
+        for source in ("a", "b", "c"):
+            push.send_multipart(encode(_frame(turn, source)))
+        time.sleep(0.002)
+        got = inbox.receive(100)
+        assert len(got) == 1
+        served[got[0].header.source] += 1
+    assert min(served[s] for s in "abc") >= 9, served
+    push.close(0)
+    pull.close(0)
+    ctx.term()

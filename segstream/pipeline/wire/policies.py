@@ -137,6 +137,8 @@ class Inbox:
         self.superseded: list[Message] = []
         self._pending: list[Message] = []  # live: kept from a burst, handed out one by one
         self._throttle = LogThrottle()
+        self._turn = 0
+        self._served: dict[str, int] = {}  # live: source -> the turn its message was last handed out
 
     def _recv_one(self) -> Message | None:
         frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -154,10 +156,12 @@ class Inbox:
 
         In live flow, frames superseded by newer frames of the same source (beyond what
         ``catch_up`` allows) are left out, counted, and kept in ``self.superseded`` so the
-        stage can release them upstream; of what is kept only the oldest message comes
-        back, and the rest waits here to be judged again, with whatever came meanwhile,
-        at the next call (which then does not wait). End-of-stream messages are never
-        dropped.
+        stage can release them upstream; of what is kept one message comes back: the
+        first of the source served least recently (round robin, so that with more sources
+        than the stage can serve every one gets its share, and a source whose frame was
+        superseded does not go to the back of the line); the rest waits here to be judged
+        again, with whatever came meanwhile, at the next call (which then does not wait).
+        End-of-stream messages are never dropped, and never pass a frame of their source.
         """
         if not self.socket.poll(0 if self._pending else timeout_ms, zmq.POLLIN) and not self._pending:
             return []
@@ -173,8 +177,22 @@ class Inbox:
                 break
         if self.policy is FlowPolicy.LIVE and len(out) > 1:
             out = self._keep_newest(out)
-            out, self._pending = out[:1], out[1:]
+            first = self._fairest(out)
+            out, self._pending = [out[first]], out[:first] + out[first + 1:]
+        if self.policy is FlowPolicy.LIVE and out:
+            source = out[0].header.source
+            self._turn += 1
+            if out[0].header.kind is Kind.EOS:
+                self._served.pop(source, None)
+            else:
+                self._served[source] = self._turn
         return out
+
+    def _fairest(self, messages: list[Message]) -> int:
+        """The index of the first message of the source served least recently."""
+        best = min(range(len(messages)), key=lambda i: (self._served.get(messages[i].header.source, -1), i))
+        source = messages[best].header.source
+        return next(i for i, m in enumerate(messages) if m.header.source == source)
 
     def _keep_newest(self, messages: list[Message]) -> list[Message]:
         frames: dict[str, list[int]] = {}
