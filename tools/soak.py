@@ -154,6 +154,7 @@ def main() -> int:
     next_sample = next_churn = next_scrape = started + 10
     next_kill = started + args.kill_every if args.kill_every else float("inf")
     churned, previous, kills, died = 0, "", 0, ""
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
     try:
         while time.monotonic() - started < args.minutes * 60:
             time.sleep(0.5)
@@ -204,6 +205,8 @@ def main() -> int:
                     f"{row.get(n + '.threads', 0):.0f}t" for n in sorted(names)) +
                     f"  shm {row['shm']} files {row['run_folder_files']} metrics {row['metrics_kb']} KB",
                     file=sys.stderr)
+    except KeyboardInterrupt:  # ended early (Ctrl-C, SIGTERM): report what was sampled
+        print(f"ended early at {(time.monotonic() - started) / 60:.1f} min", file=sys.stderr)
     finally:
         os.killpg(run.pid, signal.SIGINT)
         try:

@@ -66,7 +66,7 @@ class RenderProcessor:
         """Latency over the last frames rendered, and the supervisor's pipeline figures."""
         figures = self.runtime.figures
         return {
-            "latency_ms": summarize(list(self.runtime.stats.latency_ms)[-RECENT_FRAMES:]),
+            "latency_ms": summarize(self.runtime.stats.latency_ms.values()[-RECENT_FRAMES:]),
             "skipped": figures.skipped,
             "stages": figures.stages,
             "miou": figures.miou,
