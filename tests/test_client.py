@@ -202,7 +202,7 @@ def test_a_subscriber_given_sources_waits_for_the_end_of_each_even_when_one_ends
     # stream before another's first result: the subscriber must not stop at the first end.
     import zmq
 
-    from segstream.pipeline.wire.messages import eos, encode
+    from segstream.pipeline.wire.messages import encode, eos
 
     endpoint = f"ipc://{tmp_path}/lossless.sock"
     context = zmq.Context()

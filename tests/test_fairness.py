@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
 from pipeline_helpers import start_pipeline, wait_for_exit

@@ -8,7 +8,8 @@ import zmq
 
 from segstream.pipeline.telemetry.stats import SkipCounter
 from segstream.pipeline.wire.messages import Header, Kind, Message, decode, eos
-from segstream.pipeline.wire.policies import FlowPolicy, Outbox, Reorderer
+from segstream.pipeline.wire.policies import FlowPolicy, Outbox
+from segstream.pipeline.wire.reorder import Reorderer
 
 
 def _frame(seq: int, source: str = "cam0") -> Message:

@@ -3,7 +3,7 @@ growing at N (a long run's stages reach their size early and stay there)."""
 
 from __future__ import annotations
 
-from segstream.pipeline.telemetry.stats import SampleWindow, Series, summarize
+from segstream.pipeline.telemetry.series import SampleWindow, Series, summarize
 
 
 def test_a_sample_window_keeps_the_last_samples_in_order_and_stops_growing():

@@ -27,8 +27,8 @@ from segstream.engines.backends.choice import Backend
 from segstream.engines.resolve import EnginePrecision
 from segstream.errors import ConfigError
 from segstream.pipeline.overlay import RenderMode
-from segstream.pipeline.source_allow import check_patterns
 from segstream.pipeline.settings import coerce_fields, from_mapping, setting
+from segstream.pipeline.source_allow import check_patterns
 from segstream.pipeline.sources.streams import LiveOptions
 from segstream.pipeline.spec import MAX_RATE, MaskResolution, StageKind, frame_rate
 from segstream.pipeline.typed_json import load_dataclass

@@ -19,7 +19,8 @@ from segstream.pipeline.telemetry.stats import SkipCounter
 from segstream.pipeline.wire.keys import CurveServer
 from segstream.pipeline.wire.messages import Kind, Message, Stamp, eos
 from segstream.pipeline.wire.payloads import PayloadWriter, mode_for_endpoint
-from segstream.pipeline.wire.policies import POLL_MS, CatchUp, FlowPolicy, Inbox, Outbox, Reorderer
+from segstream.pipeline.wire.policies import POLL_MS, CatchUp, FlowPolicy, Inbox, Outbox
+from segstream.pipeline.wire.reorder import Reorderer
 from segstream.pipeline.wire.transport import Role, make_socket
 
 logger = logging.getLogger(__name__)

@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 from segstream.errors import ConfigError
 from segstream.pipeline.control import Command, CommandMessage
 from segstream.pipeline.control_api import ApiError, ApiRequest
+from segstream.pipeline.restarts import next_incarnation
 from segstream.pipeline.source_allow import allowed, canonical_source
 from segstream.pipeline.source_book import IdTaken, SourceEntry, SourceState, source_state, source_view
 from segstream.pipeline.source_options import parse_source_options
 from segstream.pipeline.source_release import release_source
-from segstream.pipeline.restarts import next_incarnation
 from segstream.pipeline.spec import CaptureSettings, StageKind
 from segstream.pipeline.telemetry.ledger import read_ledger
 from segstream.pipeline.telemetry.stats import KEEP_ENDED_SOURCES

@@ -33,9 +33,9 @@ group ``segstream.sinks`` (name = scheme, value = ``module:Class``); see
 from __future__ import annotations
 
 import importlib
+import logging
 import time
 from collections import Counter
-import logging
 from dataclasses import dataclass, field
 from enum import Enum
 from importlib import metadata as importlib_metadata
