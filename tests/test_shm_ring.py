@@ -335,3 +335,20 @@ def test_a_payload_writer_reserves_a_slot_only_where_arrays_travel_by_shared_mem
     assert (reader.get(message, "frame") == 300).all()
     reader.close()
     writer.close()
+
+
+def test_a_reader_unmaps_the_ring_of_a_writer_that_was_restarted(ring_name):
+    """Each restart of an upstream stage left its dead incarnation's ring mapped in every
+    reader for the rest of the run (the soak saw render and preprocess grow at a kill)."""
+    data = np.zeros((48, 64, 3), np.uint8)
+    reader = RingReader()
+    first, other = RingWriter(ring_name, slots=2), RingWriter(ring_name + "x", slots=2)  # another stage
+    assert reader.read(first.put("frame", data)) is not None and reader.read(other.put("frame", data)) is not None
+    assert len(reader._segments) == 2
+    restarted = RingWriter(f"{ring_name}.r1", slots=2)
+    assert reader.read(restarted.put("frame", data)) is not None
+    mapped = sorted(reader._segments)
+    assert mapped == sorted([f"{ring_name}.r1-0", f"{ring_name}x-0"]), mapped  # the dead one let go, not the other
+    reader.close()
+    for writer in (first, other, restarted):
+        writer.close()

@@ -23,6 +23,7 @@ import csv
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -153,7 +154,7 @@ def main() -> int:
     started = time.monotonic()
     next_sample = next_churn = next_scrape = started + 10
     next_kill = started + args.kill_every if args.kill_every else float("inf")
-    churned, previous, kills, died = 0, "", 0, ""
+    churned, previous, kills, died, run_id = 0, "", 0, "", ""
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
     try:
         while time.monotonic() - started < args.minutes * 60:
@@ -195,7 +196,10 @@ def main() -> int:
                     names.add(name)
                     row.update({f"{name}.rss_mb": round(rss, 1), f"{name}.fds": fds, f"{name}.threads": threads})
                 folder = run_folder(run.pid)
-                row["shm"] = len([n for n in os.listdir("/dev/shm") if n.startswith("segstream-")])
+                if not run_id:
+                    found = re.search(r"run (\w+): ", (out / "run.log").read_text(errors="replace"))
+                    run_id = found.group(1) if found else ""
+                row["shm"] = len([n for n in os.listdir("/dev/shm") if run_id and n.startswith(f"segstream-{run_id}-")])
                 row["run_folder_files"] = len(list(folder.iterdir())) if folder else -1
                 row["captures"] = sum(1 for n in pids if n.startswith("capture"))
                 row["metrics_kb"] = round(metrics_bytes(metrics_port) / 1024, 1)

@@ -278,11 +278,24 @@ class RingReader:
             except (OSError, ValueError):
                 return None
             try:
-                seg = self._segments[ring] = _Segment(shm)
+                seg = _Segment(shm)
             except ValueError:  # not a segstream ring
                 shm.close()
                 return None
+            self._forget_older_incarnations(ring)
+            self._segments[ring] = seg
         return seg
+
+    def _forget_older_incarnations(self, segment: str) -> None:
+        """A restarted writer's ring was attached: unmap its dead predecessors' segments
+        (``<run>-<stage>[.rN]-<k>``; the same stage, another incarnation), which no frame
+        will reference again, so that restarts do not pile up mappings."""
+        ring = segment.rsplit("-", 1)[0]
+        stage = ring.split(".r", 1)[0]
+        for other in list(self._segments):
+            other_ring = other.rsplit("-", 1)[0]
+            if other_ring != ring and other_ring.split(".r", 1)[0] == stage:
+                self.forget(other)
 
     def view(self, part: Part) -> np.ndarray | None:
         """The referenced array in place, read-only, without a copy; None if the slot was
