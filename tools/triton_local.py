@@ -200,7 +200,11 @@ def main() -> int:
         server.start()
         print(f"tritonserver ready at {server.url} (log: {server.log}); Ctrl-C to stop", flush=True)
         assert server.proc is not None
-        server.proc.wait()
+        # Poll, not wait(): a signal that the kernel hands to one of gRPC's threads does not
+        # interrupt a main thread blocked in waitpid, and the handler would never run (seen
+        # under load: the tool ignored SIGTERM and its server outlived it).
+        while server.proc.poll() is None:
+            time.sleep(0.2)
     except KeyboardInterrupt:
         pass
     finally:
