@@ -73,6 +73,7 @@ def footprint(pid: int) -> tuple[float, int, int]:
 
 
 def api(port: int, method: str, path: str, body: object = None) -> tuple[int, object]:
+    """One control-API request: (status, JSON answer); (0, {}) when nothing answers."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(f"http://127.0.0.1:{port}/api{path}", data=data, method=method)
     try:
@@ -80,6 +81,8 @@ def api(port: int, method: str, path: str, body: object = None) -> tuple[int, ob
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"{}")
+    except OSError:  # not listening (yet, or any more): no answer
+        return 0, {}
 
 
 def metrics_bytes(port: int) -> int:
